@@ -1,0 +1,39 @@
+# Two entry points for a new user; each sets itself up on a fresh Debian machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test setup system-deps lint typecheck protos clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version' 
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: run 'apt-get install -y python3-venv' (as root)"; exit 1; }
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+setup: system-deps $(STAMP)
+
+# System packages used by the tests (real brokers started on free loopback ports).
+system-deps:
+	@bash tools/system_deps.sh
+
+demo: setup
+	$(VENV)/bin/tcu demo --duration 60 --speed max
+
+test: setup
+	$(VENV)/bin/python tools/gen_protos.py --check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/python -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+protos: $(STAMP)
+	$(VENV)/bin/python tools/gen_protos.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
