@@ -1,0 +1,191 @@
+"""A python-can bus that replays a recorded CAN log.
+
+``ReplayBus(channel="drive.blf", rate=1.0)`` yields the log's frames from ``recv()`` as
+``can.Message`` s, paced like the recording (``rate`` 1.0 = real time, 2.0 = twice as fast,
+``None`` = as fast as the reader can go). Any log :func:`tcu.can.logs.open_log` reads
+works (candump ``.log``, ``.blf``, ``.asc``, ``.trc``, ``.mf4``).
+
+Timestamps: by default (``timestamps="original"``) messages carry the recorded source
+timestamps unchanged, so decoded data keeps the time it was recorded at; on the 2nd,
+3rd, ... pass of ``loop=True`` they are shifted by the window's length (plus the last
+gap) per pass so they keep increasing. ``timestamps="now"`` instead stamps each message
+with the wall-clock time at which it is due (``time.time()`` based).
+
+The bus is receive-only: ``send()`` raises ``can.CanOperationError``. When the log is
+finished (and ``loop`` is off) ``recv()`` returns ``None`` after its timeout and
+:attr:`ReplayBus.finished` is True. Reading the file happens in ``recv()`` (the caller's
+thread), like any python-can bus.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import can
+import numpy as np
+
+from tcu.can.logs.chunk import FrameChunk
+from tcu.can.logs.reader import open_log
+
+__all__ = ["ReplayBus"]
+
+log = logging.getLogger(__name__)
+
+_TIMESTAMP_MODES = ("original", "now")
+
+
+class ReplayBus(can.BusABC):
+    """Replay a CAN log as a python-can bus (see the module docstring)."""
+
+    def __init__(
+        self,
+        channel: str | Path,
+        *,
+        rate: float | None = 1.0,
+        start_s: float = 0.0,
+        end_s: float | None = None,
+        loop: bool = False,
+        channels: Sequence[str] | None = None,
+        channel_map: Mapping[str, str] | None = None,
+        timestamps: str = "original",
+        log_format: str | None = None,
+        chunk_frames: int = 16384,
+        **kwargs: Any,
+    ) -> None:
+        """
+        :param channel: path of the log file.
+        :param rate: playback speed relative to the recording; ``None`` = no pacing.
+        :param start_s: skip frames earlier than this many seconds after the log's first frame.
+        :param end_s: stop at this many seconds after the log's first frame.
+        :param loop: start again at ``start_s`` when the end is reached.
+        :param channels: recorded channel names to replay (default: all).
+        :param channel_map: recorded channel name → channel name put on the messages.
+        :param timestamps: ``"original"`` (default) or ``"now"``.
+        """
+        if rate is not None and rate <= 0:
+            raise ValueError(f"rate must be > 0 or None, got {rate}")
+        if timestamps not in _TIMESTAMP_MODES:
+            raise ValueError(f"timestamps must be one of {_TIMESTAMP_MODES}, got {timestamps!r}")
+        if end_s is not None and end_s < start_s:
+            raise ValueError(f"end_s ({end_s}) is before start_s ({start_s})")
+        self.path = Path(channel)
+        self.rate = None if rate is None else float(rate)
+        self.start_s = float(start_s)
+        self.end_s = None if end_s is None else float(end_s)
+        self.loop = bool(loop)
+        self.channels = None if channels is None else frozenset(str(c) for c in channels)
+        self.channel_map = dict(channel_map or {})
+        self.timestamps = timestamps
+        self._log_format = log_format
+        self._chunk_frames = chunk_frames
+        open_log(self.path, fmt=log_format)  # fail early: missing file, unknown format
+        self.channel_info = f"replay of {self.path}"
+        self.finished = False
+        self.frames_sent = 0
+        self._first_ns: int | None = None  # first frame of the whole log
+        self._pass = 0
+        self._pass_shift_ns = 0
+        self._span_ns = 0
+        self._window_first_ns: int | None = None  # first replayed frame of the first pass
+        self._pending: list[can.Message] = []
+        self._pending_t_ns: list[int] = []
+        self._index = 0
+        self._frames: Iterator[FrameChunk] = self._open_pass()
+        self._wall_start: float | None = None
+        self._replay_start_ns: int | None = None
+        super().__init__(channel=str(self.path), **kwargs)
+
+    # -- python-can API ------------------------------------------------------------------
+
+    def send(self, msg: can.Message, timeout: float | None = None) -> None:
+        raise can.CanOperationError("the replay bus is receive-only")
+
+    def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._index >= len(self._pending) and not self._refill():
+                if deadline is not None:
+                    time.sleep(max(0.0, deadline - time.monotonic()))
+                return None, False
+            t_ns = self._pending_t_ns[self._index]
+            if self._wall_start is None or self._replay_start_ns is None:
+                self._wall_start = time.monotonic()
+                self._replay_start_ns = t_ns
+            due = self._wall_start
+            if self.rate is not None:
+                due += (t_ns - self._replay_start_ns) / 1e9 / self.rate
+            wait = due - time.monotonic()
+            if wait > 0:
+                if deadline is not None and due > deadline:
+                    time.sleep(max(0.0, deadline - time.monotonic()))
+                    return None, False
+                time.sleep(wait)
+            msg = self._pending[self._index]
+            self._index += 1
+            if self.timestamps == "now":
+                msg.timestamp = time.time() - (time.monotonic() - due)
+            self.frames_sent += 1
+            return msg, False
+
+    def shutdown(self) -> None:
+        close = getattr(self._frames, "close", None)
+        if close is not None:
+            close()
+        self._pending = []
+        self._pending_t_ns = []
+        super().shutdown()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _open_pass(self) -> Iterator[FrameChunk]:
+        return iter(open_log(self.path, fmt=self._log_format, chunk_frames=self._chunk_frames))
+
+    def _refill(self) -> bool:
+        """Load the next chunk's messages; False when the log (and looping) is over."""
+        while True:
+            chunk = next(self._frames, None)
+            if chunk is None:
+                if not self.loop or self._window_first_ns is None:
+                    self.finished = True
+                    return False
+                self._pass += 1
+                self._pass_shift_ns = self._pass * self._span_ns
+                self._frames = self._open_pass()
+                continue
+            messages, t_ns = self._select(chunk)
+            if messages:
+                self._pending, self._pending_t_ns, self._index = messages, t_ns, 0
+                return True
+
+    def _select(self, chunk: FrameChunk) -> tuple[list[can.Message], list[int]]:
+        if len(chunk) == 0:
+            return [], []
+        if self._first_ns is None:
+            self._first_ns = int(chunk.t_ns[0])
+        rel = chunk.t_ns - self._first_ns
+        keep = rel >= round(self.start_s * 1e9)
+        if self.end_s is not None:
+            keep &= rel <= round(self.end_s * 1e9)
+        if self.channels is not None:
+            wanted = np.array([name in self.channels for name in chunk.channels] or [False])
+            keep &= wanted[chunk.channel]
+        selected = chunk.select(keep)
+        if len(selected) == 0:
+            return [], []
+        if self._pass == 0:
+            if self._window_first_ns is None:
+                self._window_first_ns = int(selected.t_ns[0])
+            last_gap = int(selected.t_ns[-1] - selected.t_ns[-2]) if len(selected) > 1 else 1_000_000
+            self._span_ns = int(selected.t_ns[-1]) - self._window_first_ns + max(last_gap, 1)
+        shift = self._pass_shift_ns
+        messages = selected.messages()
+        t_ns = (selected.t_ns + shift).tolist()
+        for msg, t in zip(messages, t_ns, strict=True):
+            msg.timestamp = t / 1e9
+            if msg.channel in self.channel_map:
+                msg.channel = self.channel_map[msg.channel]
+        return messages, t_ns

@@ -1,0 +1,99 @@
+"""ReplayBus: a python-can bus that replays a log with recorded timestamps and pacing."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import can
+import pytest
+
+from tcu.can.logs.replay import ReplayBus
+from tcu.errors import LogFormatError
+
+RAV4 = Path(os.environ["TCU_SHARED_DATA"], "can/logs/comma2k19_rav4_2017_seg40.log")
+
+
+def _drain(bus: ReplayBus, timeout_s: float = 0.0) -> list[can.Message]:
+    out = []
+    while (msg := bus.recv(timeout_s)) is not None:
+        out.append(msg)
+    return out
+
+
+def test_full_replay_at_max_rate_equals_the_log() -> None:
+    with ReplayBus(RAV4, rate=None) as bus:
+        got = _drain(bus)
+        assert bus.finished
+    with can.LogReader(str(RAV4)) as reader:
+        want = list(reader)
+    assert len(got) == len(want) == 135_468
+    for g, w in zip(got[::97], want[::97], strict=True):
+        assert g.equals(w, timestamp_delta=1e-6), (g, w)
+
+
+def test_window_channel_filter_and_mapping() -> None:
+    with ReplayBus(
+        RAV4, rate=None, start_s=10, end_s=12, channels=["can1"], channel_map={"can1": "radar"}
+    ) as bus:
+        got = _drain(bus)
+    assert got and {m.channel for m in got} == {"radar"}
+    with can.LogReader(str(RAV4)) as reader:
+        everything = list(reader)
+    t0 = everything[0].timestamp
+    want = [m for m in everything if m.channel == "can1" and 10 <= m.timestamp - t0 <= 12]
+    assert len(got) == len(want)
+    assert got[0].timestamp == pytest.approx(want[0].timestamp, abs=1e-6)  # original timestamps kept
+
+
+def _small_log(tmp_path: Path) -> Path:
+    path = tmp_path / "small.log"
+    path.write_text("".join(f"(100.{i}00000) can0 123#0{i}\n" for i in range(4)))  # 0.1 s apart
+    return path
+
+
+def test_rate_paces_frames(tmp_path: Path) -> None:
+    path = _small_log(tmp_path)
+    with ReplayBus(path, rate=1.0) as bus:
+        started = time.monotonic()
+        got = [bus.recv(2.0) for _ in range(4)]
+        elapsed = time.monotonic() - started
+    assert [m.data[0] for m in got] == [0, 1, 2, 3]
+    assert 0.28 <= elapsed < 1.0
+    with ReplayBus(path, rate=10.0) as bus:
+        started = time.monotonic()
+        assert len([bus.recv(2.0) for _ in range(4)]) == 4
+        assert time.monotonic() - started < 0.2
+
+
+def test_recv_timeout_shorter_than_the_next_frame_returns_none(tmp_path: Path) -> None:
+    with ReplayBus(_small_log(tmp_path), rate=1.0) as bus:
+        assert bus.recv(1.0) is not None
+        assert bus.recv(0.02) is None  # the next frame is due 0.1 s after the first
+        msg = bus.recv(1.0)
+        assert msg is not None and msg.data[0] == 1
+
+
+def test_loop_keeps_timestamps_increasing(tmp_path: Path) -> None:
+    with ReplayBus(_small_log(tmp_path), rate=None, loop=True) as bus:
+        got = [bus.recv(0) for _ in range(10)]
+    stamps = [m.timestamp for m in got]
+    assert stamps == sorted(stamps) and len(set(stamps)) == 10
+    assert [m.data[0] for m in got] == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]
+    assert stamps[4] - stamps[0] == pytest.approx(0.4, abs=1e-6)
+
+
+def test_now_timestamps(tmp_path: Path) -> None:
+    with ReplayBus(_small_log(tmp_path), rate=None, timestamps="now") as bus:
+        msg = bus.recv(0)
+    assert msg is not None and abs(msg.timestamp - time.time()) < 5
+
+
+def test_receive_only_and_bad_options(tmp_path: Path) -> None:
+    with ReplayBus(_small_log(tmp_path), rate=None) as bus, pytest.raises(can.CanOperationError):
+        bus.send(can.Message(arbitration_id=1))
+    with pytest.raises(ValueError, match="rate"):
+        ReplayBus(_small_log(tmp_path), rate=0)
+    with pytest.raises(LogFormatError, match="no such log file"):
+        ReplayBus(tmp_path / "missing.log")
