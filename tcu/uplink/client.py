@@ -1,0 +1,301 @@
+"""Stream batches to the ingest over one bidirectional gRPC ``Upload`` stream.
+
+The uplink sends ``Hello`` and then every unacked batch of the outbox in
+sequence order, at most ``window`` batches ahead of the last ack. Acks carry
+the highest contiguous durable sequence; everything up to it leaves the
+outbox. When the stream breaks (network, ingest restart, ``max_connection_age``)
+it reconnects with jittered exponential backoff and resends what is still
+unacked; the ingest deduplicates by (vehicle, boot epoch, seq), so a batch that
+was stored but whose ack was lost is stored once.
+
+Batches travel as the bytes the outbox holds: the ``UploadRequest`` envelope is
+written around them by hand (field 2, length-delimited) and the batch identity
+(boot epoch, seq) appended, so a batch is never parsed again inside the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from tcu.api.v1 import ingest_pb2 as ingest_pb
+from tcu.config import UplinkConfig
+from tcu.errors import ConfigError
+from tcu.uplink.outbox import Outbox
+
+__all__ = ["Uplink", "UplinkStats", "channel_options", "open_channel"]
+
+log = logging.getLogger(__name__)
+
+UPLOAD_METHOD = "/tcu.api.v1.Ingest/Upload"
+
+
+@dataclass(slots=True)
+class UplinkStats:
+    connects: int = 0
+    disconnects: int = 0
+    batches_sent: int = 0
+    batches_resent: int = 0
+    batches_acked: int = 0
+    duplicates: int = 0
+    acked_seq: int = 0
+    connected: bool = False
+    last_error: str = ""
+    throttled: int = 0
+    retry_after_waits: int = 0
+    last_retry_after_s: float = 0.0
+    credit: int = 0
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def wrap_batch(payload: bytes, *, boot_epoch: int, seq: int) -> bytes:
+    """``UploadRequest(batch=<payload with boot_epoch and seq set>)``, without parsing the payload.
+
+    Protobuf merges a message's concatenated encodings (the last scalar wins),
+    so appending fields 2 (boot_epoch) and 3 (seq) stamps the batch's identity.
+    """
+    inner = payload + b"\x10" + _varint(boot_epoch) + b"\x18" + _varint(seq)
+    return b"\x12" + _varint(len(inner)) + inner
+
+
+def channel_options(config: UplinkConfig) -> list[tuple[str, int | str]]:
+    """Keepalive for cellular links: ping every ``keepalive_s`` even when idle."""
+    options: list[tuple[str, int | str]] = [
+        ("grpc.keepalive_time_ms", int(config.keepalive_s * 1000)),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        ("grpc.max_send_message_length", 16 * 1024 * 1024),
+    ]
+    if config.tls is not None and config.tls.server_name:
+        options.append(("grpc.ssl_target_name_override", config.tls.server_name))
+    return options
+
+
+def open_channel(config: UplinkConfig) -> grpc.aio.Channel:
+    if config.tls is None:
+        if not config.insecure:
+            raise ConfigError("mTLS material is required unless insecure = true", key="uplink.tls")
+        return grpc.aio.insecure_channel(config.target, options=channel_options(config))
+    try:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=config.tls.ca_cert.read_bytes(),
+            private_key=config.tls.key.read_bytes(),
+            certificate_chain=config.tls.cert.read_bytes(),
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot read TLS file {exc.filename}: {exc.strerror}", key="uplink.tls") from exc
+    return grpc.aio.secure_channel(config.target, creds, options=channel_options(config))
+
+
+def _retry_after_s(exc: grpc.aio.AioRpcError) -> float | None:
+    metadata: Any = exc.trailing_metadata() or ()
+    for item in metadata:
+        key, value = item[0], item[1]
+        if key == "retry-after-ms":
+            try:
+                return max(0.0, int(value) / 1000)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+class Uplink:
+    """Keeps one Upload stream open and the outbox draining."""
+
+    def __init__(
+        self,
+        config: UplinkConfig,
+        *,
+        hello: ingest_pb.Hello,
+        outbox: Outbox,
+        window: int = 64,
+        on_command: Callable[[ingest_pb.VehicleCommand], None] | None = None,
+        checkin: Callable[[], ingest_pb.CheckIn | None] | None = None,
+    ) -> None:
+        self.config = config
+        self.stats = UplinkStats()
+        self._hello = ingest_pb.UploadRequest(hello=hello).SerializeToString()
+        self._outbox = outbox
+        self._window = window
+        self._on_command = on_command
+        self._checkin = checkin
+        # Messages other than batches (command results, check-ins), sent before the next batch.
+        # Bounded: a result for a stream that died is useless to the backend after its timeout.
+        self._control: collections.deque[bytes] = collections.deque(maxlen=256)
+        self._wake = asyncio.Event()
+        self._acked = asyncio.Event()
+        self._highest_sent = 0
+        # A spool reopened after a restart was acked up to some seq by an earlier process: the
+        # in-flight window counts from there (from 0 it would wait forever for an ack).
+        self.stats.acked_seq = outbox.acked_seq
+
+    def notify(self) -> None:
+        """Tell the uplink that the outbox has a new batch."""
+        self._wake.set()
+
+    def send(self, message: ingest_pb.UploadRequest) -> None:
+        """Queue a non-batch message (command result, check-in) for the current or next stream."""
+        self._control.append(message.SerializeToString())
+        self._wake.set()
+
+    async def wait_acked(self) -> None:
+        """Wait for the next ack (used for backpressure when the outbox is full)."""
+        self._acked.clear()
+        await self._acked.wait()
+
+    async def wait_drained(self, timeout_s: float) -> bool:
+        """Wait until every batch is acked; False when the deadline passed first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._outbox.unacked():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self.wait_acked(), timeout=min(remaining, 0.5))
+            except TimeoutError:
+                continue
+        return True
+
+    async def run(self) -> None:
+        """Connect, stream, reconnect with backoff; runs until cancelled."""
+        attempt = 0
+        while True:
+            retry_after_s: float | None = None
+            try:
+                await self._session()
+                attempt = 0
+            except grpc.aio.AioRpcError as exc:
+                self.stats.last_error = f"{exc.code().name}: {exc.details()}"
+                log.warning("uplink: stream to %s ended: %s", self.config.target, self.stats.last_error)
+                if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    retry_after_s = _retry_after_s(exc)
+                    self.stats.throttled += 1
+            except ConnectionError as exc:
+                self.stats.last_error = str(exc)
+                log.warning("uplink: %s", exc)
+            finally:
+                if self.stats.connected:
+                    self.stats.disconnects += 1
+                self.stats.connected = False
+            attempt += 1
+            cap = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** min(attempt, 16))
+            delay = random.uniform(self.config.backoff_initial_s, max(cap, self.config.backoff_initial_s))
+            if retry_after_s is not None:
+                delay = retry_after_s  # the ingest said when it will take more; honour it exactly
+                self.stats.retry_after_waits += 1
+                self.stats.last_retry_after_s = retry_after_s
+            log.info("uplink: reconnecting in %.2f s", delay)
+            await asyncio.sleep(delay)
+
+    async def _session(self) -> None:
+        channel = open_channel(self.config)
+        try:
+            call = channel.stream_stream(
+                UPLOAD_METHOD,
+                request_serializer=_identity,
+                response_deserializer=ingest_pb.UploadResponse.FromString,
+            )(None, wait_for_ready=True)  # None: requests go through write()
+            await call.write(self._hello)
+            checkin = self._checkin() if self._checkin is not None else None
+            if checkin is not None:
+                await call.write(ingest_pb.UploadRequest(checkin=checkin).SerializeToString())
+            self.stats.connects += 1
+            self.stats.connected = True
+            log.info(
+                "uplink: stream open to %s (%d batches unacked)", self.config.target, self._outbox.unacked()
+            )
+            reader = asyncio.create_task(self._read_acks(call), name="tcu.uplink.acks")
+            writer = asyncio.create_task(self._write_batches(call), name="tcu.uplink.writer")
+            try:
+                done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+                if reader not in done:
+                    # A failed write says little; the reader receives the server's status. Wait for it.
+                    done2, _ = await asyncio.wait({reader}, timeout=2.0)
+                    done = done | done2
+            finally:
+                for task in (reader, writer):
+                    task.cancel()
+                await asyncio.gather(reader, writer, return_exceptions=True)
+                call.cancel()
+            for task in sorted(done, key=lambda t: t is not reader):  # the reader's error first
+                error = None if task.cancelled() else task.exception()
+                if error is not None:
+                    raise error
+            # The reader only returns when the server ended the stream.
+            raise ConnectionError("ingest closed the upload stream")
+        finally:
+            await channel.close(grace=None)
+
+    def _in_flight_limit(self) -> int:
+        """Batches sent beyond the last ack: our window, or less when the ingest's credit says so."""
+        credit = self.stats.credit
+        return min(self._window, credit) if credit > 0 else self._window
+
+    async def _read_acks(self, call: grpc.aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
+        async for response in call:
+            if response.HasField("ack"):
+                ack = response.ack
+                if ack.duplicate:
+                    self.stats.duplicates += 1
+                self.stats.credit = ack.credit
+                removed = self._outbox.ack(ack.acked_seq)
+                self.stats.batches_acked += removed
+                self.stats.acked_seq = max(self.stats.acked_seq, ack.acked_seq)
+                self._acked.set()
+            elif response.HasField("command"):
+                command = response.command
+                if self._on_command is not None:
+                    self._on_command(command)
+                    continue
+                log.warning(
+                    "uplink: command %s (%s) refused: this agent takes no commands",
+                    command.command_id,
+                    command.kind,
+                )
+                result = ingest_pb.CommandResult(
+                    command_id=command.command_id, executed=False, reason="commands_disabled"
+                )
+                self.send(ingest_pb.UploadRequest(command_result=result))
+
+    async def _write_batches(self, call: grpc.aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
+        sent_this_stream = 0
+        while True:
+            self._wake.clear()
+            while self._control:
+                await call.write(self._control[0])
+                self._control.popleft()
+            for seq, payload in self._outbox.pending(after_seq=sent_this_stream):
+                while seq - self.stats.acked_seq > self._in_flight_limit():
+                    await self.wait_acked()
+                await call.write(wrap_batch(payload, boot_epoch=self._outbox.boot_epoch, seq=seq))
+                sent_this_stream = seq
+                self.stats.batches_sent += 1
+                if seq <= self._highest_sent:
+                    self.stats.batches_resent += 1
+                self._highest_sent = max(self._highest_sent, seq)
+            await self._wake.wait()
