@@ -1,0 +1,238 @@
+"""``tcu.api.v1.Fleet``: live updates, stored history, the fleet's vehicles and commands, for OEM backends."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeAlias
+
+import grpc
+
+from tcu.api.v1 import fleet_pb2 as fleet_pb
+from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
+from tcu.api.v1 import ingest_pb2 as ingest_pb
+from tcu.errors import ClosedResourceError
+from tcu.ingest._events import capture_pb, series_pb
+from tcu.ingest.commands import CommandConflict, CommandRouter, CommandsExhausted, CommandState
+from tcu.ingest.hub import SubscriberOverflow, UpdateHub
+from tcu.ingest.model import HistoryQuery, VehicleNotFound
+from tcu.ingest.store import Sink
+from tcu.ingest.validate import INT64_MAX, INT64_MIN
+
+__all__ = ["Caller", "FleetService", "peer_address"]
+
+log = logging.getLogger(__name__)
+
+Caller: TypeAlias = Callable[["grpc.aio.ServicerContext[Any, Any]"], str]
+"""Names who calls (for the log): the backend of the mTLS certificate, or the peer address."""
+
+_STATUS = {
+    CommandState.EXECUTED: fleet_pb.COMMAND_STATUS_EXECUTED,
+    CommandState.REJECTED: fleet_pb.COMMAND_STATUS_REJECTED,
+    CommandState.NOT_CONNECTED: fleet_pb.COMMAND_STATUS_NOT_CONNECTED,
+    CommandState.TIMEOUT: fleet_pb.COMMAND_STATUS_TIMEOUT,
+}
+
+
+def peer_address(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The caller hook without mTLS: the transport peer (e.g. ``ipv4:127.0.0.1:51234``)."""
+    return str(context.peer())
+
+
+class FleetService(fleet_grpc.FleetServicer):
+    """Servicer of ``tcu.api.v1.Fleet``.
+
+    Subscribe: live updates from the hub (see :mod:`tcu.ingest.hub` for the
+    overflow policy: RESOURCE_EXHAUSTED naming the missed count). Query: chunks of
+    at most ``max_samples_per_chunk`` samples (0: ``default_chunk``; capped at
+    ``max_chunk``), time-ordered per signal, signals by name; NOT_FOUND for a
+    vehicle without data. With ``include_events`` the events whose trigger time is in
+    ``[start_ns, end_ns)`` follow *after* all sample chunks, in trigger-time order, in
+    updates that carry only ``events`` (about ``max_samples_per_chunk`` samples each,
+    one event at least); a signal filter applies to their columns as in Subscribe.
+    ListVehicles: every vehicle the sink knows (stored batches or a check-in) with
+    its latest check-in's campaigns, plus vehicles connected now without stored data;
+    ``connected`` says whether an Upload stream of it is open.
+
+    SendCommand: see :mod:`tcu.ingest.commands`. INVALID_ARGUMENT for an empty
+    vehicle id, command id, kind or envelope, or an envelope above
+    ``max_command_bytes``; ALREADY_EXISTS when the same command id is pending for the
+    vehicle; RESOURCE_EXHAUSTED beyond the vehicle's pending bound. The signature is
+    not checked here (the vehicle checks it); mTLS restricts the method to backend
+    certificates (``INGEST_POLICY``), and every command is logged with its caller.
+    """
+
+    def __init__(
+        self,
+        sink: Sink,
+        hub: UpdateHub,
+        *,
+        default_chunk: int,
+        max_chunk: int,
+        commands: CommandRouter | None = None,
+        caller: Caller = peer_address,
+        command_timeout_s: float = 30.0,
+        command_timeout_max_s: float = 3600.0,
+        max_command_bytes: int = 64 * 1024,
+        max_string_bytes: int = 4096,
+    ) -> None:
+        self._sink = sink
+        self._hub = hub
+        self._default_chunk = default_chunk
+        self._max_chunk = max_chunk
+        self._commands = commands if commands is not None else CommandRouter()
+        self._caller = caller
+        self._command_timeout_s = command_timeout_s
+        self._command_timeout_max_s = command_timeout_max_s
+        self._max_command_bytes = max_command_bytes
+        self._max_string_bytes = max_string_bytes
+
+    async def Subscribe(
+        self,
+        request: fleet_pb.SubscribeRequest,
+        context: grpc.aio.ServicerContext[fleet_pb.SubscribeRequest, fleet_pb.SignalUpdate],
+    ) -> AsyncIterator[fleet_pb.SignalUpdate]:
+        with self._hub.subscribe(request.vehicle_ids, request.signals) as sub:
+            log.info(
+                "subscriber %s: vehicles %s, signals %s",
+                context.peer(),
+                list(request.vehicle_ids) or "all",
+                list(request.signals) or "all",
+            )
+            while True:
+                try:
+                    update = await sub.get()
+                except SubscriberOverflow as exc:
+                    log.warning("subscriber %s ended: %s", context.peer(), exc)
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                if update is None:
+                    await context.abort(
+                        grpc.StatusCode.UNAVAILABLE, "ingest is shutting down; subscribe again"
+                    )
+                yield update
+
+    async def Query(
+        self,
+        request: fleet_pb.QueryRequest,
+        context: grpc.aio.ServicerContext[fleet_pb.QueryRequest, fleet_pb.SignalUpdate],
+    ) -> AsyncIterator[fleet_pb.SignalUpdate]:
+        if not request.vehicle_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "query: vehicle_id is empty")
+        start_ns = request.start_ns or INT64_MIN
+        end_ns = request.end_ns or INT64_MAX
+        if end_ns <= start_ns:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"query: end_ns {request.end_ns} is not after start_ns {request.start_ns}",
+            )
+        chunk = min(request.max_samples_per_chunk or self._default_chunk, self._max_chunk)
+        query = HistoryQuery(
+            vehicle_id=request.vehicle_id,
+            signals=tuple(request.signals),
+            start_ns=start_ns,
+            end_ns=end_ns,
+            chunk_samples=chunk,
+        )
+        try:
+            async for part in self._sink.query(query):
+                yield fleet_pb.SignalUpdate(
+                    vehicle_id=request.vehicle_id, series=[series_pb(s) for s in part]
+                )
+            if request.include_events:
+                async for captures in self._sink.events(query):
+                    yield fleet_pb.SignalUpdate(
+                        vehicle_id=request.vehicle_id, events=[capture_pb(c) for c in captures]
+                    )
+        except VehicleNotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except ClosedResourceError:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "ingest is shutting down")
+
+    async def ListVehicles(
+        self,
+        request: fleet_pb.ListVehiclesRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> fleet_pb.ListVehiclesResponse:
+        try:
+            vehicles = await self._sink.list_vehicles()
+        except ClosedResourceError:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "ingest is shutting down")
+        connected = self._commands.connected_vehicles()
+        stored = {v.vehicle_id for v in vehicles}
+        infos = [
+            fleet_pb.VehicleInfo(
+                vehicle_id=v.vehicle_id,
+                boot_epoch=v.boot_epoch,
+                batches=v.batches,
+                samples=v.samples,
+                signals=v.signals,
+                first_sample_ns=v.first_sample_ns,
+                last_sample_ns=v.last_sample_ns,
+                last_seen_ns=v.last_seen_ns,
+                lost_batches=v.lost_batches,
+                campaigns=[fleet_pb.CampaignInfo(name=c.name, version=c.version) for c in v.campaigns],
+                connected=v.vehicle_id in connected,
+            )
+            for v in vehicles
+        ]
+        infos.extend(
+            fleet_pb.VehicleInfo(vehicle_id=vehicle_id, connected=True)
+            for vehicle_id in sorted(connected - stored)
+        )
+        infos.sort(key=lambda info: info.vehicle_id)
+        return fleet_pb.ListVehiclesResponse(vehicles=infos)
+
+    async def SendCommand(
+        self,
+        request: fleet_pb.SendCommandRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> fleet_pb.SendCommandResponse:
+        caller = self._caller(context)
+        label = f"command {request.command_id!r} ({request.kind}) for vehicle {request.vehicle_id!r}"
+        for key in ("vehicle_id", "command_id", "kind"):
+            value: str = getattr(request, key)
+            if not value:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{label}: {key} is empty")
+            if len(value.encode("utf-8")) > self._max_string_bytes:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"send command: {key} is longer than {self._max_string_bytes} bytes",
+                )
+        if not request.signed_command:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{label}: signed_command is empty")
+        if len(request.signed_command) > self._max_command_bytes:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{label}: signed_command has {len(request.signed_command)} bytes,"
+                f" more than {self._max_command_bytes}",
+            )
+        timeout_s = min(
+            request.timeout_ms / 1000 if request.timeout_ms else self._command_timeout_s,
+            self._command_timeout_max_s,
+        )
+        log.info(
+            "%s sends %s (%d bytes, timeout %g s)", caller, label, len(request.signed_command), timeout_s
+        )
+        command = ingest_pb.VehicleCommand(
+            command_id=request.command_id, kind=request.kind, payload=request.signed_command
+        )
+        try:
+            outcome = await self._commands.send(command, request.vehicle_id, timeout_s)
+        except CommandsExhausted as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except CommandConflict as exc:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        except ClosedResourceError:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "ingest is shutting down; send the command again"
+            )
+        log.info(
+            "%s from %s: %s%s",
+            label,
+            caller,
+            outcome.state.name,
+            f" ({outcome.reason})" if outcome.reason else "",
+        )
+        return fleet_pb.SendCommandResponse(
+            command_id=request.command_id, status=_STATUS[outcome.state], reason=outcome.reason
+        )

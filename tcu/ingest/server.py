@@ -1,0 +1,268 @@
+"""Composition root of the cloud ingest: sink, hub, servicers, health and reflection on one gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2 as health_pb
+from grpc_health.v1 import health_pb2_grpc as health_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tcu.api.v1 import fleet_pb2 as fleet_pb
+from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
+from tcu.api.v1 import ingest_pb2 as ingest_pb
+from tcu.api.v1 import ingest_pb2_grpc as ingest_grpc
+from tcu.errors import ClosedResourceError, IngestError
+from tcu.ingest.commands import CommandRouter
+from tcu.ingest.config import IngestConfig
+from tcu.ingest.fleet import Caller, FleetService, peer_address
+from tcu.ingest.hub import UpdateHub
+from tcu.ingest.servicer import Identity, IngestService, no_identity
+from tcu.ingest.store import Sink, SqliteSink
+from tcu.ingest.validate import Limits
+from tcu.pki import INGEST_POLICY, MtlsInterceptor, RevocationChecker, peer_identity, server_credentials
+
+__all__ = ["SERVICE_NAMES", "IngestServer", "serve"]
+
+log = logging.getLogger(__name__)
+
+INGEST_SERVICE: str = ingest_pb.DESCRIPTOR.services_by_name["Ingest"].full_name
+FLEET_SERVICE: str = fleet_pb.DESCRIPTOR.services_by_name["Fleet"].full_name
+HEALTH_SERVICE: str = health_pb.DESCRIPTOR.services_by_name["Health"].full_name
+SERVICE_NAMES: tuple[str, ...] = (INGEST_SERVICE, FLEET_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME)
+"""Every service the server registers (all of them are listed by reflection)."""
+
+_CELLULAR_OPTIONS: tuple[tuple[str, int], ...] = (
+    # Vehicles on cellular links send keepalive pings, also when idle; allow them.
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+
+class IngestServer:
+    """The ``tcu ingest`` server. ``port = await server.start()``; ``await server.stop(grace_s)``.
+
+    Without ``sink`` it opens the embedded :class:`~tcu.ingest.store.SqliteSink`
+    at ``config.db_path`` (and closes it on stop). With ``config.tls`` the port
+    is mTLS: a client certificate from ``client_ca`` is required, revoked or
+    expired ones are refused (:class:`~tcu.pki.MtlsInterceptor`), vehicles may
+    only call ``Ingest`` and backends only ``Fleet``, and every upload is bound
+    to the vehicle id in the certificate. ``server_credentials`` and
+    ``identity`` override that (tests).
+    """
+
+    def __init__(
+        self,
+        config: IngestConfig,
+        *,
+        server_credentials: grpc.ServerCredentials | None = None,
+        identity: Identity = no_identity,
+        sink: Sink | None = None,
+    ) -> None:
+        self._config = config
+        self._interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
+        if config.tls is not None and server_credentials is None:
+            server_credentials = make_server_credentials(config)
+            revocation = (
+                RevocationChecker(config.tls.crl, ca_path=config.tls.client_ca) if config.tls.crl else None
+            )
+            self._interceptors.append(MtlsInterceptor(revocation, require=INGEST_POLICY))
+            if identity is no_identity:
+                identity = certificate_vehicle_id
+        self._credentials = server_credentials
+        self._identity = identity
+        self._given_sink = sink
+        self._sink: Sink | None = None
+        self._server: grpc.aio.Server | None = None
+        self._hub = UpdateHub(config.subscriber_queue)
+        self._ingest: IngestService | None = None
+        self._commands = CommandRouter(max_pending=config.max_pending_commands)
+        self._caller: Caller = certificate_caller if config.tls is not None else peer_address
+        self._health: _AsyncHealth | None = None
+        self._port: int | None = None
+        self._stop_task: asyncio.Task[None] | None = None
+
+    @property
+    def bound_port(self) -> int:
+        """The port the server listens on (after :meth:`start`)."""
+        if self._port is None:
+            raise IngestError("the ingest server has not been started")
+        return self._port
+
+    @property
+    def hub(self) -> UpdateHub:
+        return self._hub
+
+    @property
+    def commands(self) -> CommandRouter:
+        """Connected vehicles and pending commands."""
+        return self._commands
+
+    @property
+    def sink(self) -> Sink:
+        if self._sink is None:
+            raise IngestError("the ingest server has not been started")
+        return self._sink
+
+    async def start(self) -> int:
+        """Open the sink, bind, start serving; return the bound port."""
+        if self._stop_task is not None:
+            raise ClosedResourceError("the ingest server was stopped; make a new one")
+        if self._server is not None:
+            raise IngestError("the ingest server is already started")
+        config = self._config
+        sink: Sink = self._given_sink if self._given_sink is not None else await SqliteSink.open(config)
+        self._sink = sink
+        options: list[tuple[str, int]] = [
+            *_CELLULAR_OPTIONS,
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+        ]
+        if config.max_connection_age_s is not None:
+            options.append(("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)))
+            options.append(
+                ("grpc.max_connection_age_grace_ms", int(config.max_connection_age_grace_s * 1000))
+            )
+        server = grpc.aio.server(interceptors=self._interceptors or None, options=options)
+        self._ingest = IngestService(
+            sink,
+            self._hub,
+            Limits.from_config(config),
+            pipeline_depth=config.pipeline_depth,
+            identity=self._identity,
+            max_batches_per_s=config.max_batches_per_s,
+            batch_burst=config.batch_burst,
+            throttle_max_wait_s=config.throttle_max_wait_s,
+            commands=self._commands,
+        )
+        ingest_grpc.add_IngestServicer_to_server(self._ingest, server)
+        fleet_grpc.add_FleetServicer_to_server(
+            FleetService(
+                sink,
+                self._hub,
+                default_chunk=config.query_chunk_samples,
+                max_chunk=config.query_chunk_samples_max,
+                commands=self._commands,
+                caller=self._caller,
+                command_timeout_s=config.command_timeout_s,
+                command_timeout_max_s=config.command_timeout_max_s,
+                max_command_bytes=config.max_command_bytes,
+                max_string_bytes=config.max_string_bytes,
+            ),
+            server,
+        )
+        self._health = _AsyncHealth()
+        health_grpc.add_HealthServicer_to_server(self._health.servicer, server)
+        reflection.enable_server_reflection(SERVICE_NAMES, server)
+        try:
+            if self._credentials is None:
+                port = server.add_insecure_port(config.listen)
+            else:
+                port = server.add_secure_port(config.listen, self._credentials)
+        except RuntimeError as exc:
+            if self._given_sink is None:
+                await sink.aclose()
+            raise IngestError(f"ingest.listen: cannot listen on {config.listen}: {exc}") from exc
+        await server.start()
+        self._server = server
+        self._port = port
+        for name in ("", INGEST_SERVICE, FLEET_SERVICE):
+            await self._health.set(name, health_pb.HealthCheckResponse.SERVING)
+        log.info("ingest listening on %s (port %d), database %s", config.listen, port, config.db_path)
+        return port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop accepting, let streams ack what is in flight, close the sink. Idempotent."""
+        if self._stop_task is None:
+            grace = self._config.grace_s if grace_s is None else grace_s
+            self._stop_task = asyncio.create_task(self._stop(grace), name="tcu-ingest-stop")
+        await asyncio.shield(self._stop_task)
+
+    async def _stop(self, grace_s: float) -> None:
+        if self._health is not None:
+            await self._health.shutdown()
+        if self._ingest is not None:
+            self._ingest.drain()
+        self._commands.close()
+        self._hub.close()
+        if self._server is not None:
+            await self._server.stop(grace_s)
+        if self._sink is not None and self._given_sink is None:
+            await self._sink.aclose()
+        log.info("ingest stopped")
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+def make_server_credentials(config: IngestConfig) -> grpc.ServerCredentials:
+    assert config.tls is not None
+    return server_credentials(config.tls.cert, config.tls.key, config.tls.client_ca, require_client_auth=True)
+
+
+def certificate_vehicle_id(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """The identity hook of an mTLS ingest: the VIN of the caller's vehicle certificate."""
+    ident = peer_identity(context)
+    if ident is None or ident.kind != "vehicle":
+        return ""  # no vehicle identity: matches no vehicle id, so every upload is refused
+    return ident.name
+
+
+def certificate_caller(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """Who calls, for the log of an mTLS ingest: ``backend:<name>`` from the certificate, and the peer."""
+    ident = peer_identity(context)
+    name = f"{ident.kind}:{ident.name}" if ident is not None else "unidentified"
+    return f"{name} ({context.peer()})"
+
+
+class _AsyncHealth:
+    """grpc_health's asyncio servicer (its stubs only describe the threaded one)."""
+
+    def __init__(self) -> None:
+        from grpc_health.v1 import health as health_module
+
+        # The stubs lack ``health.aio``; the runtime module has it (grpcio-health-checking >= 1.5x).
+        self.servicer: Any = health_module.aio.HealthServicer()  # type: ignore[attr-defined]
+
+    async def set(self, service: str, status: health_pb.HealthCheckResponse.ServingStatus) -> None:
+        await self.servicer.set(service, status)
+
+    async def shutdown(self) -> None:
+        await self.servicer.enter_graceful_shutdown()
+
+
+async def serve(
+    config: IngestConfig,
+    *,
+    on_listening: Callable[[int], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run the ingest until SIGTERM or SIGINT (or ``stop`` is set), then stop cleanly.
+
+    ``on_listening(port)`` runs once the server listens (the CLI writes its port file there).
+    """
+    server = IngestServer(config)
+    stop_event = stop if stop is not None else asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, stop_event.set)
+            installed.append(signum)
+    try:
+        port = await server.start()
+        if on_listening is not None:
+            on_listening(port)
+        await stop_event.wait()
+        log.info("stopping the ingest (grace %.1f s)", config.grace_s)
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+        await server.stop(config.grace_s)

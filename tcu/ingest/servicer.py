@@ -1,0 +1,351 @@
+"""``tcu.api.v1.Ingest``: the vehicle-facing Upload stream.
+
+A stream starts with a Hello (else INVALID_ARGUMENT), then carries batches,
+command results and check-ins in any order (a second Hello is INVALID_ARGUMENT).
+Each batch is validated against the Hello, handed to the sink, and answered with
+an Ack once it is durable. The stream is pipelined: a reader task keeps reading
+and submitting batches (up to ``pipeline_depth`` unacked) while earlier ones
+commit; an acker task awaits them in arrival order and queues their acks. A
+malformed batch ends only its own stream with INVALID_ARGUMENT (batches before
+it are acked first).
+
+Downstream, the stream has one outgoing queue: acks (in batch order) and
+``VehicleCommand`` s from ``Fleet.SendCommand`` (:mod:`tcu.ingest.commands`) are
+put on it and yielded in the order they were queued. While the stream is open its
+vehicle counts as connected. A ``CommandResult`` resolves the pending command of
+that id *for this stream's vehicle* (unknown ids are logged and ignored); a
+``CheckIn`` is validated and stored durably (it replaces the previous one) before
+the next message is read.
+
+Flow control: each ack carries a credit (how many more batches the stream may
+have in flight). A vehicle above ``max_batches_per_s`` (token bucket with a
+burst for spools draining after an outage) is paced: reading its stream waits.
+When the wait would exceed ``throttle_max_wait_s`` the stream ends with
+RESOURCE_EXHAUSTED and trailing metadata ``retry-after-ms``, which the agent
+honours before reconnecting.
+
+Identity: ``identity(context)`` returns the vehicle id the transport proved
+(mTLS, later) or None. When it returns a value, a Hello or batch for another
+vehicle ends the stream with PERMISSION_DENIED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import grpc
+
+from tcu.api.v1 import ingest_pb2 as ingest_pb
+from tcu.api.v1 import ingest_pb2_grpc as ingest_grpc
+from tcu.errors import BatchRejected, ClosedResourceError, IngestError
+from tcu.ingest.commands import CommandRouter, Link
+from tcu.ingest.hub import UpdateHub
+from tcu.ingest.model import Batch, StoreResult
+from tcu.ingest.store import Sink
+from tcu.ingest.validate import Limits, Session, validate_batch, validate_checkin, validate_hello
+
+__all__ = ["Identity", "IngestService", "no_identity"]
+
+log = logging.getLogger(__name__)
+
+Identity: TypeAlias = Callable[["grpc.aio.ServicerContext[Any, Any]"], "str | None"]
+"""Returns the vehicle id bound to the caller's credentials, or None when there is none."""
+
+_SHUTTING_DOWN = "ingest is shutting down; reconnect and resend unacknowledged batches"
+
+
+def no_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """The identity hook for insecure servers: no vehicle id is bound to the connection."""
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _InFlight:
+    batch: Batch
+    task: asyncio.Task[StoreResult]
+
+
+@dataclass(frozen=True, slots=True)
+class _Stop:
+    code: grpc.StatusCode
+    details: str
+    retry_after_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Ack:
+    batch: Batch
+    result: StoreResult
+
+
+_EOF = None
+
+_Outgoing: TypeAlias = "ingest_pb.UploadResponse | _Ack | _Stop | None"
+
+
+class IngestService(ingest_grpc.IngestServicer):
+    """Servicer of ``tcu.api.v1.Ingest``; :class:`~tcu.ingest.server.IngestServer` wires it."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        hub: UpdateHub,
+        limits: Limits,
+        *,
+        pipeline_depth: int = 64,
+        identity: Identity = no_identity,
+        max_batches_per_s: float = 200.0,
+        batch_burst: int = 2000,
+        throttle_max_wait_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        commands: CommandRouter | None = None,
+    ) -> None:
+        self._sink = sink
+        self._commands = commands if commands is not None else CommandRouter()
+        self._hub = hub
+        self._limits = limits
+        self._depth = pipeline_depth
+        self._identity = identity
+        self._readers: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._rate = max_batches_per_s
+        self._burst = float(batch_burst)
+        self._clock = clock
+        self._max_wait_ms = int(throttle_max_wait_s * 1000)
+        self._buckets: dict[str, tuple[float, float]] = {}  # vehicle -> (tokens, last refill)
+
+    def _take_token(self, vehicle_id: str) -> int:
+        """0 when a batch may go on, else milliseconds until the next token (RESOURCE_EXHAUSTED)."""
+        now = self._clock()
+        tokens, last = self._buckets.get(vehicle_id, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - last) * self._rate)
+        if tokens >= 1.0:
+            self._buckets[vehicle_id] = (tokens - 1.0, now)
+            return 0
+        self._buckets[vehicle_id] = (tokens, now)
+        return max(1, int((1.0 - tokens) / self._rate * 1000) + 1)
+
+    def drain(self) -> None:
+        """Stop reading: every stream acks what it has in flight, then ends with UNAVAILABLE."""
+        self._closing = True
+        for reader in list(self._readers):
+            reader.cancel()
+
+    async def Upload(
+        self,
+        request_iterator: AsyncIterator[ingest_pb.UploadRequest],
+        context: grpc.aio.ServicerContext[ingest_pb.UploadRequest, ingest_pb.UploadResponse],
+    ) -> AsyncIterator[ingest_pb.UploadResponse]:
+        if self._closing:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
+        bound = self._identity(context)
+        try:
+            first = await anext(request_iterator)
+        except StopAsyncIteration:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "stream ended before its Hello")
+        if first.WhichOneof("kind") != "hello":
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the first message of an Upload stream must be a Hello, got {first.WhichOneof('kind')}",
+            )
+        if bound is not None and first.hello.vehicle_id != bound:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"hello for vehicle {first.hello.vehicle_id!r} on a connection of vehicle {bound!r}",
+            )
+        try:
+            session = validate_hello(first.hello, self._limits)
+        except BatchRejected as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        log.info(
+            "upload from %s (boot epoch %d, catalog %s, %d signals, agent %s) via %s",
+            session.vehicle_id,
+            session.boot_epoch,
+            session.catalog.catalog_id,
+            len(session.catalog.signals),
+            session.agent_version or "?",
+            context.peer(),
+        )
+        pending: asyncio.Queue[_InFlight | _Stop | None] = asyncio.Queue()
+        # Unbounded by type, bounded in use: at most pipeline_depth acks (slots) plus the
+        # router's max_pending commands of this vehicle, plus one final _Stop or EOF.
+        out: asyncio.Queue[_Outgoing] = asyncio.Queue()
+        slots = asyncio.Semaphore(self._depth)
+        reader = asyncio.create_task(
+            self._read(request_iterator, session, bound, pending, slots),
+            name=f"tcu-ingest-upload[{session.vehicle_id}].read",
+        )
+        self._readers.add(reader)
+        reader.add_done_callback(self._readers.discard)
+        acker = asyncio.create_task(
+            self._ack(pending, out), name=f"tcu-ingest-upload[{session.vehicle_id}].ack"
+        )
+        acked = 0
+        commands = 0
+        try:
+            with self._commands.attach(Link(session.vehicle_id, out.put_nowait)):
+                while True:
+                    item = await out.get()
+                    if item is _EOF:
+                        break
+                    if isinstance(item, _Stop):
+                        log.warning(
+                            "%supload from %s ended: %s: %s",
+                            "security: " if item.code is grpc.StatusCode.PERMISSION_DENIED else "",
+                            session.vehicle_id,
+                            item.code.name,
+                            item.details,
+                        )
+                        if item.retry_after_ms:
+                            context.set_trailing_metadata((("retry-after-ms", str(item.retry_after_ms)),))
+                        await context.abort(item.code, item.details)
+                    if isinstance(item, ingest_pb.UploadResponse):
+                        commands += 1
+                        yield item
+                        continue
+                    assert isinstance(item, _Ack)
+                    slots.release()
+                    acked += 1
+                    yield ingest_pb.UploadResponse(
+                        ack=ingest_pb.Ack(
+                            vehicle_id=item.batch.vehicle_id,
+                            boot_epoch=item.batch.boot_epoch,
+                            acked_seq=item.result.acked_seq,
+                            batch_seq=item.batch.seq,
+                            duplicate=item.result.duplicate,
+                            # Batches this stream may still send before it must wait for acks.
+                            credit=max(1, self._depth - pending.qsize()),
+                        )
+                    )
+        finally:
+            reader.cancel()
+            acker.cancel()
+            leftovers: list[asyncio.Task[Any]] = [reader, acker]
+            while not pending.empty():
+                rest = pending.get_nowait()
+                if isinstance(rest, _InFlight):
+                    rest.task.cancel()
+                    leftovers.append(rest.task)
+            await asyncio.gather(*leftovers, return_exceptions=True)
+            log.info(
+                "upload from %s closed after %d acks and %d commands", session.vehicle_id, acked, commands
+            )
+
+    async def _ack(
+        self, pending: asyncio.Queue[_InFlight | _Stop | None], out: asyncio.Queue[_Outgoing]
+    ) -> None:
+        """Await stored batches in arrival order, publish new ones, queue their acks; forward the end."""
+        while True:
+            item = await pending.get()
+            if item is _EOF or isinstance(item, _Stop):
+                out.put_nowait(item)
+                return
+            try:
+                result = await item.task
+            except ClosedResourceError:
+                out.put_nowait(_Stop(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN))
+                return
+            except IngestError as exc:
+                out.put_nowait(_Stop(grpc.StatusCode.UNAVAILABLE, f"batch seq {item.batch.seq}: {exc}"))
+                return
+            if not result.duplicate:
+                self._hub.publish(item.batch)
+            out.put_nowait(_Ack(item.batch, result))
+
+    async def _checkin(self, session: Session, checkin: ingest_pb.CheckIn) -> _Stop | None:
+        """Validate and durably store a check-in; a _Stop when the stream must end."""
+        try:
+            campaigns = validate_checkin(session, checkin, self._limits)
+        except BatchRejected as exc:
+            return _Stop(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            await self._sink.store_checkin(session.vehicle_id, campaigns)
+        except ClosedResourceError:
+            return _Stop(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
+        except IngestError as exc:
+            return _Stop(grpc.StatusCode.UNAVAILABLE, f"check-in of vehicle {session.vehicle_id}: {exc}")
+        log.info(
+            "vehicle %s checked in: %s",
+            session.vehicle_id,
+            ", ".join(f"{c.name} v{c.version}" for c in campaigns) or "no campaigns",
+        )
+        return None
+
+    async def _read(
+        self,
+        requests: AsyncIterator[ingest_pb.UploadRequest],
+        session: Session,
+        bound: str | None,
+        pending: asyncio.Queue[_InFlight | _Stop | None],
+        slots: asyncio.Semaphore,
+    ) -> None:
+        """Read, validate and submit batches; end by queueing EOF or a _Stop."""
+        try:
+            async for request in requests:
+                kind = request.WhichOneof("kind")
+                if kind == "command_result":
+                    self._commands.resolve(session.vehicle_id, request.command_result)
+                    continue
+                if kind == "checkin":
+                    stop = await self._checkin(session, request.checkin)
+                    if stop is not None:
+                        pending.put_nowait(stop)
+                        return
+                    continue
+                if kind != "batch":
+                    pending.put_nowait(
+                        _Stop(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"only the first message may be a Hello; got {kind} after it",
+                        )
+                    )
+                    return
+                message = request.batch
+                if bound is not None and message.vehicle_id != bound:
+                    pending.put_nowait(
+                        _Stop(
+                            grpc.StatusCode.PERMISSION_DENIED,
+                            f"batch seq {message.seq} for vehicle {message.vehicle_id!r}"
+                            f" on a connection of vehicle {bound!r}",
+                        )
+                    )
+                    return
+                try:
+                    batch = validate_batch(session, message, self._limits)
+                except BatchRejected as exc:
+                    pending.put_nowait(_Stop(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
+                    return
+                wait_ms = self._take_token(batch.vehicle_id)
+                while 0 < wait_ms <= self._max_wait_ms:
+                    # Over its rate: pace the vehicle (HTTP/2 flow control holds its writes).
+                    await asyncio.sleep(wait_ms / 1000)
+                    wait_ms = self._take_token(batch.vehicle_id)
+                if wait_ms:
+                    pending.put_nowait(
+                        _Stop(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"batch seq {batch.seq}: vehicle {batch.vehicle_id} sends more than "
+                            f"{self._rate:g} batches/s; retry after {wait_ms} ms",
+                            retry_after_ms=wait_ms,
+                        )
+                    )
+                    return
+                await slots.acquire()
+                task = asyncio.create_task(
+                    self._sink.store(batch), name=f"tcu-ingest-store[{batch.vehicle_id}:{batch.seq}]"
+                )
+                pending.put_nowait(_InFlight(batch, task))
+            pending.put_nowait(_EOF)
+        except asyncio.CancelledError:
+            pending.put_nowait(_Stop(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN))
+            raise
+        except Exception as exc:  # a transport error while reading: end the stream, say why
+            log.debug("reading upload from %s failed", session.vehicle_id, exc_info=True)
+            with contextlib.suppress(Exception):
+                pending.put_nowait(_Stop(grpc.StatusCode.INTERNAL, f"reading the stream failed: {exc}"))

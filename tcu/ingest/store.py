@@ -1,0 +1,879 @@
+"""Sinks: where validated batches are stored. The embedded default is SQLite.
+
+:class:`SqliteSink` keeps the database in WAL mode and has exactly one writer
+thread doing group commit: :meth:`SqliteSink.store` hands a batch to the writer
+and awaits a future; the writer takes everything queued (up to
+``commit_max_batches``), writes it in one transaction, commits, and only then
+resolves the futures. A batch is therefore acknowledged only once it is durable.
+
+Dedup is by the primary key ``(vehicle_id, boot_epoch, seq)`` of ``batches``: a
+retry is answered ``duplicate=True`` and stores nothing. Per (vehicle, boot
+epoch) the writer keeps the contiguous high-water mark (the highest ``s`` such
+that 1..s are all stored) in ``epochs``, in the same transaction; after a restart
+it is re-read and advanced over any later seqs already in ``batches``.
+
+Samples are rows ``(series_id, t_ns, value_double | value_text, boot_epoch,
+seq)`` where ``series`` interns ``(vehicle_id, signal name)``; the index
+``samples_by_time (series_id, t_ns)`` serves Query by (vehicle, signal, time).
+The view ``sample_rows`` shows them as ``(vehicle_id, signal, t_ns, value_double,
+value_text, boot_epoch, seq)``. NaN doubles are stored as NULL (SQLite has no
+NaN) and read back as NaN.
+
+Captured events are rows of ``events`` keyed ``(vehicle_id, boot_epoch, seq,
+idx)``, written in the batch's transaction and only when the batch row is new, so
+a retried batch stores its events once. The campaign fields and times are columns
+(``events_by_trigger (vehicle_id, trigger_ns, ...)`` serves Query by trigger
+time); the samples are one ``body`` blob, a serialised ``tcu.api.v1.Event``
+(absolute times, signal names and units). A blob, not sample rows, because an
+event is only ever read whole and by trigger time, never by one of its samples:
+one row per event keeps writes and reads to one row each, keeps the samples
+table and its index to the vehicle's regular time series, and the blob is packed
+protobuf that any client of the API can decode.
+
+Check-ins go through the same writer (``store_checkin``) into ``checkins``: one
+row per vehicle, replaced by each new check-in, durable before the stream reads on.
+
+Reads (Query, ListVehicles) run on a small thread pool with one read-only
+connection per thread, never on the event loop.
+
+Queue policy: at most ``write_queue_batches`` batches wait for the writer; a
+further :meth:`SqliteSink.store` waits for room, which slows that Upload stream
+and, through HTTP/2 flow control, its vehicle (backpressure, nothing dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Concatenate, Final, ParamSpec, Protocol, TypeVar, runtime_checkable
+
+from tcu.api.v1 import fleet_pb2 as fleet_pb
+from tcu.errors import ClosedResourceError, IngestError
+from tcu.ingest._events import capture_from_pb, capture_pb
+from tcu.ingest.config import IngestConfig
+from tcu.ingest.model import (
+    Batch,
+    CampaignRef,
+    Capture,
+    Column,
+    HistoryQuery,
+    Series,
+    StoreResult,
+    ValueKind,
+    VehicleNotFound,
+    VehicleSummary,
+)
+
+__all__ = ["Sink", "SqliteSink", "WriterStats"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+
+_SCHEMA_VERSION: Final = "1"
+_CACHE_MAX: Final = 65_536
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS batches (
+    vehicle_id TEXT NOT NULL,
+    boot_epoch INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    catalog_id TEXT NOT NULL,
+    base_time_ns INTEGER NOT NULL,
+    created_ns INTEGER NOT NULL,
+    samples INTEGER NOT NULL,
+    stored_ns INTEGER NOT NULL,
+    loss_reason TEXT,
+    loss_priority INTEGER,
+    loss_created_ns INTEGER,
+    loss_bytes INTEGER,
+    PRIMARY KEY (vehicle_id, boot_epoch, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS epochs (
+    vehicle_id TEXT NOT NULL,
+    boot_epoch INTEGER NOT NULL,
+    acked_seq INTEGER NOT NULL,
+    PRIMARY KEY (vehicle_id, boot_epoch)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS catalog_signals (
+    vehicle_id TEXT NOT NULL,
+    catalog_id TEXT NOT NULL,
+    signal_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    unit TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    source TEXT NOT NULL,
+    resolution REAL NOT NULL,
+    period_ms INTEGER NOT NULL,
+    PRIMARY KEY (vehicle_id, catalog_id, signal_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS series (
+    series_id INTEGER PRIMARY KEY,
+    vehicle_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    unit TEXT NOT NULL,
+    samples INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (vehicle_id, name)
+);
+CREATE TABLE IF NOT EXISTS samples (
+    series_id INTEGER NOT NULL REFERENCES series (series_id),
+    t_ns INTEGER NOT NULL,
+    value_double REAL,
+    value_text TEXT,
+    boot_epoch INTEGER NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS samples_by_time ON samples (series_id, t_ns);
+CREATE TABLE IF NOT EXISTS vehicles (
+    vehicle_id TEXT PRIMARY KEY,
+    boot_epoch INTEGER NOT NULL,
+    batches INTEGER NOT NULL,
+    samples INTEGER NOT NULL,
+    first_sample_ns INTEGER,
+    last_sample_ns INTEGER,
+    last_seen_ns INTEGER NOT NULL,
+    lost_batches INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    vehicle_id TEXT NOT NULL,
+    boot_epoch INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    campaign TEXT NOT NULL,
+    campaign_version INTEGER NOT NULL,
+    trigger_ns INTEGER NOT NULL,
+    start_ns INTEGER NOT NULL,
+    end_ns INTEGER NOT NULL,
+    truncated INTEGER NOT NULL,
+    history_incomplete INTEGER NOT NULL,
+    samples INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (vehicle_id, boot_epoch, seq, idx)
+);
+CREATE INDEX IF NOT EXISTS events_by_trigger ON events (vehicle_id, trigger_ns, boot_epoch, seq, idx);
+CREATE TABLE IF NOT EXISTS checkins (
+    vehicle_id TEXT PRIMARY KEY,
+    campaigns TEXT NOT NULL,
+    checkin_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE VIEW IF NOT EXISTS sample_rows AS
+    SELECT series.vehicle_id AS vehicle_id, series.name AS signal, samples.t_ns AS t_ns,
+           samples.value_double AS value_double, samples.value_text AS value_text,
+           samples.boot_epoch AS boot_epoch, samples.seq AS seq
+    FROM samples JOIN series USING (series_id);
+"""
+
+_UPSERT_VEHICLE: Final = """
+INSERT INTO vehicles (vehicle_id, boot_epoch, batches, samples, first_sample_ns, last_sample_ns, last_seen_ns,
+                      lost_batches)
+VALUES (?, ?, 1, ?, ?, ?, ?, ?)
+ON CONFLICT (vehicle_id) DO UPDATE SET
+    boot_epoch = excluded.boot_epoch,
+    batches = batches + 1,
+    lost_batches = lost_batches + excluded.lost_batches,
+    samples = samples + excluded.samples,
+    first_sample_ns = min(coalesce(first_sample_ns, excluded.first_sample_ns),
+                          coalesce(excluded.first_sample_ns, first_sample_ns)),
+    last_sample_ns = max(coalesce(last_sample_ns, excluded.last_sample_ns),
+                         coalesce(excluded.last_sample_ns, last_sample_ns)),
+    last_seen_ns = excluded.last_seen_ns
+"""
+
+_EVENT_PAGE: Final = """
+SELECT trigger_ns, boot_epoch, seq, idx, samples, body FROM events
+WHERE vehicle_id = ? AND trigger_ns >= ? AND trigger_ns < ?
+  AND (trigger_ns, boot_epoch, seq, idx) > (?, ?, ?, ?)
+ORDER BY trigger_ns, boot_epoch, seq, idx LIMIT ?
+"""
+_EVENT_PAGE_ROWS: Final = 256
+
+_PAGE: Final = """
+SELECT t_ns, value_double, value_text, rowid FROM samples
+WHERE series_id = ? AND t_ns >= ? AND t_ns < ? AND (t_ns, rowid) > (?, ?)
+ORDER BY t_ns, rowid LIMIT ?
+"""
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Where the ingest stores batches and reads history (SQLite now, NATS JetStream later)."""
+
+    async def store(self, batch: Batch) -> StoreResult:
+        """Store a validated batch; return once it is durable (or was stored before)."""
+        ...
+
+    def query(self, query: HistoryQuery) -> AsyncIterator[list[Series]]:
+        """Chunks of at most ``query.chunk_samples`` samples, time-ordered per signal.
+
+        Raises :class:`~tcu.ingest.model.VehicleNotFound` for a vehicle without data.
+        """
+        ...
+
+    def events(self, query: HistoryQuery) -> AsyncIterator[list[Capture]]:
+        """Stored events of ``query.vehicle_id`` whose trigger time is in ``[start_ns, end_ns)``.
+
+        In trigger-time order, in chunks of about ``query.chunk_samples`` samples (at
+        least one event each); a non-empty ``query.signals`` keeps only those columns
+        and only events with at least one of them.
+        """
+        ...
+
+    async def store_checkin(self, vehicle_id: str, campaigns: tuple[CampaignRef, ...]) -> None:
+        """Durably replace the vehicle's check-in (the campaigns it runs now)."""
+        ...
+
+    async def list_vehicles(self) -> list[VehicleSummary]:
+        """Every vehicle with stored batches or a check-in, by vehicle id."""
+        ...
+
+    async def aclose(self) -> None:
+        """Finish queued writes, then release everything. Idempotent."""
+        ...
+
+
+@dataclass(slots=True)
+class WriterStats:
+    """Counters of the writer thread (read them for tests and benchmarks)."""
+
+    groups: int = 0
+    """Transactions committed."""
+    batches: int = 0
+    """Batches answered (stored or duplicate)."""
+    duplicates: int = 0
+    largest_group: int = 0
+
+
+@dataclass(slots=True)
+class _Epoch:
+    acked_seq: int
+    above: set[int] = field(default_factory=set)
+    """Stored seqs above ``acked_seq`` (out-of-order arrivals)."""
+
+    def copy(self) -> _Epoch:
+        return _Epoch(self.acked_seq, set(self.above))
+
+    def holds(self, seq: int) -> bool:
+        return seq <= self.acked_seq or seq in self.above
+
+    def add(self, seq: int) -> None:
+        self.above.add(seq)
+        while self.acked_seq + 1 in self.above:
+            self.acked_seq += 1
+            self.above.discard(self.acked_seq)
+
+
+@dataclass(frozen=True, slots=True)
+class _CheckIn:
+    vehicle_id: str
+    campaigns: tuple[CampaignRef, ...]
+
+
+@dataclass(slots=True)
+class _Job:
+    batch: Batch | _CheckIn
+    future: asyncio.Future[StoreResult]
+    loop: asyncio.AbstractEventLoop
+    release: Callable[[], None]
+    """The write-queue semaphore's release, called on the loop once the job is settled."""
+
+
+_STOP: Final = object()
+
+
+def _settle(job: _Job, result: StoreResult | BaseException) -> None:
+    job.release()
+    if job.future.done():  # the caller went away
+        return
+    if isinstance(result, BaseException):
+        job.future.set_exception(result)
+    else:
+        job.future.set_result(result)
+
+
+class SqliteSink:
+    """The embedded sink: one SQLite file, one writer thread, a few reader threads.
+
+    Open with ``sink = await SqliteSink.open(config)``; close with ``await sink.aclose()``.
+    """
+
+    def __init__(self, config: IngestConfig) -> None:
+        self._path = config.db_path
+        self._synchronous = config.sqlite_synchronous
+        self._busy_timeout_s = config.sqlite_busy_timeout_s
+        self._writing = 0
+        self._commit_max = config.commit_max_batches
+        self._room = asyncio.Semaphore(config.write_queue_batches)
+        self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._readers = ThreadPoolExecutor(
+            max_workers=config.reader_threads, thread_name_prefix="tcu-ingest-read"
+        )
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_lock = threading.Lock()
+        self._closed = False
+        self._close_task: asyncio.Task[None] | None = None
+        # Writer-thread state only:
+        self._epochs: dict[tuple[str, int], _Epoch] = {}
+        self._series: dict[tuple[str, str], int] = {}
+        self._catalogs: set[tuple[str, str]] = set()
+        self.stats = WriterStats()
+
+    @classmethod
+    async def open(cls, config: IngestConfig) -> SqliteSink:
+        """Create or open the database and start the writer thread."""
+        sink = cls(config)
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+
+        def report(error: BaseException | None) -> None:
+            if ready.done():
+                return
+            if error is None:
+                ready.set_result(None)
+            else:
+                ready.set_exception(error)
+
+        def run() -> None:
+            try:
+                conn = sink._connect_writer()
+            except IngestError as exc:
+                loop.call_soon_threadsafe(report, exc)
+                return
+            loop.call_soon_threadsafe(report, None)
+            sink._write_loop(conn)
+
+        sink._writer = threading.Thread(target=run, name="tcu-ingest-writer", daemon=True)
+        sink._writer.start()
+        try:
+            await ready
+        except BaseException:
+            sink._readers.shutdown(wait=False)
+            raise
+        log.info("SQLite sink open at %s (synchronous=%s)", sink._path, sink._synchronous)
+        return sink
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def queued(self) -> int:
+        """Batches handed to the writer and not yet taken into a transaction."""
+        return self._jobs.qsize()
+
+    @property
+    def writing(self) -> int:
+        """Batches in the transaction being written now (0 between transactions)."""
+        return self._writing
+
+    # -- writing -----------------------------------------------------------------------------
+
+    async def store(self, batch: Batch) -> StoreResult:
+        return await self._submit(batch)
+
+    async def store_checkin(self, vehicle_id: str, campaigns: tuple[CampaignRef, ...]) -> None:
+        # Through the writer like a batch (one writer connection, group commit): durable on return.
+        await self._submit(_CheckIn(vehicle_id, campaigns))
+
+    async def _submit(self, batch: Batch | _CheckIn) -> StoreResult:
+        if self._closed:
+            raise ClosedResourceError(f"SQLite sink {self._path} is closed")
+        await self._room.acquire()
+        if self._closed:
+            self._room.release()
+            raise ClosedResourceError(f"SQLite sink {self._path} is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[StoreResult] = loop.create_future()
+        self._jobs.put(_Job(batch, future, loop, self._room.release))
+        return await future
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self._path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=True
+            )
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                conn.close()
+                raise IngestError(f"{self._path}: SQLite refused WAL mode (journal_mode={mode})")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (_SCHEMA_VERSION,))
+            elif row[0] != _SCHEMA_VERSION:
+                conn.close()
+                raise IngestError(
+                    f"{self._path}: schema_version {row[0]!r}, this ingest understands {_SCHEMA_VERSION!r}"
+                )
+        except sqlite3.Error as exc:
+            raise IngestError(f"{self._path}: cannot open the ingest database: {exc}") from exc
+        return conn
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        try:
+            stop = False
+            while not stop:
+                first = self._jobs.get()
+                if first is _STOP:
+                    break
+                assert isinstance(first, _Job)
+                jobs = [first]
+                while len(jobs) < self._commit_max:
+                    try:
+                        more = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is _STOP:
+                        stop = True
+                        break
+                    assert isinstance(more, _Job)
+                    jobs.append(more)
+                self._writing = len(jobs)
+                try:
+                    self._commit(conn, jobs)
+                finally:
+                    self._writing = 0
+        finally:
+            conn.close()
+            log.debug("SQLite writer for %s stopped", self._path)
+
+    def _commit(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+        outcome: list[StoreResult] | BaseException
+        try:
+            outcome = self._write_group(conn, [job.batch for job in jobs])
+        except sqlite3.Error as exc:
+            log.error("SQLite write of %d batches to %s failed: %s", len(jobs), self._path, exc)
+            outcome = IngestError(f"{self._path}: storing {len(jobs)} batches failed: {exc}")
+            outcome.__cause__ = exc
+        except Exception as exc:  # a bug must fail the waiting uploads, not leave them hanging
+            log.exception("SQLite writer for %s failed on %d batches", self._path, len(jobs))
+            outcome = IngestError(f"{self._path}: storing {len(jobs)} batches failed: {exc!r}")
+            outcome.__cause__ = exc
+        for index, job in enumerate(jobs):
+            result = outcome if isinstance(outcome, BaseException) else outcome[index]
+            with contextlib.suppress(RuntimeError):  # the event loop is gone
+                job.loop.call_soon_threadsafe(_settle, job, result)
+
+    def _load_epoch(self, conn: sqlite3.Connection, key: tuple[str, int]) -> _Epoch:
+        row = conn.execute(
+            "SELECT acked_seq FROM epochs WHERE vehicle_id = ? AND boot_epoch = ?", key
+        ).fetchone()
+        epoch = _Epoch(int(row[0]) if row else 0)
+        for (seq,) in conn.execute(
+            "SELECT seq FROM batches WHERE vehicle_id = ? AND boot_epoch = ? AND seq > ?",
+            (*key, epoch.acked_seq),
+        ):
+            epoch.add(int(seq))
+        return epoch
+
+    def _series_id(self, conn: sqlite3.Connection, vehicle_id: str, name: str, unit: str) -> int:
+        key = (vehicle_id, name)
+        series_id = self._series.get(key)
+        if series_id is None:
+            conn.execute(
+                "INSERT INTO series (vehicle_id, name, unit) VALUES (?, ?, ?)"
+                " ON CONFLICT (vehicle_id, name) DO UPDATE SET unit = excluded.unit",
+                (vehicle_id, name, unit),
+            )
+            row = conn.execute(
+                "SELECT series_id FROM series WHERE vehicle_id = ? AND name = ?", key
+            ).fetchone()
+            series_id = int(row[0])
+            self._series[key] = series_id
+        return series_id
+
+    def _write_catalog(self, conn: sqlite3.Connection, batch: Batch) -> None:
+        key = (batch.vehicle_id, batch.catalog.catalog_id)
+        if key in self._catalogs:
+            return
+        conn.executemany(
+            "INSERT OR IGNORE INTO catalog_signals (vehicle_id, catalog_id, signal_id, name, unit, kind,"
+            " source, resolution, period_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (*key, s.signal_id, s.name, s.unit, s.kind.value, s.source, s.resolution, s.period_ms)
+                for s in batch.catalog.signals.values()
+            ],
+        )
+        self._catalogs.add(key)
+
+    def _write_group(self, conn: sqlite3.Connection, items: list[Batch | _CheckIn]) -> list[StoreResult]:
+        now_ns = time.time_ns()
+        touched: dict[tuple[str, int], _Epoch] = {}
+        results: list[StoreResult] = []
+        batches = 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for batch in items:
+                if isinstance(batch, _CheckIn):
+                    conn.execute(
+                        "INSERT INTO checkins (vehicle_id, campaigns, checkin_ns) VALUES (?, ?, ?)"
+                        " ON CONFLICT (vehicle_id) DO UPDATE SET campaigns = excluded.campaigns,"
+                        " checkin_ns = excluded.checkin_ns",
+                        (
+                            batch.vehicle_id,
+                            json.dumps([[c.name, c.version] for c in batch.campaigns]),
+                            now_ns,
+                        ),
+                    )
+                    results.append(StoreResult(duplicate=False, acked_seq=0))
+                    continue
+                batches += 1
+                key = (batch.vehicle_id, batch.boot_epoch)
+                epoch = touched.get(key)
+                if epoch is None:
+                    cached = self._epochs.get(key)
+                    epoch = cached.copy() if cached is not None else self._load_epoch(conn, key)
+                    touched[key] = epoch
+                duplicate = epoch.holds(batch.seq) or not self._insert_batch(conn, batch, now_ns)
+                if not duplicate:
+                    epoch.add(batch.seq)
+                results.append(StoreResult(duplicate=duplicate, acked_seq=epoch.acked_seq))
+            conn.executemany(
+                "INSERT INTO epochs (vehicle_id, boot_epoch, acked_seq) VALUES (?, ?, ?)"
+                " ON CONFLICT (vehicle_id, boot_epoch) DO UPDATE SET acked_seq = excluded.acked_seq",
+                [(*key, epoch.acked_seq) for key, epoch in touched.items()],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            # Rows added in the failed transaction are gone: forget what was cached from them.
+            self._series.clear()
+            self._catalogs.clear()
+            raise
+        if len(self._epochs) + len(touched) > _CACHE_MAX:
+            self._epochs.clear()
+        if len(self._series) > _CACHE_MAX:
+            self._series.clear()
+        if len(self._catalogs) > _CACHE_MAX:
+            self._catalogs.clear()
+        self._epochs.update(touched)
+        stats = self.stats
+        stats.groups += 1
+        stats.batches += batches
+        stats.duplicates += sum(result.duplicate for result in results)
+        stats.largest_group = max(stats.largest_group, len(items))
+        log.debug("committed %d batches and %d check-ins to %s", batches, len(items) - batches, self._path)
+        return results
+
+    def _insert_batch(self, conn: sqlite3.Connection, batch: Batch, now_ns: int) -> bool:
+        """Write one batch's rows; False when the key already exists."""
+        samples = batch.samples
+        cursor = conn.execute(
+            "INSERT INTO batches (vehicle_id, boot_epoch, seq, catalog_id, base_time_ns, created_ns,"
+            " samples, stored_ns, loss_reason, loss_priority, loss_created_ns, loss_bytes)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (
+                batch.vehicle_id,
+                batch.boot_epoch,
+                batch.seq,
+                batch.catalog.catalog_id,
+                batch.base_time_ns,
+                batch.created_ns,
+                samples,
+                now_ns,
+                *(
+                    (None, None, None, None)
+                    if batch.loss is None
+                    else (
+                        batch.loss.reason,
+                        batch.loss.priority,
+                        batch.loss.created_ns,
+                        batch.loss.payload_bytes,
+                    )
+                ),
+            ),
+        )
+        if cursor.rowcount == 0:
+            return False
+        self._write_catalog(conn, batch)
+        first_ns: int | None = None
+        last_ns: int | None = None
+        for column in batch.columns:
+            if not column.t_ns:
+                continue
+            series_id = self._series_id(conn, batch.vehicle_id, column.signal.name, column.signal.unit)
+            conn.executemany(
+                "INSERT INTO samples (series_id, t_ns, value_double, value_text, boot_epoch, seq)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                _sample_rows(series_id, batch, column),
+            )
+            conn.execute(
+                "UPDATE series SET samples = samples + ? WHERE series_id = ?", (len(column.t_ns), series_id)
+            )
+            low, high = min(column.t_ns), max(column.t_ns)
+            first_ns = low if first_ns is None else min(first_ns, low)
+            last_ns = high if last_ns is None else max(last_ns, high)
+        if batch.events:
+            conn.executemany(
+                "INSERT INTO events (vehicle_id, boot_epoch, seq, idx, campaign, campaign_version,"
+                " trigger_ns, start_ns, end_ns, truncated, history_incomplete, samples, body)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        batch.vehicle_id,
+                        batch.boot_epoch,
+                        batch.seq,
+                        index,
+                        event.campaign,
+                        event.campaign_version,
+                        event.trigger_ns,
+                        event.start_ns,
+                        event.end_ns,
+                        int(event.truncated),
+                        int(event.history_incomplete),
+                        event.samples,
+                        capture_pb(event).SerializeToString(),
+                    )
+                    for index, event in enumerate(batch.events)
+                ],
+            )
+        conn.execute(
+            _UPSERT_VEHICLE,
+            (
+                batch.vehicle_id,
+                batch.boot_epoch,
+                samples,
+                first_ns,
+                last_ns,
+                now_ns,
+                int(batch.loss is not None),
+            ),
+        )
+        if batch.loss is not None:
+            log.warning(
+                "vehicle %s reports batch %d/%d lost (%s, priority %d, %d bytes)",
+                batch.vehicle_id,
+                batch.boot_epoch,
+                batch.seq,
+                batch.loss.reason,
+                batch.loss.priority,
+                batch.loss.payload_bytes,
+            )
+        return True
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self._path, check_same_thread=False)
+                conn.execute("PRAGMA query_only = 1")
+            except sqlite3.Error as exc:
+                raise IngestError(f"{self._path}: cannot open a reader connection: {exc}") from exc
+            self._local.conn = conn
+            with self._reader_lock:
+                self._reader_conns.append(conn)
+        return conn
+
+    async def _read(
+        self, fn: Callable[Concatenate[sqlite3.Connection, _P], _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        """Run ``fn(connection, *args)`` on a reader thread."""
+        if self._closed:
+            raise ClosedResourceError(f"SQLite sink {self._path} is closed")
+
+        def call() -> _T:
+            try:
+                return fn(self._reader(), *args, **kwargs)
+            except sqlite3.Error as exc:
+                raise IngestError(f"{self._path}: read failed: {exc}") from exc
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, call)
+
+    @staticmethod
+    def _find_series(
+        conn: sqlite3.Connection, vehicle_id: str, names: tuple[str, ...]
+    ) -> list[tuple[int, str, str]] | None:
+        if conn.execute("SELECT 1 FROM vehicles WHERE vehicle_id = ?", (vehicle_id,)).fetchone() is None:
+            return None
+        rows = conn.execute(
+            "SELECT series_id, name, unit FROM series WHERE vehicle_id = ? ORDER BY name", (vehicle_id,)
+        ).fetchall()
+        wanted = set(names)
+        return [(int(r[0]), str(r[1]), str(r[2])) for r in rows if not wanted or r[1] in wanted]
+
+    @staticmethod
+    def _page(
+        conn: sqlite3.Connection, series_id: int, query: HistoryQuery, after: tuple[int, int], limit: int
+    ) -> list[tuple[int, float | None, str | None, int]]:
+        rows: list[tuple[int, float | None, str | None, int]] = conn.execute(
+            _PAGE, (series_id, query.start_ns, query.end_ns, after[0], after[1], limit)
+        ).fetchall()
+        return rows
+
+    async def query(self, query: HistoryQuery) -> AsyncIterator[list[Series]]:
+        found: list[tuple[int, str, str]] | None = await self._read(
+            self._find_series, query.vehicle_id, query.signals
+        )
+        if found is None:
+            raise VehicleNotFound(f"vehicle {query.vehicle_id!r} has no stored batches")
+        chunk: list[Series] = []
+        room = query.chunk_samples
+        for series_id, name, unit in found:
+            after = (query.start_ns, -1)  # rowids are >= 1, so t_ns == start_ns is included
+            while True:
+                asked = room
+                rows: list[tuple[int, float | None, str | None, int]] = await self._read(
+                    self._page, series_id, query, after, asked
+                )
+                _append_rows(chunk, name, unit, rows)
+                room -= len(rows)
+                if room == 0:
+                    yield chunk
+                    chunk = []
+                    room = query.chunk_samples
+                if len(rows) < asked:  # this series is exhausted
+                    break
+                after = (rows[-1][0], rows[-1][3])
+        if chunk:
+            yield chunk
+
+    @staticmethod
+    def _event_page(
+        conn: sqlite3.Connection, query: HistoryQuery, after: tuple[int, int, int, int]
+    ) -> list[tuple[int, int, int, int, int, bytes]]:
+        rows: list[tuple[int, int, int, int, int, bytes]] = conn.execute(
+            _EVENT_PAGE, (query.vehicle_id, query.start_ns, query.end_ns, *after, _EVENT_PAGE_ROWS)
+        ).fetchall()
+        return rows
+
+    async def events(self, query: HistoryQuery) -> AsyncIterator[list[Capture]]:
+        wanted = frozenset(query.signals)
+        after = (query.start_ns, -1, -1, -1)  # boot epochs, seqs and indexes are >= 0
+        chunk: list[Capture] = []
+        samples = 0
+        while True:
+            rows = await self._read(self._event_page, query, after)
+            for row in rows:
+                message = fleet_pb.Event.FromString(row[5])
+                if wanted:  # the same rule as live updates: wanted columns, events with one at least
+                    kept = [series for series in message.series if series.name in wanted]
+                    if not kept:
+                        continue
+                    del message.series[:]
+                    message.series.extend(kept)
+                capture = capture_from_pb(message)
+                chunk.append(capture)
+                samples += capture.samples
+                if samples >= query.chunk_samples:
+                    yield chunk
+                    chunk, samples = [], 0
+            if len(rows) < _EVENT_PAGE_ROWS:
+                break
+            last = rows[-1]
+            after = (last[0], last[1], last[2], last[3])
+        if chunk:
+            yield chunk
+
+    @staticmethod
+    def _vehicles(conn: sqlite3.Connection) -> list[VehicleSummary]:
+        names: dict[str, list[str]] = {}
+        for vehicle_id, name in conn.execute(
+            "SELECT vehicle_id, name FROM series WHERE samples > 0 ORDER BY vehicle_id, name"
+        ):
+            names.setdefault(vehicle_id, []).append(name)
+        return [
+            VehicleSummary(
+                vehicle_id=row[0],
+                boot_epoch=int(row[1]),
+                batches=int(row[2]),
+                samples=int(row[3]),
+                signals=tuple(names.get(row[0], ())),
+                first_sample_ns=int(row[4] or 0),
+                last_sample_ns=int(row[5] or 0),
+                last_seen_ns=int(row[6]),
+                lost_batches=int(row[7]),
+                campaigns=_campaigns(row[8]),
+                checkin_ns=int(row[9] or 0),
+            )
+            for row in conn.execute(
+                "SELECT v.vehicle_id, v.boot_epoch, v.batches, v.samples, v.first_sample_ns,"
+                " v.last_sample_ns, v.last_seen_ns, v.lost_batches, c.campaigns, c.checkin_ns"
+                " FROM vehicles AS v LEFT JOIN checkins AS c USING (vehicle_id)"
+                " UNION ALL"
+                " SELECT c.vehicle_id, 0, 0, 0, NULL, NULL, c.checkin_ns, 0, c.campaigns, c.checkin_ns"
+                " FROM checkins AS c WHERE c.vehicle_id NOT IN (SELECT vehicle_id FROM vehicles)"
+                " ORDER BY 1"
+            )
+        ]
+
+    async def list_vehicles(self) -> list[VehicleSummary]:
+        result: list[VehicleSummary] = await self._read(self._vehicles)
+        return result
+
+    # -- closing -----------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        if self._close_task is None:
+            self._close_task = asyncio.create_task(self._close(), name="tcu-ingest-sink-close")
+        await asyncio.shield(self._close_task)
+
+    async def _close(self) -> None:
+        self._closed = True
+        writer = self._writer
+        if writer is not None:
+            self._jobs.put(_STOP)
+            await asyncio.to_thread(writer.join)
+        await asyncio.to_thread(self._readers.shutdown, True)
+        with self._reader_lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+        log.info("SQLite sink %s closed", self._path)
+
+
+def _campaigns(text: str | None) -> tuple[CampaignRef, ...]:
+    if not text:
+        return ()
+    return tuple(CampaignRef(name=str(name), version=int(version)) for name, version in json.loads(text))
+
+
+def _sample_rows(
+    series_id: int, batch: Batch, column: Column
+) -> Iterator[tuple[int, int, float | None, str | None, int, int]]:
+    epoch, seq = batch.boot_epoch, batch.seq
+    if column.signal.kind is ValueKind.DOUBLE:
+        for t, value in zip(column.t_ns, column.double_values, strict=True):
+            yield series_id, t, value, None, epoch, seq
+    else:
+        for t, text in zip(column.t_ns, column.string_values, strict=True):
+            yield series_id, t, None, text, epoch, seq
+
+
+def _append_rows(
+    chunk: list[Series], name: str, unit: str, rows: Iterable[tuple[int, float | None, str | None, int]]
+) -> None:
+    """Add rows to the chunk, continuing its last series or opening one (also when the value kind changes)."""
+    for t_ns, value_double, value_text, _rowid in rows:
+        kind = ValueKind.STRING if value_text is not None else ValueKind.DOUBLE
+        last = chunk[-1] if chunk else None
+        if last is None or last.name != name or last.kind is not kind:
+            last = Series(name=name, unit=unit, kind=kind, t_ns=[], double_values=[], string_values=[])
+            chunk.append(last)
+        last.t_ns.append(t_ns)
+        if kind is ValueKind.STRING:
+            assert value_text is not None
+            last.string_values.append(value_text)
+        else:
+            last.double_values.append(math.nan if value_double is None else value_double)

@@ -1,0 +1,308 @@
+"""Check an Upload stream's Hello and batches before anything is stored.
+
+Every problem raises :class:`~tcu.errors.BatchRejected` with a message that
+names the batch, the signal and what was wrong, e.g.
+``batch seq 7: column for signal 12 (Vehicle.Speed) has 5 times but 4 values``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tcu.api.v1 import ingest_pb2 as ingest_pb
+from tcu.api.v1 import telemetry_pb2 as telemetry_pb
+from tcu.errors import BatchRejected
+from tcu.ingest.config import IngestConfig
+from tcu.ingest.model import Batch, CampaignRef, Capture, Catalog, Column, LossRecord, SignalDef, ValueKind
+
+__all__ = [
+    "INT64_MAX",
+    "INT64_MIN",
+    "Limits",
+    "Session",
+    "validate_batch",
+    "validate_checkin",
+    "validate_hello",
+]
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+_KINDS = {
+    telemetry_pb.VALUE_TYPE_DOUBLE: ValueKind.DOUBLE,
+    telemetry_pb.VALUE_TYPE_STRING: ValueKind.STRING,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Size bounds for one Hello or batch."""
+
+    max_catalog_signals: int = 65_536
+    max_batch_columns: int = 65_536
+    max_batch_samples: int = 1_000_000
+    max_string_bytes: int = 4096
+    max_checkin_campaigns: int = 4096
+
+    @classmethod
+    def from_config(cls, config: IngestConfig) -> Limits:
+        return cls(
+            max_catalog_signals=config.max_catalog_signals,
+            max_batch_columns=config.max_batch_columns,
+            max_batch_samples=config.max_batch_samples,
+            max_string_bytes=config.max_string_bytes,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """What a stream's Hello announced; batches are checked against it."""
+
+    vehicle_id: str
+    boot_epoch: int
+    catalog: Catalog
+    agent_version: str
+
+
+def _check_text(what: str, value: str, limits: Limits, *, required: bool) -> None:
+    if required and not value:
+        raise BatchRejected(f"{what} is empty")
+    if len(value.encode("utf-8")) > limits.max_string_bytes:
+        raise BatchRejected(f"{what} is longer than {limits.max_string_bytes} bytes")
+
+
+def validate_hello(hello: ingest_pb.Hello, limits: Limits) -> Session:
+    """Check a stream's first message and build its catalog."""
+    _check_text("hello: vehicle_id", hello.vehicle_id, limits, required=True)
+    if hello.boot_epoch > INT64_MAX:
+        raise BatchRejected(f"hello: boot_epoch {hello.boot_epoch} is above {INT64_MAX}")
+    if not hello.HasField("catalog"):
+        raise BatchRejected(f"hello from vehicle {hello.vehicle_id!r}: no catalog")
+    catalog = hello.catalog
+    _check_text("hello: catalog.catalog_id", catalog.catalog_id, limits, required=True)
+    if len(catalog.signals) > limits.max_catalog_signals:
+        raise BatchRejected(
+            f"hello: catalog {catalog.catalog_id} has {len(catalog.signals)} signals,"
+            f" more than {limits.max_catalog_signals}"
+        )
+    signals: dict[int, SignalDef] = {}
+    names: set[str] = set()
+    for index, info in enumerate(catalog.signals):
+        where = f"hello: catalog {catalog.catalog_id} signal #{index} (id {info.signal_id})"
+        _check_text(f"{where}: name", info.name, limits, required=True)
+        _check_text(f"{where}: unit", info.unit, limits, required=False)
+        _check_text(f"{where}: source", info.source, limits, required=False)
+        kind = _KINDS.get(info.type)
+        if kind is None:
+            raise BatchRejected(f"{where} ({info.name}): value type {info.type} is not DOUBLE or STRING")
+        if info.signal_id in signals:
+            raise BatchRejected(f"{where} ({info.name}): signal id is used twice")
+        if info.name in names:
+            raise BatchRejected(f"{where}: name {info.name} is used twice")
+        names.add(info.name)
+        signals[info.signal_id] = SignalDef(
+            signal_id=info.signal_id,
+            name=info.name,
+            unit=info.unit,
+            kind=kind,
+            source=info.source,
+            resolution=info.resolution,
+            period_ms=info.period_ms,
+        )
+    return Session(
+        vehicle_id=hello.vehicle_id,
+        boot_epoch=hello.boot_epoch,
+        catalog=Catalog(catalog_id=catalog.catalog_id, signals=signals),
+        agent_version=hello.agent_version,
+    )
+
+
+def validate_checkin(session: Session, checkin: ingest_pb.CheckIn, limits: Limits) -> tuple[CampaignRef, ...]:
+    """Check a CheckIn: named campaigns, each name once, at most ``max_checkin_campaigns``."""
+    label = f"check-in of vehicle {session.vehicle_id}"
+    if len(checkin.campaigns) > limits.max_checkin_campaigns:
+        raise BatchRejected(
+            f"{label}: {len(checkin.campaigns)} campaigns, more than {limits.max_checkin_campaigns}"
+        )
+    names: set[str] = set()
+    for index, campaign in enumerate(checkin.campaigns):
+        _check_text(f"{label}: campaign #{index} name", campaign.name, limits, required=True)
+        if campaign.name in names:
+            raise BatchRejected(f"{label}: campaign {campaign.name!r} is named twice")
+        names.add(campaign.name)
+    return tuple(CampaignRef(name=c.name, version=c.version) for c in checkin.campaigns)
+
+
+def validate_batch(session: Session, batch: telemetry_pb.TelemetryBatch, limits: Limits) -> Batch:
+    """Check one batch against its stream's Hello and turn it into absolute-time columns.
+
+    A batch may carry another boot epoch than the Hello (spooled batches of an
+    earlier boot); vehicle and catalog must be the announced ones.
+    """
+    label = f"batch seq {batch.seq}"
+    if batch.vehicle_id != session.vehicle_id:
+        raise BatchRejected(
+            f"{label}: vehicle_id {batch.vehicle_id!r} is not the stream's vehicle {session.vehicle_id!r}"
+        )
+    if batch.seq < 1:
+        raise BatchRejected(f"{label}: seq must be 1 or more")
+    if batch.seq > INT64_MAX or batch.boot_epoch > INT64_MAX:
+        raise BatchRejected(f"{label}: seq or boot_epoch {batch.boot_epoch} is above {INT64_MAX}")
+    catalog = session.catalog
+    if batch.HasField("loss"):
+        if batch.columns or batch.events:
+            raise BatchRejected(
+                f"{label}: a DataLoss batch must not carry columns or events"
+                f" ({len(batch.columns)} columns, {len(batch.events)} events given)"
+            )
+        if len(batch.loss.reason.encode("utf-8")) > limits.max_string_bytes:
+            raise BatchRejected(f"{label}: DataLoss reason longer than {limits.max_string_bytes} bytes")
+        return Batch(
+            vehicle_id=batch.vehicle_id,
+            boot_epoch=batch.boot_epoch,
+            seq=batch.seq,
+            catalog=catalog,
+            base_time_ns=0,
+            created_ns=batch.created_ns,
+            columns=(),
+            loss=LossRecord(
+                reason=batch.loss.reason or "unknown",
+                priority=batch.loss.priority,
+                created_ns=batch.loss.created_ns,
+                payload_bytes=batch.loss.payload_bytes,
+            ),
+        )
+    if batch.catalog_id != catalog.catalog_id:
+        raise BatchRejected(
+            f"{label}: catalog_id {batch.catalog_id!r} is not the announced catalog {catalog.catalog_id!r}"
+        )
+    columns_total = len(batch.columns) + sum(len(event.columns) for event in batch.events)
+    if columns_total > limits.max_batch_columns:
+        raise BatchRejected(f"{label}: {columns_total} columns, more than {limits.max_batch_columns}")
+    budget = _Budget(limits.max_batch_samples)
+    base_ns = batch.base_time_ns
+    columns = _columns(label, batch.columns, catalog, limits, base_ns, budget=budget, window=None)
+    events: list[Capture] = []
+    for index, event in enumerate(batch.events):
+        where = f"{label}: event #{index} ({event.campaign or '?'} v{event.campaign_version})"
+        _check_text(f"{where}: campaign", event.campaign, limits, required=True)
+        if not event.start_ns <= event.trigger_ns <= event.end_ns:
+            raise BatchRejected(
+                f"{where}: times out of order: start_ns {event.start_ns}, trigger_ns {event.trigger_ns},"
+                f" end_ns {event.end_ns} (need start <= trigger <= end)"
+            )
+        events.append(
+            Capture(
+                campaign=event.campaign,
+                campaign_version=event.campaign_version,
+                trigger_ns=event.trigger_ns,
+                start_ns=event.start_ns,
+                end_ns=event.end_ns,
+                columns=_columns(
+                    where,
+                    event.columns,
+                    catalog,
+                    limits,
+                    event.start_ns,
+                    budget=budget,
+                    window=(event.start_ns, event.end_ns),
+                ),
+                truncated=event.truncated,
+                history_incomplete=event.history_incomplete,
+            )
+        )
+    return Batch(
+        vehicle_id=batch.vehicle_id,
+        boot_epoch=batch.boot_epoch,
+        seq=batch.seq,
+        catalog=catalog,
+        base_time_ns=base_ns,
+        created_ns=batch.created_ns,
+        columns=columns,
+        events=tuple(events),
+    )
+
+
+@dataclass(slots=True)
+class _Budget:
+    """Samples a batch may still carry: its columns and its events' columns count together."""
+
+    left: int
+
+    def take(self, label: str, count: int, limit: int) -> None:
+        self.left -= count
+        if self.left < 0:
+            raise BatchRejected(f"{label}: more than {limit} samples")
+
+
+def _columns(
+    label: str,
+    messages: Sequence[telemetry_pb.SignalColumn],
+    catalog: Catalog,
+    limits: Limits,
+    base_ns: int,
+    *,
+    budget: _Budget,
+    window: tuple[int, int] | None,
+) -> tuple[Column, ...]:
+    """Check columns against the catalog and make their times absolute (``base_ns + offset``).
+
+    With ``window`` (an event's ``[start_ns, end_ns]``) every absolute time must lie inside it.
+    """
+    seen: set[int] = set()
+    columns: list[Column] = []
+    for column in messages:
+        signal = catalog.signals.get(column.signal_id)
+        if signal is None:
+            raise BatchRejected(
+                f"{label}: signal id {column.signal_id} is not in catalog {catalog.catalog_id}"
+            )
+        where = f"{label}: column for signal {signal.signal_id} ({signal.name})"
+        if signal.signal_id in seen:
+            raise BatchRejected(f"{where} appears twice")
+        seen.add(signal.signal_id)
+        times = len(column.t_offset_ns)
+        budget.take(label, times, limits.max_batch_samples)
+        if signal.kind is ValueKind.DOUBLE:
+            if column.string_values:
+                raise BatchRejected(
+                    f"{where} is DOUBLE but carries {len(column.string_values)} string values"
+                )
+            values = len(column.double_values)
+        else:
+            if column.double_values:
+                raise BatchRejected(
+                    f"{where} is STRING but carries {len(column.double_values)} double values"
+                )
+            values = len(column.string_values)
+            for text in column.string_values:
+                if len(text.encode("utf-8")) > limits.max_string_bytes:
+                    raise BatchRejected(
+                        f"{where} has a string value longer than {limits.max_string_bytes} bytes"
+                    )
+        if times != values:
+            raise BatchRejected(f"{where} has {times} times but {values} values")
+        offsets = column.t_offset_ns
+        if times:
+            low, high = base_ns + min(offsets), base_ns + max(offsets)
+            if window is None:
+                if not (low >= INT64_MIN and high <= INT64_MAX):
+                    raise BatchRejected(
+                        f"{where}: base_time_ns {base_ns} + t_offset_ns leaves the int64 range"
+                    )
+            elif low < window[0] or high > window[1]:
+                bad = low if low < window[0] else high
+                raise BatchRejected(
+                    f"{where}: sample time {bad} (start_ns + t_offset_ns) is outside the event's"
+                    f" [start_ns {window[0]}, end_ns {window[1]}]"
+                )
+        columns.append(
+            Column(
+                signal=signal,
+                t_ns=[base_ns + offset for offset in offsets],
+                double_values=list(column.double_values),
+                string_values=list(column.string_values),
+            )
+        )
+    return tuple(columns)
