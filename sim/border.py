@@ -1,0 +1,273 @@
+"""The cross-border eSIM roaming scenario, simulator side: card, modem and radio along the route.
+
+``python -m sim --modem`` uses this module. It builds a :class:`~sim.euicc.SimulatedEuicc`
+with one bootstrap profile and one profile per country of the default route (Metz → Luxembourg
+→ Trier), a :class:`~sim.modem.SimulatedModem` on a pty that knows the PLMNs of those
+countries, and a :class:`BorderRadio` thread that keeps the modem in step with the drive:
+
+* the country under the vehicle (from the route's waypoints) becomes the modem's country;
+* a tunnel (:data:`TUNNEL`) is a coverage hole on a stretch of the route;
+* the Luxembourg profile never attaches in Luxembourg (:data:`FAILING_ATTACH`), so the
+  TCU's switch there fails and must be rolled back;
+* NMEA ``$GPRMC``/``$GPGGA`` sentences carry the **simulated** time and position, so a
+  TCU that takes its clock from GNSS measures dwell times and attach deadlines in
+  simulated seconds even when the drive runs faster than real time.
+
+The modem's own periodic NMEA (wall-clock time) is off; :class:`BorderRadio` writes the
+sentences. Registration delays of the modem (``attach_delay_s``) are wall-clock seconds.
+
+Scenario data (labels, ICCIDs, home PLMNs, tunnel, failing attach) is kept here so that the
+demo's roaming policy (``tcu.demo.border``) and the simulator agree; ``tcu`` does not import
+``sim``, so the demo repeats the ICCIDs and a test checks that both sides match.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from sim.canbus import Drive
+from sim.euicc import EuiccConfig, ProfileSpec, SimulatedEuicc
+from sim.modem import SimModemConfig, SimulatedModem
+from sim.route import Pose, Route, metz_luxembourg_trier
+from tcu.errors import ConfigError
+from tcu.esim import ProfileClass
+from tcu.modem.parse import nmea_sentence
+
+__all__ = [
+    "COUNTRY_PLMNS",
+    "FAILING_ATTACH",
+    "INITIAL_PROFILE",
+    "PROFILES",
+    "TUNNEL",
+    "BorderProfile",
+    "BorderRadio",
+    "Tunnel",
+    "build_card",
+    "build_modem",
+    "conditions_at",
+    "nmea_fix",
+    "route_starting_at",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BorderProfile:
+    label: str
+    iccid: str
+    home_plmn: str
+    name: str
+    provider: str
+    profile_class: ProfileClass = ProfileClass.operational
+
+
+#: Installed profiles. The bootstrap profile's home PLMN (901 28, an international range)
+#: exists in no country, so it roams everywhere.
+PROFILES: tuple[BorderProfile, ...] = (
+    BorderProfile(
+        "bootstrap", "8988211000000000001", "90128", "Bootstrap", "Global IoT", ProfileClass.provisioning
+    ),
+    BorderProfile("fr-orange", "89330100001234567801", "20801", "Orange FR", "Orange"),
+    BorderProfile("lu-post", "89352010001234567802", "27001", "POST Luxembourg", "POST"),
+    BorderProfile("de-telekom", "89490200001234567803", "26201", "Telekom DE", "Telekom"),
+)  # fmt: skip
+
+#: The profile enabled when the car starts in Metz.
+INITIAL_PROFILE = "fr-orange"
+
+#: PLMNs (MCC+MNC) per country; a roamer attaches to the first one.
+COUNTRY_PLMNS: dict[str, tuple[str, ...]] = {
+    "FR": ("20810", "20801", "20820"),  # SFR, Orange, Bouygues
+    "LU": ("27077", "27001", "27099"),  # Tango, POST, Orange LU
+    "DE": ("26202", "26201", "26203"),  # Vodafone, Telekom, O2
+}
+
+#: (profile label, country) whose attach never completes: forces the rollback.
+FAILING_ATTACH: tuple[str, str] = ("lu-post", "LU")
+
+
+@dataclass(frozen=True, slots=True)
+class Tunnel:
+    """A coverage hole from ``start_m`` to ``end_m`` after waypoint ``after_waypoint``."""
+
+    name: str
+    after_waypoint: str
+    start_m: float
+    end_m: float
+
+
+#: About 1.2 km without coverage on the A1 east of Howald, where the motorway runs in
+#: cuttings and tunnels round the south-east of Luxembourg City (position approximate).
+TUNNEL = Tunnel("A1 tunnel east of Howald", "A1 Howald", 400.0, 1600.0)
+
+
+def _iccid(label: str) -> str:
+    return next(p.iccid for p in PROFILES if p.label == label)
+
+
+def build_card() -> SimulatedEuicc:
+    """The eUICC with :data:`PROFILES` installed and :data:`INITIAL_PROFILE` enabled."""
+    return SimulatedEuicc(
+        EuiccConfig(
+            profiles=tuple(
+                ProfileSpec(p.iccid, p.name, p.provider, p.profile_class, enabled=p.label == INITIAL_PROFILE)
+                for p in PROFILES
+            )
+        )
+    )
+
+
+def build_modem(card: SimulatedEuicc, *, country: str = "FR", attach_delay_s: float = 0.2) -> SimulatedModem:
+    """A modem on a pty serving :data:`COUNTRY_PLMNS`, with :data:`FAILING_ATTACH` set (not started)."""
+    modem = SimulatedModem(
+        card,
+        SimModemConfig(
+            home_plmn={p.iccid: p.home_plmn for p in PROFILES},
+            countries=dict(COUNTRY_PLMNS),
+            country=country,
+            attach_delay_s=attach_delay_s,
+            nmea_period_s=None,
+        ),
+    )
+    label, failing_country = FAILING_ATTACH
+    modem.never_attach.add((_iccid(label), failing_country))
+    return modem
+
+
+def route_starting_at(waypoint: str, route: Route | None = None) -> Route:
+    """``route`` (default: Metz → Luxembourg → Trier) from the first waypoint named ``waypoint``.
+
+    ``python -m sim --start-at "A31 Thionville"`` uses it to shorten the drive to the borders.
+    """
+    base = route or metz_luxembourg_trier()
+    names = [wp.name for wp in base.waypoints]
+    if waypoint not in names:
+        raise ConfigError(f"no waypoint {waypoint!r} on {base.name}; waypoints: {names}", key="start_at")
+    index = names.index(waypoint)
+    return Route(base.waypoints[index:], name=f"{base.name} from {waypoint}")
+
+
+def _tunnel_span(route: Route, tunnel: Tunnel) -> tuple[float, float] | None:
+    for wp, at_m in zip(route.waypoints, route.waypoint_distances_m, strict=True):
+        if wp.name == tunnel.after_waypoint:
+            return at_m + tunnel.start_m, at_m + tunnel.end_m
+    return None
+
+
+def conditions_at(route: Route, distance_m: float, tunnel: Tunnel | None = TUNNEL) -> tuple[Pose, bool]:
+    """The pose at ``distance_m`` and whether there is radio coverage there."""
+    pose = route.pose_at(distance_m)
+    span = _tunnel_span(route, tunnel) if tunnel is not None else None
+    covered = span is None or not span[0] <= pose.distance_m < span[1]
+    return pose, covered
+
+
+def _nmea_coord(value: float, positive: str, negative: str, degree_digits: int) -> str:
+    hemi = positive if value >= 0 else negative
+    value = abs(value)
+    degrees = int(value)
+    minutes = round((value - degrees) * 60.0, 4)
+    if minutes >= 60.0:
+        degrees, minutes = degrees + 1, 0.0
+    return f"{degrees:0{degree_digits}d}{minutes:07.4f},{hemi}"
+
+
+def nmea_fix(t_us: int, pose: Pose, speed_mps: float) -> tuple[str, str]:
+    """``$GPRMC`` and ``$GPGGA`` for ``pose`` at UTC epoch ``t_us`` (time to 1/100 s)."""
+    seconds, micros = divmod(t_us, 1_000_000)
+    tm = time.gmtime(seconds)
+    stamp = f"{tm.tm_hour:02d}{tm.tm_min:02d}{tm.tm_sec:02d}.{micros // 10_000:02d}"
+    date = f"{tm.tm_mday:02d}{tm.tm_mon:02d}{tm.tm_year % 100:02d}"
+    lat = _nmea_coord(pose.lat_deg, "N", "S", 2)
+    lon = _nmea_coord(pose.lon_deg, "E", "W", 3)
+    knots = speed_mps * 3600.0 / 1852.0
+    rmc = nmea_sentence(f"GPRMC,{stamp},A,{lat},{lon},{knots:.1f},{pose.heading_deg:.1f},{date},,,A")
+    gga = nmea_sentence(f"GPGGA,{stamp},{lat},{lon},1,09,0.9,{pose.altitude_m:.1f},M,47.0,M,,")
+    return rmc, gga
+
+
+class BorderRadio:
+    """Keeps a :class:`SimulatedModem` in step with a :class:`Drive` (a daemon thread).
+
+    Every ``period_s`` of wall time it reads the vehicle's distance and simulated time,
+    sets the modem's country and coverage, and writes an NMEA fix with the simulated time.
+    Before the drive starts the car stands at the start of the route (wall-clock time).
+    """
+
+    def __init__(
+        self,
+        drive: Drive,
+        *,
+        period_s: float = 0.05,
+        attach_delay_s: float = 0.2,
+        tunnel: Tunnel | None = TUNNEL,
+    ) -> None:
+        self.drive = drive
+        self.period_s = period_s
+        self.tunnel = tunnel
+        self.card = build_card()
+        start_country = drive.route.pose_at(0.0).country
+        self.modem = build_modem(self.card, country=start_country, attach_delay_s=attach_delay_s)
+        self.changes: list[tuple[int, str, bool]] = []
+        """(simulated t_us, country, covered) at every change, for logs and tests."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sim-border-radio", daemon=True)
+
+    @property
+    def port(self) -> str:
+        return self.modem.port
+
+    def start(self) -> BorderRadio:
+        self.modem.start()
+        self.update()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop following the drive and close the modem; idempotent."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self.modem.stop()
+
+    def __enter__(self) -> BorderRadio:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def update(self) -> None:
+        """One step: country, coverage and an NMEA fix from the vehicle's current state."""
+        vehicle, start_us = self.drive.vehicle, self.drive.start_us
+        if vehicle is None or start_us is None:
+            distance_m, speed_mps, t_us = 0.0, 0.0, time.time_ns() // 1000
+        else:
+            distance_m, speed_mps = vehicle.distance_m, vehicle.speed_mps
+            t_us = start_us + round(vehicle.t_s * 1e6)
+        pose, covered = conditions_at(self.drive.route, distance_m, self.tunnel)
+        if (pose.country, covered) != (self.modem.country, self.modem.coverage):
+            log.info(
+                "t=%.0f s, %.2f km: %s, %s",
+                (t_us - (start_us or t_us)) / 1e6,
+                distance_m / 1000.0,
+                pose.country,
+                "coverage" if covered else "no coverage (tunnel)",
+            )
+            self.changes.append((t_us, pose.country, covered))
+            if pose.country in COUNTRY_PLMNS:
+                self.modem.set_country(pose.country)
+            self.modem.set_coverage(covered)
+        self.modem.position = (pose.lat_deg, pose.lon_deg)
+        for sentence in nmea_fix(t_us, pose, speed_mps):
+            self.modem.emit_raw(b"\r\n" + sentence.encode() + b"\r\n")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            try:
+                self.update()
+            except Exception:  # a glitch must not end the radio thread; logged
+                log.exception("border radio update failed")

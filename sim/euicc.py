@@ -1,0 +1,433 @@
+"""A simulated eUICC that answers command APDUs the way a card does.
+
+:class:`SimulatedEuicc` takes a command APDU and returns response data + SW1 SW2:
+
+* ``MANAGE CHANNEL`` (INS 70) opens (P1 00) and closes (P1 80) logical channels 1-3.
+* ``SELECT`` (INS A4, P1 04) by AID; only the ISD-R is selectable (else ``6A82``).
+* ``STORE DATA`` (INS E2) carries ES10 requests: P1 ``11`` more blocks, ``91`` last block,
+  P2 the block number from 0. Blocks are reassembled per channel; a block out of order
+  answers ``6A86`` and discards the partial request. Data without ISD-R selected: ``6985``.
+* Responses longer than ``max_response_b`` (256) - or every response when
+  ``always_chain`` is set - are announced with ``61xx`` and fetched with ``GET RESPONSE``
+  (INS C0).
+* ES10 processing keeps real card rules: exactly one profile is enabled at a time
+  (enabling B while A is enabled disables A), result codes ``iccidOrAidNotFound``,
+  ``profileNotInDisabledState``, ``profileNotInEnabledState``, ``catBusy`` (injectable),
+  notifications with rising sequence numbers on enable / disable / delete, nicknames and
+  eUICCMemoryReset. Enable/disable with refreshFlag TRUE answer ``9110`` (REFRESH pending).
+
+Fault injection: :attr:`SimulatedEuicc.cat_busy`, :meth:`inject_sw` (e.g. ``6F00`` for the
+next N ES10 commands), :meth:`inject_truncation` (the next N responses lose their SW),
+:attr:`SimulatedEuicc.mute` (the card stops answering: ``transmit`` raises ``TimeoutError``).
+
+:class:`EuiccTransport` is the in-process :class:`tcu.esim.session.ApduTransport` for unit
+tests. This module imports only the standard library and ``tcu``.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from tcu.errors import EsimError
+from tcu.esim import es10
+from tcu.esim.der import Tlv
+from tcu.esim.session import ISDR_AID
+
+__all__ = ["EuiccConfig", "EuiccTransport", "ProfileSpec", "SimProfile", "SimulatedEuicc"]
+
+SW_OK = 0x9000
+SW_REFRESH_PENDING = 0x9110
+SW_WRONG_LENGTH = 0x6700
+SW_CONDITIONS = 0x6985
+SW_WRONG_DATA = 0x6A80
+SW_FUNC_NOT_SUPPORTED = 0x6A81
+SW_FILE_NOT_FOUND = 0x6A82
+SW_WRONG_P1P2 = 0x6A86
+SW_INS_NOT_SUPPORTED = 0x6D00
+SW_CLA_NOT_SUPPORTED = 0x6E00
+SW_CHANNEL_NOT_SUPPORTED = 0x6881
+SW_TECHNICAL = 0x6F00
+
+_MAX_CHANNELS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileSpec:
+    """An installed profile at power-on."""
+
+    iccid: str
+    name: str
+    provider: str
+    profile_class: es10.ProfileClass = es10.ProfileClass.operational
+    enabled: bool = False
+    nickname: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EuiccConfig:
+    eid: str = "89049032001001234500012345678901"
+    profiles: tuple[ProfileSpec, ...] = ()
+    max_response_b: int = 256
+    always_chain: bool = False
+    notification_address: str = "smdp.example.com"
+
+
+@dataclass(slots=True)
+class SimProfile:
+    iccid: str
+    aid: bytes
+    name: str
+    provider: str
+    profile_class: es10.ProfileClass
+    state: es10.ProfileState
+    nickname: str | None = None
+
+    def info(self) -> es10.ProfileInfo:
+        return es10.ProfileInfo(
+            iccid=self.iccid,
+            aid=self.aid,
+            state=self.state,
+            nickname=self.nickname,
+            service_provider=self.provider,
+            profile_name=self.name,
+            profile_class=self.profile_class,
+        )
+
+
+@dataclass(slots=True)
+class _Channel:
+    selected: bool = False
+    buffer: bytearray = field(default_factory=bytearray)
+    next_block: int = 0
+    pending: bytes = b""
+    pending_sw: int = SW_OK
+
+
+class SimulatedEuicc:
+    """An eUICC with an ISD-R answering ES10 over APDUs; thread-safe (one lock per card)."""
+
+    def __init__(self, config: EuiccConfig) -> None:
+        if sum(p.enabled for p in config.profiles) > 1:
+            raise EsimError("simulated eUICC: more than one profile configured as enabled")
+        self.config = config
+        self.eid = bytes.fromhex(config.eid)
+        self.profiles: list[SimProfile] = [
+            SimProfile(
+                iccid=p.iccid,
+                aid=bytes.fromhex(f"A0000005591010FFFFFFFF89{0x1000 + 0x100 * i:08X}"),
+                name=p.name,
+                provider=p.provider,
+                profile_class=p.profile_class,
+                state=es10.ProfileState.enabled if p.enabled else es10.ProfileState.disabled,
+                nickname=p.nickname,
+            )
+            for i, p in enumerate(config.profiles)
+        ]
+        self.notifications: list[es10.NotificationMetadata] = []
+        self.next_seq = 1
+        self.cat_busy = False
+        self.mute = False
+        self.es10_log: list[str] = []
+        self.refresh_count = 0
+        self._injected_sw: list[int] = []
+        self._truncations = 0
+        self._channels: dict[int, _Channel] = {0: _Channel()}
+        self._lock = threading.Lock()
+
+    # --- fault injection --------------------------------------------------------------
+
+    def inject_sw(self, sw: int, count: int = 1) -> None:
+        """Answer the next ``count`` ES10 commands (last STORE DATA block) with ``sw``."""
+        with self._lock:
+            self._injected_sw.extend([sw] * count)
+
+    def inject_truncation(self, count: int = 1) -> None:
+        """Drop the status word of the next ``count`` responses."""
+        with self._lock:
+            self._truncations += count
+
+    # --- observers ---------------------------------------------------------------------
+
+    @property
+    def enabled_iccids(self) -> list[str]:
+        return [p.iccid for p in self.profiles if p.state is es10.ProfileState.enabled]
+
+    @property
+    def enabled(self) -> SimProfile | None:
+        return next((p for p in self.profiles if p.state is es10.ProfileState.enabled), None)
+
+    def power_cycle(self) -> None:
+        """Reset: all logical channels closed, partial commands dropped."""
+        with self._lock:
+            self._channels = {0: _Channel()}
+
+    # --- APDU level --------------------------------------------------------------------
+
+    def transmit(self, apdu: bytes) -> bytes:
+        """Process one command APDU; return response data + SW1 SW2."""
+        with self._lock:
+            if self.mute:
+                raise TimeoutError("simulated eUICC does not answer")
+            data, sw = self._dispatch(apdu)
+            out = data + sw.to_bytes(2, "big")
+            if self._truncations:
+                self._truncations -= 1
+                return out[:-2]
+            return out
+
+    def _dispatch(self, apdu: bytes) -> tuple[bytes, int]:  # noqa: PLR0911 - one answer per case
+        if len(apdu) < 4:
+            return b"", SW_WRONG_LENGTH
+        cla, ins, p1, p2 = apdu[:4]
+        body = apdu[4:]
+        data = b""
+        if len(body) > 1:
+            lc = body[0]
+            if len(body) not in (1 + lc, 2 + lc):
+                return b"", SW_WRONG_LENGTH
+            data = body[1 : 1 + lc]
+        le = body[0] if len(body) == 1 else None
+        if cla & 0x40:
+            channel = 4 + (cla & 0x0F)
+        elif cla & 0x80 and cla & 0x7C not in (0x00,):
+            return b"", SW_CLA_NOT_SUPPORTED
+        else:
+            channel = cla & 0x03
+        state = self._channels.get(channel)
+        if state is None:
+            return b"", SW_CHANNEL_NOT_SUPPORTED
+        if ins == 0x70:
+            return self._manage_channel(p1, p2)
+        if ins == 0xA4:
+            if p1 != 0x04:
+                return b"", SW_WRONG_P1P2
+            state.selected = data == ISDR_AID
+            state.buffer.clear()
+            state.next_block = 0
+            return (b"", SW_OK) if state.selected else (b"", SW_FILE_NOT_FOUND)
+        if ins == 0xC0:
+            return self._get_response(state, le or 0)
+        if ins == 0xE2:
+            return self._store_data(state, p1, p2, data)
+        return b"", SW_INS_NOT_SUPPORTED
+
+    def _manage_channel(self, p1: int, p2: int) -> tuple[bytes, int]:
+        if p1 == 0x00:
+            for number in range(1, _MAX_CHANNELS):
+                if number not in self._channels:
+                    self._channels[number] = _Channel()
+                    return bytes([number]), SW_OK
+            return b"", SW_FUNC_NOT_SUPPORTED
+        if p1 == 0x80:
+            if p2 == 0 or p2 not in self._channels:
+                return b"", SW_WRONG_P1P2
+            del self._channels[p2]
+            return b"", SW_OK
+        return b"", SW_WRONG_P1P2
+
+    def _get_response(self, state: _Channel, le: int) -> tuple[bytes, int]:
+        if not state.pending:
+            return b"", SW_CONDITIONS
+        size = le or 256
+        chunk, state.pending = state.pending[:size], state.pending[size:]
+        if state.pending:
+            return chunk, 0x6100 | (min(len(state.pending), 256) & 0xFF)
+        return chunk, state.pending_sw
+
+    def _store_data(self, state: _Channel, p1: int, p2: int, data: bytes) -> tuple[bytes, int]:  # noqa: PLR0911 - one answer per case
+        if not state.selected:
+            return b"", SW_CONDITIONS
+        if p1 not in (0x11, 0x91):
+            return b"", SW_WRONG_P1P2
+        if p2 != state.next_block:
+            state.buffer.clear()
+            state.next_block = 0
+            return b"", SW_WRONG_P1P2
+        state.buffer += data
+        state.next_block += 1
+        if p1 == 0x11:
+            return b"", SW_OK
+        request = bytes(state.buffer)
+        state.buffer.clear()
+        state.next_block = 0
+        if self._injected_sw:
+            return b"", self._injected_sw.pop(0)
+        try:
+            response, sw = self._es10(request)
+        except EsimError:
+            return b"", SW_WRONG_DATA
+        if self.config.always_chain or len(response) > self.config.max_response_b:
+            state.pending, state.pending_sw = response, sw
+            return b"", 0x6100 | (min(len(response), 256) & 0xFF)
+        return response, sw
+
+    # --- ES10 level ---------------------------------------------------------------------
+
+    def _find(self, ref: es10.ProfileRef) -> SimProfile | None:
+        for profile in self.profiles:
+            if (ref.iccid is not None and profile.iccid == ref.iccid) or (
+                ref.aid is not None and profile.aid == ref.aid
+            ):
+                return profile
+        return None
+
+    def _notify(self, event: es10.NotificationEvent, iccid: str) -> None:
+        self.notifications.append(
+            es10.NotificationMetadata(self.next_seq, event, self.config.notification_address, iccid)
+        )
+        self.next_seq += 1
+
+    def _es10(self, der: bytes) -> tuple[bytes, int]:  # noqa: PLR0911 - one answer per case
+        request = es10.decode_request(der)
+        self.es10_log.append(type(request).__name__)
+        sw = SW_OK
+        if isinstance(request, es10.GetEidRequest):
+            return es10.GetEidResponse(self.eid).encode(), sw
+        if isinstance(request, es10.GetEuiccInfo2Request):
+            return self._euicc_info2().encode(), sw
+        if isinstance(request, es10.GetProfilesInfoRequest):
+            if request.search is not None:
+                found = self._find(request.search)
+                selected = [found] if found else []
+            elif request.profile_class is not None:
+                selected = [p for p in self.profiles if p.profile_class == request.profile_class]
+            else:
+                selected = list(self.profiles)
+            return es10.GetProfilesInfoResponse(profiles=tuple(p.info() for p in selected)).encode(), sw
+        if isinstance(request, es10.EnableProfileRequest):
+            result = self._enable(request.ref)
+            if result is es10.EnableResult.ok and request.refresh:
+                self.refresh_count += 1
+                sw = SW_REFRESH_PENDING
+            return es10.EnableProfileResponse(result).encode(), sw
+        if isinstance(request, es10.DisableProfileRequest):
+            dresult = self._disable(request.ref)
+            if dresult is es10.DisableResult.ok and request.refresh:
+                self.refresh_count += 1
+                sw = SW_REFRESH_PENDING
+            return es10.DisableProfileResponse(dresult).encode(), sw
+        if isinstance(request, es10.DeleteProfileRequest):
+            return es10.DeleteProfileResponse(self._delete(request.ref)).encode(), sw
+        if isinstance(request, es10.SetNicknameRequest):
+            profile = self._find(es10.ProfileRef(iccid=request.iccid))
+            if profile is None:
+                return es10.SetNicknameResponse(es10.SetNicknameResult.iccidNotFound).encode(), sw
+            profile.nickname = request.nickname
+            return es10.SetNicknameResponse(es10.SetNicknameResult.ok).encode(), sw
+        if isinstance(request, es10.EuiccMemoryResetRequest):
+            return es10.EuiccMemoryResetResponse(self._memory_reset(request)).encode(), sw
+        if isinstance(request, es10.ListNotificationRequest):
+            items = tuple(
+                n for n in self.notifications if request.events is None or n.event in request.events
+            )
+            return es10.ListNotificationResponse(notifications=items).encode(), sw
+        if not isinstance(request, es10.NotificationSentRequest):
+            # Decodable, but this card implements only what the profile manager sends.
+            raise es10.Es10Error("ES10 request", f"{type(request).__name__} is not supported by this card")
+        before = len(self.notifications)
+        self.notifications = [n for n in self.notifications if n.seq != request.seq]
+        status = (
+            es10.NotificationSentResult.ok
+            if len(self.notifications) < before
+            else (es10.NotificationSentResult.nothingToDelete)
+        )
+        return es10.NotificationSentResponse(status).encode(), sw
+
+    def _enable(self, ref: es10.ProfileRef) -> es10.EnableResult:
+        profile = self._find(ref)
+        if profile is None:
+            return es10.EnableResult.iccidOrAidNotFound
+        if profile.state is es10.ProfileState.enabled:
+            return es10.EnableResult.profileNotInDisabledState
+        if self.cat_busy:
+            return es10.EnableResult.catBusy
+        current = self.enabled
+        if current is not None:
+            current.state = es10.ProfileState.disabled
+            self._notify(es10.NotificationEvent.disable, current.iccid)
+        profile.state = es10.ProfileState.enabled
+        self._notify(es10.NotificationEvent.enable, profile.iccid)
+        return es10.EnableResult.ok
+
+    def _disable(self, ref: es10.ProfileRef) -> es10.DisableResult:
+        profile = self._find(ref)
+        if profile is None:
+            return es10.DisableResult.iccidOrAidNotFound
+        if profile.state is not es10.ProfileState.enabled:
+            return es10.DisableResult.profileNotInEnabledState
+        if self.cat_busy:
+            return es10.DisableResult.catBusy
+        profile.state = es10.ProfileState.disabled
+        self._notify(es10.NotificationEvent.disable, profile.iccid)
+        return es10.DisableResult.ok
+
+    def _delete(self, ref: es10.ProfileRef) -> es10.DeleteResult:
+        profile = self._find(ref)
+        if profile is None:
+            return es10.DeleteResult.iccidOrAidNotFound
+        if profile.state is es10.ProfileState.enabled:
+            return es10.DeleteResult.profileNotInDisabledState
+        self.profiles.remove(profile)
+        self._notify(es10.NotificationEvent.delete, profile.iccid)
+        return es10.DeleteResult.ok
+
+    def _memory_reset(self, request: es10.EuiccMemoryResetRequest) -> es10.MemoryResetResult:
+        if self.cat_busy:
+            return es10.MemoryResetResult.catBusy
+        doomed = [
+            p
+            for p in self.profiles
+            if (request.delete_operational and p.profile_class is es10.ProfileClass.operational)
+            or (request.delete_field_loaded_test and p.profile_class is es10.ProfileClass.test)
+        ]
+        if not doomed:
+            return es10.MemoryResetResult.nothingToDelete
+        for profile in doomed:
+            self.profiles.remove(profile)
+        return es10.MemoryResetResult.ok
+
+    def _euicc_info2(self) -> es10.EuiccInfo2:
+        return es10.EuiccInfo2(
+            items=(
+                Tlv(0x81, bytes([2, 3, 1])),
+                Tlv(0x82, bytes([2, 2, 2])),
+                Tlv(0x83, bytes([1, 0, 0])),
+                Tlv(0x84, bytes.fromhex("810100820400062824830400001922")),
+                Tlv(0x85, bytes.fromhex("067F36C0")),
+                Tlv(0x88, bytes.fromhex("0490")),
+                Tlv(0xA9, bytes.fromhex("04148137")),
+                Tlv(0xAA, bytes.fromhex("04148137")),
+                Tlv(0x04, bytes([1, 0, 0])),
+                Tlv(0x0C, b"SIM-TCU-0001"),
+            )
+        )
+
+
+class EuiccTransport:
+    """In-process :class:`~tcu.esim.session.ApduTransport` over a :class:`SimulatedEuicc`.
+
+    ``open_channel`` sends MANAGE CHANNEL and SELECT; ``transmit`` patches the channel
+    number into CLA like a modem does. Calls complete immediately (no I/O).
+    """
+
+    def __init__(self, card: SimulatedEuicc) -> None:
+        self.card = card
+
+    async def open_channel(self, aid: bytes) -> int:
+        answer = self.card.transmit(bytes([0x00, 0x70, 0x00, 0x00, 0x01]))
+        if len(answer) != 3 or answer[-2:] != b"\x90\x00":
+            raise EsimError(f"MANAGE CHANNEL open: card answered {answer.hex().upper()}")
+        channel = answer[0]
+        select = bytes([channel, 0xA4, 0x04, 0x00, len(aid)]) + aid
+        answer = self.card.transmit(select)
+        if answer[-2:] != b"\x90\x00":
+            self.card.transmit(bytes([0x00, 0x70, 0x80, channel]))
+            raise EsimError(f"SELECT {aid.hex().upper()}: card answered {answer.hex().upper()}")
+        return channel
+
+    async def transmit(self, handle: int, apdu: bytes) -> bytes:
+        return self.card.transmit(bytes([(apdu[0] & 0xFC) | handle]) + apdu[1:])
+
+    async def close_channel(self, handle: int) -> None:
+        self.card.transmit(bytes([0x00, 0x70, 0x80, handle]))
