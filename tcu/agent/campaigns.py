@@ -1,0 +1,118 @@
+"""Collection campaigns in the agent: the engine, its events as batches, and replacing the set.
+
+The default periodic campaign (the mapping's ``period_ms``) and the campaign
+engine both select from the same decoded columns; their selections are merged
+per signal by source time, so a sample chosen by both travels once. Each
+captured event becomes a batch of its own, spooled with its campaign's
+priority, so eviction under a full spool takes bulk periodic data before
+events.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from tcu.api.v1 import ingest_pb2 as ingest_pb
+from tcu.api.v1 import telemetry_pb2 as telemetry_pb
+from tcu.collect.buffer import frame_rates_from_dbc, rates_from_dbc
+from tcu.collect.campaign import Campaign, load_campaigns, parse_campaigns, validate
+from tcu.collect.engine import CampaignEngine, CapturedEvent
+from tcu.config import CampaignSettings
+from tcu.signals.decoder import SignalColumns
+from tcu.signals.mapping import Catalog
+
+__all__ = ["CampaignRuntime", "merge_columns"]
+
+log = logging.getLogger(__name__)
+
+
+def merge_columns(a: SignalColumns, b: SignalColumns) -> SignalColumns:
+    """Union of two selections from the same decoded columns, per signal, by source time."""
+    if not a:
+        return b
+    if not b:
+        return a
+    parts: dict[int, list[tuple[Any, Any]]] = {}
+    for sid, t, v in (*a, *b):
+        parts.setdefault(sid, []).append((t, v))
+    out: SignalColumns = []
+    for sid, pieces in parts.items():
+        if len(pieces) == 1:
+            out.append((sid, pieces[0][0], pieces[0][1]))
+            continue
+        t = np.concatenate([p[0] for p in pieces])
+        v = np.concatenate([p[1] for p in pieces])
+        t_unique, first = np.unique(t, return_index=True)
+        out.append((sid, t_unique, v[first]))
+    return out
+
+
+class CampaignRuntime:
+    """The campaign engine of one agent, with what it needs to (re)load campaigns."""
+
+    def __init__(
+        self,
+        settings: CampaignSettings,
+        catalog: Catalog,
+        databases: Mapping[str, Sequence[Any]],
+        *,
+        vehicle_id: str,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.vehicle_id = vehicle_id
+        campaigns = load_campaigns(settings.file) if settings.file is not None else []
+        validate(campaigns, catalog)
+        self.engine = CampaignEngine(
+            campaigns,
+            catalog,
+            rates_from_dbc(catalog, databases),
+            settings.memory_budget_bytes,
+            frame_rates=frame_rates_from_dbc(databases),
+        )
+        self.events_captured = 0
+        log.info("campaigns: %s", ", ".join(f"{n} v{v}" for n, v in self.engine.active()) or "none")
+
+    def replace_from_text(self, text: str, *, origin: str) -> list[CapturedEvent]:
+        """Parse, check and swap in a new campaign set; raises and keeps the old set when it is bad."""
+        campaigns: list[Campaign] = parse_campaigns(text, path=origin)
+        validate(campaigns, self.catalog)
+        closed = self.engine.replace(campaigns)
+        log.info(
+            "campaigns replaced from %s: %s", origin, ", ".join(f"{n} v{v}" for n, v in self.engine.active())
+        )
+        return closed
+
+    def checkin(self) -> ingest_pb.CheckIn:
+        return ingest_pb.CheckIn(
+            campaigns=[ingest_pb.CampaignVersion(name=n, version=v) for n, v in self.engine.active()]
+        )
+
+    def event_batch(self, event: CapturedEvent) -> bytes:
+        """One event as a batch without samples (identity stamped at send time)."""
+        self.events_captured += 1
+        batch = telemetry_pb.TelemetryBatch(
+            vehicle_id=self.vehicle_id,
+            catalog_id=self.catalog.catalog_id,
+            base_time_ns=event.start_t_ns,
+            created_ns=time.time_ns(),
+        )
+        captured = batch.events.add(
+            campaign=event.campaign,
+            campaign_version=event.version,
+            trigger_ns=event.trigger_t_ns,
+            start_ns=event.start_t_ns,
+            end_ns=event.end_t_ns,
+            truncated=event.truncated,
+            history_incomplete=event.history_incomplete,
+        )
+        for sid, t_ns, values in event.columns:
+            column = captured.columns.add(signal_id=sid)
+            column.t_offset_ns.extend((t_ns - event.start_t_ns).tolist())
+            column.double_values.extend(values.tolist())
+        return batch.SerializeToString()

@@ -1,0 +1,416 @@
+"""The agent's connectivity source: modem state, GNSS and the eSIM roaming loop as telemetry.
+
+Configured by the agent's ``[connectivity]`` table (paths relative to the agent config)::
+
+    [connectivity]
+    port = "/dev/ttyUSB2"            # the modem's AT port (required)
+    modem_profile = "generic"        # quirks preset, see tcu.modem.PRESETS
+    policy = "roaming.toml"          # roaming rules, see tcu.esim.policy (required)
+    audit_log = "esim-audit.jsonl"   # hash-chained audit log (required)
+    poll_interval_s = 2.0            # one registration/signal poll and policy step per interval
+    command_timeout_s = 5.0          # AT command timeout (default: the modem profile's)
+    apdu_timeout_s = 10.0            # timeout of one APDU through AT+CGLA (default: the profile's)
+    card_refresh_s = 60.0            # re-read the card's profiles at least this often
+    clock = "gnss"                   # "gnss": policy time from the NMEA fixes; "wall": time.time_ns()
+    reopen_after_errors = 5          # consecutive failed polls before the AT port is reopened
+
+Every ``poll_interval_s`` the source reads registration (``AT+CEREG?``/``AT+COPS?``) and
+signal (``AT+CSQ``/``AT+CESQ``), builds an :class:`~tcu.esim.Observation` (enabled profile,
+registration, MCC, last GNSS position), steps the :class:`~tcu.esim.RoamingPolicy` and has
+the :class:`~tcu.esim.ProfileManager` execute its decision (the manager writes every
+decision, ES10 call and outcome to the audit log; this source adds ``error`` entries).
+
+**Clock.** With ``clock = "gnss"`` the policy's time is the UTC time of the last ``$xxRMC``
+fix plus the monotonic time elapsed since it arrived; before the first fix it is the wall
+clock. Dwell times and attach deadlines are then in GNSS (for the simulator: simulated)
+seconds, also when a simulated drive runs faster than real time. The clock never runs
+backwards. Signals are stamped with the same clock, so they line up with CAN samples that
+carry simulated source time.
+
+**Signals** (emitted on change; events on each occurrence)::
+
+    Vehicle.Connectivity.Iccid               string  enabled profile ("" when none)
+    Vehicle.Connectivity.Plmn                string  serving "MCC-MNC" ("" when not registered)
+    Vehicle.Connectivity.AccessTechnology    string  e.g. "eutran" ("" when unknown)
+    Vehicle.Connectivity.RegistrationStatus  string  home, roaming, searching, denied, ...
+    Vehicle.Connectivity.SignalStrength      double  dBm (LTE RSRP, else RSSI)
+    Vehicle.Connectivity.IsRoaming           double  0 or 1
+    Vehicle.Connectivity.ProfileSwitch       string  event: "switch enable <iccid> (<label>) reason=..."
+    Vehicle.Connectivity.Rollback            string  event: "rollback enable <iccid> (<label>) reason=..."
+    Vehicle.Connectivity.SwitchError         string  event: a decision the card did not carry out
+
+**Errors** of the modem or the card never end the source: they are logged, written to the
+audit log, the card state is re-read on the next poll, and after ``reopen_after_errors``
+failed polls in a row the AT port is closed and opened again. Only cancellation (agent
+shutdown) ends :meth:`ConnectivitySource.run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from tcu.agent.sources import Emitter
+from tcu.config import AgentConfig
+from tcu.errors import ConfigError, TcuError
+from tcu.esim import (
+    AuditLog,
+    Decision,
+    DecisionKind,
+    Observation,
+    PolicyConfig,
+    ProfileManager,
+    RoamingPolicy,
+)
+from tcu.esim import load_policy as load_roaming_policy
+from tcu.modem import AtApduTransport, AtChannel, AtConfig, GnssFix, Modem, ModemProfile, modem_profile
+from tcu.modem.device import Registration
+from tcu.modem.parse import SignalQuality
+from tcu.signals.mapping import ExtraSignal
+
+__all__ = [
+    "SIGNALS",
+    "ConnectivityConfig",
+    "ConnectivitySource",
+    "GnssClock",
+    "build_connectivity_source",
+    "parse_connectivity",
+]
+
+log = logging.getLogger(__name__)
+
+_P = "Vehicle.Connectivity."
+
+SIGNALS: tuple[ExtraSignal, ...] = (
+    ExtraSignal(_P + "Iccid", "", "string", "esim"),
+    ExtraSignal(_P + "Plmn", "", "string", "modem"),
+    ExtraSignal(_P + "AccessTechnology", "", "string", "modem"),
+    ExtraSignal(_P + "RegistrationStatus", "", "string", "modem"),
+    ExtraSignal(_P + "SignalStrength", "dBm", "double", "modem"),
+    ExtraSignal(_P + "IsRoaming", "", "double", "modem"),
+    ExtraSignal(_P + "ProfileSwitch", "", "string", "esim"),
+    ExtraSignal(_P + "Rollback", "", "string", "esim"),
+    ExtraSignal(_P + "SwitchError", "", "string", "esim"),
+)
+"""The signals this source declares (they join the agent's catalog)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectivityConfig:
+    """The checked ``[connectivity]`` table (paths absolute)."""
+
+    port: str
+    policy: Path
+    audit_log: Path
+    modem_profile: str = "generic"
+    poll_interval_s: float = 2.0
+    command_timeout_s: float | None = None
+    apdu_timeout_s: float | None = None
+    card_refresh_s: float = 60.0
+    clock: Literal["gnss", "wall"] = "gnss"
+    reopen_after_errors: int = 5
+    reopen_backoff_s: float = 1.0
+
+
+_KEYS = {
+    "port",
+    "policy",
+    "audit_log",
+    "modem_profile",
+    "poll_interval_s",
+    "command_timeout_s",
+    "apdu_timeout_s",
+    "card_refresh_s",
+    "clock",
+    "reopen_after_errors",
+    "reopen_backoff_s",
+}
+
+
+def _str(table: Mapping[str, Any], key: str, source: str | None, default: str | None = None) -> str:
+    value = table.get(key, default)
+    if value is None:
+        raise ConfigError("required", key=f"connectivity.{key}", path=source)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(
+            f"must be a non-empty string, got {value!r}", key=f"connectivity.{key}", path=source
+        )
+    return value
+
+
+def _positive(table: Mapping[str, Any], key: str, source: str | None, default: float) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"must be a positive number, got {value!r}", key=f"connectivity.{key}", path=source)
+    return float(value)
+
+
+def _optional(table: Mapping[str, Any], key: str, source: str | None) -> float | None:
+    return _positive(table, key, source, 1.0) if key in table else None
+
+
+def parse_connectivity(
+    table: Mapping[str, Any], *, base: Path, source: str | None = None
+) -> ConnectivityConfig:
+    """Check a ``[connectivity]`` table; relative paths are resolved against ``base``.
+
+    :class:`ConfigError` names ``connectivity.<key>`` (and ``source``, the file).
+    """
+    unknown = set(table) - _KEYS
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(unknown)}", key="connectivity", path=source)
+    clock = _str(table, "clock", source, "gnss")
+    if clock not in ("gnss", "wall"):
+        raise ConfigError(f"must be 'gnss' or 'wall', got {clock!r}", key="connectivity.clock", path=source)
+    reopen = table.get("reopen_after_errors", 5)
+    if isinstance(reopen, bool) or not isinstance(reopen, int) or reopen < 1:
+        raise ConfigError(
+            f"must be an integer >= 1, got {reopen!r}", key="connectivity.reopen_after_errors", path=source
+        )
+    profile_name = _str(table, "modem_profile", source, "generic")
+    try:
+        modem_profile(profile_name)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), key="connectivity.modem_profile", path=source) from exc
+    return ConnectivityConfig(
+        port=_str(table, "port", source),
+        policy=base / _str(table, "policy", source),
+        audit_log=base / _str(table, "audit_log", source),
+        modem_profile=profile_name,
+        poll_interval_s=_positive(table, "poll_interval_s", source, 2.0),
+        command_timeout_s=_optional(table, "command_timeout_s", source),
+        apdu_timeout_s=_optional(table, "apdu_timeout_s", source),
+        card_refresh_s=_positive(table, "card_refresh_s", source, 60.0),
+        clock="gnss" if clock == "gnss" else "wall",
+        reopen_after_errors=reopen,
+        reopen_backoff_s=_positive(table, "reopen_backoff_s", source, 1.0),
+    )
+
+
+def build_connectivity_source(config: AgentConfig) -> ConnectivitySource:
+    """The agent's hook: check ``config.connectivity`` and load the roaming policy it names."""
+    if config.connectivity is None:
+        raise ConfigError("no [connectivity] table", key="connectivity")
+    base = config.source.parent if config.source is not None else Path.cwd()
+    source = str(config.source) if config.source is not None else None
+    checked = parse_connectivity(config.connectivity, base=base, source=source)
+    return ConnectivitySource(checked, load_roaming_policy(checked.policy))
+
+
+def fix_time_ns(fix: GnssFix) -> int | None:
+    """UTC epoch ns of an RMC fix (date and time); None when either is missing or malformed."""
+    date, stamp = fix.date, fix.utc_time
+    if date is None or len(date) != 6 or len(stamp) < 6 or not (date + stamp[:6]).isdigit():
+        return None
+    try:
+        seconds = float(stamp[4:])
+        whole = calendar.timegm(
+            (2000 + int(date[4:6]), int(date[2:4]), int(date[0:2]), int(stamp[0:2]), int(stamp[2:4]), 0)
+        )
+    except ValueError:
+        return None
+    return whole * 1_000_000_000 + round(seconds * 1e9)
+
+
+class GnssClock:
+    """Policy time: the last GNSS time plus monotonic time since it arrived; wall clock before it.
+
+    :meth:`now_ns` never goes backwards.
+    """
+
+    def __init__(self, *, use_gnss: bool = True) -> None:
+        self.use_gnss = use_gnss
+        self.fixes = 0
+        self._gnss_ns: int | None = None
+        self._at_mono_ns = 0
+        self._last_ns = 0
+
+    def on_fix(self, fix: GnssFix) -> None:
+        t_ns = fix_time_ns(fix) if fix.valid else None
+        if t_ns is None:
+            return
+        self.fixes += 1
+        self._gnss_ns, self._at_mono_ns = t_ns, time.monotonic_ns()
+
+    @property
+    def synced(self) -> bool:
+        return self.use_gnss and self._gnss_ns is not None
+
+    def now_ns(self) -> int:
+        if self.use_gnss and self._gnss_ns is not None:
+            t_ns = self._gnss_ns + (time.monotonic_ns() - self._at_mono_ns)
+        else:
+            t_ns = time.time_ns()
+        self._last_ns = max(self._last_ns, t_ns)
+        return self._last_ns
+
+
+def _plmn(reg: Registration) -> str:
+    return f"{reg.mcc}-{reg.mnc}" if reg.registered and reg.mcc and reg.mnc else ""
+
+
+def _dbm(signal: SignalQuality) -> float | None:
+    value = signal.rsrp_dbm if signal.rsrp_dbm is not None else signal.rssi_dbm
+    return None if value is None else float(value)
+
+
+class ConnectivitySource:
+    """A :class:`~tcu.agent.sources.SignalSource`: the modem, GNSS and the roaming loop."""
+
+    name = "connectivity"
+    signals: Sequence[ExtraSignal] = SIGNALS
+
+    def __init__(self, config: ConnectivityConfig, policy: PolicyConfig) -> None:
+        self.config = config
+        self.policy_config = policy
+        self.policy = RoamingPolicy(policy)
+        self.clock = GnssClock(use_gnss=config.clock == "gnss")
+        self.position: tuple[float, float] | None = None
+        self.decisions: list[tuple[Decision, bool]] = []
+        """Every executed decision with whether the card carried it out (for tests and stats)."""
+        self.errors = 0
+        self.reopens = 0
+        self._audit: AuditLog | None = None
+        self._enabled: str | None = None
+        self._card_read_mono: float | None = None
+        self._last: dict[str, float | str] = {}
+
+    # --- life cycle -----------------------------------------------------------------------
+
+    async def run(self, emit: Emitter) -> None:
+        """Poll and steer until cancelled; reopens the AT port after repeated failures."""
+        try:
+            self._audit = await asyncio.to_thread(AuditLog, self.config.audit_log)
+        except TcuError as exc:  # keep the telemetry flowing; say loudly that nothing is audited
+            log.error("connectivity: audit log unusable, decisions are NOT audited: %s", exc)
+        profile = modem_profile(self.config.modem_profile)
+        profile = dataclasses.replace(
+            profile,
+            command_timeout_s=self.config.command_timeout_s or profile.command_timeout_s,
+            apdu_timeout_s=self.config.apdu_timeout_s or profile.apdu_timeout_s,
+        )
+        while True:
+            try:
+                async with AtChannel(
+                    AtConfig(port=self.config.port, command_timeout_s=profile.command_timeout_s)
+                ) as channel:
+                    await self._session(channel, profile, emit)
+            except (TcuError, OSError) as exc:
+                await self._error("AT port", exc)
+            self._card_read_mono = None
+            await asyncio.sleep(self.config.reopen_backoff_s)
+
+    async def _session(self, channel: AtChannel, profile: ModemProfile, emit: Emitter) -> None:
+        modem = Modem(channel, profile)
+        manager = ProfileManager(
+            AtApduTransport(channel, profile),
+            audit=self._audit,
+            refresh=profile.refresh_flag,
+            after_switch=modem.after_profile_switch,
+        )
+        gnss = asyncio.create_task(self._follow_gnss(modem), name="tcu.agent.connectivity.gnss")
+        failures = 0
+        try:
+            while True:
+                try:
+                    await self.poll(modem, manager, emit)
+                    failures = 0
+                except (TcuError, OSError) as exc:
+                    failures += 1
+                    self._card_read_mono = None  # re-read the card on the next poll
+                    await self._error("poll", exc)
+                    if failures >= self.config.reopen_after_errors:
+                        log.warning("%d failed polls in a row: reopening %s", failures, self.config.port)
+                        self.reopens += 1
+                        return
+                await asyncio.sleep(self.config.poll_interval_s)
+        finally:
+            gnss.cancel()
+            await asyncio.gather(gnss, return_exceptions=True)
+
+    async def _follow_gnss(self, modem: Modem) -> None:
+        async for fix in modem.gnss_fixes():
+            if not fix.valid:
+                continue
+            if fix.sentence == "RMC":
+                self.clock.on_fix(fix)
+            if fix.lat_deg is not None and fix.lon_deg is not None:
+                self.position = (fix.lat_deg, fix.lon_deg)
+
+    async def _error(self, where: str, exc: BaseException) -> None:
+        self.errors += 1
+        log.warning("connectivity: %s failed: %s", where, exc)
+        if self._audit is None:
+            return
+        try:
+            await self._audit.aappend("error", {"where": where, "error": f"{type(exc).__name__}: {exc}"})
+        except TcuError as audit_exc:
+            log.error("connectivity: cannot write the audit log: %s", audit_exc)
+
+    # --- one step -------------------------------------------------------------------------
+
+    async def poll(self, modem: Modem, manager: ProfileManager, emit: Emitter) -> Decision | None:
+        """Read the modem (and the card when due), step the policy, execute its decision."""
+        reg = await modem.registration()
+        signal = await modem.signal()
+        now = time.monotonic()
+        if self._card_read_mono is None or now - self._card_read_mono >= self.config.card_refresh_s:
+            enabled = await manager.enabled()
+            self._enabled = enabled.iccid if enabled is not None else None
+            self._card_read_mono = now
+        t_ns = self.clock.now_ns()
+        self._emit_state(emit, t_ns, reg, signal)
+        decision = self.policy.step(Observation(t_ns, self._enabled, reg.registered, reg.mcc, self.position))
+        if decision is None:
+            return None
+        log.info("roaming decision: %s %s: %s", decision.kind.value, decision.target_iccid, decision.reason)
+        outcome = await manager.execute(decision)
+        self.policy.record_outcome(decision, outcome.ok)
+        self.decisions.append((decision, outcome.ok))
+        if decision.kind is DecisionKind.hold:
+            return decision
+        if outcome.ok and outcome.enabled_iccid is not None:
+            self._enabled = outcome.enabled_iccid
+            self._card_read_mono = time.monotonic()
+        else:
+            self._card_read_mono = None
+        self._emit_decision(emit, t_ns, decision, outcome.ok, outcome.error)
+        self._change(emit, t_ns, _P + "Iccid", self._enabled or "")
+        return decision
+
+    def _change(self, emit: Emitter, t_ns: int, name: str, value: float | str) -> None:
+        if self._last.get(name) != value:
+            self._last[name] = value
+            emit.emit(name, value, t_ns=t_ns)
+
+    def _emit_state(self, emit: Emitter, t_ns: int, reg: Registration, signal: SignalQuality) -> None:
+        self._change(emit, t_ns, _P + "Iccid", self._enabled or "")
+        self._change(emit, t_ns, _P + "Plmn", _plmn(reg))
+        self._change(emit, t_ns, _P + "AccessTechnology", reg.act.name if reg.act is not None else "")
+        self._change(emit, t_ns, _P + "RegistrationStatus", reg.status.name)
+        self._change(emit, t_ns, _P + "IsRoaming", 1.0 if reg.roaming else 0.0)
+        dbm = _dbm(signal)
+        if dbm is not None:
+            self._change(emit, t_ns, _P + "SignalStrength", dbm)
+
+    def _emit_decision(
+        self, emit: Emitter, t_ns: int, decision: Decision, ok: bool, error: str | None
+    ) -> None:
+        target = decision.target_iccid or ""
+        text = (
+            f"{decision.kind.value} enable {target} ({self.policy_config.label(target)}) "
+            f"reason={decision.reason}"
+        )
+        if not ok:
+            emit.emit(_P + "SwitchError", f"{text}: {error}", t_ns=t_ns)
+        elif decision.kind is DecisionKind.rollback:
+            emit.emit(_P + "Rollback", text, t_ns=t_ns)
+        else:
+            emit.emit(_P + "ProfileSwitch", text, t_ns=t_ns)

@@ -1,0 +1,89 @@
+"""Decoder → periodic sampler → batch builder, on frames encoded with cantools."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tcu.api.v1 import telemetry_pb2 as telemetry_pb
+from tcu.collect import BatchBuilder, PeriodicSampler
+from tcu.signals.dbc import load_dbc
+from tcu.signals.decoder import SignalDecoder
+from tcu.signals.mapping import Catalog, build_catalog, load_mapping
+
+
+def _setup(dbc: Path, mapping: Path) -> tuple[Catalog, SignalDecoder, object]:
+    db = load_dbc(dbc)
+    catalog = build_catalog(load_mapping(mapping), {"can0": [db]})
+    return catalog, SignalDecoder(catalog, {"can0": [db]}), db
+
+
+def test_decoder_routes_groups_and_counts(
+    small_dbc: Path, small_mapping: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    catalog, decoder, db = _setup(small_dbc, small_mapping)
+    ids = catalog.by_name()
+    frames = [
+        (1_000, 256, False, db.encode_message("Dyn", {"Speed": 50.5, "Accel": -1.25, "Gear": 3})),  # type: ignore[attr-defined]
+        (2_000, 512, False, db.encode_message("Mux", {"Sel": 0, "PressFL": 240})),  # type: ignore[attr-defined]
+        (3_000, 0x18FEF1FE, True, db.encode_message("Ext", {"Odometer": 12345.6})),  # type: ignore[attr-defined]
+        (4_000, 512, False, db.encode_message("Mux", {"Sel": 1, "PressFR": 250})),  # type: ignore[attr-defined]
+        (5_000, 0x7FF, False, b"\x00" * 8),  # unknown id
+        (6_000, 256, False, b"\x00" * 4),  # length mismatch
+        (7_000, 256, False, b"\x00" * 3),  # length mismatch, same id: logged once
+    ]
+    with caplog.at_level(logging.WARNING):
+        columns = decoder.decode(
+            "can0",
+            np.array([f[0] for f in frames], np.int64),
+            np.array([f[1] for f in frames], np.uint32),
+            np.array([f[2] for f in frames], np.bool_),
+            [f[3] for f in frames],
+        )
+    got = {sid: (t.tolist(), v.tolist()) for sid, t, v in columns}
+    assert got[ids["Vehicle.Speed"].signal_id] == ([1_000], [50.5])
+    assert got[ids["Vehicle.Acceleration.Longitudinal"].signal_id] == ([1_000], [-1.25])
+    assert got[ids["Vehicle.TraveledDistance"].signal_id][0] == [3_000]
+    assert got[ids["Vehicle.TraveledDistance"].signal_id][1] == pytest.approx([12345.6])
+    # The multiplexed signals only appear in frames whose selector carries them.
+    assert got[ids["Vehicle.Chassis.Axle.Row1.Wheel.Left.Tire.Pressure"].signal_id] == ([2_000], [240.0])
+    assert got[ids["Vehicle.Chassis.Axle.Row1.Wheel.Right.Tire.Pressure"].signal_id] == ([4_000], [250.0])
+    s = decoder.stats
+    assert (s.frames, s.decoded_frames, s.unknown_frames, s.length_mismatch_frames) == (7, 4, 1, 2)
+    assert s.unknown_ids == {("can0", 0x7FF)}
+    assert s.signals_decoded == 5  # Speed, Accel, Odometer, PressFL, PressFR (Gear is unmapped)
+    assert sum("have [3, 4] bytes" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_periodic_sampler_keeps_first_sample_per_window_across_batches(
+    small_dbc: Path, small_mapping: Path
+) -> None:
+    catalog, _decoder, _db = _setup(small_dbc, small_mapping)
+    sid = catalog.by_name()["Vehicle.Speed"].signal_id  # 100 ms
+    sampler = PeriodicSampler(catalog)
+    t = np.arange(0, 350, 10, dtype=np.int64) * 1_000_000  # every 10 ms for 350 ms
+    v = np.arange(len(t), dtype=np.float64)
+    first = sampler.sample([(sid, t[:12], v[:12])])  # 0..110 ms
+    second = sampler.sample([(sid, t[12:], v[12:])])  # 120..340 ms
+    kept = np.concatenate([first[0][1], second[0][1]]) // 1_000_000
+    assert kept.tolist() == [0, 100, 200, 300]
+    assert sampler.samples_in == len(t) and sampler.samples_out == 4
+
+
+def test_batch_builder_is_columnar_with_source_time_offsets(small_dbc: Path, small_mapping: Path) -> None:
+    builder = BatchBuilder(vehicle_id="V1", catalog_id="abc", max_samples=5, max_age_ms=1000)
+    base = 1_700_000_000_000_000_000
+    builder.add([(1, np.array([base + 10, base + 20], np.int64), np.array([1.5, 2.5]))])
+    builder.add([(2, np.array([base], np.int64), np.array([-3.0]))])
+    builder.add([(1, np.array([base + 30], np.int64), np.array([4.5]))])
+    assert not builder.full() and builder.samples == 4
+    payload, count = builder.build()
+    batch = telemetry_pb.TelemetryBatch.FromString(payload)
+    assert (batch.vehicle_id, batch.boot_epoch, batch.seq, batch.catalog_id, count) == ("V1", 0, 0, "abc", 4)
+    assert batch.base_time_ns == base
+    cols = {c.signal_id: (list(c.t_offset_ns), list(c.double_values)) for c in batch.columns}
+    assert cols == {1: ([10, 20, 30], [1.5, 2.5, 4.5]), 2: ([0], [-3.0])}
+    assert builder.samples == 0 and not builder.due()
