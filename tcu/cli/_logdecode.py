@@ -1,0 +1,101 @@
+"""Shared by ``tcu decode`` and ``tcu plot``: DBC arguments, the decode loop, the summary.
+
+python-can, cantools and numpy are imported when a command runs, not when ``tcu`` builds
+its parser, so ``tcu --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tcu.errors import InputError
+
+if TYPE_CHECKING:
+    from tcu.can.logs import ReadStats
+    from tcu.can.logs.decode import ChunkDecoder, DecodeCounts, MessageBlock
+    from tcu.signals.codec import DatabaseCodec
+
+PROGRESS_EVERY_S = 2.0
+#: The same names as :data:`tcu.can.logs.FORMATS` (kept here to import lazily; a test checks).
+LOG_FORMATS = ("candump", "blf", "asc", "trc", "mf4")
+
+
+def add_log_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("log", type=Path, help="CAN log: .log (candump -L), .blf, .asc, .trc, .mf4")
+    p.add_argument(
+        "--dbc",
+        action="append",
+        required=True,
+        metavar="[CHANNEL=]FILE",
+        help="DBC file; CHANNEL=FILE applies it to one channel only (repeatable)",
+    )
+    p.add_argument(
+        "--j1939", action="store_true", help="match extended ids by J1939 PGN (ignore source address)"
+    )
+    p.add_argument("--log-format", choices=LOG_FORMATS, help="log format (default: from the suffix)")
+
+
+def parse_dbc_args(values: list[str]) -> dict[str | None, DatabaseCodec]:
+    """``FILE`` → default for every channel; ``CHANNEL=FILE`` → that channel."""
+    from tcu.signals.codec import compile_database
+    from tcu.signals.dbc import load_dbc
+
+    by_file: dict[Path, DatabaseCodec] = {}
+    codecs: dict[str | None, DatabaseCodec] = {}
+    for value in values:
+        channel: str | None = None
+        file_text = value
+        if "=" in value and not Path(value).exists():
+            channel, file_text = value.split("=", 1)
+            if not channel or not file_text:
+                raise InputError(f"--dbc {value!r}: want FILE or CHANNEL=FILE")
+        file = Path(file_text)
+        if channel in codecs:
+            raise InputError(f"--dbc {value!r}: a DBC for {channel or 'all channels'} was already given")
+        if file not in by_file:
+            by_file[file] = compile_database(load_dbc(file))
+        codecs[channel] = by_file[file]
+    return codecs
+
+
+def decode_log(
+    args: argparse.Namespace, *, progress: bool = True
+) -> tuple[Iterator[list[MessageBlock]], ChunkDecoder, ReadStats]:
+    """An iterator of decoded blocks per chunk, the decoder (counts) and the read stats."""
+    from tcu.can.logs import open_log
+    from tcu.can.logs.decode import ChunkDecoder
+
+    codecs = parse_dbc_args(args.dbc)
+    reader = open_log(args.log, fmt=args.log_format)
+    decoder = ChunkDecoder(codecs, j1939=args.j1939)
+
+    def run() -> Iterator[list[MessageBlock]]:
+        started = last = time.monotonic()
+        for chunk in reader:
+            yield decoder.decode(chunk)
+            now = time.monotonic()
+            if progress and now - last >= PROGRESS_EVERY_S:
+                last = now
+                frames = decoder.counts.frames
+                print(
+                    f"decode: {frames} frames ({frames / (now - started):,.0f} frames/s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    return run(), decoder, reader.stats
+
+
+def print_summary(counts: DecodeCounts, stats: ReadStats, write: Callable[[str], None]) -> None:
+    write(
+        f"frames {counts.frames}, decoded {counts.decoded}, unknown ids {len(counts.unknown_ids)} "
+        f"({counts.unknown} frames), errors {counts.errors}, skipped {counts.skipped} "
+        f"(error/remote frames or channels without a DBC), corrupt records {stats.bad_records}"
+    )
+    if stats.stopped_at is not None:
+        write(f"file truncated: stopped at {stats.stopped_at}")

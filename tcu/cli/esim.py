@@ -1,0 +1,152 @@
+"""``tcu esim``: eUICC profiles over the modem's AT port, and audit-log verification.
+
+Composition root for :mod:`tcu.modem` (AT channel, APDU transport, modem quirks) and
+:mod:`tcu.esim` (ISD-R session, profile manager, audit log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tcu.errors import ConfigError
+from tcu.esim.audit import AuditLog, verify
+from tcu.esim.manager import ProfileManager
+from tcu.modem.apdu import AtApduTransport
+from tcu.modem.at import AtChannel, AtConfig
+from tcu.modem.device import Modem
+from tcu.modem.profiles import PRESETS, modem_profile
+
+__all__ = ["register"]
+
+_EXAMPLE = """examples:
+  tcu esim --port /dev/ttyUSB2 list
+  tcu esim --port /dev/ttyUSB2 --modem-profile cfun-cycle enable 89490200001234567890
+  tcu esim --port /dev/ttyUSB2 notifications --ack 3
+  tcu esim audit verify /var/lib/tcu/esim-audit.jsonl
+"""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "esim",
+        help="list, enable, disable and delete eUICC profiles through the modem",
+        description="Manage eUICC profiles (SGP.22 ES10 over AT+CCHO/CGLA or AT+CSIM) and verify audit logs.",
+        epilog=_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--port", help="modem AT port, e.g. /dev/ttyUSB2")
+    parser.add_argument(
+        "--modem-profile", default="generic", help=f"modem quirks preset: {', '.join(sorted(PRESETS))}"
+    )
+    parser.add_argument("--timeout-s", type=float, default=None, help="AT command and APDU timeout (s)")
+    parser.add_argument("--audit", metavar="FILE", help="append every ES10 call to this hash-chained log")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions.add_parser("info", help="EID, eUICC versions and the enabled profile")
+    actions.add_parser("list", help="installed profiles")
+    for name in ("enable", "disable", "delete"):
+        sub = actions.add_parser(name, help=f"{name} the profile with this ICCID")
+        sub.add_argument("iccid")
+    nick = actions.add_parser("nickname", help="set a profile's nickname")
+    nick.add_argument("iccid")
+    nick.add_argument("name")
+    notes = actions.add_parser("notifications", help="pending notifications (or acknowledge one)")
+    notes.add_argument("--ack", type=int, metavar="SEQ", help="remove notification SEQ (NotificationSent)")
+    audit = actions.add_parser("audit", help="audit-log tools")
+    audit_actions = audit.add_subparsers(dest="audit_action", metavar="AUDIT_ACTION", required=True)
+    check = audit_actions.add_parser("verify", help="check the hash chain of an audit log")
+    check.add_argument("file")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "audit":
+        count = verify(args.file)
+        print(f"{args.file}: {count} entries, hash chain intact")
+        return 0
+    if not args.port:
+        raise ConfigError("--port is required for this action", key="--port")
+    return asyncio.run(_run(args))
+
+
+async def _run(args: argparse.Namespace) -> int:
+    profile = modem_profile(args.modem_profile)
+    if args.timeout_s is not None:
+        profile = dataclasses.replace(
+            profile, command_timeout_s=args.timeout_s, apdu_timeout_s=args.timeout_s
+        )
+    async with AtChannel(AtConfig(port=args.port, command_timeout_s=profile.command_timeout_s)) as channel:
+        modem = Modem(channel, profile)
+        manager = ProfileManager(
+            AtApduTransport(channel, profile),
+            audit=AuditLog(args.audit) if args.audit else None,
+            refresh=profile.refresh_flag,
+            after_switch=modem.after_profile_switch,
+        )
+        handler: Callable[[ProfileManager, argparse.Namespace], Awaitable[None]] = _HANDLERS[args.action]
+        await handler(manager, args)
+    return 0
+
+
+async def _info(manager: ProfileManager, args: argparse.Namespace) -> None:
+    eid = await manager.eid()
+    info = await manager.euicc_info()
+    enabled = await manager.enabled()
+    print(f"EID:       {eid}")
+    print(f"SGP.22:    {info.svn}")
+    print(f"firmware:  {info.firmware_version}")
+    print(f"SAS:       {info.sas_accreditation_number}")
+    print(f"enabled:   {enabled.iccid if enabled else 'none'}")
+
+
+async def _list(manager: ProfileManager, args: argparse.Namespace) -> None:
+    print(f"{'ICCID':<20}  {'STATE':<8}  {'CLASS':<12}  {'PROVIDER':<16}  {'NAME':<20}  NICKNAME")
+    for p in await manager.profiles():
+        print(
+            f"{p.iccid or '?':<20}  {p.state.name if p.state is not None else '?':<8}  "
+            f"{p.profile_class.name if p.profile_class is not None else '?':<12}  "
+            f"{p.service_provider or '':<16}  {p.profile_name or '':<20}  {p.nickname or ''}"
+        )
+
+
+async def _enable(manager: ProfileManager, args: argparse.Namespace) -> None:
+    await manager.enable(args.iccid)
+    print(f"enabled {args.iccid}")
+
+
+async def _disable(manager: ProfileManager, args: argparse.Namespace) -> None:
+    await manager.disable(args.iccid)
+    print(f"disabled {args.iccid}")
+
+
+async def _delete(manager: ProfileManager, args: argparse.Namespace) -> None:
+    await manager.delete(args.iccid)
+    print(f"deleted {args.iccid}")
+
+
+async def _nickname(manager: ProfileManager, args: argparse.Namespace) -> None:
+    await manager.set_nickname(args.iccid, args.name)
+    print(f"nickname of {args.iccid} set to {args.name!r}")
+
+
+async def _notifications(manager: ProfileManager, args: argparse.Namespace) -> None:
+    if args.ack is not None:
+        await manager.acknowledge(args.ack)
+        print(f"notification {args.ack} removed")
+        return
+    for n in await manager.notifications():
+        print(f"{n.seq:>5}  {n.event.name:<8}  {n.iccid or '':<20}  {n.address}")
+
+
+_HANDLERS: dict[str, Callable[[ProfileManager, argparse.Namespace], Awaitable[None]]] = {
+    "info": _info,
+    "list": _list,
+    "enable": _enable,
+    "disable": _disable,
+    "delete": _delete,
+    "nickname": _nickname,
+    "notifications": _notifications,
+}

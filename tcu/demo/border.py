@@ -1,0 +1,241 @@
+"""``tcu demo --scenario border``: the cross-border eSIM roaming drive, end to end.
+
+The simulator (``python -m sim --modem``, see ``sim/border.py``) drives the A31 from
+Thionville into Luxembourg, round Luxembourg City and over the Sauer into Germany to
+Trier, with a modem and an eUICC on a pseudo-terminal. The car starts in France on the
+French profile; in Luxembourg the policy localises to the Luxembourg profile, which never
+attaches there, so the TCU rolls back to the French one (roaming); a tunnel on the A1 is a
+short coverage hole; in Germany the policy localises to the German profile. The agent runs
+the roaming loop (:mod:`tcu.agent.connectivity`) with the policy written here, its
+telemetry goes through the on-disk spool, and the connectivity events travel with it.
+
+Checked after the drive (all must hold for exit 0, besides no CAN sample lost):
+
+* the audit log's hash chain verifies (:func:`tcu.esim.verify`);
+* the switches the policy asked for and the card performed are exactly
+  :data:`EXPECTED_SWITCHES`, and exactly one rollback happened (:data:`EXPECTED_ROLLBACKS`);
+* the ingest stored one ``Vehicle.Connectivity.ProfileSwitch`` event per performed switch
+  and one ``Vehicle.Connectivity.Rollback`` per rollback.
+
+The profile ICCIDs repeat ``sim/border.py`` (``tcu`` never imports ``sim``); a test checks
+that they match.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tcu.api.v1 import fleet_pb2 as fleet_pb
+from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
+from tcu.demo.scenario import Scenario, ScenarioContext, register
+from tcu.errors import TcuError
+from tcu.esim import AuditError, verify
+
+__all__ = [
+    "BORDER_DURATION_S",
+    "BORDER_SPEED",
+    "BORDER_START_AT",
+    "EXPECTED_ROLLBACKS",
+    "EXPECTED_SWITCHES",
+    "PROFILES",
+    "BorderScenario",
+    "roaming_policy_toml",
+]
+
+#: Where the drive starts: the last French motorway junction before Luxembourg on the A31.
+BORDER_START_AT = "A31 Thionville"
+#: Simulated seconds to drive: from Thionville the car enters Luxembourg after about 450 s
+#: and Germany after about 1830 s (seeds 1, 2 and 7 measured).
+BORDER_DURATION_S = 2000.0
+#: Real-time factor of the drive (about a minute of wall time on a 2-core machine).
+BORDER_SPEED = "60"
+
+#: label → ICCID, as installed on the simulated eUICC (``sim/border.py``).
+PROFILES: dict[str, str] = {
+    "bootstrap": "8988211000000000001",
+    "fr-orange": "89330100001234567801",
+    "lu-post": "89352010001234567802",
+    "de-telekom": "89490200001234567803",
+}
+
+#: Profiles the policy switches to (and the card enables), in order.
+EXPECTED_SWITCHES: tuple[str, ...] = ("lu-post", "de-telekom")
+#: Profiles rolled back to, in order (the Luxembourg profile never attaches).
+EXPECTED_ROLLBACKS: tuple[str, ...] = ("fr-orange",)
+
+CONNECTIVITY_PREFIX = "Vehicle.Connectivity."
+
+
+def roaming_policy_toml() -> str:
+    """The demo's roaming policy (times in simulated seconds: the agent's clock is GNSS)."""
+    profiles = "\n".join(f'{label} = "{iccid}"' for label, iccid in PROFILES.items())
+    return f"""# Roaming policy of the border demo (tcu demo --scenario border).
+# Times are in GNSS seconds: the simulator's NMEA carries simulated time.
+[policy]
+min_dwell_s = 30                 # a new country counts after 30 s in it ...
+min_border_distance_m = 500      # ... and 500 m from where it was first seen
+attach_deadline_s = 90           # no registration on a new profile within 90 s: roll back
+fallback_after_s = 300           # 5 min without any network: bootstrap profile
+max_switches_per_hour = 4
+retry_after_s = 3600             # a failed profile is not tried again in that country for 1 h
+fallback = "bootstrap"
+
+[profiles]
+{profiles}
+
+# Countries are taken from the serving MCC while registered, from these boxes
+# (lat_min, lon_min, lat_max, lon_max; first match wins) while not.
+[countries.LU]
+preferred = "lu-post"
+bbox = [49.469, 5.73, 50.183, 6.50]
+
+[countries.FR]
+preferred = "fr-orange"
+bbox = [42.3, -4.8, 49.469, 8.23]
+
+[countries.DE]
+preferred = "de-telekom"
+bbox = [47.27, 6.50, 55.06, 15.04]
+"""
+
+
+@dataclass(slots=True)
+class _AuditCount:
+    entries: int = 0
+    switches: list[str] = field(default_factory=list)
+    rollbacks: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    es10_calls: int = 0
+    errors: int = 0
+
+
+def _label(iccid: str | None) -> str:
+    return next((label for label, value in PROFILES.items() if value == iccid), iccid or "none")
+
+
+def _read_audit(path: Path) -> _AuditCount:
+    """Decisions paired with their outcome (the next ``outcome`` entry before the next decision)."""
+    count = _AuditCount(entries=verify(path))
+    pending: dict[str, Any] | None = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        kind = entry.get("kind")
+        if kind == "decision":
+            pending = entry
+        elif kind == "es10":
+            count.es10_calls += 1
+        elif kind == "error":
+            count.errors += 1
+        elif kind == "outcome" and pending is not None:
+            target = _label(pending.get("target"))
+            if not entry.get("ok"):
+                count.failed.append(f"{pending.get('decision')} {target}")
+            elif pending.get("decision") == "rollback":
+                count.rollbacks.append(target)
+            elif pending.get("decision") in ("switch", "fallback"):
+                count.switches.append(target)
+            pending = None
+    return count
+
+
+class BorderScenario(Scenario):
+    """``--scenario border``: simulator with ``--modem``, agent with ``[spool]`` and ``[connectivity]``."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            name="border",
+            duration_s=BORDER_DURATION_S,
+            speed=BORDER_SPEED,
+            sim_args=["--modem", "--start-at", BORDER_START_AT],
+        )
+
+    @staticmethod
+    def audit_path(workdir: Path) -> Path:
+        return workdir / "esim-audit.jsonl"
+
+    def prepare(self, workdir: Path) -> None:
+        """Write the roaming policy into the work directory; a fresh audit log per run."""
+        (workdir / "roaming.toml").write_text(roaming_policy_toml(), encoding="utf-8")
+        self.audit_path(workdir).unlink(missing_ok=True)
+
+    def agent_toml(self, workdir: Path, ready: dict[str, Any]) -> str:
+        """``[spool]`` and ``[connectivity]`` for the agent, from the simulator's ready line."""
+        modem = ready.get("modem")
+        if not isinstance(modem, str):
+            raise TcuError(f"the simulator's ready line names no modem (started without --modem?): {ready}")
+        return (
+            "\n# The border scenario: telemetry through the spool; the modem and eSIM roaming loop.\n"
+            f'[spool]\ndirectory = {json.dumps(str(workdir / "spool"))}\ndurability = "crash"\n\n'
+            "[connectivity]\n"
+            f"port = {json.dumps(modem)}\n"
+            'modem_profile = "generic"\n'
+            f"policy = {json.dumps(str(workdir / 'roaming.toml'))}\n"
+            f"audit_log = {json.dumps(str(self.audit_path(workdir)))}\n"
+            "poll_interval_s = 0.25\n"
+            "command_timeout_s = 2.0\n"
+            "card_refresh_s = 10.0\n"
+            'clock = "gnss"\n'
+        )
+
+    async def summarize(self, ctx: ScenarioContext) -> dict[str, Any]:
+        """Check the audit log and the connectivity events the ingest stored."""
+        audit_path = self.audit_path(ctx.workdir)
+        problems: list[str] = []
+        try:
+            audit = await asyncio.to_thread(_read_audit, audit_path)
+            audit_ok = True
+        except (AuditError, OSError, ValueError) as exc:
+            audit, audit_ok = _AuditCount(), False
+            problems.append(f"audit log {audit_path}: {exc}")
+        events: dict[str, list[str]] = {}
+        samples = 0
+        async with ctx.channel() as channel:
+            stub = fleet_grpc.FleetStub(channel)
+            async for update in stub.Query(fleet_pb.QueryRequest(vehicle_id=ctx.vehicle_id)):
+                for series in update.series:
+                    if series.name.startswith(CONNECTIVITY_PREFIX):
+                        samples += len(series.t_ns)
+                        events.setdefault(series.name, []).extend(series.string_values)
+        stored_switches = events.get(CONNECTIVITY_PREFIX + "ProfileSwitch", [])
+        stored_rollbacks = events.get(CONNECTIVITY_PREFIX + "Rollback", [])
+        if tuple(audit.switches) != EXPECTED_SWITCHES:
+            problems.append(f"switches {audit.switches}, expected {list(EXPECTED_SWITCHES)}")
+        if tuple(audit.rollbacks) != EXPECTED_ROLLBACKS:
+            problems.append(f"rollbacks {audit.rollbacks}, expected {list(EXPECTED_ROLLBACKS)}")
+        if len(stored_switches) != len(audit.switches) or len(stored_rollbacks) != len(audit.rollbacks):
+            problems.append(
+                f"ingest stored {len(stored_switches)} switch and {len(stored_rollbacks)} rollback events, "
+                f"the audit log has {len(audit.switches)} and {len(audit.rollbacks)}"
+            )
+        for problem in problems:
+            ctx.say(f"border scenario: {problem}")
+        ctx.say(
+            f"roaming: switched to {audit.switches}, rolled back to {audit.rollbacks}; "
+            f"audit log {audit_path} ({audit.entries} entries, chain {'verified' if audit_ok else 'BROKEN'})"
+        )
+        return {
+            "profile_switches": len(audit.switches),
+            "rollbacks": len(audit.rollbacks),
+            "switched_to": audit.switches,
+            "rolled_back_to": audit.rollbacks,
+            "failed_decisions": audit.failed,
+            "audit_log": str(audit_path),
+            "audit_entries": audit.entries,
+            "audit_verified": audit_ok,
+            "es10_calls": audit.es10_calls,
+            "connectivity_errors": audit.errors,
+            "connectivity_samples": samples,
+            "switch_events_stored": len(stored_switches),
+            "rollback_events_stored": len(stored_rollbacks),
+            "scenario_problems": problems,
+        }
+
+    def ok(self, extra: dict[str, Any]) -> bool:
+        return not extra["scenario_problems"]
+
+
+register("border", BorderScenario)

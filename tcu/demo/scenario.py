@@ -1,0 +1,79 @@
+"""Demo scenarios: what a ``tcu demo --scenario NAME`` run adds to the plain drive.
+
+A scenario may add simulator arguments, sections of the agent's config, and,
+after the drive, its own checks, whose keys join the summary. The plain drive
+(``drive``) adds nothing. Scenarios register themselves in :data:`SCENARIOS`
+(see :func:`register`); the CLI offers every registered name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from tcu.signals.mapping import Catalog
+
+__all__ = ["SCENARIOS", "Scenario", "ScenarioContext", "load_scenarios", "register"]
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioContext:
+    """What a scenario can look at after the drive (the processes are still running)."""
+
+    workdir: Path
+    vehicle_id: str
+    ready: dict[str, Any]  # the simulator's ready line
+    done: dict[str, Any]  # the simulator's done line (ground_truth path, frames, start_us, end_us)
+    agent_final: dict[str, Any]  # the agent's last stats line
+    catalog: Catalog  # CAN signals of the simulator's DBC and mapping
+    ingest_target: str
+    channel: Callable[[], grpc.aio.Channel]  # a backend channel to the ingest (mTLS or plain)
+    say: Callable[[str], None]
+
+
+@dataclass(slots=True)
+class Scenario:
+    """Base scenario: the plain drive. Subclasses override what they need."""
+
+    name: str = "drive"
+    duration_s: float | None = None  # overrides --duration when set
+    speed: str | None = None  # overrides --speed when set
+    sim_args: list[str] = field(default_factory=list)
+
+    def prepare(self, workdir: Path) -> None:
+        """Write files the scenario needs (campaigns, policies) before anything starts."""
+
+    def agent_toml(self, workdir: Path, ready: dict[str, Any]) -> str:
+        """Extra TOML sections for the agent's config."""
+        return ""
+
+    async def summarize(self, ctx: ScenarioContext) -> dict[str, Any]:
+        """Checks after the drive; the keys join the summary."""
+        return {}
+
+    def ok(self, extra: dict[str, Any]) -> bool:
+        """Whether the scenario's own checks passed."""
+        return True
+
+
+SCENARIOS: dict[str, Callable[[], Scenario]] = {"drive": Scenario}
+
+
+def register(name: str, factory: Callable[[], Scenario]) -> None:
+    SCENARIOS[name] = factory
+
+
+def load_scenarios() -> dict[str, Callable[[], Scenario]]:
+    """Import every module of :mod:`tcu.demo` so that each registers its scenarios."""
+    import tcu.demo
+
+    for info in pkgutil.iter_modules(tcu.demo.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"tcu.demo.{info.name}")
+    return SCENARIOS
