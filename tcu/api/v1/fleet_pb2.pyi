@@ -262,6 +262,7 @@ class VehicleInfo(_message.Message):
     LOST_BATCHES_FIELD_NUMBER: _builtins.int
     CAMPAIGNS_FIELD_NUMBER: _builtins.int
     CONNECTED_FIELD_NUMBER: _builtins.int
+    QUARANTINED_BATCHES_FIELD_NUMBER: _builtins.int
     vehicle_id: _builtins.str
     boot_epoch: _builtins.int
     """latest epoch seen"""
@@ -275,6 +276,8 @@ class VehicleInfo(_message.Message):
     """batches the vehicle reported as lost (DataLoss)"""
     connected: _builtins.bool
     """an Upload stream is open now"""
+    quarantined_batches: _builtins.int
+    """batches kept in quarantine (malformed content)"""
     @_builtins.property
     def signals(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -295,10 +298,11 @@ class VehicleInfo(_message.Message):
         lost_batches: _builtins.int = ...,
         campaigns: _abc.Iterable[Global___CampaignInfo] | None = ...,
         connected: _builtins.bool = ...,
+        quarantined_batches: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "boot_epoch", b"boot_epoch", "campaigns", b"campaigns", "connected", b"connected", "first_sample_ns", b"first_sample_ns", "last_sample_ns", b"last_sample_ns", "last_seen_ns", b"last_seen_ns", "lost_batches", b"lost_batches", "samples", b"samples", "signals", b"signals", "vehicle_id", b"vehicle_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "boot_epoch", b"boot_epoch", "campaigns", b"campaigns", "connected", b"connected", "first_sample_ns", b"first_sample_ns", "last_sample_ns", b"last_sample_ns", "last_seen_ns", b"last_seen_ns", "lost_batches", b"lost_batches", "quarantined_batches", b"quarantined_batches", "samples", b"samples", "signals", b"signals", "vehicle_id", b"vehicle_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -168,6 +168,7 @@ class Ack(_message.Message):
     BATCH_SEQ_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
     CREDIT_FIELD_NUMBER: _builtins.int
+    QUARANTINED_FIELD_NUMBER: _builtins.int
     vehicle_id: _builtins.str
     boot_epoch: _builtins.int
     acked_seq: _builtins.int
@@ -181,6 +182,14 @@ class Ack(_message.Message):
     this stream. 0 means no limit is announced. An overloaded ingest instead ends
     the stream with RESOURCE_EXHAUSTED and a "retry-after-ms" trailing metadata entry.
     """
+    @_builtins.property
+    def quarantined(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuarantinedBatch]:
+        """Batches of this boot epoch the ingest could not accept because of their own content
+        (unknown signal id, column lengths, value types, limits, undecodable bytes, ...). Each
+        is kept in quarantine at the ingest (its bytes, with the reason) and counts as durable
+        for acked_seq, so the vehicle may drop it from its spool. Filled when batch_seq is one.
+        """
+
     def __init__(
         self,
         *,
@@ -190,14 +199,39 @@ class Ack(_message.Message):
         batch_seq: _builtins.int = ...,
         duplicate: _builtins.bool = ...,
         credit: _builtins.int = ...,
+        quarantined: _abc.Iterable[Global___QuarantinedBatch] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_seq", b"acked_seq", "batch_seq", b"batch_seq", "boot_epoch", b"boot_epoch", "credit", b"credit", "duplicate", b"duplicate", "vehicle_id", b"vehicle_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_seq", b"acked_seq", "batch_seq", b"batch_seq", "boot_epoch", b"boot_epoch", "credit", b"credit", "duplicate", b"duplicate", "quarantined", b"quarantined", "vehicle_id", b"vehicle_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Ack: _TypeAlias = Ack  # noqa: Y015
+
+@_typing.final
+class QuarantinedBatch(_message.Message):
+    """A batch the ingest stored in quarantine instead of accepting it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuarantinedBatch: _TypeAlias = QuarantinedBatch  # noqa: Y015
 
 @_typing.final
 class VehicleCommand(_message.Message):
