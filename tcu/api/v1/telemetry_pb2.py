@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atcu/api/v1/telemetry.proto\x12\ntcu.api.v1\"\x97\x01\n\nSignalInfo\x12\x11\n\tsignal_id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12#\n\x04type\x18\x04 \x01(\x0e\x32\x15.tcu.api.v1.ValueType\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x12\n\nresolution\x18\x06 \x01(\x01\x12\x11\n\tperiod_ms\x18\x07 \x01(\r\"L\n\rSignalCatalog\x12\x12\n\ncatalog_id\x18\x01 \x01(\t\x12\'\n\x07signals\x18\x02 \x03(\x0b\x32\x16.tcu.api.v1.SignalInfo\"d\n\x0cSignalColumn\x12\x11\n\tsignal_id\x18\x01 \x01(\r\x12\x13\n\x0bt_offset_ns\x18\x02 \x03(\x12\x12\x15\n\rdouble_values\x18\x03 \x03(\x01\x12\x15\n\rstring_values\x18\x04 \x03(\t\"W\n\x08\x44\x61taLoss\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x10\n\x08priority\x18\x02 \x01(\x05\x12\x12\n\ncreated_ns\x18\x03 \x01(\x03\x12\x15\n\rpayload_bytes\x18\x04 \x01(\x04\"\xcb\x01\n\rCapturedEvent\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12\x18\n\x10\x63\x61mpaign_version\x18\x02 \x01(\r\x12\x12\n\ntrigger_ns\x18\x03 \x01(\x03\x12\x10\n\x08start_ns\x18\x04 \x01(\x03\x12\x0e\n\x06\x65nd_ns\x18\x05 \x01(\x03\x12)\n\x07\x63olumns\x18\x06 \x03(\x0b\x32\x18.tcu.api.v1.SignalColumn\x12\x11\n\ttruncated\x18\x07 \x01(\x08\x12\x1a\n\x12history_incomplete\x18\x08 \x01(\x08\"\xfd\x01\n\x0eTelemetryBatch\x12\x12\n\nvehicle_id\x18\x01 \x01(\t\x12\x12\n\nboot_epoch\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x12\n\ncatalog_id\x18\x04 \x01(\t\x12\x14\n\x0c\x62\x61se_time_ns\x18\x05 \x01(\x03\x12)\n\x07\x63olumns\x18\x06 \x03(\x0b\x32\x18.tcu.api.v1.SignalColumn\x12\x12\n\ncreated_ns\x18\x07 \x01(\x03\x12\"\n\x04loss\x18\x08 \x01(\x0b\x32\x14.tcu.api.v1.DataLoss\x12)\n\x06\x65vents\x18\t \x03(\x0b\x32\x19.tcu.api.v1.CapturedEvent*U\n\tValueType\x12\x1a\n\x16VALUE_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11VALUE_TYPE_DOUBLE\x10\x01\x12\x15\n\x11VALUE_TYPE_STRING\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atcu/api/v1/telemetry.proto\x12\ntcu.api.v1\"\x97\x01\n\nSignalInfo\x12\x11\n\tsignal_id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12#\n\x04type\x18\x04 \x01(\x0e\x32\x15.tcu.api.v1.ValueType\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x12\n\nresolution\x18\x06 \x01(\x01\x12\x11\n\tperiod_ms\x18\x07 \x01(\r\"L\n\rSignalCatalog\x12\x12\n\ncatalog_id\x18\x01 \x01(\t\x12\'\n\x07signals\x18\x02 \x03(\x0b\x32\x16.tcu.api.v1.SignalInfo\"d\n\x0cSignalColumn\x12\x11\n\tsignal_id\x18\x01 \x01(\r\x12\x13\n\x0bt_offset_ns\x18\x02 \x03(\x12\x12\x15\n\rdouble_values\x18\x03 \x03(\x01\x12\x15\n\rstring_values\x18\x04 \x03(\t\"W\n\x08\x44\x61taLoss\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x10\n\x08priority\x18\x02 \x01(\x05\x12\x12\n\ncreated_ns\x18\x03 \x01(\x03\x12\x15\n\rpayload_bytes\x18\x04 \x01(\x04\"X\n\x0e\x43\x61pturedFrames\x12\x0b\n\x03\x62us\x18\x01 \x01(\t\x12\x16\n\x0e\x61rbitration_id\x18\x02 \x01(\r\x12\x13\n\x0bt_offset_ns\x18\x03 \x03(\x12\x12\x0c\n\x04\x64\x61ta\x18\x04 \x03(\x0c\"\xf7\x01\n\rCapturedEvent\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12\x18\n\x10\x63\x61mpaign_version\x18\x02 \x01(\r\x12\x12\n\ntrigger_ns\x18\x03 \x01(\x03\x12\x10\n\x08start_ns\x18\x04 \x01(\x03\x12\x0e\n\x06\x65nd_ns\x18\x05 \x01(\x03\x12)\n\x07\x63olumns\x18\x06 \x03(\x0b\x32\x18.tcu.api.v1.SignalColumn\x12\x11\n\ttruncated\x18\x07 \x01(\x08\x12\x1a\n\x12history_incomplete\x18\x08 \x01(\x08\x12*\n\x06\x66rames\x18\t \x03(\x0b\x32\x1a.tcu.api.v1.CapturedFrames\"\xfd\x01\n\x0eTelemetryBatch\x12\x12\n\nvehicle_id\x18\x01 \x01(\t\x12\x12\n\nboot_epoch\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x12\n\ncatalog_id\x18\x04 \x01(\t\x12\x14\n\x0c\x62\x61se_time_ns\x18\x05 \x01(\x03\x12)\n\x07\x63olumns\x18\x06 \x03(\x0b\x32\x18.tcu.api.v1.SignalColumn\x12\x12\n\ncreated_ns\x18\x07 \x01(\x03\x12\"\n\x04loss\x18\x08 \x01(\x0b\x32\x14.tcu.api.v1.DataLoss\x12)\n\x06\x65vents\x18\t \x03(\x0b\x32\x19.tcu.api.v1.CapturedEvent*U\n\tValueType\x12\x1a\n\x16VALUE_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11VALUE_TYPE_DOUBLE\x10\x01\x12\x15\n\x11VALUE_TYPE_STRING\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tcu.api.v1.telemetry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VALUETYPE']._serialized_start=927
-  _globals['_VALUETYPE']._serialized_end=1012
+  _globals['_VALUETYPE']._serialized_start=1061
+  _globals['_VALUETYPE']._serialized_end=1146
   _globals['_SIGNALINFO']._serialized_start=43
   _globals['_SIGNALINFO']._serialized_end=194
   _globals['_SIGNALCATALOG']._serialized_start=196
@@ -41,8 +41,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNALCOLUMN']._serialized_end=374
   _globals['_DATALOSS']._serialized_start=376
   _globals['_DATALOSS']._serialized_end=463
-  _globals['_CAPTUREDEVENT']._serialized_start=466
-  _globals['_CAPTUREDEVENT']._serialized_end=669
-  _globals['_TELEMETRYBATCH']._serialized_start=672
-  _globals['_TELEMETRYBATCH']._serialized_end=925
+  _globals['_CAPTUREDFRAMES']._serialized_start=465
+  _globals['_CAPTUREDFRAMES']._serialized_end=553
+  _globals['_CAPTUREDEVENT']._serialized_start=556
+  _globals['_CAPTUREDEVENT']._serialized_end=803
+  _globals['_TELEMETRYBATCH']._serialized_start=806
+  _globals['_TELEMETRYBATCH']._serialized_end=1059
 # @@protoc_insertion_point(module_scope)

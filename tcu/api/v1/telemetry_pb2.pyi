@@ -190,6 +190,48 @@ class DataLoss(_message.Message):
 Global___DataLoss: _TypeAlias = DataLoss  # noqa: Y015
 
 @_typing.final
+class CapturedFrames(_message.Message):
+    """The raw CAN frames of one (bus, arbitration id) that an event captured, packed,
+    in source-time order. Frame i is (t_offset_ns[i], data[i]).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUS_FIELD_NUMBER: _builtins.int
+    ARBITRATION_ID_FIELD_NUMBER: _builtins.int
+    T_OFFSET_NS_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    bus: _builtins.str
+    """the agent's bus name, e.g. "can0" """
+    arbitration_id: _builtins.int
+    """as listed in the campaign's raw_frames (11 or 29 bits)"""
+    @_builtins.property
+    def t_offset_ns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Source time of each frame (CAN timestamp) as an offset from the event's
+        start_ns, in nanoseconds; every start_ns + offset lies in [start_ns, end_ns].
+        """
+
+    @_builtins.property
+    def data(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Payload of each frame as received: 0 to 64 bytes (more than 8 only on CAN FD)."""
+
+    def __init__(
+        self,
+        *,
+        bus: _builtins.str = ...,
+        arbitration_id: _builtins.int = ...,
+        t_offset_ns: _abc.Iterable[_builtins.int] | None = ...,
+        data: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arbitration_id", b"arbitration_id", "bus", b"bus", "data", b"data", "t_offset_ns", b"t_offset_ns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CapturedFrames: _TypeAlias = CapturedFrames  # noqa: Y015
+
+@_typing.final
 class CapturedEvent(_message.Message):
     """What a condition-triggered campaign captured around one trigger: the samples
     of its signals in [start_ns, end_ns] (trigger minus pre-trigger time, plus post-trigger time).
@@ -205,6 +247,7 @@ class CapturedEvent(_message.Message):
     COLUMNS_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
     HISTORY_INCOMPLETE_FIELD_NUMBER: _builtins.int
+    FRAMES_FIELD_NUMBER: _builtins.int
     campaign: _builtins.str
     campaign_version: _builtins.int
     trigger_ns: _builtins.int
@@ -214,10 +257,16 @@ class CapturedEvent(_message.Message):
     truncated: _builtins.bool
     """The capture was cut short (shutdown or campaign replaced before end_ns)."""
     history_incomplete: _builtins.bool
-    """The ring buffers did not reach back to start_ns for some signal."""
+    """The ring buffers did not reach back to start_ns for some signal or raw frame id."""
     @_builtins.property
     def columns(self) -> _containers.RepeatedCompositeFieldContainer[Global___SignalColumn]:
         """Columns as in the batch; t_offset_ns is relative to start_ns here."""
+
+    @_builtins.property
+    def frames(self) -> _containers.RepeatedCompositeFieldContainer[Global___CapturedFrames]:
+        """Raw CAN frames of the campaign's raw_frames ids, one entry per (bus, id),
+        also when no frame of that id fell in the window.
+        """
 
     def __init__(
         self,
@@ -230,10 +279,11 @@ class CapturedEvent(_message.Message):
         columns: _abc.Iterable[Global___SignalColumn] | None = ...,
         truncated: _builtins.bool = ...,
         history_incomplete: _builtins.bool = ...,
+        frames: _abc.Iterable[Global___CapturedFrames] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "campaign_version", b"campaign_version", "columns", b"columns", "end_ns", b"end_ns", "history_incomplete", b"history_incomplete", "start_ns", b"start_ns", "trigger_ns", b"trigger_ns", "truncated", b"truncated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "campaign_version", b"campaign_version", "columns", b"columns", "end_ns", b"end_ns", "frames", b"frames", "history_incomplete", b"history_incomplete", "start_ns", b"start_ns", "trigger_ns", b"trigger_ns", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
