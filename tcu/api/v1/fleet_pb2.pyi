@@ -113,6 +113,42 @@ class SignalSeries(_message.Message):
 Global___SignalSeries: _TypeAlias = SignalSeries  # noqa: Y015
 
 @_typing.final
+class FrameSeries(_message.Message):
+    """Raw CAN frames of one (bus, arbitration id) in an event, in source-time order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUS_FIELD_NUMBER: _builtins.int
+    ARBITRATION_ID_FIELD_NUMBER: _builtins.int
+    T_NS_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    bus: _builtins.str
+    arbitration_id: _builtins.int
+    @_builtins.property
+    def t_ns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """UTC epoch nanoseconds (CAN source time)"""
+
+    @_builtins.property
+    def data(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """payload of each frame, 0-64 bytes"""
+
+    def __init__(
+        self,
+        *,
+        bus: _builtins.str = ...,
+        arbitration_id: _builtins.int = ...,
+        t_ns: _abc.Iterable[_builtins.int] | None = ...,
+        data: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arbitration_id", b"arbitration_id", "bus", b"bus", "data", b"data", "t_ns", b"t_ns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FrameSeries: _TypeAlias = FrameSeries  # noqa: Y015
+
+@_typing.final
 class Event(_message.Message):
     """A campaign's capture around one trigger (see tcu.api.v1.CapturedEvent)."""
 
@@ -126,6 +162,7 @@ class Event(_message.Message):
     SERIES_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
     HISTORY_INCOMPLETE_FIELD_NUMBER: _builtins.int
+    FRAMES_FIELD_NUMBER: _builtins.int
     campaign: _builtins.str
     campaign_version: _builtins.int
     trigger_ns: _builtins.int
@@ -136,6 +173,10 @@ class Event(_message.Message):
     @_builtins.property
     def series(self) -> _containers.RepeatedCompositeFieldContainer[Global___SignalSeries]:
         """absolute times"""
+
+    @_builtins.property
+    def frames(self) -> _containers.RepeatedCompositeFieldContainer[Global___FrameSeries]:
+        """raw frames of the campaign's raw_frames ids"""
 
     def __init__(
         self,
@@ -148,10 +189,11 @@ class Event(_message.Message):
         series: _abc.Iterable[Global___SignalSeries] | None = ...,
         truncated: _builtins.bool = ...,
         history_incomplete: _builtins.bool = ...,
+        frames: _abc.Iterable[Global___FrameSeries] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "campaign_version", b"campaign_version", "end_ns", b"end_ns", "history_incomplete", b"history_incomplete", "series", b"series", "start_ns", b"start_ns", "trigger_ns", b"trigger_ns", "truncated", b"truncated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "campaign_version", b"campaign_version", "end_ns", b"end_ns", "frames", b"frames", "history_incomplete", b"history_incomplete", "series", b"series", "start_ns", b"start_ns", "trigger_ns", b"trigger_ns", "truncated", b"truncated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
