@@ -16,6 +16,7 @@ so callers catch ours and find the original in ``__cause__``::
     ├── UplinkError            the telemetry uplink failed (the cause is in ``__cause__``)
     ├── IngestError            the ingest rejected or could not store a batch
     │   └── BatchRejected      a batch is malformed (the message says what is wrong)
+    │       └── StreamRejected the Upload stream itself is wrong (identity, catalog, numbering)
     ├── ModemError             the modem's AT channel failed or answered with an error
     ├── EsimError              an eUICC operation failed (result code named)
     ├── SecurityError          a certificate, signature or identity check failed
@@ -39,6 +40,7 @@ __all__ = [
     "ModemError",
     "SecurityError",
     "SpoolError",
+    "StreamRejected",
     "TcuError",
     "UplinkError",
 ]
@@ -109,6 +111,14 @@ class IngestError(TcuError):
 
 class BatchRejected(IngestError):
     """A telemetry batch is malformed; the message says what is wrong."""
+
+
+class StreamRejected(BatchRejected):
+    """A batch does not belong on its Upload stream (vehicle, catalog, sequence numbering).
+
+    Unlike a plain :class:`BatchRejected` (a problem of one batch's own content, which
+    the ingest keeps in quarantine), this ends the stream.
+    """
 
 
 class ModemError(TcuError):

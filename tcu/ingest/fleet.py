@@ -172,6 +172,7 @@ class FleetService(fleet_grpc.FleetServicer):
                 lost_batches=v.lost_batches,
                 campaigns=[fleet_pb.CampaignInfo(name=c.name, version=c.version) for c in v.campaigns],
                 connected=v.vehicle_id in connected,
+                quarantined_batches=v.quarantined_batches,
             )
             for v in vehicles
         ]

@@ -16,6 +16,7 @@ __all__ = [
     "Column",
     "HistoryQuery",
     "LossRecord",
+    "QuarantinedBatch",
     "Series",
     "SignalDef",
     "StoreResult",
@@ -132,6 +133,27 @@ class LossRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class QuarantinedBatch:
+    """A batch whose own content the ingest could not accept, kept as it arrived.
+
+    Its ``(vehicle_id, boot_epoch, seq)`` counts as stored (acks pass it, retries are
+    duplicates); ``payload`` is the batch's bytes exactly as received (the
+    ``UploadRequest.batch`` field), so nothing the vehicle sent is lost.
+    """
+
+    vehicle_id: str
+    boot_epoch: int
+    seq: int
+    reason: str
+    received_ns: int
+    """Ingest clock (UTC epoch ns) when the batch was read from the stream."""
+    payload: bytes
+    catalog_id: str = ""
+    """The catalog the stream's Hello announced."""
+    agent_version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class StoreResult:
     """What a sink answers for one batch, after it is durable."""
 
@@ -139,6 +161,8 @@ class StoreResult:
     """The batch had been stored before; nothing was stored again."""
     acked_seq: int
     """Highest ``s`` such that batches 1..s of this (vehicle, boot epoch) are all stored."""
+    quarantined: bool = False
+    """The key is held in quarantine (stored now, or before when ``duplicate``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,3 +208,5 @@ class VehicleSummary:
     """Campaigns of the vehicle's latest check-in (empty when it never checked in)."""
     checkin_ns: int = 0
     """Ingest clock (UTC epoch ns) of that check-in; 0 when there was none."""
+    quarantined_batches: int = 0
+    """Batches of the vehicle held in quarantine (malformed content, see :class:`QuarantinedBatch`)."""

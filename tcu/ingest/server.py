@@ -17,13 +17,12 @@ from grpc_reflection.v1alpha import reflection
 from tcu.api.v1 import fleet_pb2 as fleet_pb
 from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
 from tcu.api.v1 import ingest_pb2 as ingest_pb
-from tcu.api.v1 import ingest_pb2_grpc as ingest_grpc
 from tcu.errors import ClosedResourceError, IngestError
 from tcu.ingest.commands import CommandRouter
 from tcu.ingest.config import IngestConfig
 from tcu.ingest.fleet import Caller, FleetService, peer_address
 from tcu.ingest.hub import UpdateHub
-from tcu.ingest.servicer import Identity, IngestService, no_identity
+from tcu.ingest.servicer import Identity, IngestService, add_to_server, no_identity
 from tcu.ingest.store import Sink, SqliteSink
 from tcu.ingest.validate import Limits
 from tcu.pki import INGEST_POLICY, MtlsInterceptor, RevocationChecker, peer_identity, server_credentials
@@ -141,7 +140,7 @@ class IngestServer:
             throttle_max_wait_s=config.throttle_max_wait_s,
             commands=self._commands,
         )
-        ingest_grpc.add_IngestServicer_to_server(self._ingest, server)
+        add_to_server(self._ingest, server)  # Upload keeps each batch's bytes as received
         fleet_grpc.add_FleetServicer_to_server(
             FleetService(
                 sink,

@@ -5,9 +5,21 @@ command results and check-ins in any order (a second Hello is INVALID_ARGUMENT).
 Each batch is validated against the Hello, handed to the sink, and answered with
 an Ack once it is durable. The stream is pipelined: a reader task keeps reading
 and submitting batches (up to ``pipeline_depth`` unacked) while earlier ones
-commit; an acker task awaits them in arrival order and queues their acks. A
-malformed batch ends only its own stream with INVALID_ARGUMENT (batches before
-it are acked first).
+commit; an acker task awaits them in arrival order and queues their acks.
+
+Malformed batches (:mod:`tcu.ingest.validate`): a problem of the stream (a batch
+of another vehicle or catalog, no usable ``(boot_epoch, seq)``) ends only that
+stream with INVALID_ARGUMENT (PERMISSION_DENIED against the certificate), after
+the batches before it are acked. A problem of one batch's own content (column
+lengths, signal ids, value types, limits, events, bytes that do not decode) puts
+that batch in quarantine instead: its bytes as received go to the sink with the
+reason (:meth:`~tcu.ingest.store.Sink.quarantine`, committed like any batch), and
+its ack lists it in ``Ack.quarantined``; the stream carries on. So one bad batch
+cannot block a vehicle's later data, and nothing it sent is dropped. The bytes
+are those of the wire: :func:`read_upload_request` (the Upload method's request
+deserializer, see :func:`add_to_server`) keeps them; a batch whose bytes do not
+decode is identified by the ``(boot_epoch, seq)`` the uplink appends to every
+batch (:func:`tcu.uplink.client.wrap_batch`), and ends the stream when it has none.
 
 Downstream, the stream has one outgoing queue: acks (in batch order) and
 ``VehicleCommand`` s from ``Fleet.SendCommand`` (:mod:`tcu.ingest.commands`) are
@@ -40,17 +52,26 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.api.v1 import ingest_pb2_grpc as ingest_grpc
-from tcu.errors import BatchRejected, ClosedResourceError, IngestError
+from tcu.api.v1 import telemetry_pb2 as telemetry_pb
+from tcu.errors import BatchRejected, ClosedResourceError, IngestError, StreamRejected
 from tcu.ingest.commands import CommandRouter, Link
 from tcu.ingest.hub import UpdateHub
-from tcu.ingest.model import Batch, StoreResult
+from tcu.ingest.model import Batch, QuarantinedBatch, StoreResult
 from tcu.ingest.store import Sink
-from tcu.ingest.validate import Limits, Session, validate_batch, validate_checkin, validate_hello
+from tcu.ingest.validate import (
+    Limits,
+    Session,
+    check_batch_identity,
+    validate_batch,
+    validate_checkin,
+    validate_hello,
+)
 
-__all__ = ["Identity", "IngestService", "no_identity"]
+__all__ = ["Identity", "IngestService", "RawUpload", "add_to_server", "no_identity", "read_upload_request"]
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +87,121 @@ def no_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class RawUpload:
+    """An ``UploadRequest`` as read from the wire, with its batch's bytes as they arrived.
+
+    ``message`` is None when the request is a batch whose bytes do not decode
+    (``error`` says why); the servicer quarantines it when it can identify it.
+    """
+
+    message: ingest_pb.UploadRequest | None
+    batch_bytes: bytes = b""
+    """The ``UploadRequest.batch`` field's bytes (all occurrences, in order); empty for other kinds."""
+    error: str = ""
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _batch_fields(data: bytes) -> tuple[bytes, bool] | None:
+    """Field 2 (``batch``) of an encoded ``UploadRequest``, and whether it is the only field.
+
+    Reads only the envelope's tags and lengths; None when the envelope itself is broken.
+    """
+    parts: list[bytes] = []
+    only = True
+    pos = 0
+    try:
+        while pos < len(data):
+            key, pos = _varint(data, pos)
+            number, wire = key >> 3, key & 7
+            if wire == 0:
+                _, pos = _varint(data, pos)
+            elif wire == 1:
+                pos += 8
+            elif wire == 5:
+                pos += 4
+            elif wire == 2:
+                length, pos = _varint(data, pos)
+                if number == 2:
+                    parts.append(data[pos : pos + length])
+                pos += length
+            else:
+                return None
+            if number != 2 or wire != 2:
+                only = False
+            if pos > len(data):
+                return None
+    except ValueError:
+        return None
+    return b"".join(parts), only and bool(parts)
+
+
+def stamped_identity(batch_bytes: bytes) -> tuple[int, int] | None:
+    """``(boot_epoch, seq)`` from the stamp the uplink appends to a batch's bytes, or None.
+
+    :func:`tcu.uplink.client.wrap_batch` ends every batch with fields 2 and 3
+    (``0x10 <varint boot_epoch> 0x18 <varint seq>``); this finds them at the end of
+    bytes whose beginning does not decode.
+    """
+    end = len(batch_bytes)
+    for start in range(max(0, end - 22), end - 3):
+        if batch_bytes[start] != 0x10:
+            continue
+        try:
+            epoch, pos = _varint(batch_bytes, start + 1)
+            if pos >= end or batch_bytes[pos] != 0x18:
+                continue
+            seq, pos = _varint(batch_bytes, pos + 1)
+        except ValueError:
+            continue
+        if pos == end and seq >= 1:
+            return epoch, seq
+    return None
+
+
+def read_upload_request(data: bytes) -> RawUpload:
+    """The Upload method's request deserializer: parse, and keep a batch's bytes as received.
+
+    A batch whose bytes do not decode becomes ``RawUpload(None, bytes, error)``; any
+    other undecodable request raises protobuf's ``DecodeError`` (gRPC ends the stream).
+    """
+    envelope = _batch_fields(data)
+    try:
+        message = ingest_pb.UploadRequest.FromString(data)
+    except DecodeError as exc:
+        if envelope is None or not envelope[1]:
+            raise
+        return RawUpload(None, envelope[0], f"the batch does not decode as a TelemetryBatch: {exc}")
+    batch_bytes = envelope[0] if envelope is not None and message.WhichOneof("kind") == "batch" else b""
+    return RawUpload(message, batch_bytes)
+
+
+def add_to_server(service: IngestService, server: grpc.aio.Server) -> None:
+    """``add_IngestServicer_to_server`` with :func:`read_upload_request` as Upload's deserializer."""
+    handlers = {
+        "Upload": grpc.stream_stream_rpc_method_handler(
+            service.Upload,
+            request_deserializer=read_upload_request,
+            response_serializer=ingest_pb.UploadResponse.SerializeToString,
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("tcu.api.v1.Ingest", handlers),))
+
+
+@dataclass(frozen=True, slots=True)
 class _InFlight:
-    batch: Batch
+    batch: Batch | QuarantinedBatch
     task: asyncio.Task[StoreResult]
 
 
@@ -80,7 +214,7 @@ class _Stop:
 
 @dataclass(frozen=True, slots=True)
 class _Ack:
-    batch: Batch
+    batch: Batch | QuarantinedBatch
     result: StoreResult
 
 
@@ -139,16 +273,22 @@ class IngestService(ingest_grpc.IngestServicer):
 
     async def Upload(
         self,
-        request_iterator: AsyncIterator[ingest_pb.UploadRequest],
+        request_iterator: AsyncIterator[ingest_pb.UploadRequest | RawUpload],
         context: grpc.aio.ServicerContext[ingest_pb.UploadRequest, ingest_pb.UploadResponse],
     ) -> AsyncIterator[ingest_pb.UploadResponse]:
         if self._closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
         bound = self._identity(context)
         try:
-            first = await anext(request_iterator)
+            raw_first = await anext(request_iterator)
         except StopAsyncIteration:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "stream ended before its Hello")
+        first = raw_first.message if isinstance(raw_first, RawUpload) else raw_first
+        if first is None:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the first message of an Upload stream must be a Hello, got an undecodable batch",
+            )
         if first.WhichOneof("kind") != "hello":
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -212,17 +352,18 @@ class IngestService(ingest_grpc.IngestServicer):
                     assert isinstance(item, _Ack)
                     slots.release()
                     acked += 1
-                    yield ingest_pb.UploadResponse(
-                        ack=ingest_pb.Ack(
-                            vehicle_id=item.batch.vehicle_id,
-                            boot_epoch=item.batch.boot_epoch,
-                            acked_seq=item.result.acked_seq,
-                            batch_seq=item.batch.seq,
-                            duplicate=item.result.duplicate,
-                            # Batches this stream may still send before it must wait for acks.
-                            credit=max(1, self._depth - pending.qsize()),
-                        )
+                    ack = ingest_pb.Ack(
+                        vehicle_id=item.batch.vehicle_id,
+                        boot_epoch=item.batch.boot_epoch,
+                        acked_seq=item.result.acked_seq,
+                        batch_seq=item.batch.seq,
+                        duplicate=item.result.duplicate,
+                        # Batches this stream may still send before it must wait for acks.
+                        credit=max(1, self._depth - pending.qsize()),
                     )
+                    if item.result.quarantined and isinstance(item.batch, QuarantinedBatch):
+                        ack.quarantined.add(seq=item.batch.seq, reason=item.batch.reason)
+                    yield ingest_pb.UploadResponse(ack=ack)
         finally:
             reader.cancel()
             acker.cancel()
@@ -254,9 +395,37 @@ class IngestService(ingest_grpc.IngestServicer):
             except IngestError as exc:
                 out.put_nowait(_Stop(grpc.StatusCode.UNAVAILABLE, f"batch seq {item.batch.seq}: {exc}"))
                 return
-            if not result.duplicate:
+            if not result.duplicate and isinstance(item.batch, Batch):
                 self._hub.publish(item.batch)
             out.put_nowait(_Ack(item.batch, result))
+
+    async def _submit(
+        self,
+        item: Batch | QuarantinedBatch,
+        pending: asyncio.Queue[_InFlight | _Stop | None],
+        slots: asyncio.Semaphore,
+    ) -> bool:
+        """Pace the vehicle, then hand the batch to the sink; False when the stream must end."""
+        wait_ms = self._take_token(item.vehicle_id)
+        while 0 < wait_ms <= self._max_wait_ms:
+            # Over its rate: pace the vehicle (HTTP/2 flow control holds its writes).
+            await asyncio.sleep(wait_ms / 1000)
+            wait_ms = self._take_token(item.vehicle_id)
+        if wait_ms:
+            pending.put_nowait(
+                _Stop(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"batch seq {item.seq}: vehicle {item.vehicle_id} sends more than "
+                    f"{self._rate:g} batches/s; retry after {wait_ms} ms",
+                    retry_after_ms=wait_ms,
+                )
+            )
+            return False
+        await slots.acquire()
+        stored = self._sink.store(item) if isinstance(item, Batch) else self._sink.quarantine(item)
+        task = asyncio.create_task(stored, name=f"tcu-ingest-store[{item.vehicle_id}:{item.seq}]")
+        pending.put_nowait(_InFlight(item, task))
+        return True
 
     async def _checkin(self, session: Session, checkin: ingest_pb.CheckIn) -> _Stop | None:
         """Validate and durably store a check-in; a _Stop when the stream must end."""
@@ -277,9 +446,79 @@ class IngestService(ingest_grpc.IngestServicer):
         )
         return None
 
+    def _quarantine(
+        self, session: Session, batch_bytes: bytes, epoch: int, seq: int, reason: str
+    ) -> QuarantinedBatch:
+        log.warning("batch %d/%d of vehicle %s is malformed: %s", epoch, seq, session.vehicle_id, reason)
+        return QuarantinedBatch(
+            vehicle_id=session.vehicle_id,
+            boot_epoch=epoch,
+            seq=seq,
+            reason=reason,
+            received_ns=time.time_ns(),
+            payload=batch_bytes,
+            catalog_id=session.catalog.catalog_id,
+            agent_version=session.agent_version,
+        )
+
+    def _undecodable(self, session: Session, raw: RawUpload) -> QuarantinedBatch | _Stop:
+        identity = stamped_identity(raw.batch_bytes)
+        if identity is None:
+            return _Stop(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"a batch of {len(raw.batch_bytes)} bytes does not decode and carries no"
+                f" (boot_epoch, seq) to quarantine it under: {raw.error}",
+            )
+        epoch, seq = identity
+        stamp = telemetry_pb.TelemetryBatch(vehicle_id=session.vehicle_id, boot_epoch=epoch, seq=seq)
+        try:
+            check_batch_identity(session, stamp)
+        except StreamRejected as exc:
+            return _Stop(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return self._quarantine(session, raw.batch_bytes, epoch, seq, f"batch seq {seq}: {raw.error}")
+
+    async def _take(
+        self, received: ingest_pb.UploadRequest | RawUpload, session: Session, bound: str | None
+    ) -> Batch | QuarantinedBatch | _Stop | None:
+        """One request: a batch to store or quarantine, a _Stop, or None (handled, read on)."""
+        if isinstance(received, RawUpload) and received.message is None:
+            return self._undecodable(session, received)
+        request = received.message if isinstance(received, RawUpload) else received
+        assert request is not None
+        kind = request.WhichOneof("kind")
+        if kind == "command_result":
+            self._commands.resolve(session.vehicle_id, request.command_result)
+            return None
+        if kind == "checkin":
+            return await self._checkin(session, request.checkin)
+        if kind != "batch":
+            return _Stop(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"only the first message may be a Hello; got {kind} after it",
+            )
+        raw = received.batch_bytes if isinstance(received, RawUpload) else b""
+        return self._take_batch(request.batch, raw, session, bound)
+
+    def _take_batch(
+        self, message: telemetry_pb.TelemetryBatch, raw: bytes, session: Session, bound: str | None
+    ) -> Batch | QuarantinedBatch | _Stop:
+        if bound is not None and message.vehicle_id != bound:
+            return _Stop(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"batch seq {message.seq} for vehicle {message.vehicle_id!r}"
+                f" on a connection of vehicle {bound!r}",
+            )
+        try:
+            return validate_batch(session, message, self._limits)
+        except StreamRejected as exc:
+            return _Stop(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except BatchRejected as exc:  # the batch's own content: keep it, carry on
+            payload = raw or message.SerializeToString()
+            return self._quarantine(session, payload, message.boot_epoch, message.seq, str(exc))
+
     async def _read(
         self,
-        requests: AsyncIterator[ingest_pb.UploadRequest],
+        requests: AsyncIterator[ingest_pb.UploadRequest | RawUpload],
         session: Session,
         bound: str | None,
         pending: asyncio.Queue[_InFlight | _Stop | None],
@@ -287,60 +526,15 @@ class IngestService(ingest_grpc.IngestServicer):
     ) -> None:
         """Read, validate and submit batches; end by queueing EOF or a _Stop."""
         try:
-            async for request in requests:
-                kind = request.WhichOneof("kind")
-                if kind == "command_result":
-                    self._commands.resolve(session.vehicle_id, request.command_result)
+            async for received in requests:
+                item = await self._take(received, session, bound)
+                if item is None:
                     continue
-                if kind == "checkin":
-                    stop = await self._checkin(session, request.checkin)
-                    if stop is not None:
-                        pending.put_nowait(stop)
-                        return
-                    continue
-                if kind != "batch":
-                    pending.put_nowait(
-                        _Stop(
-                            grpc.StatusCode.INVALID_ARGUMENT,
-                            f"only the first message may be a Hello; got {kind} after it",
-                        )
-                    )
+                if isinstance(item, _Stop):
+                    pending.put_nowait(item)
                     return
-                message = request.batch
-                if bound is not None and message.vehicle_id != bound:
-                    pending.put_nowait(
-                        _Stop(
-                            grpc.StatusCode.PERMISSION_DENIED,
-                            f"batch seq {message.seq} for vehicle {message.vehicle_id!r}"
-                            f" on a connection of vehicle {bound!r}",
-                        )
-                    )
+                if not await self._submit(item, pending, slots):
                     return
-                try:
-                    batch = validate_batch(session, message, self._limits)
-                except BatchRejected as exc:
-                    pending.put_nowait(_Stop(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
-                    return
-                wait_ms = self._take_token(batch.vehicle_id)
-                while 0 < wait_ms <= self._max_wait_ms:
-                    # Over its rate: pace the vehicle (HTTP/2 flow control holds its writes).
-                    await asyncio.sleep(wait_ms / 1000)
-                    wait_ms = self._take_token(batch.vehicle_id)
-                if wait_ms:
-                    pending.put_nowait(
-                        _Stop(
-                            grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"batch seq {batch.seq}: vehicle {batch.vehicle_id} sends more than "
-                            f"{self._rate:g} batches/s; retry after {wait_ms} ms",
-                            retry_after_ms=wait_ms,
-                        )
-                    )
-                    return
-                await slots.acquire()
-                task = asyncio.create_task(
-                    self._sink.store(batch), name=f"tcu-ingest-store[{batch.vehicle_id}:{batch.seq}]"
-                )
-                pending.put_nowait(_InFlight(batch, task))
             pending.put_nowait(_EOF)
         except asyncio.CancelledError:
             pending.put_nowait(_Stop(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN))

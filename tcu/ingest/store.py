@@ -30,6 +30,16 @@ one row per event keeps writes and reads to one row each, keeps the samples
 table and its index to the vehicle's regular time series, and the blob is packed
 protobuf that any client of the API can decode.
 
+Quarantine: a batch whose own content failed validation (see
+:mod:`tcu.ingest.validate`) is handed to the writer as a
+:class:`~tcu.ingest.model.QuarantinedBatch` (:meth:`SqliteSink.quarantine`) and
+written to ``quarantine`` (its bytes as received, the reason, the receive time) in
+the same group commit as ordinary batches, resolved only after that commit. Its key
+joins the epoch's high-water mark like a stored batch, so the ack passes it and a
+retry is a duplicate (``ON CONFLICT DO NOTHING`` and the epoch's seqs keep one row);
+after a restart the mark is re-read over both ``batches`` and ``quarantine``. It is
+not in ``batches`` or ``vehicles.batches``; ``ListVehicles`` counts it apart.
+
 Check-ins go through the same writer (``store_checkin``) into ``checkins``: one
 row per vehicle, replaced by each new check-in, durable before the stream reads on.
 
@@ -68,6 +78,7 @@ from tcu.ingest.model import (
     Capture,
     Column,
     HistoryQuery,
+    QuarantinedBatch,
     Series,
     StoreResult,
     ValueKind,
@@ -75,7 +86,7 @@ from tcu.ingest.model import (
     VehicleSummary,
 )
 
-__all__ = ["Sink", "SqliteSink", "WriterStats"]
+__all__ = ["Sink", "SqliteSink", "WriterStats", "read_quarantine"]
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +178,18 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (vehicle_id, boot_epoch, seq, idx)
 );
 CREATE INDEX IF NOT EXISTS events_by_trigger ON events (vehicle_id, trigger_ns, boot_epoch, seq, idx);
+CREATE TABLE IF NOT EXISTS quarantine (
+    vehicle_id TEXT NOT NULL,
+    boot_epoch INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    received_ns INTEGER NOT NULL,
+    stored_ns INTEGER NOT NULL,
+    catalog_id TEXT NOT NULL,
+    agent_version TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    PRIMARY KEY (vehicle_id, boot_epoch, seq)
+);
 CREATE TABLE IF NOT EXISTS checkins (
     vehicle_id TEXT PRIMARY KEY,
     campaigns TEXT NOT NULL,
@@ -193,6 +216,13 @@ ON CONFLICT (vehicle_id) DO UPDATE SET
     last_sample_ns = max(coalesce(last_sample_ns, excluded.last_sample_ns),
                          coalesce(excluded.last_sample_ns, last_sample_ns)),
     last_seen_ns = excluded.last_seen_ns
+"""
+
+_SEEN_VEHICLE: Final = """
+INSERT INTO vehicles (vehicle_id, boot_epoch, batches, samples, first_sample_ns, last_sample_ns, last_seen_ns,
+                      lost_batches)
+VALUES (?, ?, 0, 0, NULL, NULL, ?, 0)
+ON CONFLICT (vehicle_id) DO UPDATE SET boot_epoch = excluded.boot_epoch, last_seen_ns = excluded.last_seen_ns
 """
 
 _EVENT_PAGE: Final = """
@@ -234,6 +264,13 @@ class Sink(Protocol):
         """
         ...
 
+    async def quarantine(self, batch: QuarantinedBatch) -> StoreResult:
+        """Keep a batch with malformed content; return once it is durable (or was kept/stored before).
+
+        The key counts like a stored batch for ``acked_seq`` and for dedup.
+        """
+        ...
+
     async def store_checkin(self, vehicle_id: str, campaigns: tuple[CampaignRef, ...]) -> None:
         """Durably replace the vehicle's check-in (the campaigns it runs now)."""
         ...
@@ -257,6 +294,8 @@ class WriterStats:
     """Batches answered (stored or duplicate)."""
     duplicates: int = 0
     largest_group: int = 0
+    quarantined: int = 0
+    """Batches newly kept in quarantine (included in ``batches``)."""
 
 
 @dataclass(slots=True)
@@ -286,7 +325,7 @@ class _CheckIn:
 
 @dataclass(slots=True)
 class _Job:
-    batch: Batch | _CheckIn
+    batch: Batch | QuarantinedBatch | _CheckIn
     future: asyncio.Future[StoreResult]
     loop: asyncio.AbstractEventLoop
     release: Callable[[], None]
@@ -388,11 +427,15 @@ class SqliteSink:
     async def store(self, batch: Batch) -> StoreResult:
         return await self._submit(batch)
 
+    async def quarantine(self, batch: QuarantinedBatch) -> StoreResult:
+        # Through the writer like a batch: committed in the same group, durable before the ack.
+        return await self._submit(batch)
+
     async def store_checkin(self, vehicle_id: str, campaigns: tuple[CampaignRef, ...]) -> None:
         # Through the writer like a batch (one writer connection, group commit): durable on return.
         await self._submit(_CheckIn(vehicle_id, campaigns))
 
-    async def _submit(self, batch: Batch | _CheckIn) -> StoreResult:
+    async def _submit(self, batch: Batch | QuarantinedBatch | _CheckIn) -> StoreResult:
         if self._closed:
             raise ClosedResourceError(f"SQLite sink {self._path} is closed")
         await self._room.acquire()
@@ -479,8 +522,9 @@ class SqliteSink:
         ).fetchone()
         epoch = _Epoch(int(row[0]) if row else 0)
         for (seq,) in conn.execute(
-            "SELECT seq FROM batches WHERE vehicle_id = ? AND boot_epoch = ? AND seq > ?",
-            (*key, epoch.acked_seq),
+            "SELECT seq FROM batches WHERE vehicle_id = ? AND boot_epoch = ? AND seq > ?"
+            " UNION SELECT seq FROM quarantine WHERE vehicle_id = ? AND boot_epoch = ? AND seq > ?",
+            (*key, epoch.acked_seq, *key, epoch.acked_seq),
         ):
             epoch.add(int(seq))
         return epoch
@@ -515,11 +559,14 @@ class SqliteSink:
         )
         self._catalogs.add(key)
 
-    def _write_group(self, conn: sqlite3.Connection, items: list[Batch | _CheckIn]) -> list[StoreResult]:
+    def _write_group(
+        self, conn: sqlite3.Connection, items: list[Batch | QuarantinedBatch | _CheckIn]
+    ) -> list[StoreResult]:
         now_ns = time.time_ns()
         touched: dict[tuple[str, int], _Epoch] = {}
         results: list[StoreResult] = []
         batches = 0
+        quarantined = 0
         conn.execute("BEGIN IMMEDIATE")
         try:
             for batch in items:
@@ -543,10 +590,16 @@ class SqliteSink:
                     cached = self._epochs.get(key)
                     epoch = cached.copy() if cached is not None else self._load_epoch(conn, key)
                     touched[key] = epoch
-                duplicate = epoch.holds(batch.seq) or not self._insert_batch(conn, batch, now_ns)
+                if isinstance(batch, QuarantinedBatch):
+                    duplicate = epoch.holds(batch.seq) or not self._insert_quarantine(conn, batch, now_ns)
+                    held = not duplicate or self._in_quarantine(conn, batch)
+                    quarantined += not duplicate
+                else:
+                    duplicate = epoch.holds(batch.seq) or not self._insert_batch(conn, batch, now_ns)
+                    held = False
                 if not duplicate:
                     epoch.add(batch.seq)
-                results.append(StoreResult(duplicate=duplicate, acked_seq=epoch.acked_seq))
+                results.append(StoreResult(duplicate=duplicate, acked_seq=epoch.acked_seq, quarantined=held))
             conn.executemany(
                 "INSERT INTO epochs (vehicle_id, boot_epoch, acked_seq) VALUES (?, ?, ?)"
                 " ON CONFLICT (vehicle_id, boot_epoch) DO UPDATE SET acked_seq = excluded.acked_seq",
@@ -572,8 +625,53 @@ class SqliteSink:
         stats.batches += batches
         stats.duplicates += sum(result.duplicate for result in results)
         stats.largest_group = max(stats.largest_group, len(items))
+        stats.quarantined += quarantined
         log.debug("committed %d batches and %d check-ins to %s", batches, len(items) - batches, self._path)
         return results
+
+    @staticmethod
+    def _insert_quarantine(conn: sqlite3.Connection, batch: QuarantinedBatch, now_ns: int) -> bool:
+        """Keep one malformed batch's bytes and reason; False when the key already exists."""
+        if conn.execute(
+            "SELECT 1 FROM batches WHERE vehicle_id = ? AND boot_epoch = ? AND seq = ?",
+            (batch.vehicle_id, batch.boot_epoch, batch.seq),
+        ).fetchone():
+            return False  # stored before as a valid batch: this is a (corrupted) retry of it
+        cursor = conn.execute(
+            "INSERT INTO quarantine (vehicle_id, boot_epoch, seq, reason, received_ns, stored_ns, catalog_id,"
+            " agent_version, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (
+                batch.vehicle_id,
+                batch.boot_epoch,
+                batch.seq,
+                batch.reason,
+                batch.received_ns,
+                now_ns,
+                batch.catalog_id,
+                batch.agent_version,
+                batch.payload,
+            ),
+        )
+        if cursor.rowcount == 0:
+            return False
+        conn.execute(_SEEN_VEHICLE, (batch.vehicle_id, batch.boot_epoch, now_ns))
+        log.error(
+            "vehicle %s batch %d/%d quarantined (%d bytes kept): %s",
+            batch.vehicle_id,
+            batch.boot_epoch,
+            batch.seq,
+            len(batch.payload),
+            batch.reason,
+        )
+        return True
+
+    @staticmethod
+    def _in_quarantine(conn: sqlite3.Connection, batch: QuarantinedBatch) -> bool:
+        row = conn.execute(
+            "SELECT 1 FROM quarantine WHERE vehicle_id = ? AND boot_epoch = ? AND seq = ?",
+            (batch.vehicle_id, batch.boot_epoch, batch.seq),
+        ).fetchone()
+        return row is not None
 
     def _insert_batch(self, conn: sqlite3.Connection, batch: Batch, now_ns: int) -> bool:
         """Write one batch's rows; False when the key already exists."""
@@ -793,6 +891,12 @@ class SqliteSink:
             "SELECT vehicle_id, name FROM series WHERE samples > 0 ORDER BY vehicle_id, name"
         ):
             names.setdefault(vehicle_id, []).append(name)
+        quarantined: dict[str, int] = {
+            str(vehicle_id): int(count)
+            for vehicle_id, count in conn.execute(
+                "SELECT vehicle_id, count(*) FROM quarantine GROUP BY vehicle_id"
+            )
+        }
         return [
             VehicleSummary(
                 vehicle_id=row[0],
@@ -806,6 +910,7 @@ class SqliteSink:
                 lost_batches=int(row[7]),
                 campaigns=_campaigns(row[8]),
                 checkin_ns=int(row[9] or 0),
+                quarantined_batches=quarantined.get(row[0], 0),
             )
             for row in conn.execute(
                 "SELECT v.vehicle_id, v.boot_epoch, v.batches, v.samples, v.first_sample_ns,"
@@ -820,6 +925,11 @@ class SqliteSink:
 
     async def list_vehicles(self) -> list[VehicleSummary]:
         result: list[VehicleSummary] = await self._read(self._vehicles)
+        return result
+
+    async def quarantined(self, vehicle_id: str | None = None) -> list[QuarantinedBatch]:
+        """Batches held in quarantine (of one vehicle, or all), by vehicle, boot epoch and seq."""
+        result: list[QuarantinedBatch] = await self._read(read_quarantine, vehicle_id)
         return result
 
     # -- closing -----------------------------------------------------------------------------
@@ -841,6 +951,28 @@ class SqliteSink:
                 conn.close()
             self._reader_conns.clear()
         log.info("SQLite sink %s closed", self._path)
+
+
+def read_quarantine(conn: sqlite3.Connection, vehicle_id: str | None = None) -> list[QuarantinedBatch]:
+    """The rows of ``quarantine`` (of one vehicle, or all), by vehicle, boot epoch and seq."""
+    where, args = ("WHERE vehicle_id = ?", (vehicle_id,)) if vehicle_id is not None else ("", ())
+    return [
+        QuarantinedBatch(
+            vehicle_id=str(row[0]),
+            boot_epoch=int(row[1]),
+            seq=int(row[2]),
+            reason=str(row[3]),
+            received_ns=int(row[4]),
+            payload=bytes(row[5]),
+            catalog_id=str(row[6]),
+            agent_version=str(row[7]),
+        )
+        for row in conn.execute(
+            "SELECT vehicle_id, boot_epoch, seq, reason, received_ns, payload, catalog_id, agent_version"
+            f" FROM quarantine {where} ORDER BY vehicle_id, boot_epoch, seq",
+            args,
+        )
+    ]
 
 
 def _campaigns(text: str | None) -> tuple[CampaignRef, ...]:

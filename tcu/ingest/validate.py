@@ -3,6 +3,13 @@
 Every problem raises :class:`~tcu.errors.BatchRejected` with a message that
 names the batch, the signal and what was wrong, e.g.
 ``batch seq 7: column for signal 12 (Vehicle.Speed) has 5 times but 4 values``.
+
+:func:`validate_batch` tells two kinds apart. A batch that does not belong on its
+stream (another vehicle, a catalog other than the Hello's, no usable
+``(boot_epoch, seq)`` identity) raises :class:`~tcu.errors.StreamRejected`: the
+stream ends. Any other problem is one of the batch's own content (columns, signal
+ids, value types, limits, events) and raises a plain ``BatchRejected``: the ingest
+keeps that batch in quarantine and the stream carries on.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from dataclasses import dataclass
 
 from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.api.v1 import telemetry_pb2 as telemetry_pb
-from tcu.errors import BatchRejected
+from tcu.errors import BatchRejected, StreamRejected
 from tcu.ingest.config import IngestConfig
 from tcu.ingest.model import Batch, CampaignRef, Capture, Catalog, Column, LossRecord, SignalDef, ValueKind
 
@@ -21,6 +28,7 @@ __all__ = [
     "INT64_MIN",
     "Limits",
     "Session",
+    "check_batch_identity",
     "validate_batch",
     "validate_checkin",
     "validate_hello",
@@ -139,16 +147,12 @@ def validate_batch(session: Session, batch: telemetry_pb.TelemetryBatch, limits:
 
     A batch may carry another boot epoch than the Hello (spooled batches of an
     earlier boot); vehicle and catalog must be the announced ones.
+
+    Raises :class:`~tcu.errors.StreamRejected` when the batch does not belong on the
+    stream (see the module doc) and a plain ``BatchRejected`` for its own content.
     """
+    check_batch_identity(session, batch)
     label = f"batch seq {batch.seq}"
-    if batch.vehicle_id != session.vehicle_id:
-        raise BatchRejected(
-            f"{label}: vehicle_id {batch.vehicle_id!r} is not the stream's vehicle {session.vehicle_id!r}"
-        )
-    if batch.seq < 1:
-        raise BatchRejected(f"{label}: seq must be 1 or more")
-    if batch.seq > INT64_MAX or batch.boot_epoch > INT64_MAX:
-        raise BatchRejected(f"{label}: seq or boot_epoch {batch.boot_epoch} is above {INT64_MAX}")
     catalog = session.catalog
     if batch.HasField("loss"):
         if batch.columns or batch.events:
@@ -174,7 +178,7 @@ def validate_batch(session: Session, batch: telemetry_pb.TelemetryBatch, limits:
             ),
         )
     if batch.catalog_id != catalog.catalog_id:
-        raise BatchRejected(
+        raise StreamRejected(
             f"{label}: catalog_id {batch.catalog_id!r} is not the announced catalog {catalog.catalog_id!r}"
         )
     columns_total = len(batch.columns) + sum(len(event.columns) for event in batch.events)
@@ -222,6 +226,20 @@ def validate_batch(session: Session, batch: telemetry_pb.TelemetryBatch, limits:
         columns=columns,
         events=tuple(events),
     )
+
+
+def check_batch_identity(session: Session, batch: telemetry_pb.TelemetryBatch) -> None:
+    """Raise :class:`~tcu.errors.StreamRejected` unless the batch is the stream's vehicle's and
+    has a usable ``(boot_epoch, seq)`` (what quarantine and acks key on)."""
+    label = f"batch seq {batch.seq}"
+    if batch.vehicle_id != session.vehicle_id:
+        raise StreamRejected(
+            f"{label}: vehicle_id {batch.vehicle_id!r} is not the stream's vehicle {session.vehicle_id!r}"
+        )
+    if batch.seq < 1:
+        raise StreamRejected(f"{label}: seq must be 1 or more")
+    if batch.seq > INT64_MAX or batch.boot_epoch > INT64_MAX:
+        raise StreamRejected(f"{label}: seq or boot_epoch {batch.boot_epoch} is above {INT64_MAX}")
 
 
 @dataclass(slots=True)

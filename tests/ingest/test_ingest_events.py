@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 import grpc
-import pytest
 
 from tcu.api.v1 import fleet_pb2 as fleet_pb
 from tcu.api.v1 import ingest_pb2 as ingest_pb
@@ -161,19 +160,26 @@ async def test_duplicate_batch_with_events_stores_them_once(running: Any, kit: A
     assert rows == [("veh-1", 1, 1, 0, "harsh-brake", 3)]
 
 
-async def test_malformed_event_is_invalid_argument_and_nothing_is_stored(running: Any, kit: Any) -> None:
+async def test_malformed_event_is_quarantined_and_nothing_is_stored(running: Any, kit: Any) -> None:
+    """An event's samples outside its window are the batch's own content: the batch is kept in
+    quarantine (acked, the stream goes on), none of its events or samples are stored."""
     request = with_event(kit.batch("veh-1", 1), speed=[(0, 1.0), (501, 2.0)], post_ns=500)
     request.batch.events[0].columns[0].t_offset_ns[1] = 1_001  # beyond end_ns
     call = await running.open_upload("veh-1")
     await call.write(request)
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call.read()
-    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert info.value.details() == (
-        "batch seq 1: event #0 (harsh-brake v2): column for signal 1 (Vehicle.Speed): sample time"
-        f" {T0 + 1_501} (start_ns + t_offset_ns) is outside the event's"
-        f" [start_ns {T0 + 500}, end_ns {T0 + 1_500}]"
-    )
+    response = await call.read()
+    assert (response.ack.batch_seq, response.ack.acked_seq) == (1, 1)
+    assert [(q.seq, q.reason) for q in response.ack.quarantined] == [
+        (
+            1,
+            "batch seq 1: event #0 (harsh-brake v2): column for signal 1 (Vehicle.Speed): sample time"
+            f" {T0 + 1_501} (start_ns + t_offset_ns) is outside the event's"
+            f" [start_ns {T0 + 500}, end_ns {T0 + 1_500}]",
+        )
+    ]
+    await call.done_writing()
+    assert await call.code() is grpc.StatusCode.OK
     with sqlite3.connect(running.config.db_path) as conn:
         assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM batches").fetchone() == (0,)
+        assert conn.execute("SELECT seq FROM quarantine").fetchall() == [(1,)]
