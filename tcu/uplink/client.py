@@ -8,6 +8,12 @@ it reconnects with jittered exponential backoff and resends what is still
 unacked; the ingest deduplicates by (vehicle, boot epoch, seq), so a batch that
 was stored but whose ack was lost is stored once.
 
+A batch the ingest cannot accept because of its own content is kept there in
+quarantine and still acked (so it leaves the outbox); the ack lists it in
+``quarantined``. The uplink logs each one at ERROR with its boot epoch, seq and
+the ingest's reason and counts it (``UplinkStats.quarantined``): the data is not
+lost, but someone has to look at it.
+
 Batches travel as the bytes the outbox holds: the ``UploadRequest`` envelope is
 written around them by hand (field 2, length-delimited) and the batch identity
 (boot epoch, seq) appended, so a batch is never parsed again inside the agent.
@@ -52,6 +58,10 @@ class UplinkStats:
     retry_after_waits: int = 0
     last_retry_after_s: float = 0.0
     credit: int = 0
+    quarantined: int = 0
+    """Reports of a batch kept in quarantine at the ingest (malformed content; a resent one again)."""
+    last_quarantine: str = ""
+    """``<boot_epoch>/<seq>: <reason>`` of the latest one."""
 
 
 def _varint(n: int) -> bytes:
@@ -263,6 +273,16 @@ class Uplink:
                 if ack.duplicate:
                     self.stats.duplicates += 1
                 self.stats.credit = ack.credit
+                for kept in ack.quarantined:
+                    self.stats.quarantined += 1
+                    self.stats.last_quarantine = f"{ack.boot_epoch}/{kept.seq}: {kept.reason}"
+                    log.error(
+                        "uplink: batch %d/%d is malformed; the ingest keeps it in quarantine%s: %s",
+                        ack.boot_epoch,
+                        kept.seq,
+                        " (reported again for a resend)" if ack.duplicate else "",
+                        kept.reason,
+                    )
                 removed = self._outbox.ack(ack.acked_seq)
                 self.stats.batches_acked += removed
                 self.stats.acked_seq = max(self.stats.acked_seq, ack.acked_seq)

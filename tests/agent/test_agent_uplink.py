@@ -1,15 +1,24 @@
-"""The uplink against a real ingest: throttling with retry-after, credit, max_connection_age."""
+"""The uplink against a real ingest: throttling with retry-after, credit, max_connection_age, quarantine."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
+import grpc
+
+from tcu.agent.outbox import SpoolOutbox
+from tcu.api.v1 import fleet_pb2 as fleet_pb
+from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
 from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.api.v1 import telemetry_pb2 as telemetry_pb
 from tcu.config import UplinkConfig
 from tcu.ingest import IngestConfig, IngestServer
+from tcu.spool import Spool, SpoolConfig
 from tcu.uplink import MemoryOutbox, Uplink
 
 VEHICLE = "WTCUUPLINK0000001"
@@ -122,3 +131,53 @@ async def test_vehicle_over_its_rate_is_paced_without_errors(tmp_path: Path) -> 
     # 5 at once, then 20 at 40/s: about 0.5 s, on one stream, without a throttling error.
     assert time.monotonic() - started >= 0.4
     assert (uplink.stats.connects, uplink.stats.throttled, uplink.stats.acked_seq) == (1, 0, 25)
+
+
+async def test_poison_batch_is_quarantined_and_leaves_the_spool(tmp_path: Path, caplog: Any) -> None:
+    """Batches 1..5 from a real spool, 3 malformed: the ingest stores 1, 2, 4, 5, keeps 3 in quarantine,
+    the watermark reaches 5, the spool is empty and the uplink logged and counted the quarantine."""
+    vehicle = "WTCUPOISON0000001"
+    spool = Spool.open(SpoolConfig(directory=tmp_path / "spool", durability="crash"))
+    outbox = SpoolOutbox(spool, vehicle_id=vehicle)
+    for i in range(5):
+        batch = telemetry_pb.TelemetryBatch(vehicle_id=vehicle, catalog_id="c1", base_time_ns=(i + 1) * 10**9)
+        batch.columns.add(signal_id=1, t_offset_ns=[0, 1], double_values=[1.0] if i == 2 else [1.0, 2.0])
+        outbox.append(batch.SerializeToString(), priority=0, created_ns=time.time_ns())
+    catalog = telemetry_pb.SignalCatalog(catalog_id="c1")
+    catalog.signals.add(signal_id=1, name="Vehicle.Speed", unit="km/h", type=telemetry_pb.VALUE_TYPE_DOUBLE)
+    server = IngestServer(IngestConfig(insecure=True, listen="127.0.0.1:0", db_path=tmp_path / "i.db"))
+    port = await server.start()
+    uplink = Uplink(
+        UplinkConfig(target=f"127.0.0.1:{port}", insecure=True, backoff_initial_s=0.01, backoff_max_s=0.05),
+        hello=ingest_pb.Hello(vehicle_id=vehicle, boot_epoch=outbox.boot_epoch, catalog=catalog),
+        outbox=outbox,
+    )
+    caplog.set_level(logging.ERROR, logger="tcu.uplink.client")
+    task = asyncio.create_task(uplink.run())
+    try:
+        uplink.notify()
+        assert await uplink.wait_drained(20)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            response = await fleet_grpc.FleetStub(channel).ListVehicles(fleet_pb.ListVehiclesRequest())
+    finally:
+        task.cancel()
+        await server.stop(0.5)
+    stats = spool.stats()
+    spool.close()
+    reason = "batch seq 3: column for signal 1 (Vehicle.Speed) has 2 times but 1 values"
+    assert (stats.acked_seq, stats.records, stats.tombstones, outbox.unacked()) == (5, 0, 0, 0)
+    assert (uplink.stats.acked_seq, uplink.stats.connects, uplink.stats.quarantined) == (5, 1, 1)
+    assert uplink.stats.last_quarantine == f"{outbox.boot_epoch}/3: {reason}"
+    errors = [
+        r.getMessage() for r in caplog.records if r.name == "tcu.uplink.client" and r.levelno >= logging.ERROR
+    ]
+    assert errors == [
+        f"uplink: batch {outbox.boot_epoch}/3 is malformed; the ingest keeps it in quarantine: {reason}"
+    ]
+    [info] = response.vehicles
+    assert (info.vehicle_id, info.batches, info.quarantined_batches, info.samples) == (vehicle, 4, 1, 8)
+    with sqlite3.connect(tmp_path / "i.db") as conn:
+        kept = conn.execute("SELECT boot_epoch, seq, reason, payload FROM quarantine").fetchall()
+    assert [(e, s, r) for e, s, r, _ in kept] == [(outbox.boot_epoch, 3, reason)]
+    # The bytes kept are the spooled record as sent, identity stamp included: it decodes to batch 3.
+    assert telemetry_pb.TelemetryBatch.FromString(kept[0][3]).base_time_ns == 3 * 10**9
