@@ -97,6 +97,8 @@ class SimulatedModem:
         self._sessions: dict[int, int] = {}
         self._cme: list[tuple[str, int]] = []
         self._mute: list[str] = []
+        self._delay: list[tuple[str, float]] = []
+        self._late: list[tuple[float, str]] = []  # (due monotonic time, line) in order
         self._lock = threading.RLock()
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)
@@ -163,6 +165,14 @@ class SimulatedModem:
         with self._lock:
             self._mute.extend([prefix.upper()] * count)
 
+    def inject_delay(self, prefix: str, delay_s: float, count: int = 1) -> None:
+        """Answer the next ``count`` commands starting with ``prefix`` only after ``delay_s``.
+
+        Like a busy modem, later commands are answered in order after the late one.
+        """
+        with self._lock:
+            self._delay.extend([(prefix.upper(), delay_s)] * count)
+
     def emit_raw(self, data: bytes) -> None:
         """Write raw bytes to the client (line noise, garbage, partial lines)."""
         with self._lock, contextlib.suppress(OSError):
@@ -209,6 +219,8 @@ class SimulatedModem:
         if self._attach_at is not None and now >= self._attach_at:
             self._attach_at = None
             self._set_stat(*self._target())
+        while self._late and self._late[0][0] <= now:
+            self._send(self._late.pop(0)[1])
         period = self.config.nmea_period_s
         if period and now >= self._next_nmea:
             self._next_nmea = now + period
@@ -246,6 +258,8 @@ class SimulatedModem:
             with self._lock:
                 self._tick()
                 deadlines = [d for d in (self._attach_at,) if d is not None]
+                if self._late:
+                    deadlines.append(self._late[0][0])
                 if self.config.nmea_period_s:
                     deadlines.append(self._next_nmea)
             timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else 0.5
@@ -277,26 +291,43 @@ class SimulatedModem:
 
     def _handle(self, line: str) -> None:
         self.commands.append(line)
-        if self._echo:
-            self._send(line)
+        echo = [line] if self._echo else []  # (before ATE0/ATE1 takes effect, as on a modem)
+        # Commands are processed in order: behind a late answer, echo and answer wait too.
+        due = self._late[-1][0] if self._late else 0.0
+        if due:
+            self._late.extend((due, item) for item in echo)
+        else:
+            for item in echo:
+                self._send(item)
+        answer = self._answer_or_error(line)
+        if answer is None:
+            return  # no answer at all (card stopped answering)
+        upper = line.upper()
+        for i, (prefix, delay_s) in enumerate(self._delay):
+            if upper.startswith(prefix):
+                del self._delay[i]
+                due = max(due, time.monotonic() + delay_s)
+                break
+        if due:  # late, or queued behind a late answer
+            self._late.extend((due, item) for item in answer)
+            return
+        for item in answer:
+            self._send(item)
+
+    def _answer_or_error(self, line: str) -> list[str] | None:
         upper = line.upper()
         for i, prefix in enumerate(self._mute):
             if upper.startswith(prefix):
                 del self._mute[i]
-                return
+                return None
         for i, (prefix, code) in enumerate(self._cme):
             if upper.startswith(prefix):
                 del self._cme[i]
-                self._send(f"+CME ERROR: {code}")
-                return
+                return [f"+CME ERROR: {code}"]
         try:
-            answer = self._answer(line, upper)
+            return self._answer(line, upper)
         except (ValueError, IndexError, KeyError):
-            answer = ["+CME ERROR: 50"]
-        if answer is None:
-            return  # no answer at all (card stopped answering)
-        for item in answer:
-            self._send(item)
+            return ["+CME ERROR: 50"]
 
     def _answer(self, line: str, upper: str) -> list[str] | None:  # noqa: PLR0911 - one per command
         if upper in ("AT", "ATZ"):

@@ -18,6 +18,16 @@ Line parsing tolerates garbage: bytes are decoded leniently, control characters 
 dropped, empty lines and the command echo are ignored, and stray lines with no command
 waiting are logged at DEBUG and dropped.
 
+After a command timed out its answer may still come, and must not be taken for the next
+command's. The channel resynchronises two ways. When the modem echoes commands (``ATE1``,
+the default of most modems, noticed the first time an echo comes back), a command's
+answer starts only after its own echo: lines before it are the late answer of an earlier
+command and are dropped, and so is everything from the late echo of a command that timed
+out up to that command's final result code. Without echo, the next command is sent only once the port has
+been quiet for ``AtConfig.resync_quiet_s`` (at most ``resync_max_s``), so a late answer
+that comes within that window arrives while no command waits and is dropped as stray; a
+later one can still be mistaken, which is why echo stays on by default.
+
 Subscriber queues are bounded (``AtConfig.urc_queue_size``); when one is full the
 **oldest** queued URC is dropped (a newer registration state supersedes an older one)
 and the drop is counted in :attr:`UrcSubscription.dropped`.
@@ -26,6 +36,7 @@ and the drop is counted in :attr:`UrcSubscription.dropped`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -111,6 +122,8 @@ class AtConfig:
     command_timeout_s: float = 5.0
     urc_queue_size: int = 64
     baudrate: int = 115200
+    resync_quiet_s: float = 0.3
+    resync_max_s: float = 3.0
 
 
 class UrcSubscription:
@@ -164,6 +177,7 @@ class _Pending:
     prefix: str
     future: asyncio.Future[list[str]]
     lines: list[str] = field(default_factory=list)
+    echoed: bool = False
 
 
 def _command_prefix(command: str) -> str:
@@ -193,6 +207,15 @@ class AtChannel:
         self._subscribers: list[UrcSubscription] = []
         self._closed = False
         self._broken: BaseException | None = None
+        self._echoes = False  # the modem echoes commands (seen at least once since the last ATE0)
+        self._timed_out = False  # the last command timed out: its answer may still come
+        self._late: collections.deque[str] = collections.deque(maxlen=8)  # timed-out commands, upper case
+        self._in_late = False  # between the late echo of a timed-out command and its final result
+        self._late_prefix = ""  # its answer's prefix (a solicited +CEREG: is no URC)
+        self._unechoed = 0  # commands in a row that timed out before their echo came
+        self._last_answer_rx = 0.0  # loop time of the last line that was not a URC
+        self.resyncs = 0  # quiet waits after a timeout
+        self.late_lines = 0  # lines dropped because they came before the command's echo
 
     async def open(self) -> None:
         if self._closed:
@@ -261,16 +284,46 @@ class AtChannel:
         async with self._lock:
             if self._broken is not None:
                 raise ModemError(f"{self.config.port}: AT port broke: {self._broken}") from self._broken
+            if self._timed_out and not self._echoes:
+                await self._wait_quiet()
             future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
-            self._pending = _Pending(command, _command_prefix(command), future)
+            pending = self._pending = _Pending(command, _command_prefix(command), future)
             try:
                 await self._write(command.encode() + b"\r")
                 async with asyncio.timeout(timeout):
-                    return await future
+                    lines = await future
             except TimeoutError as exc:
                 raise AtTimeoutError(f"{command}: no answer within {timeout:g} s") from exc
             finally:
                 self._pending = None
+                # Timed out or cancelled: the answer may still come (see the module docstring).
+                self._timed_out = future.cancelled() or not future.done()
+                if not self._timed_out or pending.echoed:
+                    self._unechoed = 0
+                else:  # timed out before its echo came: the echo and the answer may still come
+                    self._late.append(command.strip().upper())
+                    self._unechoed += 1
+                    if self._unechoed >= 2:  # no echo twice in a row: stop relying on echoes
+                        self._echoes = False
+                        self._late.clear()
+            if command.strip().upper() in ("ATE0", "ATE"):
+                self._echoes = False
+            return lines
+
+    async def _wait_quiet(self) -> None:
+        """Before the next command after a timeout (no echo to sync on): let a late answer drain."""
+        self.resyncs += 1
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        give_up = start + self.config.resync_max_s
+        while (now := loop.time()) < give_up:
+            quiet_until = max(self._last_answer_rx, start) + self.config.resync_quiet_s
+            if now >= quiet_until:
+                return
+            await asyncio.sleep(min(quiet_until, give_up) - now)
+        log.warning(
+            "AT port %s: not quiet within %g s after a timeout", self.config.port, self.config.resync_max_s
+        )
 
     async def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -329,18 +382,51 @@ class AtChannel:
                 sub.put(line)
 
     def _on_line(self, line: str) -> None:
+        is_urc = line.startswith(URC_PREFIXES)
+        if not is_urc:
+            self._last_answer_rx = asyncio.get_running_loop().time()
+        upper = line.upper()
+        if upper in self._late:  # the late echo of a command that timed out: its answer follows
+            self._late.remove(upper)
+            self._in_late = self._echoes = True
+            self._late_prefix = _command_prefix(upper)
+            self.late_lines += 1
+            return
         pending = self._pending
+        if pending is not None and not pending.future.done() and upper == pending.command.strip().upper():
+            if not pending.echoed:  # what came before the echo was not this command's answer
+                if pending.lines:
+                    log.debug(
+                        "dropped %d lines before the echo of %s: %r",
+                        len(pending.lines),
+                        pending.command,
+                        pending.lines,
+                    )
+                pending.lines.clear()
+            pending.echoed = self._echoes = True
+            self._in_late = False  # the modem answers in order: anything late came before this echo
+            return
+        if self._in_late and (not is_urc or line.split(":", 1)[0].strip().upper() == self._late_prefix):
+            self.late_lines += 1
+            if line in _FINAL_OK or line in _FINAL_ERROR or line.startswith(("+CME ERROR", "+CMS ERROR")):
+                self._in_late = False
+            log.debug("late answer line dropped: %r", line)
+            return
         if pending is None or pending.future.done():
             if line.startswith(URC_PREFIXES) or (line.startswith("+") and ":" in line):
                 self._dispatch_urc(line)
             else:
                 log.debug("stray line dropped: %r", line)
             return
-        if line == pending.command:
-            return  # echo
         head = line.split(":", 1)[0].strip().upper()
-        if line.startswith(URC_PREFIXES) and head != pending.prefix:
+        if line.startswith(URC_PREFIXES) and (
+            head != pending.prefix or (self._echoes and not pending.echoed)
+        ):
             self._dispatch_urc(line)
+            return
+        if self._echoes and not pending.echoed:
+            self.late_lines += 1
+            log.debug("late line before the echo of %s dropped: %r", pending.command, line)
             return
         if line in _FINAL_OK:
             pending.future.set_result(pending.lines)

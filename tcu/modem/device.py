@@ -53,6 +53,14 @@ class Registration:
         return self.status.is_roaming
 
 
+def _line(lines: list[str], command: str, prefix: str) -> str:
+    """The answer line of ``command`` starting with ``prefix``; ModemParseError when missing."""
+    line = next((item for item in lines if item.startswith(prefix)), None)
+    if line is None:
+        raise ModemParseError(f"{command}: no {prefix[:-1]} line in {lines!r}")
+    return line
+
+
 class Modem:
     """High-level modem operations over AT."""
 
@@ -69,37 +77,27 @@ class Modem:
 
     async def registration(self) -> Registration:
         """``AT+CEREG?`` and, when registered, ``AT+COPS?`` in numeric format."""
-        lines = await self._cmd("AT+CEREG?")
-        line = next((item for item in lines if item.startswith("+CEREG:")), None)
-        if line is None:
-            raise ModemParseError(f"AT+CEREG?: no +CEREG line in {lines!r}")
-        state = parse_creg(line, solicited=True)
+        state = parse_creg(_line(await self._cmd("AT+CEREG?"), "AT+CEREG?", "+CEREG:"), solicited=True)
         if not state.status.registered:
             return Registration(state.status, tac=state.tac, cell_id=state.cell_id, act=state.act)
         await self._cmd("AT+COPS=3,2")
-        cops = next((item for item in await self._cmd("AT+COPS?") if item.startswith("+COPS:")), None)
-        if cops is None:
-            raise ModemParseError("AT+COPS?: no +COPS line")
-        operator = parse_cops(cops)
+        operator = parse_cops(_line(await self._cmd("AT+COPS?"), "AT+COPS?", "+COPS:"))
         return Registration(
             state.status, operator.mcc, operator.mnc, operator.act or state.act, state.tac, state.cell_id
         )
 
     async def signal(self) -> SignalQuality:
         """``AT+CESQ`` (LTE RSRP/RSRQ) merged with ``AT+CSQ`` (RSSI)."""
-        csq = parse_csq(next(x for x in await self._cmd("AT+CSQ") if x.startswith("+CSQ:")))
+        csq = parse_csq(_line(await self._cmd("AT+CSQ"), "AT+CSQ", "+CSQ:"))
         try:
             lines = await self._cmd("AT+CESQ")
         except (AtCommandError, CmeError):
             return csq
-        cesq = parse_cesq(next(x for x in lines if x.startswith("+CESQ:")))
+        cesq = parse_cesq(_line(lines, "AT+CESQ", "+CESQ:"))
         return SignalQuality(csq.rssi_dbm, csq.ber, cesq.rsrq_db, cesq.rsrp_dbm)
 
     async def radio_on(self) -> bool:
-        lines = await self._cmd("AT+CFUN?")
-        line = next((x for x in lines if x.startswith("+CFUN:")), None)
-        if line is None:
-            raise ModemParseError(f"AT+CFUN?: no +CFUN line in {lines!r}")
+        line = _line(await self._cmd("AT+CFUN?"), "AT+CFUN?", "+CFUN:")
         return line.split(":", 1)[1].strip().split(",")[0] == "1"
 
     async def set_radio(self, on: bool) -> None:

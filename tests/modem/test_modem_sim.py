@@ -71,6 +71,73 @@ async def test_commands_and_final_results(at: AtChannel, sim_modem: SimulatedMod
     assert await at.command("AT+CSQ") == ["+CSQ: 21,99"]  # channel recovers after a timeout
 
 
+async def test_late_answer_is_not_taken_for_the_next_command_with_echo(
+    at: AtChannel, sim_modem: SimulatedModem
+) -> None:
+    """The modem echoes: lines before a command's own echo belong to an earlier one."""
+    assert await at.command("AT") == []  # the channel notices the echo
+    sim_modem.inject_delay("AT+CSQ", 0.5)
+    with pytest.raises(AtTimeoutError):
+        await at.command("AT+CSQ", timeout_s=0.2)
+    # Sent at once: the late "+CSQ: 21,99"/"OK" arrive while AT+CEREG? waits, before its echo.
+    assert await at.command("AT+CEREG?") == ["+CEREG: 0,1"]
+    assert await at.command("AT+CGSN") == ["356938035643809"]
+    assert at.late_lines == 2
+    assert at.resyncs == 0
+
+
+async def test_late_echo_of_a_timed_out_command_is_skipped_with_its_answer(
+    at: AtChannel, sim_modem: SimulatedModem
+) -> None:
+    """A command stuck behind a slow one times out before even its echo came."""
+    assert await at.command("AT") == []
+    sim_modem.inject_delay("AT+CSQ", 0.6)
+    with pytest.raises(AtTimeoutError):
+        await at.command("AT+CSQ", timeout_s=0.2)
+    with pytest.raises(AtTimeoutError):  # queued behind AT+CSQ: no echo, no answer in time
+        await at.command("AT+CEREG?", timeout_s=0.2)
+    # Then come: +CSQ/OK, the echo AT+CEREG?, +CEREG: 0,1/OK, and only then AT+CGSN's own echo.
+    assert await at.command("AT+CGSN") == ["356938035643809"]
+    assert at.late_lines == 5
+    assert await at.command("AT+CEREG?") == ["+CEREG: 0,1"]
+
+
+@pytest.mark.parametrize("sim_modem", [{"echo": False}], indirect=True)
+async def test_late_answer_is_not_taken_for_the_next_command_without_echo(
+    at: AtChannel, sim_modem: SimulatedModem
+) -> None:
+    """No echo to sync on: after a timeout the channel waits for the port to go quiet."""
+    sim_modem.inject_delay("AT+CSQ", 0.5)
+    async with AtChannel(AtConfig(port=sim_modem.port, resync_quiet_s=0.6)) as quiet:
+        with pytest.raises(AtTimeoutError):
+            await quiet.command("AT+CSQ", timeout_s=0.2)
+        # The late answer comes 0.3 s after the timeout, inside the quiet window: drained as stray.
+        assert await quiet.command("AT+CEREG?") == ["+CEREG: 0,1"]
+        assert await quiet.command("AT+CGSN") == ["356938035643809"]
+        assert quiet.resyncs == 1
+        assert quiet.late_lines == 0
+
+
+async def test_missing_answer_line_is_a_modem_error(sim_modem: SimulatedModem, at: AtChannel) -> None:
+    modem = Modem(at, modem_profile("generic"))
+    sim_modem.inject_cme("AT+CSQ", 3)
+    with pytest.raises(CmeError):
+        await modem.signal()
+    with pytest.raises(ModemError, match="AT\\+CFUN\\?: no \\+CFUN line"):
+        await Modem(_Answers(at, []), modem_profile("generic")).radio_on()
+
+
+class _Answers(AtChannel):
+    """An AT channel that answers every command with ``lines`` (a modem that says OK and nothing)."""
+
+    def __init__(self, inner: AtChannel, lines: list[str]) -> None:
+        super().__init__(inner.config)
+        self._lines = lines
+
+    async def command(self, command: str, *, timeout_s: float | None = None) -> list[str]:
+        return list(self._lines)
+
+
 async def test_verbose_cme_error_and_urc_queue_policy(sim_modem: SimulatedModem) -> None:
     async with AtChannel(AtConfig(port=sim_modem.port, urc_queue_size=2)) as at:
         sim_modem.inject_no_answer("AT+CPIN?")
