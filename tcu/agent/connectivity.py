@@ -304,6 +304,9 @@ class ConnectivitySource:
                     await self._session(channel, profile, emit)
             except (TcuError, OSError) as exc:
                 await self._error("AT port", exc)
+            except Exception as exc:  # a bug here must not stop the telemetry beside it
+                log.exception("connectivity: unexpected error; reopening %s", self.config.port)
+                await self._error("unexpected", exc)
             self._card_read_mono = None
             await asyncio.sleep(self.config.reopen_backoff_s)
 

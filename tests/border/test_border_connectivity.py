@@ -11,7 +11,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -228,6 +228,38 @@ async def test_modem_and_card_errors_do_not_stop_the_source(rig: Rig) -> None:
     text = rig.audit.read_text()
     assert '"kind":"error"' in text and '"ok":false' in text
     assert verify(rig.audit) > 0
+
+
+async def test_a_bug_in_the_loop_does_not_end_the_source(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected exception (not a TcuError) is logged and audited; the port is reopened."""
+    real_poll = ConnectivitySource.poll
+    calls = 0
+
+    async def buggy_poll(self: ConnectivitySource, *args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("coroutine raised StopIteration")
+        return await real_poll(self, *args)
+
+    monkeypatch.setattr(ConnectivitySource, "poll", buggy_poll)
+    errors = rig.source.errors
+    await rig.until(lambda: calls >= 3)
+    assert rig.source.errors == errors + 1
+    assert "RuntimeError: coroutine raised StopIteration" in rig.audit.read_text()
+    assert verify(rig.audit) > 0
+
+
+async def test_late_modem_answers_are_not_misread(rig: Rig) -> None:
+    """A modem that answers after the timeout: polls fail, none reads another command's answer."""
+    errors = rig.source.errors
+    rig.sim.inject_delay("AT+CSQ", 1.5, count=2)
+    await rig.until(lambda: rig.source.errors >= errors + 2)
+    samples = len(rig.recorder.samples)
+    rig.sim.set_country("DE")
+    await rig.until(lambda: rig.recorder.values("Plmn")[-1:] == ["262-02"])
+    assert "ModemParseError" not in rig.audit.read_text()
+    assert len(rig.recorder.samples) > samples
 
 
 def test_nmea_time_round_trip_and_monotonic_clock() -> None:
