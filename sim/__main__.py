@@ -47,6 +47,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import atexit
 import itertools
 import json
 import logging
@@ -281,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     except TcuError as exc:
         log.error("%s", exc)
         return 2
-    radio = BorderRadio(drive).start() if args.modem else None  # a daemon thread; pty closes at exit
+    # A daemon thread; the modem and its card run in a child process that ends with us.
+    radio = BorderRadio(drive, separate_process=True).start() if args.modem else None
+    if radio is not None:
+        atexit.register(radio.stop)
     _emit(
         {
             "event": "ready",

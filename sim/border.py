@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from sim.canbus import Drive
 from sim.euicc import EuiccConfig, ProfileSpec, SimulatedEuicc
 from sim.modem import SimModemConfig, SimulatedModem
+from sim.modem_process import ModemProcess
 from sim.route import Pose, Route, metz_luxembourg_trier
 from tcu.errors import ConfigError
 from tcu.esim import ProfileClass
@@ -193,6 +194,9 @@ def nmea_fix(t_us: int, pose: Pose, speed_mps: float) -> tuple[str, str]:
 class BorderRadio:
     """Keeps a :class:`SimulatedModem` in step with a :class:`Drive` (a daemon thread).
 
+    With ``separate_process=True`` the modem and its card run in a child process
+    (:class:`~sim.modem_process.ModemProcess`), as ``python -m sim --modem`` does.
+
     Every ``period_s`` of wall time it reads the vehicle's distance and simulated time,
     sets the modem's country and coverage, and writes an NMEA fix with the simulated time.
     Before the drive starts the car stands at the start of the route (wall-clock time).
@@ -205,13 +209,19 @@ class BorderRadio:
         period_s: float = 0.05,
         attach_delay_s: float = 0.2,
         tunnel: Tunnel | None = TUNNEL,
+        separate_process: bool = False,
     ) -> None:
         self.drive = drive
         self.period_s = period_s
         self.tunnel = tunnel
-        self.card = build_card()
         start_country = drive.route.pose_at(0.0).country
-        self.modem = build_modem(self.card, country=start_country, attach_delay_s=attach_delay_s)
+        self.card: SimulatedEuicc | None = None
+        self.modem: SimulatedModem | ModemProcess
+        if separate_process:  # python -m sim --modem: answers in time however busy the drive is
+            self.modem = ModemProcess(country=start_country, attach_delay_s=attach_delay_s)
+        else:
+            self.card = build_card()
+            self.modem = build_modem(self.card, country=start_country, attach_delay_s=attach_delay_s)
         self.changes: list[tuple[int, str, bool]] = []
         """(simulated t_us, country, covered) at every change, for logs and tests."""
         self._stop = threading.Event()
