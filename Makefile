@@ -19,8 +19,9 @@ setup: system-deps $(STAMP)
 system-deps:
 	@bash tools/system_deps.sh
 
+# The main job: a simulated drive across two borders (France → Luxembourg → Germany), end to end.
 demo: setup
-	$(VENV)/bin/tcu demo --duration 60 --speed max
+	$(VENV)/bin/tcu demo --scenario border
 
 test: setup
 	$(VENV)/bin/python tools/gen_protos.py --check
