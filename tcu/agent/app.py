@@ -56,6 +56,8 @@ class AgentStats:
     batches_built: int = 0
     batches_acked: int = 0
     batches_unacked: int = 0
+    batches_quarantined: int = 0
+    """Batches the ingest reported as kept in quarantine (malformed content; see the uplink's log)."""
     unknown_frames: int = 0
     length_mismatch_frames: int = 0
     uplink_connected: bool = False
@@ -209,6 +211,7 @@ class Agent:
             batches_built=self._batches_built,
             batches_acked=self.uplink.stats.batches_acked,
             batches_unacked=self.outbox.unacked(),
+            batches_quarantined=self.uplink.stats.quarantined,
             unknown_frames=d.unknown_frames,
             length_mismatch_frames=d.length_mismatch_frames,
             uplink_connected=self.uplink.stats.connected,

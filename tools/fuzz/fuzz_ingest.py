@@ -8,6 +8,13 @@ session of a fixed seed Hello (so mutated batches reach deep checks). Both run w
 default :class:`~tcu.ingest.validate.Limits` and with small ones. Contract: parsing may
 raise the protobuf library's ``DecodeError``; validation raises only
 :class:`tcu.errors.BatchRejected`.
+
+Quarantine contract (the ingest keeps a batch with malformed content instead of ending the
+stream): a plain ``BatchRejected`` (content) is only raised for a batch whose identity is
+usable (:func:`~tcu.ingest.validate.check_batch_identity` passes), so it can be stored and
+acked under ``(vehicle, boot_epoch, seq)``; :func:`tcu.ingest.servicer.read_upload_request`
+on the second message's bytes returns a ``RawUpload`` or raises ``DecodeError``, and an
+undecodable batch's stamp is ``None`` or a seq of 1 or more.
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ from google.protobuf.message import DecodeError
 
 from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.api.v1 import telemetry_pb2 as telemetry_pb
-from tcu.errors import BatchRejected
-from tcu.ingest.validate import Limits, Session, validate_batch, validate_hello
+from tcu.errors import BatchRejected, StreamRejected
+from tcu.ingest.servicer import RawUpload, read_upload_request, stamped_identity
+from tcu.ingest.validate import Limits, Session, check_batch_identity, validate_batch, validate_hello
 
 __all__ = ["NAME", "one_input", "seeds"]
 
@@ -91,11 +99,36 @@ def _parse(data: bytes) -> ingest_pb.UploadRequest | None:
         return None
 
 
+def _validate(session: Session, batch: telemetry_pb.TelemetryBatch, limits: Limits) -> None:
+    try:
+        validate_batch(session, batch, limits)
+    except StreamRejected:
+        return
+    except BatchRejected as exc:
+        # A content problem: the batch must have a key to be quarantined (and acked) under.
+        try:
+            check_batch_identity(session, batch)
+        except StreamRejected as identity:
+            raise AssertionError(f"quarantined without an identity: {exc}; {identity}") from identity
+
+
+def _read_raw(data: bytes) -> None:
+    try:
+        raw = read_upload_request(data)
+    except DecodeError:
+        return
+    assert isinstance(raw, RawUpload)
+    if raw.message is None:
+        identity = stamped_identity(raw.batch_bytes)
+        assert identity is None or identity[1] >= 1
+
+
 def one_input(data: bytes) -> None:
     if not data:
         return
     first = _parse(data[1 : 1 + data[0]])
     second = _parse(data[1 + data[0] :])
+    _read_raw(data[1 + data[0] :])
     for limits in _LIMITS:
         sessions = [_seed_session()]
         if first is not None and first.HasField("hello"):
@@ -105,8 +138,7 @@ def one_input(data: bytes) -> None:
             if request is None or not request.HasField("batch"):
                 continue
             for session in sessions:
-                with contextlib.suppress(BatchRejected):
-                    validate_batch(session, request.batch, limits)
+                _validate(session, request.batch, limits)
         if second is not None and second.HasField("hello"):
             with contextlib.suppress(BatchRejected):
                 validate_hello(second.hello, limits)
