@@ -1,11 +1,18 @@
-"""``tcu ingest``: run the cloud ingest (gRPC Upload + Fleet API on an SQLite database)."""
+"""``tcu ingest``: run the cloud ingest (gRPC Upload + Fleet API on an SQLite database).
+
+``tcu ingest quarantine --db PATH [--vehicle VIN] [--export DIR] [--json]`` lists the
+batches the ingest kept in quarantine (malformed content) and exports their bytes.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
+import json
 import logging
 import os
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +33,8 @@ mTLS is the default: vehicles and backends need a certificate from the client CA
 every upload is bound to the vehicle id in the certificate.
 It serves tcu.api.v1.Ingest, tcu.api.v1.Fleet, grpc.health.v1.Health and server reflection.
 Stop it with SIGINT or SIGTERM: in-flight batches are acked, then the database is closed.
+
+  tcu ingest quarantine --db ./ingest.db --export ./quarantined   # batches kept as malformed
 """
 
 
@@ -45,7 +54,7 @@ def register(subparsers: Any) -> None:
         metavar="HOST:PORT",
         help="address to listen on (port 0: any free)",
     )
-    parser.add_argument("--db", required=True, type=Path, metavar="PATH", help="SQLite database file")
+    parser.add_argument("--db", type=Path, metavar="PATH", help="SQLite database file (required)")
     parser.add_argument(
         "--port-file",
         type=Path,
@@ -92,6 +101,91 @@ def register(subparsers: Any) -> None:
         help="drain deadline when stopping (default: 5)",
     )
     parser.set_defaults(func=run)
+    sub = parser.add_subparsers(title="commands", metavar="{quarantine}")
+    quarantine = sub.add_parser(
+        "quarantine",
+        help="list or export the batches kept in quarantine",
+        description="List the batches the ingest kept in quarantine because of their own content"
+        " (unknown signal id, column lengths, value types, limits, undecodable bytes), with the reason;"
+        " with --export write each one's bytes as received (a tcu.api.v1.TelemetryBatch) to a file.",
+    )
+    quarantine.add_argument("--db", required=True, type=Path, metavar="PATH", help="the ingest's database")
+    quarantine.add_argument("--vehicle", metavar="VIN", help="only this vehicle")
+    quarantine.add_argument(
+        "--export",
+        type=Path,
+        metavar="DIR",
+        help="write DIR/<vehicle>/<boot_epoch>-<seq>.pb and DIR/quarantine.jsonl (one line per batch)",
+    )
+    quarantine.add_argument("--json", action="store_true", help="one JSON object per batch on stdout")
+    quarantine.set_defaults(func=run_quarantine)
+
+
+def run_quarantine(args: argparse.Namespace) -> int:
+    """List (and export) quarantined batches; reads the database read-only, also while the ingest runs."""
+    from tcu.errors import ConfigError, IngestError
+    from tcu.ingest.store import read_quarantine
+
+    if not args.db.is_file():
+        raise ConfigError(f"no database at {args.db}", key="--db")
+    try:
+        conn = sqlite3.connect(f"{args.db.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            has_table = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'quarantine'"
+            ).fetchone()
+            batches = read_quarantine(conn, args.vehicle) if has_table else []
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise IngestError(f"{args.db}: cannot read the quarantine: {exc}") from exc
+    lines: list[dict[str, Any]] = []
+    for batch in batches:
+        line: dict[str, Any] = {
+            "vehicle_id": batch.vehicle_id,
+            "boot_epoch": batch.boot_epoch,
+            "seq": batch.seq,
+            "received": datetime.datetime.fromtimestamp(batch.received_ns / 1e9, datetime.UTC).isoformat(),
+            "bytes": len(batch.payload),
+            "catalog_id": batch.catalog_id,
+            "agent_version": batch.agent_version,
+            "reason": batch.reason,
+        }
+        if args.export is not None:
+            relative = Path(_safe(batch.vehicle_id)) / f"{batch.boot_epoch}-{batch.seq}.pb"
+            try:
+                (args.export / relative).parent.mkdir(parents=True, exist_ok=True)
+                (args.export / relative).write_bytes(batch.payload)
+            except OSError as exc:
+                raise ConfigError(f"cannot write {args.export / relative}: {exc}", key="--export") from exc
+            line["file"] = str(relative)
+        lines.append(line)
+    if args.export is not None:
+        manifest = args.export / "quarantine.jsonl"
+        try:
+            args.export.mkdir(parents=True, exist_ok=True)
+            manifest.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot write {manifest}: {exc}", key="--export") from exc
+    for line in lines:
+        if args.json:
+            print(json.dumps(line))
+        else:
+            print(
+                f"{line['vehicle_id']} {line['boot_epoch']}/{line['seq']} {line['received']}"
+                f" {line['bytes']} B: {line['reason']}"
+            )
+    print(
+        f"{len(lines)} quarantined batches" + (f", exported to {args.export}" if args.export else ""),
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _safe(name: str) -> str:
+    """A vehicle id as one path component (ids come from vehicles: no separators, no dot names)."""
+    cleaned = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+    return cleaned or "_"
 
 
 def _tls(args: argparse.Namespace) -> IngestTls | None:
@@ -128,6 +222,8 @@ def run(args: argparse.Namespace) -> int:
     from tcu.errors import ConfigError
     from tcu.ingest import IngestConfig, serve
 
+    if args.db is None:
+        raise ConfigError("the ingest needs a database: give --db PATH", key="--db")
     config = IngestConfig(
         listen=args.listen,
         db_path=args.db,

@@ -4,6 +4,7 @@ later batches of the vehicle are stored; problems of the stream still end it."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from tcu.api.v1 import fleet_pb2 as fleet_pb
 from tcu.api.v1 import ingest_pb2 as ingest_pb
+from tcu.cli.main import main
 from tcu.ingest import IngestConfig
 from tcu.uplink.client import wrap_batch
 
@@ -195,3 +197,35 @@ async def test_problem_of_the_stream_is_not_quarantined(running: Any, kit: Any) 
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details() == "the first message of an Upload stream must be a Hello, got batch"
     assert rows(running.config.db_path, "SELECT count(*) FROM quarantine") == [(0,)]
+
+
+async def test_cli_lists_and_exports_quarantined_batches(
+    config: IngestConfig, kit: Any, tmp_path: Any, capsys: Any
+) -> None:
+    running = await kit.start(config)
+    try:
+        call = await running.open_upload("veh-1")
+        poison = length_mismatch(kit, "veh-1", 2)
+        for request in (kit.batch("veh-1", 1), poison):
+            await call.write(request)
+        assert [len((await kit.ack_of(call)).quarantined) for _ in range(2)] == [0, 1]
+        await call.done_writing()
+        # Read-only, while the ingest is running.
+        assert main(["ingest", "quarantine", "--db", str(config.db_path), "--json"]) == 0
+    finally:
+        await kit.finish(running)
+    reason = "batch seq 2: column for signal 1 (Vehicle.Speed) has 2 times but 1 values"
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(x["vehicle_id"], x["boot_epoch"], x["seq"], x["reason"]) for x in listed] == [
+        ("veh-1", 1, 2, reason)
+    ]
+    out = tmp_path / "export"
+    assert main(["ingest", "quarantine", "--db", str(config.db_path), "--export", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"veh-1 1/2 {listed[0]['received']} {len(poison.batch.SerializeToString())} B: {reason}"
+    ]
+    [manifest] = [json.loads(line) for line in (out / "quarantine.jsonl").read_text().splitlines()]
+    assert manifest["file"] == "veh-1/1-2.pb"
+    assert (out / "veh-1" / "1-2.pb").read_bytes() == poison.batch.SerializeToString()
+    assert main(["ingest", "quarantine", "--db", str(config.db_path), "--vehicle", "veh-2", "--json"]) == 0
+    assert capsys.readouterr().out == ""
