@@ -229,3 +229,18 @@ async def test_cli_lists_and_exports_quarantined_batches(
     assert (out / "veh-1" / "1-2.pb").read_bytes() == poison.batch.SerializeToString()
     assert main(["ingest", "quarantine", "--db", str(config.db_path), "--vehicle", "veh-2", "--json"]) == 0
     assert capsys.readouterr().out == ""
+
+
+async def test_batch_over_the_size_limit_still_ends_the_stream(config: IngestConfig, kit: Any) -> None:
+    """Known limit: gRPC refuses a message above max_message_bytes before the servicer sees it, so
+    such a batch cannot be quarantined; the stream ends as before."""
+    running = await kit.start(dataclasses.replace(config, max_message_bytes=4096))
+    try:
+        call = await running.open_upload("veh-1")
+        await call.write(kit.batch("veh-1", 1, speed=[(i, float(i)) for i in range(1000)]))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call.read()
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await kit.finish(running)
+    assert rows(config.db_path, "SELECT count(*) FROM quarantine") == [(0,)]
