@@ -25,31 +25,31 @@ _sym_db = _symbol_database.Default()
 from tcu.api.v1 import telemetry_pb2 as tcu_dot_api_dot_v1_dot_telemetry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tcu/api/v1/ingest.proto\x12\ntcu.api.v1\x1a\x1atcu/api/v1/telemetry.proto\"r\n\x05Hello\x12\x12\n\nvehicle_id\x18\x01 \x01(\t\x12\x12\n\nboot_epoch\x18\x02 \x01(\x04\x12*\n\x07\x63\x61talog\x18\x03 \x01(\x0b\x32\x19.tcu.api.v1.SignalCatalog\x12\x15\n\ragent_version\x18\x04 \x01(\t\"E\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x10\n\x08\x65xecuted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"0\n\x0f\x43\x61mpaignVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"9\n\x07\x43heckIn\x12.\n\tcampaigns\x18\x01 \x03(\x0b\x32\x1b.tcu.api.v1.CampaignVersion\"\xc5\x01\n\rUploadRequest\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.tcu.api.v1.HelloH\x00\x12+\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x1a.tcu.api.v1.TelemetryBatchH\x00\x12\x33\n\x0e\x63ommand_result\x18\x03 \x01(\x0b\x32\x19.tcu.api.v1.CommandResultH\x00\x12&\n\x07\x63heckin\x18\x04 \x01(\x0b\x32\x13.tcu.api.v1.CheckInH\x00\x42\x06\n\x04kind\"\xa9\x01\n\x03\x41\x63k\x12\x12\n\nvehicle_id\x18\x01 \x01(\t\x12\x12\n\nboot_epoch\x18\x02 \x01(\x04\x12\x11\n\tacked_seq\x18\x03 \x01(\x04\x12\x11\n\tbatch_seq\x18\x04 \x01(\x04\x12\x11\n\tduplicate\x18\x05 \x01(\x08\x12\x0e\n\x06\x63redit\x18\x06 \x01(\r\x12\x31\n\x0bquarantined\x18\x07 \x03(\x0b\x32\x1c.tcu.api.v1.QuarantinedBatch\"/\n\x10QuarantinedBatch\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"C\n\x0eVehicleCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\"g\n\x0eUploadResponse\x12\x1e\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x0f.tcu.api.v1.AckH\x00\x12-\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x1a.tcu.api.v1.VehicleCommandH\x00\x42\x06\n\x04kind2M\n\x06Ingest\x12\x43\n\x06Upload\x12\x19.tcu.api.v1.UploadRequest\x1a\x1a.tcu.api.v1.UploadResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tcu/api/v1/ingest.proto\x12\ntcu.api.v1\x1a\x1atcu/api/v1/telemetry.proto\"\xa8\x01\n\x05Hello\x12\x12\n\nvehicle_id\x18\x01 \x01(\t\x12\x12\n\nboot_epoch\x18\x02 \x01(\x04\x12*\n\x07\x63\x61talog\x18\x03 \x01(\x0b\x32\x19.tcu.api.v1.SignalCatalog\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12\x34\n\x11previous_catalogs\x18\x05 \x03(\x0b\x32\x19.tcu.api.v1.SignalCatalog\"E\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x10\n\x08\x65xecuted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"0\n\x0f\x43\x61mpaignVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"9\n\x07\x43heckIn\x12.\n\tcampaigns\x18\x01 \x03(\x0b\x32\x1b.tcu.api.v1.CampaignVersion\"\xc5\x01\n\rUploadRequest\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.tcu.api.v1.HelloH\x00\x12+\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x1a.tcu.api.v1.TelemetryBatchH\x00\x12\x33\n\x0e\x63ommand_result\x18\x03 \x01(\x0b\x32\x19.tcu.api.v1.CommandResultH\x00\x12&\n\x07\x63heckin\x18\x04 \x01(\x0b\x32\x13.tcu.api.v1.CheckInH\x00\x42\x06\n\x04kind\"\xa9\x01\n\x03\x41\x63k\x12\x12\n\nvehicle_id\x18\x01 \x01(\t\x12\x12\n\nboot_epoch\x18\x02 \x01(\x04\x12\x11\n\tacked_seq\x18\x03 \x01(\x04\x12\x11\n\tbatch_seq\x18\x04 \x01(\x04\x12\x11\n\tduplicate\x18\x05 \x01(\x08\x12\x0e\n\x06\x63redit\x18\x06 \x01(\r\x12\x31\n\x0bquarantined\x18\x07 \x03(\x0b\x32\x1c.tcu.api.v1.QuarantinedBatch\"/\n\x10QuarantinedBatch\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"C\n\x0eVehicleCommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\"g\n\x0eUploadResponse\x12\x1e\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x0f.tcu.api.v1.AckH\x00\x12-\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x1a.tcu.api.v1.VehicleCommandH\x00\x42\x06\n\x04kind2M\n\x06Ingest\x12\x43\n\x06Upload\x12\x19.tcu.api.v1.UploadRequest\x1a\x1a.tcu.api.v1.UploadResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tcu.api.v1.ingest_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HELLO']._serialized_start=67
-  _globals['_HELLO']._serialized_end=181
-  _globals['_COMMANDRESULT']._serialized_start=183
-  _globals['_COMMANDRESULT']._serialized_end=252
-  _globals['_CAMPAIGNVERSION']._serialized_start=254
-  _globals['_CAMPAIGNVERSION']._serialized_end=302
-  _globals['_CHECKIN']._serialized_start=304
-  _globals['_CHECKIN']._serialized_end=361
-  _globals['_UPLOADREQUEST']._serialized_start=364
-  _globals['_UPLOADREQUEST']._serialized_end=561
-  _globals['_ACK']._serialized_start=564
-  _globals['_ACK']._serialized_end=733
-  _globals['_QUARANTINEDBATCH']._serialized_start=735
-  _globals['_QUARANTINEDBATCH']._serialized_end=782
-  _globals['_VEHICLECOMMAND']._serialized_start=784
-  _globals['_VEHICLECOMMAND']._serialized_end=851
-  _globals['_UPLOADRESPONSE']._serialized_start=853
-  _globals['_UPLOADRESPONSE']._serialized_end=956
-  _globals['_INGEST']._serialized_start=958
-  _globals['_INGEST']._serialized_end=1035
+  _globals['_HELLO']._serialized_start=68
+  _globals['_HELLO']._serialized_end=236
+  _globals['_COMMANDRESULT']._serialized_start=238
+  _globals['_COMMANDRESULT']._serialized_end=307
+  _globals['_CAMPAIGNVERSION']._serialized_start=309
+  _globals['_CAMPAIGNVERSION']._serialized_end=357
+  _globals['_CHECKIN']._serialized_start=359
+  _globals['_CHECKIN']._serialized_end=416
+  _globals['_UPLOADREQUEST']._serialized_start=419
+  _globals['_UPLOADREQUEST']._serialized_end=616
+  _globals['_ACK']._serialized_start=619
+  _globals['_ACK']._serialized_end=788
+  _globals['_QUARANTINEDBATCH']._serialized_start=790
+  _globals['_QUARANTINEDBATCH']._serialized_end=837
+  _globals['_VEHICLECOMMAND']._serialized_start=839
+  _globals['_VEHICLECOMMAND']._serialized_end=906
+  _globals['_UPLOADRESPONSE']._serialized_start=908
+  _globals['_UPLOADRESPONSE']._serialized_end=1011
+  _globals['_INGEST']._serialized_start=1013
+  _globals['_INGEST']._serialized_end=1090
 # @@protoc_insertion_point(module_scope)

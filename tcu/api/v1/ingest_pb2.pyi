@@ -29,11 +29,20 @@ class Hello(_message.Message):
     BOOT_EPOCH_FIELD_NUMBER: _builtins.int
     CATALOG_FIELD_NUMBER: _builtins.int
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
+    PREVIOUS_CATALOGS_FIELD_NUMBER: _builtins.int
     vehicle_id: _builtins.str
     boot_epoch: _builtins.int
     agent_version: _builtins.str
     @_builtins.property
     def catalog(self) -> _telemetry_pb2.SignalCatalog: ...
+    @_builtins.property
+    def previous_catalogs(self) -> _containers.RepeatedCompositeFieldContainer[_telemetry_pb2.SignalCatalog]:
+        """Older catalogs of this vehicle that batches still waiting in its spool were built
+        with (e.g. before an update of a DBC or of the VSS mapping changed the catalog).
+        A batch may name `catalog` or any of these; its columns are read against the one it
+        names. The ingest accepts at most 16, each checked like `catalog`.
+        """
+
     def __init__(
         self,
         *,
@@ -41,10 +50,11 @@ class Hello(_message.Message):
         boot_epoch: _builtins.int = ...,
         catalog: _telemetry_pb2.SignalCatalog | None = ...,
         agent_version: _builtins.str = ...,
+        previous_catalogs: _abc.Iterable[_telemetry_pb2.SignalCatalog] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["catalog", b"catalog"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "boot_epoch", b"boot_epoch", "catalog", b"catalog", "vehicle_id", b"vehicle_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "boot_epoch", b"boot_epoch", "catalog", b"catalog", "previous_catalogs", b"previous_catalogs", "vehicle_id", b"vehicle_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
