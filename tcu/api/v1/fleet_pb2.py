@@ -24,39 +24,39 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tcu/api/v1/fleet.proto\x12\ntcu.api.v1\"8\n\x10SubscribeRequest\x12\x13\n\x0bvehicle_ids\x18\x01 \x03(\t\x12\x0f\n\x07signals\x18\x02 \x03(\t\"f\n\x0cSignalSeries\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04unit\x18\x02 \x01(\t\x12\x0c\n\x04t_ns\x18\x03 \x03(\x03\x12\x15\n\rdouble_values\x18\x04 \x03(\x01\x12\x15\n\rstring_values\x18\x05 \x03(\t\"N\n\x0b\x46rameSeries\x12\x0b\n\x03\x62us\x18\x01 \x01(\t\x12\x16\n\x0e\x61rbitration_id\x18\x02 \x01(\r\x12\x0c\n\x04t_ns\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x03(\x0c\"\xeb\x01\n\x05\x45vent\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12\x18\n\x10\x63\x61mpaign_version\x18\x02 \x01(\r\x12\x12\n\ntrigger_ns\x18\x03 \x01(\x03\x12\x10\n\x08start_ns\x18\x04 \x01(\x03\x12\x0e\n\x06\x65nd_ns\x18\x05 \x01(\x03\x12(\n\x06series\x18\x06 \x03(\x0b\x32\x18.tcu.api.v1.SignalSeries\x12\x11\n\ttruncated\x18\x07 \x01(\x08\x12\x1a\n\x12history_incomplete\x18\x08 \x01(\x08\x12\'\n\x06\x66rames\x18\t \x03(\x0b\x32\x17.tcu.api.v1.FrameSeries\"\x90\x01\n\x0cSignalUpdate\x12\x12\n\nvehicle_id\x18\x01 \x01(\t\x12\x12\n\nboot_epoch\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12(\n\x06series\x18\x04 \x03(\x0b\x32\x18.tcu.api.v1.SignalSeries\x12!\n\x06\x65vents\x18\x05 \x03(\x0b\x32\x11.tcu.api.v1.Event\"\x8c\x01\n\x0cQueryRequest\x12\x12\n\nvehicle_id\x18\x01 \x01(\t\x12\x0f\n\x07signals\x18\x02 \x03(\t\x12\x10\n\x08start_ns\x18\x03 \x01(\x03\x12\x0e\n\x06\x65nd_ns\x18\x04 \x01(\x03\x12\x1d\n\x15max_samples_per_chunk\x18\x05 \x01(\r\x12\x16\n\x0einclude_events\x18\x06 \x01(\x08\"\x15\n\x13ListVehiclesRequest\"\xa2\x02\n\x0bVehicleInfo\x12\x12\n\nvehicle_id\x18\x01 \x01(\t\x12\x12\n\nboot_epoch\x18\x02 \x01(\x04\x12\x0f\n\x07\x62\x61tches\x18\x03 \x01(\x04\x12\x0f\n\x07samples\x18\x04 \x01(\x04\x12\x0f\n\x07signals\x18\x05 \x03(\t\x12\x17\n\x0f\x66irst_sample_ns\x18\x06 \x01(\x03\x12\x16\n\x0elast_sample_ns\x18\x07 \x01(\x03\x12\x14\n\x0clast_seen_ns\x18\x08 \x01(\x03\x12\x14\n\x0clost_batches\x18\t \x01(\x04\x12+\n\tcampaigns\x18\n \x03(\x0b\x32\x18.tcu.api.v1.CampaignInfo\x12\x11\n\tconnected\x18\x0b \x01(\x08\x12\x1b\n\x13quarantined_batches\x18\x0c \x01(\x04\"-\n\x0c\x43\x61mpaignInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"v\n\x12SendCommandRequest\x12\x12\n\nvehicle_id\x18\x01 \x01(\t\x12\x12\n\ncommand_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x16\n\x0esigned_command\x18\x04 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x05 \x01(\r\"d\n\x13SendCommandResponse\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12)\n\x06status\x18\x02 \x01(\x0e\x32\x19.tcu.api.v1.CommandStatus\x12\x0e\n\x06reason\x18\x03 \x01(\t\"A\n\x14ListVehiclesResponse\x12)\n\x08vehicles\x18\x01 \x03(\x0b\x32\x17.tcu.api.v1.VehicleInfo*\xa7\x01\n\rCommandStatus\x12\x1e\n\x1a\x43OMMAND_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43OMMAND_STATUS_EXECUTED\x10\x01\x12\x1b\n\x17\x43OMMAND_STATUS_REJECTED\x10\x02\x12 \n\x1c\x43OMMAND_STATUS_NOT_CONNECTED\x10\x03\x12\x1a\n\x16\x43OMMAND_STATUS_TIMEOUT\x10\x04\x32\xb0\x02\n\x05\x46leet\x12\x45\n\tSubscribe\x12\x1c.tcu.api.v1.SubscribeRequest\x1a\x18.tcu.api.v1.SignalUpdate0\x01\x12=\n\x05Query\x12\x18.tcu.api.v1.QueryRequest\x1a\x18.tcu.api.v1.SignalUpdate0\x01\x12Q\n\x0cListVehicles\x12\x1f.tcu.api.v1.ListVehiclesRequest\x1a .tcu.api.v1.ListVehiclesResponse\x12N\n\x0bSendCommand\x12\x1e.tcu.api.v1.SendCommandRequest\x1a\x1f.tcu.api.v1.SendCommandResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tcu/api/v1/fleet.proto\x12\ntcu.api.v1\"8\n\x10SubscribeRequest\x12\x13\n\x0bvehicle_ids\x18\x01 \x03(\t\x12\x0f\n\x07signals\x18\x02 \x03(\t\"f\n\x0cSignalSeries\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04unit\x18\x02 \x01(\t\x12\x0c\n\x04t_ns\x18\x03 \x03(\x03\x12\x15\n\rdouble_values\x18\x04 \x03(\x01\x12\x15\n\rstring_values\x18\x05 \x03(\t\"_\n\x0b\x46rameSeries\x12\x0b\n\x03\x62us\x18\x01 \x01(\t\x12\x16\n\x0e\x61rbitration_id\x18\x02 \x01(\r\x12\x0c\n\x04t_ns\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x03(\x0c\x12\x0f\n\x07\x64ropped\x18\x05 \x01(\r\"\xeb\x01\n\x05\x45vent\x12\x10\n\x08\x63\x61mpaign\x18\x01 \x01(\t\x12\x18\n\x10\x63\x61mpaign_version\x18\x02 \x01(\r\x12\x12\n\ntrigger_ns\x18\x03 \x01(\x03\x12\x10\n\x08start_ns\x18\x04 \x01(\x03\x12\x0e\n\x06\x65nd_ns\x18\x05 \x01(\x03\x12(\n\x06series\x18\x06 \x03(\x0b\x32\x18.tcu.api.v1.SignalSeries\x12\x11\n\ttruncated\x18\x07 \x01(\x08\x12\x1a\n\x12history_incomplete\x18\x08 \x01(\x08\x12\'\n\x06\x66rames\x18\t \x03(\x0b\x32\x17.tcu.api.v1.FrameSeries\"\x90\x01\n\x0cSignalUpdate\x12\x12\n\nvehicle_id\x18\x01 \x01(\t\x12\x12\n\nboot_epoch\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12(\n\x06series\x18\x04 \x03(\x0b\x32\x18.tcu.api.v1.SignalSeries\x12!\n\x06\x65vents\x18\x05 \x03(\x0b\x32\x11.tcu.api.v1.Event\"\x8c\x01\n\x0cQueryRequest\x12\x12\n\nvehicle_id\x18\x01 \x01(\t\x12\x0f\n\x07signals\x18\x02 \x03(\t\x12\x10\n\x08start_ns\x18\x03 \x01(\x03\x12\x0e\n\x06\x65nd_ns\x18\x04 \x01(\x03\x12\x1d\n\x15max_samples_per_chunk\x18\x05 \x01(\r\x12\x16\n\x0einclude_events\x18\x06 \x01(\x08\"\x15\n\x13ListVehiclesRequest\"\xa2\x02\n\x0bVehicleInfo\x12\x12\n\nvehicle_id\x18\x01 \x01(\t\x12\x12\n\nboot_epoch\x18\x02 \x01(\x04\x12\x0f\n\x07\x62\x61tches\x18\x03 \x01(\x04\x12\x0f\n\x07samples\x18\x04 \x01(\x04\x12\x0f\n\x07signals\x18\x05 \x03(\t\x12\x17\n\x0f\x66irst_sample_ns\x18\x06 \x01(\x03\x12\x16\n\x0elast_sample_ns\x18\x07 \x01(\x03\x12\x14\n\x0clast_seen_ns\x18\x08 \x01(\x03\x12\x14\n\x0clost_batches\x18\t \x01(\x04\x12+\n\tcampaigns\x18\n \x03(\x0b\x32\x18.tcu.api.v1.CampaignInfo\x12\x11\n\tconnected\x18\x0b \x01(\x08\x12\x1b\n\x13quarantined_batches\x18\x0c \x01(\x04\"-\n\x0c\x43\x61mpaignInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"v\n\x12SendCommandRequest\x12\x12\n\nvehicle_id\x18\x01 \x01(\t\x12\x12\n\ncommand_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x16\n\x0esigned_command\x18\x04 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x05 \x01(\r\"d\n\x13SendCommandResponse\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12)\n\x06status\x18\x02 \x01(\x0e\x32\x19.tcu.api.v1.CommandStatus\x12\x0e\n\x06reason\x18\x03 \x01(\t\"A\n\x14ListVehiclesResponse\x12)\n\x08vehicles\x18\x01 \x03(\x0b\x32\x17.tcu.api.v1.VehicleInfo*\xa7\x01\n\rCommandStatus\x12\x1e\n\x1a\x43OMMAND_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43OMMAND_STATUS_EXECUTED\x10\x01\x12\x1b\n\x17\x43OMMAND_STATUS_REJECTED\x10\x02\x12 \n\x1c\x43OMMAND_STATUS_NOT_CONNECTED\x10\x03\x12\x1a\n\x16\x43OMMAND_STATUS_TIMEOUT\x10\x04\x32\xb0\x02\n\x05\x46leet\x12\x45\n\tSubscribe\x12\x1c.tcu.api.v1.SubscribeRequest\x1a\x18.tcu.api.v1.SignalUpdate0\x01\x12=\n\x05Query\x12\x18.tcu.api.v1.QueryRequest\x1a\x18.tcu.api.v1.SignalUpdate0\x01\x12Q\n\x0cListVehicles\x12\x1f.tcu.api.v1.ListVehiclesRequest\x1a .tcu.api.v1.ListVehiclesResponse\x12N\n\x0bSendCommand\x12\x1e.tcu.api.v1.SendCommandRequest\x1a\x1f.tcu.api.v1.SendCommandResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tcu.api.v1.fleet_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMMANDSTATUS']._serialized_start=1461
-  _globals['_COMMANDSTATUS']._serialized_end=1628
+  _globals['_COMMANDSTATUS']._serialized_start=1478
+  _globals['_COMMANDSTATUS']._serialized_end=1645
   _globals['_SUBSCRIBEREQUEST']._serialized_start=38
   _globals['_SUBSCRIBEREQUEST']._serialized_end=94
   _globals['_SIGNALSERIES']._serialized_start=96
   _globals['_SIGNALSERIES']._serialized_end=198
   _globals['_FRAMESERIES']._serialized_start=200
-  _globals['_FRAMESERIES']._serialized_end=278
-  _globals['_EVENT']._serialized_start=281
-  _globals['_EVENT']._serialized_end=516
-  _globals['_SIGNALUPDATE']._serialized_start=519
-  _globals['_SIGNALUPDATE']._serialized_end=663
-  _globals['_QUERYREQUEST']._serialized_start=666
-  _globals['_QUERYREQUEST']._serialized_end=806
-  _globals['_LISTVEHICLESREQUEST']._serialized_start=808
-  _globals['_LISTVEHICLESREQUEST']._serialized_end=829
-  _globals['_VEHICLEINFO']._serialized_start=832
-  _globals['_VEHICLEINFO']._serialized_end=1122
-  _globals['_CAMPAIGNINFO']._serialized_start=1124
-  _globals['_CAMPAIGNINFO']._serialized_end=1169
-  _globals['_SENDCOMMANDREQUEST']._serialized_start=1171
-  _globals['_SENDCOMMANDREQUEST']._serialized_end=1289
-  _globals['_SENDCOMMANDRESPONSE']._serialized_start=1291
-  _globals['_SENDCOMMANDRESPONSE']._serialized_end=1391
-  _globals['_LISTVEHICLESRESPONSE']._serialized_start=1393
-  _globals['_LISTVEHICLESRESPONSE']._serialized_end=1458
-  _globals['_FLEET']._serialized_start=1631
-  _globals['_FLEET']._serialized_end=1935
+  _globals['_FRAMESERIES']._serialized_end=295
+  _globals['_EVENT']._serialized_start=298
+  _globals['_EVENT']._serialized_end=533
+  _globals['_SIGNALUPDATE']._serialized_start=536
+  _globals['_SIGNALUPDATE']._serialized_end=680
+  _globals['_QUERYREQUEST']._serialized_start=683
+  _globals['_QUERYREQUEST']._serialized_end=823
+  _globals['_LISTVEHICLESREQUEST']._serialized_start=825
+  _globals['_LISTVEHICLESREQUEST']._serialized_end=846
+  _globals['_VEHICLEINFO']._serialized_start=849
+  _globals['_VEHICLEINFO']._serialized_end=1139
+  _globals['_CAMPAIGNINFO']._serialized_start=1141
+  _globals['_CAMPAIGNINFO']._serialized_end=1186
+  _globals['_SENDCOMMANDREQUEST']._serialized_start=1188
+  _globals['_SENDCOMMANDREQUEST']._serialized_end=1306
+  _globals['_SENDCOMMANDRESPONSE']._serialized_start=1308
+  _globals['_SENDCOMMANDRESPONSE']._serialized_end=1408
+  _globals['_LISTVEHICLESRESPONSE']._serialized_start=1410
+  _globals['_LISTVEHICLESRESPONSE']._serialized_end=1475
+  _globals['_FLEET']._serialized_start=1648
+  _globals['_FLEET']._serialized_end=1952
 # @@protoc_insertion_point(module_scope)

@@ -122,8 +122,11 @@ class FrameSeries(_message.Message):
     ARBITRATION_ID_FIELD_NUMBER: _builtins.int
     T_NS_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
     bus: _builtins.str
     arbitration_id: _builtins.int
+    dropped: _builtins.int
+    """frames of the window the vehicle left out (the latest)"""
     @_builtins.property
     def t_ns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """UTC epoch nanoseconds (CAN source time)"""
@@ -139,10 +142,11 @@ class FrameSeries(_message.Message):
         arbitration_id: _builtins.int = ...,
         t_ns: _abc.Iterable[_builtins.int] | None = ...,
         data: _abc.Iterable[_builtins.bytes] | None = ...,
+        dropped: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arbitration_id", b"arbitration_id", "bus", b"bus", "data", b"data", "t_ns", b"t_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arbitration_id", b"arbitration_id", "bus", b"bus", "data", b"data", "dropped", b"dropped", "t_ns", b"t_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -201,10 +201,15 @@ class CapturedFrames(_message.Message):
     ARBITRATION_ID_FIELD_NUMBER: _builtins.int
     T_OFFSET_NS_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
     bus: _builtins.str
     """the agent's bus name, e.g. "can0" """
     arbitration_id: _builtins.int
     """as listed in the campaign's raw_frames (11 or 29 bits)"""
+    dropped: _builtins.int
+    """Frames of this id inside the window that the agent left out, the latest ones,
+    because the event would not have fitted its batch limits (0: all are here).
+    """
     @_builtins.property
     def t_offset_ns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Source time of each frame (CAN timestamp) as an offset from the event's
@@ -222,10 +227,11 @@ class CapturedFrames(_message.Message):
         arbitration_id: _builtins.int = ...,
         t_offset_ns: _abc.Iterable[_builtins.int] | None = ...,
         data: _abc.Iterable[_builtins.bytes] | None = ...,
+        dropped: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arbitration_id", b"arbitration_id", "bus", b"bus", "data", b"data", "t_offset_ns", b"t_offset_ns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arbitration_id", b"arbitration_id", "bus", b"bus", "data", b"data", "dropped", b"dropped", "t_offset_ns", b"t_offset_ns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
