@@ -1,13 +1,14 @@
 """Captured events as ``tcu.api.v1.Event`` (absolute times, signal names): Fleet API and event blob.
 
-The SQLite sink stores each event's columns as one serialised ``Event`` message
-(see :mod:`tcu.ingest.store`), so the stored form and the wire form are the same schema.
+The SQLite sink stores each event's columns and raw frames as one serialised
+``Event`` message (see :mod:`tcu.ingest.store`), so the stored form and the wire
+form are the same schema.
 """
 
 from __future__ import annotations
 
 from tcu.api.v1 import fleet_pb2 as fleet_pb
-from tcu.ingest.model import Capture, Column, Series, SignalDef, ValueKind
+from tcu.ingest.model import Capture, Column, FrameSeries, Series, SignalDef, ValueKind
 
 __all__ = ["capture_from_pb", "capture_pb", "series_pb"]
 
@@ -44,6 +45,12 @@ def capture_pb(capture: Capture, signals: frozenset[str] = frozenset()) -> fleet
         ],
         truncated=capture.truncated,
         history_incomplete=capture.history_incomplete,
+        frames=[
+            fleet_pb.FrameSeries(
+                bus=f.bus, arbitration_id=f.arbitration_id, t_ns=f.t_ns, data=f.data, dropped=f.dropped
+            )
+            for f in capture.frames
+        ],
     )
 
 
@@ -69,4 +76,14 @@ def capture_from_pb(message: fleet_pb.Event) -> Capture:
         columns=tuple(columns),
         truncated=message.truncated,
         history_incomplete=message.history_incomplete,
+        frames=tuple(
+            FrameSeries(
+                bus=f.bus,
+                arbitration_id=f.arbitration_id,
+                t_ns=list(f.t_ns),
+                data=list(f.data),
+                dropped=f.dropped,
+            )
+            for f in message.frames
+        ),
     )

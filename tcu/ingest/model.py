@@ -14,6 +14,7 @@ __all__ = [
     "Capture",
     "Catalog",
     "Column",
+    "FrameSeries",
     "HistoryQuery",
     "LossRecord",
     "QuarantinedBatch",
@@ -94,10 +95,27 @@ class Batch:
 
 
 @dataclass(frozen=True, slots=True)
+class FrameSeries:
+    """Raw CAN frames of one ``(bus, arbitration_id)`` in a capture, with absolute times."""
+
+    bus: str
+    arbitration_id: int
+    t_ns: list[int]
+    """UTC epoch nanoseconds (CAN source time), one per frame."""
+    data: list[bytes]
+    """Payload of each frame (0-64 bytes)."""
+    dropped: int = 0
+    """Frames of the window the vehicle left out (the latest ones) to fit its batch limits."""
+
+    def __len__(self) -> int:
+        return len(self.t_ns)
+
+
+@dataclass(frozen=True, slots=True)
 class Capture:
     """A validated captured event: a campaign's samples around one trigger, with absolute times.
 
-    Every sample time lies in ``[start_ns, end_ns]`` and ``start_ns <= trigger_ns <= end_ns``.
+    Every sample and frame time lies in ``[start_ns, end_ns]`` and ``start_ns <= trigger_ns <= end_ns``.
     """
 
     campaign: str
@@ -108,10 +126,16 @@ class Capture:
     columns: tuple[Column, ...]
     truncated: bool = False
     history_incomplete: bool = False
+    frames: tuple[FrameSeries, ...] = ()
+    """Raw CAN frames of the campaign's ``raw_frames`` ids, one entry per ``(bus, id)``."""
 
     @property
     def samples(self) -> int:
         return sum(len(column) for column in self.columns)
+
+    @property
+    def frame_count(self) -> int:
+        return sum(len(frames) for frames in self.frames)
 
 
 @dataclass(frozen=True, slots=True)

@@ -873,7 +873,7 @@ class SqliteSink:
                     message.series.extend(kept)
                 capture = capture_from_pb(message)
                 chunk.append(capture)
-                samples += capture.samples
+                samples += capture.samples + capture.frame_count
                 if samples >= query.chunk_samples:
                     yield chunk
                     chunk, samples = [], 0

@@ -21,7 +21,17 @@ from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.api.v1 import telemetry_pb2 as telemetry_pb
 from tcu.errors import BatchRejected, StreamRejected
 from tcu.ingest.config import IngestConfig
-from tcu.ingest.model import Batch, CampaignRef, Capture, Catalog, Column, LossRecord, SignalDef, ValueKind
+from tcu.ingest.model import (
+    Batch,
+    CampaignRef,
+    Capture,
+    Catalog,
+    Column,
+    FrameSeries,
+    LossRecord,
+    SignalDef,
+    ValueKind,
+)
 
 __all__ = [
     "INT64_MAX",
@@ -36,6 +46,7 @@ __all__ = [
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+MAX_FRAME_PAYLOAD_BYTES = 64  # CAN FD
 
 _KINDS = {
     telemetry_pb.VALUE_TYPE_DOUBLE: ValueKind.DOUBLE,
@@ -214,6 +225,7 @@ def validate_batch(session: Session, batch: telemetry_pb.TelemetryBatch, limits:
                 ),
                 truncated=event.truncated,
                 history_incomplete=event.history_incomplete,
+                frames=_frames(where, event, limits, budget=budget),
             )
         )
     return Batch(
@@ -324,3 +336,53 @@ def _columns(
             )
         )
     return tuple(columns)
+
+
+def _frames(
+    label: str, event: telemetry_pb.CapturedEvent, limits: Limits, *, budget: _Budget
+) -> tuple[FrameSeries, ...]:
+    """Check an event's raw CAN frames and make their times absolute (``start_ns + offset``).
+
+    Each frame counts as one sample against ``max_batch_samples``. Per entry: a bus
+    name, one payload (at most 64 bytes) per time, every time in ``[start_ns, end_ns]``,
+    each ``(bus, arbitration_id)`` once.
+    """
+    start_ns, end_ns = event.start_ns, event.end_ns
+    seen: set[tuple[str, int]] = set()
+    out: list[FrameSeries] = []
+    for index, frames in enumerate(event.frames):
+        where = f"{label}: raw frames #{index} (bus {frames.bus!r} id 0x{frames.arbitration_id:X})"
+        _check_text(f"{where}: bus", frames.bus, limits, required=True)
+        key = (frames.bus, frames.arbitration_id)
+        if key in seen:
+            raise BatchRejected(f"{where} appear twice")
+        seen.add(key)
+        times, payloads = len(frames.t_offset_ns), len(frames.data)
+        budget.take(label, times, limits.max_batch_samples)
+        if times != payloads:
+            raise BatchRejected(f"{where} have {times} times but {payloads} payloads")
+        for i, payload in enumerate(frames.data):
+            if len(payload) > MAX_FRAME_PAYLOAD_BYTES:
+                raise BatchRejected(
+                    f"{where}: frame #{i} has a payload of {len(payload)} bytes,"
+                    f" more than {MAX_FRAME_PAYLOAD_BYTES}"
+                )
+        offsets = frames.t_offset_ns
+        if times:
+            low, high = start_ns + min(offsets), start_ns + max(offsets)
+            if low < start_ns or high > end_ns:
+                bad = low if low < start_ns else high
+                raise BatchRejected(
+                    f"{where}: frame time {bad} (start_ns + t_offset_ns) is outside the event's"
+                    f" [start_ns {start_ns}, end_ns {end_ns}]"
+                )
+        out.append(
+            FrameSeries(
+                bus=frames.bus,
+                arbitration_id=frames.arbitration_id,
+                t_ns=[start_ns + offset for offset in offsets],
+                data=list(frames.data),
+                dropped=frames.dropped,
+            )
+        )
+    return tuple(out)
