@@ -6,6 +6,14 @@ per signal by source time, so a sample chosen by both travels once. Each
 captured event becomes a batch of its own, spooled with its campaign's
 priority, so eviction under a full spool takes bulk periodic data before
 events.
+
+An event's raw CAN frames (``raw_frames``) travel in the same batch
+(``CapturedEvent.frames``). So that one event batch always fits the uplink's and
+the ingest's default limits (16 MiB messages, 1,000,000 samples), an event
+carries at most :data:`MAX_EVENT_FRAMES` frames and about
+:data:`MAX_EVENT_FRAME_BYTES` bytes of them: beyond that the latest frames of
+the window are left out, counted per id in ``CapturedFrames.dropped`` and logged,
+never silently.
 """
 
 from __future__ import annotations
@@ -21,14 +29,18 @@ from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.api.v1 import telemetry_pb2 as telemetry_pb
 from tcu.collect.buffer import frame_rates_from_dbc, rates_from_dbc
 from tcu.collect.campaign import Campaign, load_campaigns, parse_campaigns, validate
-from tcu.collect.engine import CampaignEngine, CapturedEvent
+from tcu.collect.engine import CampaignEngine, CapturedEvent, CapturedFrames
 from tcu.config import CampaignSettings
 from tcu.signals.decoder import SignalColumns
 from tcu.signals.mapping import Catalog
 
-__all__ = ["CampaignRuntime", "merge_columns"]
+__all__ = ["MAX_EVENT_FRAMES", "MAX_EVENT_FRAME_BYTES", "CampaignRuntime", "encode_frames", "merge_columns"]
 
 log = logging.getLogger(__name__)
+
+MAX_EVENT_FRAMES = 250_000
+MAX_EVENT_FRAME_BYTES = 8 * 1024 * 1024
+_FRAME_OVERHEAD_BYTES = 13  # upper bound per frame: packed sint64 offset (<= 10) + data tag and length
 
 
 def merge_columns(a: SignalColumns, b: SignalColumns) -> SignalColumns:
@@ -76,6 +88,7 @@ class CampaignRuntime:
             frame_rates=frame_rates_from_dbc(databases),
         )
         self.events_captured = 0
+        self.frames_dropped = 0
         log.info("campaigns: %s", ", ".join(f"{n} v{v}" for n, v in self.engine.active()) or "none")
 
     def replace_from_text(self, text: str, *, origin: str) -> list[CapturedEvent]:
@@ -115,4 +128,47 @@ class CampaignRuntime:
             column = captured.columns.add(signal_id=sid)
             column.t_offset_ns.extend((t_ns - event.start_t_ns).tolist())
             column.double_values.extend(values.tolist())
+        dropped = encode_frames(captured, event.frames, event.start_t_ns)
+        if dropped:
+            self.frames_dropped += dropped
+            log.warning(
+                "event %s v%d at %d: %d raw frames of the window left out (the latest) to keep the"
+                " event under %d frames / %d bytes; counted in CapturedFrames.dropped",
+                event.campaign,
+                event.version,
+                event.trigger_t_ns,
+                dropped,
+                MAX_EVENT_FRAMES,
+                MAX_EVENT_FRAME_BYTES,
+            )
         return batch.SerializeToString()
+
+
+def encode_frames(
+    captured: telemetry_pb.CapturedEvent,
+    frames: Sequence[CapturedFrames],
+    start_ns: int,
+    *,
+    max_frames: int = MAX_EVENT_FRAMES,
+    max_bytes: int = MAX_EVENT_FRAME_BYTES,
+) -> int:
+    """Add an event's raw frames to ``captured`` (offsets from ``start_ns``); returns how many were left out.
+
+    Within the bounds every frame is kept. Beyond them the earliest frames of all
+    ids together (by source time) are kept and the rest counted per id in ``dropped``.
+    """
+    counts = [len(f.data) for f in frames]
+    total = sum(counts)
+    sizes = np.fromiter((len(d) + _FRAME_OVERHEAD_BYTES for f in frames for d in f.data), np.int64, total)
+    keep = counts
+    if total > max_frames or int(sizes.sum()) > max_bytes:
+        order = np.argsort(np.concatenate([f.t_ns for f in frames]), kind="stable")
+        fits = (np.cumsum(sizes[order]) <= max_bytes) & (np.arange(1, total + 1) <= max_frames)
+        kept = int(np.count_nonzero(fits))  # a prefix of ``order``: both sums only grow
+        owner = np.repeat(np.arange(len(frames)), counts)
+        keep = np.bincount(owner[order[:kept]], minlength=len(frames)).tolist()
+    for f, n in zip(frames, keep, strict=True):
+        entry = captured.frames.add(bus=f.bus, arbitration_id=f.arbitration_id, dropped=len(f.data) - n)
+        entry.t_offset_ns.extend((f.t_ns[:n] - start_ns).tolist())
+        entry.data.extend(f.data[:n])
+    return total - sum(keep)

@@ -46,8 +46,19 @@ def format_update(update: fleet_pb.SignalUpdate) -> str:
         value = s.double_values[-1] if s.double_values else (s.string_values[-1] if s.string_values else "")
         shown = f"{value:.6g}" if isinstance(value, float) else str(value)
         parts.append(f"{s.name}={shown}{(' ' + s.unit) if s.unit else ''}")
-    when = datetime.fromtimestamp(latest_ns / 1e9, tz=UTC).strftime("%H:%M:%S.%f")[:-3] if latest_ns else "-"
+    for e in update.events:
+        latest_ns = max(latest_ns, e.trigger_ns)
+        frames = sum(len(f.t_ns) for f in e.frames)
+        parts.append(
+            f"event {e.campaign} v{e.campaign_version} at {_clock(e.trigger_ns)}:"
+            f" {len(e.series)} signals, {frames} raw frames" + (" (truncated)" if e.truncated else "")
+        )
+    when = _clock(latest_ns) if latest_ns else "-"
     return f"{when} {update.vehicle_id} seq={update.seq} " + "  ".join(parts)
+
+
+def _clock(t_ns: int) -> str:
+    return datetime.fromtimestamp(t_ns / 1e9, tz=UTC).strftime("%H:%M:%S.%f")[:-3]
 
 
 async def watch(
