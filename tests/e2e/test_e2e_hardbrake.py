@@ -1,4 +1,4 @@
-"""`tcu demo --scenario hard-brake`: one event per braking, exact windows, periodic campaign beside it."""
+"""`tcu demo --scenario hard-brake`: one event per braking, exact windows and raw frames."""
 
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ def test_every_hard_braking_is_captured_with_its_exact_window() -> None:
     assert summary["events_captured"] == 3
     assert summary["window_errors"] == 0
     assert summary["events_unexpected"] == 0
+    # Each event carries exactly the raw ESP_Speed frames the simulator sent in its window.
+    assert summary["frame_errors"] == 0
+    assert summary["frames_captured"] > 0
     # The periodic campaign ran beside it and lost nothing.
     assert summary["samples_lost"] == 0
     assert summary["samples_stored"] == summary["samples_expected"] > 0
