@@ -173,7 +173,7 @@ class QuarantinedBatch:
     """Ingest clock (UTC epoch ns) when the batch was read from the stream."""
     payload: bytes
     catalog_id: str = ""
-    """The catalog the stream's Hello announced."""
+    """The announced catalog the batch names (the Hello's ``catalog`` when it names none of them)."""
     agent_version: str = ""
 
 

@@ -304,11 +304,12 @@ class IngestService(ingest_grpc.IngestServicer):
         except BatchRejected as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         log.info(
-            "upload from %s (boot epoch %d, catalog %s, %d signals, agent %s) via %s",
+            "upload from %s (boot epoch %d, catalog %s, %d signals, previous catalogs [%s], agent %s) via %s",
             session.vehicle_id,
             session.boot_epoch,
             session.catalog.catalog_id,
             len(session.catalog.signals),
+            ", ".join(c for c in session.catalogs if c != session.catalog.catalog_id),
             session.agent_version or "?",
             context.peer(),
         )
@@ -447,7 +448,7 @@ class IngestService(ingest_grpc.IngestServicer):
         return None
 
     def _quarantine(
-        self, session: Session, batch_bytes: bytes, epoch: int, seq: int, reason: str
+        self, session: Session, batch_bytes: bytes, epoch: int, seq: int, reason: str, *, catalog_id: str = ""
     ) -> QuarantinedBatch:
         log.warning("batch %d/%d of vehicle %s is malformed: %s", epoch, seq, session.vehicle_id, reason)
         return QuarantinedBatch(
@@ -457,7 +458,7 @@ class IngestService(ingest_grpc.IngestServicer):
             reason=reason,
             received_ns=time.time_ns(),
             payload=batch_bytes,
-            catalog_id=session.catalog.catalog_id,
+            catalog_id=catalog_id if catalog_id in session.catalogs else session.catalog.catalog_id,
             agent_version=session.agent_version,
         )
 
@@ -514,7 +515,9 @@ class IngestService(ingest_grpc.IngestServicer):
             return _Stop(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except BatchRejected as exc:  # the batch's own content: keep it, carry on
             payload = raw or message.SerializeToString()
-            return self._quarantine(session, payload, message.boot_epoch, message.seq, str(exc))
+            return self._quarantine(
+                session, payload, message.boot_epoch, message.seq, str(exc), catalog_id=message.catalog_id
+            )
 
     async def _read(
         self,

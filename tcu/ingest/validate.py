@@ -5,7 +5,7 @@ names the batch, the signal and what was wrong, e.g.
 ``batch seq 7: column for signal 12 (Vehicle.Speed) has 5 times but 4 values``.
 
 :func:`validate_batch` tells two kinds apart. A batch that does not belong on its
-stream (another vehicle, a catalog other than the Hello's, no usable
+stream (another vehicle, a catalog the Hello did not announce, no usable
 ``(boot_epoch, seq)`` identity) raises :class:`~tcu.errors.StreamRejected`: the
 stream ends. Any other problem is one of the batch's own content (columns, signal
 ids, value types, limits, events) and raises a plain ``BatchRejected``: the ingest
@@ -14,7 +14,7 @@ keeps that batch in quarantine and the stream carries on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from tcu.api.v1 import ingest_pb2 as ingest_pb
@@ -63,6 +63,8 @@ class Limits:
     max_batch_samples: int = 1_000_000
     max_string_bytes: int = 4096
     max_checkin_campaigns: int = 4096
+    max_previous_catalogs: int = 16
+    """``Hello.previous_catalogs``: older catalogs whose batches still wait in the vehicle's spool."""
 
     @classmethod
     def from_config(cls, config: IngestConfig) -> Limits:
@@ -81,7 +83,10 @@ class Session:
     vehicle_id: str
     boot_epoch: int
     catalog: Catalog
+    """The vehicle's current catalog (``Hello.catalog``)."""
     agent_version: str
+    catalogs: Mapping[str, Catalog]
+    """Every announced catalog by id: the current one and ``Hello.previous_catalogs``."""
 
 
 def _check_text(what: str, value: str, limits: Limits, *, required: bool) -> None:
@@ -92,23 +97,50 @@ def _check_text(what: str, value: str, limits: Limits, *, required: bool) -> Non
 
 
 def validate_hello(hello: ingest_pb.Hello, limits: Limits) -> Session:
-    """Check a stream's first message and build its catalog."""
+    """Check a stream's first message and build its catalogs.
+
+    ``previous_catalogs`` (older catalogs that spooled batches were built with) are
+    checked like ``catalog``; at most ``limits.max_previous_catalogs``, each id once.
+    """
     _check_text("hello: vehicle_id", hello.vehicle_id, limits, required=True)
     if hello.boot_epoch > INT64_MAX:
         raise BatchRejected(f"hello: boot_epoch {hello.boot_epoch} is above {INT64_MAX}")
     if not hello.HasField("catalog"):
         raise BatchRejected(f"hello from vehicle {hello.vehicle_id!r}: no catalog")
-    catalog = hello.catalog
-    _check_text("hello: catalog.catalog_id", catalog.catalog_id, limits, required=True)
+    if len(hello.previous_catalogs) > limits.max_previous_catalogs:
+        raise BatchRejected(
+            f"hello from vehicle {hello.vehicle_id!r}: {len(hello.previous_catalogs)} previous catalogs,"
+            f" more than {limits.max_previous_catalogs}"
+        )
+    catalog = _catalog("hello: catalog", hello.catalog, limits)
+    catalogs = {catalog.catalog_id: catalog}
+    for index, message in enumerate(hello.previous_catalogs):
+        previous = _catalog(f"hello: previous catalog #{index}", message, limits)
+        if previous.catalog_id in catalogs:
+            raise BatchRejected(
+                f"hello: previous catalog #{index}: catalog {previous.catalog_id} is announced twice"
+            )
+        catalogs[previous.catalog_id] = previous
+    return Session(
+        vehicle_id=hello.vehicle_id,
+        boot_epoch=hello.boot_epoch,
+        catalog=catalog,
+        agent_version=hello.agent_version,
+        catalogs=catalogs,
+    )
+
+
+def _catalog(what: str, catalog: telemetry_pb.SignalCatalog, limits: Limits) -> Catalog:
+    _check_text(f"{what}.catalog_id", catalog.catalog_id, limits, required=True)
     if len(catalog.signals) > limits.max_catalog_signals:
         raise BatchRejected(
-            f"hello: catalog {catalog.catalog_id} has {len(catalog.signals)} signals,"
+            f"{what} {catalog.catalog_id} has {len(catalog.signals)} signals,"
             f" more than {limits.max_catalog_signals}"
         )
     signals: dict[int, SignalDef] = {}
     names: set[str] = set()
     for index, info in enumerate(catalog.signals):
-        where = f"hello: catalog {catalog.catalog_id} signal #{index} (id {info.signal_id})"
+        where = f"{what} {catalog.catalog_id} signal #{index} (id {info.signal_id})"
         _check_text(f"{where}: name", info.name, limits, required=True)
         _check_text(f"{where}: unit", info.unit, limits, required=False)
         _check_text(f"{where}: source", info.source, limits, required=False)
@@ -129,12 +161,7 @@ def validate_hello(hello: ingest_pb.Hello, limits: Limits) -> Session:
             resolution=info.resolution,
             period_ms=info.period_ms,
         )
-    return Session(
-        vehicle_id=hello.vehicle_id,
-        boot_epoch=hello.boot_epoch,
-        catalog=Catalog(catalog_id=catalog.catalog_id, signals=signals),
-        agent_version=hello.agent_version,
-    )
+    return Catalog(catalog_id=catalog.catalog_id, signals=signals)
 
 
 def validate_checkin(session: Session, checkin: ingest_pb.CheckIn, limits: Limits) -> tuple[CampaignRef, ...]:
@@ -157,7 +184,9 @@ def validate_batch(session: Session, batch: telemetry_pb.TelemetryBatch, limits:
     """Check one batch against its stream's Hello and turn it into absolute-time columns.
 
     A batch may carry another boot epoch than the Hello (spooled batches of an
-    earlier boot); vehicle and catalog must be the announced ones.
+    earlier boot); its vehicle must be the stream's and its catalog one the Hello
+    announced (``catalog`` or one of ``previous_catalogs``), whose signals its columns
+    are read against.
 
     Raises :class:`~tcu.errors.StreamRejected` when the batch does not belong on the
     stream (see the module doc) and a plain ``BatchRejected`` for its own content.
@@ -188,10 +217,17 @@ def validate_batch(session: Session, batch: telemetry_pb.TelemetryBatch, limits:
                 payload_bytes=batch.loss.payload_bytes,
             ),
         )
-    if batch.catalog_id != catalog.catalog_id:
+    announced = session.catalogs.get(batch.catalog_id)
+    if announced is None:
+        if len(session.catalogs) > 1:
+            known = ", ".join(repr(c) for c in session.catalogs)
+            raise StreamRejected(
+                f"{label}: catalog_id {batch.catalog_id!r} is none of the announced catalogs ({known})"
+            )
         raise StreamRejected(
             f"{label}: catalog_id {batch.catalog_id!r} is not the announced catalog {catalog.catalog_id!r}"
         )
+    catalog = announced
     columns_total = len(batch.columns) + sum(len(event.columns) for event in batch.events)
     if columns_total > limits.max_batch_columns:
         raise BatchRejected(f"{label}: {columns_total} columns, more than {limits.max_batch_columns}")
