@@ -26,6 +26,7 @@ import can
 
 from tcu import __version__
 from tcu.agent.campaigns import CampaignRuntime, merge_columns
+from tcu.agent.catalogs import CatalogFileError, CatalogFiles
 from tcu.agent.commands import CommandHandler
 from tcu.agent.health import SpoolHealth
 from tcu.agent.outbox import SpoolOutbox
@@ -43,9 +44,12 @@ from tcu.signals.mapping import Catalog, build_catalog, load_mapping
 from tcu.spool import Spool, SpoolConfig, SpoolError
 from tcu.uplink import MemoryOutbox, Outbox, Uplink
 
-__all__ = ["Agent", "AgentStats", "catalog_message", "open_outbox"]
+__all__ = ["MAX_PREVIOUS_CATALOGS", "Agent", "AgentStats", "catalog_message", "open_outbox"]
 
 log = logging.getLogger(__name__)
+
+MAX_PREVIOUS_CATALOGS = 16
+"""The most older catalogs one Hello announces (the ingest's limit)."""
 
 
 @dataclass(slots=True)
@@ -165,12 +169,17 @@ class Agent:
             )
             for b in config.buses
         ]
-        hello = ingest_pb.Hello(
-            vehicle_id=config.vehicle_id,
-            boot_epoch=self.outbox.boot_epoch,
-            catalog=catalog_message(self.catalog),
-            agent_version=__version__,
-        )
+        # Catalogs of batches still in the spool (written by an agent with other DBCs or mapping).
+        self._catalog_message = catalog_message(self.catalog)
+        self.catalog_files: CatalogFiles | None = None
+        self.previous_catalogs: list[telemetry_pb.SignalCatalog] = []
+        self._catalog_saved = True
+        self._catalog_save_failed = False
+        if isinstance(self.outbox, SpoolOutbox):
+            self.catalog_files = CatalogFiles(self.outbox.spool.config.directory / "catalogs")
+            self.previous_catalogs = self._load_previous_catalogs()
+            self._catalog_saved = False
+            self._save_catalog()
         self.campaigns: CampaignRuntime | None = None
         if config.campaigns is not None or config.commands is not None:
             self.campaigns = CampaignRuntime(
@@ -183,10 +192,11 @@ class Agent:
         self.commands: CommandHandler | None = None
         self.uplink = Uplink(
             config.uplink,
-            hello=hello,
+            hello=self.hello(),
             outbox=self.outbox,
             on_command=self._on_command if config.commands is not None else None,
             checkin=self.campaigns.checkin if self.campaigns is not None else None,
+            on_ack=self._on_ack if self.previous_catalogs else None,
         )
         if config.commands is not None:
             self.commands = CommandHandler(config.commands, config.vehicle_id, self.uplink.send)
@@ -201,6 +211,86 @@ class Agent:
             self.catalog.catalog_id,
             self.outbox.boot_epoch,
         )
+
+    def hello(self) -> ingest_pb.Hello:
+        """The Hello of the next Upload stream: the catalog and the older ones still in the spool."""
+        return ingest_pb.Hello(
+            vehicle_id=self.config.vehicle_id,
+            boot_epoch=self.outbox.boot_epoch,
+            catalog=self._catalog_message,
+            agent_version=__version__,
+            previous_catalogs=self.previous_catalogs,
+        )
+
+    def _load_previous_catalogs(self) -> list[telemetry_pb.SignalCatalog]:
+        """The persisted catalogs other than the current one; their files go when the spool is empty."""
+        assert self.catalog_files is not None
+        current = self.catalog.catalog_id
+        stored = self.catalog_files.load()
+        stored.pop(current, None)
+        if self.outbox.unacked() == 0:
+            removed = self.catalog_files.remove_except(current)
+            if removed:
+                log.info("spool is empty: removed the files of earlier catalogs %s", ", ".join(removed))
+            return []
+        if not stored:
+            return []
+        newest = sorted(stored, key=self._catalog_mtime, reverse=True)
+        kept, left_out = newest[:MAX_PREVIOUS_CATALOGS], newest[MAX_PREVIOUS_CATALOGS:]
+        if left_out:
+            log.error(
+                "%d earlier catalogs have batches in the spool; a Hello announces at most %d, so batches"
+                " of %s will be refused by the ingest",
+                len(stored),
+                MAX_PREVIOUS_CATALOGS,
+                ", ".join(left_out),
+            )
+        log.info(
+            "catalog %s is new; %d unacked batches may be of earlier catalogs %s, announced in the Hello",
+            current,
+            self.outbox.unacked(),
+            ", ".join(kept),
+        )
+        return [stored[catalog_id] for catalog_id in kept]
+
+    def _catalog_mtime(self, catalog_id: str) -> float:
+        assert self.catalog_files is not None
+        try:
+            return self.catalog_files.path(catalog_id).stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def _save_catalog(self) -> None:
+        """Persist the current catalog before its first batch goes to the spool (retried until it works)."""
+        if self._catalog_saved or self.catalog_files is None:
+            return
+        try:
+            self.catalog_files.save(self._catalog_message)
+        except CatalogFileError as exc:
+            if not self._catalog_save_failed:  # once; retried before every batch
+                log.error(
+                    "%s; batches are spooled anyway, but if the DBCs or mapping change before they are"
+                    " acked, the next agent cannot announce their catalog and the ingest refuses them",
+                    exc,
+                )
+            self._catalog_save_failed = True
+            return
+        if self._catalog_save_failed:
+            log.warning("catalog %s written after all", self.catalog.catalog_id)
+        self._catalog_saved = True
+
+    def _on_ack(self) -> None:
+        """Once the spool holds no unacked batch, earlier catalogs are no longer needed."""
+        if not self.previous_catalogs or self.outbox.unacked() or self.catalog_files is None:
+            return
+        removed = self.catalog_files.remove_except(self.catalog.catalog_id)
+        log.info(
+            "every spooled batch is acked: earlier catalogs %s are no longer announced (%d files removed)",
+            ", ".join(c.catalog_id for c in self.previous_catalogs),
+            len(removed),
+        )
+        self.previous_catalogs = []
+        self.uplink.set_hello(self.hello())
 
     def stats(self) -> AgentStats:
         d = self.decoder.stats
@@ -306,6 +396,7 @@ class Agent:
         """Hand one batch to the outbox, waiting for acks while it is full (its stated policy)."""
         while self.outbox.space() <= 0:
             await self.uplink.wait_acked()
+        self._save_catalog()
         self.outbox.append(payload, priority=max(0, min(255, priority)), created_ns=time.time_ns())
         self._batches_built += 1
 

@@ -22,7 +22,7 @@ import hashlib
 import json
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ __all__ = [
     "MappingEntry",
     "SignalSpec",
     "build_catalog",
+    "catalog_hash",
     "load_mapping",
     "toml_error_line",
 ]
@@ -243,8 +244,14 @@ def build_catalog(
                 origin=x.origin,
             )
         )
-    canonical = json.dumps(
-        [[s.signal_id, s.name, s.unit, s.source, s.period_ms, s.resolution, s.value_type] for s in specs],
-        separators=(",", ":"),
+    catalog_id = catalog_hash(
+        (s.signal_id, s.name, s.unit, s.source, s.period_ms, s.resolution, s.value_type) for s in specs
     )
-    return Catalog(tuple(specs), hashlib.sha256(canonical.encode()).hexdigest()[:16])
+    return Catalog(tuple(specs), catalog_id)
+
+
+def catalog_hash(signals: Iterable[tuple[int, str, str, str, int, float, str]]) -> str:
+    """The catalog id: a hash of ``(signal_id, name, unit, source, period_ms, resolution,
+    value_type)`` per signal, in catalog order (so a stored catalog can be checked against its id)."""
+    canonical = json.dumps([list(row) for row in signals], separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

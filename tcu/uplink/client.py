@@ -145,6 +145,7 @@ class Uplink:
         window: int = 64,
         on_command: Callable[[ingest_pb.VehicleCommand], None] | None = None,
         checkin: Callable[[], ingest_pb.CheckIn | None] | None = None,
+        on_ack: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.stats = UplinkStats()
@@ -153,6 +154,7 @@ class Uplink:
         self._window = window
         self._on_command = on_command
         self._checkin = checkin
+        self._on_ack = on_ack
         # Messages other than batches (command results, check-ins), sent before the next batch.
         # Bounded: a result for a stream that died is useless to the backend after its timeout.
         self._control: collections.deque[bytes] = collections.deque(maxlen=256)
@@ -162,6 +164,10 @@ class Uplink:
         # A spool reopened after a restart was acked up to some seq by an earlier process: the
         # in-flight window counts from there (from 0 it would wait forever for an ack).
         self.stats.acked_seq = outbox.acked_seq
+
+    def set_hello(self, hello: ingest_pb.Hello) -> None:
+        """Use this Hello from the next stream on (the open stream keeps the one it sent)."""
+        self._hello = ingest_pb.UploadRequest(hello=hello).SerializeToString()
 
     def notify(self) -> None:
         """Tell the uplink that the outbox has a new batch."""
@@ -287,6 +293,8 @@ class Uplink:
                 self.stats.batches_acked += removed
                 self.stats.acked_seq = max(self.stats.acked_seq, ack.acked_seq)
                 self._acked.set()
+                if self._on_ack is not None:
+                    self._on_ack()
             elif response.HasField("command"):
                 command = response.command
                 if self._on_command is not None:
