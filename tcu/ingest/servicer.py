@@ -8,9 +8,10 @@ and submitting batches (up to ``pipeline_depth`` unacked) while earlier ones
 commit; an acker task awaits them in arrival order and queues their acks.
 
 Malformed batches (:mod:`tcu.ingest.validate`): a problem of the stream (a batch
-of another vehicle or catalog, no usable ``(boot_epoch, seq)``) ends only that
-stream with INVALID_ARGUMENT (PERMISSION_DENIED against the certificate), after
-the batches before it are acked. A problem of one batch's own content (column
+of another vehicle or of a catalog the Hello did not announce in ``catalog`` or
+``previous_catalogs``, no usable ``(boot_epoch, seq)``) ends only that stream
+with INVALID_ARGUMENT (PERMISSION_DENIED against the certificate), after the
+batches before it are acked. A problem of one batch's own content (column
 lengths, signal ids, value types, limits, events, bytes that do not decode) puts
 that batch in quarantine instead: its bytes as received go to the sink with the
 reason (:meth:`~tcu.ingest.store.Sink.quarantine`, committed like any batch), and
