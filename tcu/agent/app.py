@@ -240,7 +240,7 @@ class Agent:
         if left_out:
             log.error(
                 "%d earlier catalogs have batches in the spool; a Hello announces at most %d, so batches"
-                " of %s will be refused by the ingest",
+                " of %s will be quarantined undecoded by the ingest",
                 len(stored),
                 MAX_PREVIOUS_CATALOGS,
                 ", ".join(left_out),
@@ -270,7 +270,7 @@ class Agent:
             if not self._catalog_save_failed:  # once; retried before every batch
                 log.error(
                     "%s; batches are spooled anyway, but if the DBCs or mapping change before they are"
-                    " acked, the next agent cannot announce their catalog and the ingest refuses them",
+                    " acked, the next agent cannot announce their catalog and the ingest quarantines them",
                     exc,
                 )
             self._catalog_save_failed = True

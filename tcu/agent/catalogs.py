@@ -13,8 +13,8 @@ batch.
 A file that cannot be read or parsed, or whose content is not the catalog its name
 says (the id is a hash of the signals, so a damaged or truncated file is caught),
 is logged (path and reason) and skipped, never fatal: spooled batches of that
-catalog are then refused by the ingest (the stream ends at the first of them, as
-for any batch of a catalog the Hello did not announce).
+catalog are then quarantined by the ingest (kept as bytes, not decoded, as for any
+batch of a catalog the Hello did not announce).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class CatalogFiles:
                     continue
             log.error(
                 "catalog file %s skipped: %s; spooled batches of catalog %s cannot be announced, so the"
-                " ingest will refuse them and end the stream at the first one",
+                " ingest will quarantine them undecoded",
                 path,
                 problem,
                 catalog_id,

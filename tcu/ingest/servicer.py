@@ -8,8 +8,7 @@ and submitting batches (up to ``pipeline_depth`` unacked) while earlier ones
 commit; an acker task awaits them in arrival order and queues their acks.
 
 Malformed batches (:mod:`tcu.ingest.validate`): a problem of the stream (a batch
-of another vehicle or of a catalog the Hello did not announce in ``catalog`` or
-``previous_catalogs``, no usable ``(boot_epoch, seq)``) ends only that stream
+of another vehicle, no usable ``(boot_epoch, seq)``) ends only that stream
 with INVALID_ARGUMENT (PERMISSION_DENIED against the certificate), after the
 batches before it are acked. A problem of one batch's own content (column
 lengths, signal ids, value types, limits, events, bytes that do not decode) puts
@@ -459,7 +458,7 @@ class IngestService(ingest_grpc.IngestServicer):
             reason=reason,
             received_ns=time.time_ns(),
             payload=batch_bytes,
-            catalog_id=catalog_id if catalog_id in session.catalogs else session.catalog.catalog_id,
+            catalog_id=catalog_id or session.catalog.catalog_id,  # as the batch claims it
             agent_version=session.agent_version,
         )
 

@@ -5,11 +5,13 @@ names the batch, the signal and what was wrong, e.g.
 ``batch seq 7: column for signal 12 (Vehicle.Speed) has 5 times but 4 values``.
 
 :func:`validate_batch` tells two kinds apart. A batch that does not belong on its
-stream (another vehicle, a catalog the Hello did not announce, no usable
-``(boot_epoch, seq)`` identity) raises :class:`~tcu.errors.StreamRejected`: the
-stream ends. Any other problem is one of the batch's own content (columns, signal
-ids, value types, limits, events) and raises a plain ``BatchRejected``: the ingest
-keeps that batch in quarantine and the stream carries on.
+stream (another vehicle, no usable ``(boot_epoch, seq)`` identity) raises
+:class:`~tcu.errors.StreamRejected`: the stream ends. Any other problem is one of the
+batch's own content (a catalog the Hello did not announce, columns, signal ids, value
+types, limits, events) and raises a plain ``BatchRejected``: the ingest keeps that
+batch in quarantine (its bytes, for a later decode) and the stream carries on. A
+batch of an unannounced catalog is content, not stream: ending the stream would make
+the agent resend it forever and strand every later batch behind it.
 """
 
 from __future__ import annotations
@@ -221,10 +223,10 @@ def validate_batch(session: Session, batch: telemetry_pb.TelemetryBatch, limits:
     if announced is None:
         if len(session.catalogs) > 1:
             known = ", ".join(repr(c) for c in session.catalogs)
-            raise StreamRejected(
+            raise BatchRejected(
                 f"{label}: catalog_id {batch.catalog_id!r} is none of the announced catalogs ({known})"
             )
-        raise StreamRejected(
+        raise BatchRejected(
             f"{label}: catalog_id {batch.catalog_id!r} is not the announced catalog {catalog.catalog_id!r}"
         )
     catalog = announced

@@ -251,7 +251,7 @@ def test_a_corrupt_catalog_file_is_reported_and_skipped(
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
     assert str(path) in errors[0] and reason in errors[0]
-    assert "the ingest will refuse them" in errors[0]
+    assert "the ingest will quarantine them undecoded" in errors[0]
     # The current catalog is still written; the damaged file is left for inspection.
     assert (path.parent / f"{second.catalog.catalog_id}.pb").exists()
     assert path.exists()

@@ -54,8 +54,14 @@ def test_fuzz_ingest_tells_content_problems_from_stream_problems():
     with pytest.raises(BatchRejected) as caught:
         validate_batch(session, content.batch, Limits())
     assert not isinstance(caught.value, StreamRejected)
+    unannounced = ingest_pb.UploadRequest()  # a catalog the Hello did not announce: content too
+    unannounced.CopyFrom(request)
+    unannounced.batch.catalog_id = "cat-2"
+    with pytest.raises(BatchRejected, match="is not the announced catalog") as caught:
+        validate_batch(session, unannounced.batch, Limits())
+    assert not isinstance(caught.value, StreamRejected)
 
-    for field, value in (("vehicle_id", "VIN0002"), ("catalog_id", "cat-2"), ("seq", 0)):
+    for field, value in (("vehicle_id", "VIN0002"), ("seq", 0)):
         stream = ingest_pb.UploadRequest()
         stream.CopyFrom(request)
         setattr(stream.batch, field, value)

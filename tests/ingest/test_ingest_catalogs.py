@@ -115,29 +115,31 @@ async def _until(predicate: Any, timeout_s: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_a_batch_of_an_unannounced_catalog_still_ends_the_stream(running: Any, kit: Any) -> None:
+async def test_a_batch_of_an_unannounced_catalog_is_quarantined_and_the_stream_goes_on(
+    running: Any, kit: Any
+) -> None:
+    """Ending the stream would make the agent resend it forever; its bytes are kept instead."""
     call = await open_with(running, kit, "veh-1", [OLD])
     await call.write(kit.batch("veh-1", 1, catalog_id="cat-old"))
     assert (await kit.ack_of(call)).acked_seq == 1
     await call.write(kit.batch("veh-1", 2, catalog_id="cat-other"))
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call.read()
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert caught.value.details() == (
-        "batch seq 2: catalog_id 'cat-other' is none of the announced catalogs ('cat-test-1', 'cat-old')"
-    )
-    assert rows(running.config.db_path, "SELECT seq FROM batches") == [(1,)]
-    assert rows(running.config.db_path, "SELECT count(*) FROM quarantine") == [(0,)]
+    ack = await kit.ack_of(call)
+    assert ack.acked_seq == 2
+    assert [(q.seq, q.reason) for q in ack.quarantined] == [
+        (2, "batch seq 2: catalog_id 'cat-other' is none of the announced catalogs ('cat-test-1', 'cat-old')")
+    ]
+    await call.write(kit.batch("veh-1", 3))
+    assert (await kit.ack_of(call)).acked_seq == 3
+    assert rows(running.config.db_path, "SELECT seq FROM batches ORDER BY seq") == [(1,), (3,)]
+    assert rows(running.config.db_path, "SELECT seq, catalog_id FROM quarantine") == [(2, "cat-other")]
 
-    # Without previous catalogs, a batch of the old one is refused as before.
+    # Without previous catalogs, a batch of the old one is quarantined the same way.
     plain = await running.open_upload("veh-2")
     await plain.write(kit.batch("veh-2", 1, catalog_id="cat-old"))
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await plain.read()
-    assert (
-        caught.value.details()
-        == "batch seq 1: catalog_id 'cat-old' is not the announced catalog 'cat-test-1'"
-    )
+    ack = await kit.ack_of(plain)
+    assert [(q.seq, q.reason) for q in ack.quarantined] == [
+        (1, "batch seq 1: catalog_id 'cat-old' is not the announced catalog 'cat-test-1'")
+    ]
 
 
 async def test_a_malformed_batch_of_a_previous_catalog_is_quarantined_under_that_catalog(

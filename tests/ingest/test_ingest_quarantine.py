@@ -183,13 +183,11 @@ async def test_undecodable_batch_is_quarantined_under_the_uplinks_stamp(running:
 
 async def test_problem_of_the_stream_is_not_quarantined(running: Any, kit: Any) -> None:
     call = await running.open_upload("veh-1")
-    await call.write(kit.batch("veh-1", 1, catalog_id="cat-other"))
+    await call.write(kit.batch("veh-other", 1))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call.read()
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert caught.value.details() == (
-        "batch seq 1: catalog_id 'cat-other' is not the announced catalog 'cat-test-1'"
-    )
+    assert caught.value.details() == "batch seq 1: vehicle_id 'veh-other' is not the stream's vehicle 'veh-1'"
     headless = running.ingest.Upload(timeout=10)
     await headless.write(length_mismatch(kit, "veh-1", 1))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
