@@ -15,7 +15,6 @@ import asyncio
 import importlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -38,6 +37,7 @@ from tcu.collect import BatchBuilder, PeriodicSampler
 from tcu.collect.engine import CapturedEvent
 from tcu.config import AgentConfig, BusConfig, CampaignSettings
 from tcu.errors import InputError
+from tcu.fsutil import write_atomic
 from tcu.signals.dbc import load_dbc
 from tcu.signals.decoder import SignalDecoder
 from tcu.signals.mapping import Catalog, build_catalog, load_mapping
@@ -430,6 +430,4 @@ class Agent:
     def _write_stats(self, stats: AgentStats) -> None:
         if self.stats_path is None:
             return
-        tmp = self.stats_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(stats)))
-        os.replace(tmp, self.stats_path)
+        write_atomic(self.stats_path, json.dumps(asdict(stats)).encode(), durable=False)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from google.protobuf.message import DecodeError
 
 from tcu.api.v1 import telemetry_pb2 as telemetry_pb
 from tcu.errors import TcuError
+from tcu.fsutil import fsync_directory, write_atomic
 from tcu.signals.mapping import catalog_hash
 
 __all__ = ["CatalogFileError", "CatalogFiles", "content_hash"]
@@ -108,23 +108,10 @@ class CatalogFiles:
         if not _SAFE_ID.fullmatch(catalog.catalog_id):
             raise CatalogFileError(f"catalog id {catalog.catalog_id!r} cannot be a file name")
         path = self.path(catalog.catalog_id)
-        tmp = path.with_name(path.name + ".tmp")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                data = catalog.SerializeToString(deterministic=True)
-                written = 0
-                while written < len(data):
-                    written += os.write(fd, data[written:])
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            self._sync_directory()
+            write_atomic(path, catalog.SerializeToString(deterministic=True))
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
             raise CatalogFileError(f"{path}: cannot write catalog file: {exc.strerror or exc}") from exc
 
     def remove_except(self, keep_id: str) -> list[str]:
@@ -149,12 +136,5 @@ class CatalogFiles:
                 removed.append(path.name[: -len(_SUFFIX)])
         if removed:
             with contextlib.suppress(OSError):
-                self._sync_directory()
+                fsync_directory(self.directory)
         return removed
-
-    def _sync_directory(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

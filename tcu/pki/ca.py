@@ -24,12 +24,10 @@ All methods do blocking file I/O; call them from a thread when an event loop run
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import ipaddress
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tcu.fsutil import write_atomic
 from tcu.pki._errors import PkiError
 from tcu.pki.identity import PeerKind, check_name, identity_from_certificate, identity_uri
 
@@ -59,18 +58,7 @@ def _now() -> dt.datetime:
 def _write_atomic(path: Path, data: bytes, mode: int, *, force: bool) -> None:
     if path.exists() and not force:
         raise PkiError("exists; refusing to overwrite it (use --force / force=True)", path=str(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, data, mode=mode)
 
 
 def _read(path: Path) -> bytes:

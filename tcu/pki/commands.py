@@ -34,14 +34,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import heapq
 import json
 import logging
 import os
 import re
 import secrets
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -53,6 +51,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from tcu.fsutil import write_atomic
 from tcu.pki._errors import CommandRejected, CommandRejectReason, PkiError
 from tcu.pki.identity import check_name
 
@@ -222,17 +221,9 @@ class NonceStore:
 
     def _rewrite(self, path: Path) -> None:
         body = "".join(f"{n} {u}\n" for n, u in self._until.items()).encode("ascii")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(body)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
+            write_atomic(path, body, mode=0o600)
         except OSError as exc:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
             raise PkiError(f"cannot rewrite nonce store: {exc.strerror}", path=str(path)) from exc
         self._file_lines = len(self._until)
 

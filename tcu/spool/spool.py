@@ -54,6 +54,7 @@ from typing import Any, Literal, Self
 import zstandard
 
 from tcu.errors import ClosedResourceError, SpoolError
+from tcu.fsutil import fsync_directory, write_atomic
 from tcu.spool import _format as fmt
 from tcu.spool._slots import SlotFile
 from tcu.spool.config import SpoolConfig
@@ -511,19 +512,9 @@ class Spool:
 
     def _replace_file(self, path: Path, data: bytes) -> None:
         """Atomically replace ``path`` with ``data`` (always synced: used for rare writes)."""
-        tmp = path.with_name(path.name + ".tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                self._pwrite_all(fd, data, 0)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            self._sync_dir()
+            write_atomic(path, data)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
             raise self._os_error(path, "cannot write", exc) from exc
 
     # ------------------------------------------------------------------ ack file
@@ -819,11 +810,7 @@ class Spool:
             offset += written
 
     def _sync_dir(self) -> None:
-        fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(self._dir)
 
     def _open_read(self, path: Path) -> int:
         try:
