@@ -5,12 +5,12 @@ Hello did not announce still ends the stream; the count of previous catalogs is 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from typing import Any
 
 import grpc
 import pytest
+from ingest_helpers import rows
 
 from tcu.api.v1 import fleet_pb2 as fleet_pb
 from tcu.api.v1 import ingest_pb2_grpc as ingest_grpc
@@ -28,14 +28,6 @@ OLD = telemetry_pb.SignalCatalog(
         ),
     ],
 )
-
-
-def rows(db: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
 
 
 def hello_with(kit: Any, vehicle_id: str, previous: list[telemetry_pb.SignalCatalog]) -> Any:

@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
+from ingest_helpers import rows
 
 from tcu.api.v1 import fleet_pb2 as fleet_pb
 from tcu.api.v1 import ingest_pb2 as ingest_pb
@@ -18,14 +19,6 @@ from tcu.ingest import IngestConfig
 from tcu.uplink.client import wrap_batch
 
 UPLOAD = "/tcu.api.v1.Ingest/Upload"
-
-
-def rows(db: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
 
 
 def length_mismatch(kit: Any, vehicle: str, seq: int) -> ingest_pb.UploadRequest:

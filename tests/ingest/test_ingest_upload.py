@@ -8,17 +8,10 @@ from typing import Any
 
 import grpc
 import pytest
+from ingest_helpers import rows
 
 from tcu.api.v1 import fleet_pb2 as fleet_pb
 from tcu.ingest import IngestConfig
-
-
-def rows(db: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
 
 
 async def test_upload_is_acked_after_commit_and_in_the_file(running: Any, kit: Any) -> None:
