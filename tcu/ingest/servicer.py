@@ -70,6 +70,7 @@ from tcu.ingest.validate import (
     validate_checkin,
     validate_hello,
 )
+from tcu.logutil import RateLimitedLog
 
 __all__ = ["Identity", "IngestService", "RawUpload", "add_to_server", "no_identity", "read_upload_request"]
 
@@ -246,6 +247,7 @@ class IngestService(ingest_grpc.IngestServicer):
         self._limits = limits
         self._depth = pipeline_depth
         self._identity = identity
+        self._refusals = RateLimitedLog(log)  # per (vehicle, kind): a looping client cannot flood the log
         self._readers: set[asyncio.Task[None]] = set()
         self._closing = False
         self._rate = max_batches_per_s
@@ -336,7 +338,9 @@ class IngestService(ingest_grpc.IngestServicer):
                     if item is _EOF:
                         break
                     if isinstance(item, _Stop):
-                        log.warning(
+                        self._refusals.log(
+                            (session.vehicle_id, item.code),
+                            logging.WARNING,
                             "%supload from %s ended: %s: %s",
                             "security: " if item.code is grpc.StatusCode.PERMISSION_DENIED else "",
                             session.vehicle_id,
@@ -450,7 +454,15 @@ class IngestService(ingest_grpc.IngestServicer):
     def _quarantine(
         self, session: Session, batch_bytes: bytes, epoch: int, seq: int, reason: str, *, catalog_id: str = ""
     ) -> QuarantinedBatch:
-        log.warning("batch %d/%d of vehicle %s is malformed: %s", epoch, seq, session.vehicle_id, reason)
+        self._refusals.log(
+            (session.vehicle_id, "quarantine"),
+            logging.WARNING,
+            "batch %d/%d of vehicle %s is malformed: %s",
+            epoch,
+            seq,
+            session.vehicle_id,
+            reason,
+        )
         return QuarantinedBatch(
             vehicle_id=session.vehicle_id,
             boot_epoch=epoch,

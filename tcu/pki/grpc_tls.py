@@ -40,6 +40,7 @@ from typing import Any
 import grpc
 from cryptography import x509
 
+from tcu.logutil import RateLimitedLog
 from tcu.pki._errors import CertificateRejected, CertificateRejectReason, PkiError
 from tcu.pki.ca import load_certificate, load_crl
 from tcu.pki.identity import PeerIdentity, PeerKind, identity_from_certificate
@@ -281,6 +282,7 @@ class MtlsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._default_kinds = frozenset(default_kinds)
         self._anonymous = tuple(anonymous)
         self._clock = clock
+        self._refusals = RateLimitedLog(log)  # a client retrying a refused certificate cannot flood the log
 
     def _kinds_for(self, method: str) -> frozenset[PeerKind]:
         for prefix, kinds in self._require:
@@ -319,7 +321,9 @@ class MtlsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         try:
             self.check(ident, method, has_certificate=pem is not None)
         except CertificateRejected as exc:
-            log.warning(
+            self._refusals.log(
+                (exc.reason, ident.serial if ident is not None else context.peer()),
+                logging.WARNING,
                 "security: refused %s from %s: reason=%s identity=%s serial=%s",
                 method,
                 context.peer(),
