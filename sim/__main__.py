@@ -12,6 +12,14 @@ NMEA fixes with simulated time and position). Example::
 
     python -m sim --duration 2000 --speed 60 --modem --start-at "A31 Thionville" --ground-truth /tmp/gt.npz
 
+With ``--modem --data-proxy HOST:PORT`` the modem also has a cellular data path
+(:mod:`sim.datalink`): a TCP proxy on a free 127.0.0.1 port, named in the ready line as
+``"data_proxy": P``, that forwards to ``HOST:PORT`` (loopback only) while the modem is
+registered, cuts every connection when it loses registration and refuses new ones
+until it is registered again. ``done`` then carries the proxy's counters as
+``"data_link": {"outages": N, "connections_cut": N, "refused": N, "bytes_up": N, ...}``
+(read when the drive ends; the proxy keeps forwarding until the simulator exits).
+
 After ``ready`` the simulator waits for a socketcand client to open the channel in
 rawmode, then drives for ``--duration`` simulated seconds, writes the ground
 truth, prints ``done`` and keeps the connection open (python-can's client spins
@@ -64,9 +72,10 @@ import can
 
 from sim.border import BorderRadio, route_starting_at
 from sim.canbus import DEFAULT_DBC_PATH, DEFAULT_MAPPING_PATH, Drive, DriveConfig
+from sim.datalink import parse_loopback_target
 from sim.socketcand import SocketcandConfig, SocketcandServer
 from sim.vehicle import VehicleConfig
-from tcu.errors import BusError, TcuError
+from tcu.errors import BusError, ConfigError, TcuError
 
 log = logging.getLogger("sim")
 
@@ -87,6 +96,13 @@ def _speed(text: str) -> float | None:
     return value
 
 
+def _loopback_target(text: str) -> tuple[str, int]:
+    try:
+        return parse_loopback_target(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(f"--data-proxy: {exc}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m sim",
@@ -103,6 +119,13 @@ def _parser() -> argparse.ArgumentParser:
         "--modem",
         action="store_true",
         help="also run a modem + eUICC on a pty that follows the car across borders (sim.border)",
+    )
+    p.add_argument(
+        "--data-proxy",
+        type=_loopback_target,
+        default=None,
+        metavar="HOST:PORT",
+        help="with --modem: forward TCP from a 127.0.0.1 port to HOST:PORT while the modem is registered",
     )
     p.add_argument("--start-epoch-us", type=int, default=None, help="simulated start time (default: now)")
     p.add_argument(
@@ -248,7 +271,10 @@ def _drive_one_client(drive: Drive, server: SocketcandServer, stop: threading.Ev
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.data_proxy is not None and not args.modem:
+        parser.error("--data-proxy needs --modem")
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -283,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     # A daemon thread; the modem and its card run in a child process that ends with us.
-    radio = BorderRadio(drive, separate_process=True).start() if args.modem else None
+    radio = (
+        BorderRadio(drive, separate_process=True, data_proxy=args.data_proxy).start() if args.modem else None
+    )
     if radio is not None:
         atexit.register(radio.stop)
     _emit(
@@ -295,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             "dbc": str(DEFAULT_DBC_PATH),
             "mapping": str(DEFAULT_MAPPING_PATH),
             **({"modem": radio.port} if radio is not None else {}),
+            **({"data_proxy": radio.data_proxy_port} if radio is not None and args.data_proxy else {}),
         }
     )
     if not server.wait_for_client():
@@ -333,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         "end_us": summary.end_us,
         "interrupted": summary.interrupted,
     }
+    if radio is not None and args.data_proxy is not None:
+        done["data_link"] = radio.data_link_stats()
     if relay is not None:
         done["clients"] = server.clients
         done["dropped"] = relay.dropped

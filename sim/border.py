@@ -11,7 +11,10 @@ countries, and a :class:`BorderRadio` thread that keeps the modem in step with t
   TCU's switch there fails and must be rolled back;
 * NMEA ``$GPRMC``/``$GPGGA`` sentences carry the **simulated** time and position, so a
   TCU that takes its clock from GNSS measures dwell times and attach deadlines in
-  simulated seconds even when the drive runs faster than real time.
+  simulated seconds even when the drive runs faster than real time;
+* with ``data_proxy`` the modem also has a cellular data path (:mod:`sim.datalink`): a
+  loopback TCP proxy to the ingest that cuts its connections whenever the modem loses
+  registration (tunnel, profile switch, failed attach) and forwards again once registered.
 
 The modem's own periodic NMEA (wall-clock time) is off; :class:`BorderRadio` writes the
 sentences. Registration delays of the modem (``attach_delay_s``) are wall-clock seconds.
@@ -27,8 +30,10 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from sim.canbus import Drive
+from sim.datalink import DataLinkProxy, has_data_connection
 from sim.euicc import EuiccConfig, ProfileSpec, SimulatedEuicc
 from sim.modem import SimModemConfig, SimulatedModem
 from sim.modem_process import ModemProcess
@@ -210,6 +215,7 @@ class BorderRadio:
         attach_delay_s: float = 0.2,
         tunnel: Tunnel | None = TUNNEL,
         separate_process: bool = False,
+        data_proxy: tuple[str, int] | None = None,
     ) -> None:
         self.drive = drive
         self.period_s = period_s
@@ -217,13 +223,20 @@ class BorderRadio:
         start_country = drive.route.pose_at(0.0).country
         self.card: SimulatedEuicc | None = None
         self.modem: SimulatedModem | ModemProcess
+        self._proxy: DataLinkProxy | None = None
         if separate_process:  # python -m sim --modem: answers in time however busy the drive is
-            self.modem = ModemProcess(country=start_country, attach_delay_s=attach_delay_s)
+            self.modem = ModemProcess(
+                country=start_country, attach_delay_s=attach_delay_s, data_proxy=data_proxy
+            )
         else:
             self.card = build_card()
-            self.modem = build_modem(self.card, country=start_country, attach_delay_s=attach_delay_s)
+            modem = build_modem(self.card, country=start_country, attach_delay_s=attach_delay_s)
+            self.modem = modem
+            if data_proxy is not None:
+                self._proxy = DataLinkProxy(lambda: has_data_connection(modem), data_proxy)
         self.changes: list[tuple[int, str, bool]] = []
         """(simulated t_us, country, covered) at every change, for logs and tests."""
+        self._last_distance_m: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sim-border-radio", daemon=True)
 
@@ -231,17 +244,34 @@ class BorderRadio:
     def port(self) -> str:
         return self.modem.port
 
+    @property
+    def data_proxy_port(self) -> int | None:
+        """The modem's data path on 127.0.0.1 (:mod:`sim.datalink`), when ``data_proxy`` was given."""
+        if isinstance(self.modem, ModemProcess):
+            return self.modem.data_proxy_port
+        return self._proxy.port if self._proxy is not None else None
+
+    def data_link_stats(self) -> dict[str, Any] | None:
+        """The data path's counters (:class:`sim.datalink.DataLinkStats` plus ``up``, ``open``)."""
+        if isinstance(self.modem, ModemProcess):
+            return self.modem.data_link_stats()
+        return self._proxy.snapshot() if self._proxy is not None else None
+
     def start(self) -> BorderRadio:
         self.modem.start()
+        if self._proxy is not None:
+            self._proxy.start()
         self.update()
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        """Stop following the drive and close the modem; idempotent."""
+        """Stop following the drive and close the modem (and its data path); idempotent."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+        if self._proxy is not None:
+            self._proxy.stop()
         self.modem.stop()
 
     def __enter__(self) -> BorderRadio:
@@ -259,6 +289,14 @@ class BorderRadio:
             distance_m, speed_mps = vehicle.distance_m, vehicle.speed_mps
             t_us = start_us + round(vehicle.t_s * 1e6)
         pose, covered = conditions_at(self.drive.route, distance_m, self.tunnel)
+        passed, self._last_distance_m = self._passed_tunnel(self._last_distance_m, distance_m), distance_m
+        if passed and covered and self.modem.coverage:
+            # The whole tunnel went by between two updates (the radio thread shares the GIL
+            # with the drive and can be late by more than the tunnel's wall time): it is
+            # still a coverage hole, just a short one (the modem re-attaches after it).
+            log.info("t=%.0f s: passed the tunnel between two updates", (t_us - (start_us or t_us)) / 1e6)
+            self.changes.append((t_us, self.modem.country, False))
+            self.modem.set_coverage(False)
         if (pose.country, covered) != (self.modem.country, self.modem.coverage):
             log.info(
                 "t=%.0f s, %.2f km: %s, %s",
@@ -274,6 +312,11 @@ class BorderRadio:
         self.modem.position = (pose.lat_deg, pose.lon_deg)
         for sentence in nmea_fix(t_us, pose, speed_mps):
             self.modem.emit_raw(b"\r\n" + sentence.encode() + b"\r\n")
+
+    def _passed_tunnel(self, before_m: float | None, after_m: float) -> bool:
+        """Whether the car went from before the tunnel to after it (``before_m`` → ``after_m``)."""
+        span = _tunnel_span(self.drive.route, self.tunnel) if self.tunnel is not None else None
+        return span is not None and before_m is not None and before_m < span[0] and after_m >= span[1]
 
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):

@@ -70,6 +70,28 @@ def test_radio_follows_the_car_across_two_borders_and_a_tunnel() -> None:
     assert 1100 <= hole[-1] - hole[0] <= 1250, TUNNEL
 
 
+def test_a_tunnel_passed_between_two_updates_is_still_a_coverage_hole() -> None:
+    """A late radio thread (GIL shared with the drive) must not skip the tunnel's outage."""
+    route = route_starting_at(BORDER_START_AT)
+    before = next(d for d in range(0, int(route.length_m), 50) if not conditions_at(route, float(d))[1]) - 100
+    car = SimpleNamespace(distance_m=float(before), speed_mps=30.0, t_s=0.0)
+    drive = SimpleNamespace(vehicle=car, start_us=T0_US, route=route)
+    radio = BorderRadio(cast(Drive, drive))
+    try:
+        radio.update()
+        assert radio.modem.coverage and conditions_at(route, car.distance_m)[1]
+        car.distance_m += 2000.0  # beyond the 1.2 km tunnel in one step
+        assert conditions_at(route, car.distance_m)[1]
+        radio.update()
+        assert [covered for _, _, covered in radio.changes][-2:] == [False, True]
+        assert radio.modem.coverage
+        changes = len(radio.changes)
+        radio.update()  # no second outage for the same tunnel
+        assert len(radio.changes) == changes
+    finally:
+        radio.stop()
+
+
 def test_demo_policy_matches_the_simulated_card() -> None:
     assert {p.label: p.iccid for p in PROFILES} == DEMO_PROFILES
     policy = parse_policy(roaming_policy_toml())
