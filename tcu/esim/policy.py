@@ -25,8 +25,22 @@ Rules, in order of priority:
      Without ``preferred`` the current profile keeps roaming.
 
 4. **Cap.** At most ``max_switches_per_hour`` policy switches in any 60 minutes; a
-   switch over the cap becomes a ``hold`` decision (emitted once per reason). Rollbacks
-   and fallbacks are safety actions: they count towards the cap but are never held.
+   switch over the cap becomes a ``hold`` decision (emitted once per reason). Rollbacks,
+   fallbacks and orders are never held; they count towards the cap.
+
+**Orders.** A backend may order a profile (the signed command ``esim.enable``): the
+agent calls :meth:`RoamingPolicy.record_order` instead of :meth:`~RoamingPolicy.step`
+and executes the ``order`` decision it returns. The order is supervised like a switch:
+without registration on the ordered profile within ``attach_deadline_s`` the engine
+rolls back to the profile enabled before the order (rule 1). Once it attached, the
+order *holds*: the country rules (3) do not switch away from the ordered profile while
+the vehicle stays in the country it was ordered in (a new country counts after the
+usual hysteresis), for at most ``order_hold_s`` (default 86400 s, one day; 0: no time
+limit, only a country change ends the hold). The fallback rule (2) still applies, and
+so does anything that changes the enabled profile (the hold then ends). An order
+overrides ``retry_after_s`` and the cap; a policy switch waiting for its attach is
+replaced by the order. An order that fails (card refusal, rollback) ends no earlier
+hold: the order held before it holds again while its profile is enabled.
 
 Example (``roaming.toml``)::
 
@@ -36,6 +50,7 @@ Example (``roaming.toml``)::
     attach_deadline_s = 120
     fallback_after_s = 600
     max_switches_per_hour = 4
+    order_hold_s = 86400                   # an ordered profile holds in its country for a day
     fallback = "bootstrap"
 
     [profiles]
@@ -97,6 +112,7 @@ class DecisionKind(enum.Enum):
     rollback = "rollback"
     fallback = "fallback"
     hold = "hold"
+    order = "order"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +123,11 @@ class Decision:
     t_ns: int
     country: str | None = None
     previous_iccid: str | None = None
+    command_id: str | None = None
+    """For an ``order``: the id of the backend's command."""
 
     def to_fields(self) -> dict[str, Any]:
-        return {
+        fields: dict[str, Any] = {
             "decision": self.kind.value,
             "target": self.target_iccid,
             "previous": self.previous_iccid,
@@ -117,6 +135,9 @@ class Decision:
             "country": self.country,
             "decision_t_ns": self.t_ns,
         }
+        if self.command_id is not None:
+            fields["command_id"] = self.command_id
+        return fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +175,7 @@ class PolicyConfig:
     fallback_after_s: float = 600.0
     max_switches_per_hour: int = 4
     retry_after_s: float = 3600.0
+    order_hold_s: float = 86400.0
     mcc_countries: Mapping[str, str] = field(default_factory=lambda: dict(MCC_COUNTRIES))
 
     def label(self, iccid: str | None) -> str:
@@ -172,6 +194,7 @@ _POLICY_KEYS = {
     "fallback_after_s": float,
     "max_switches_per_hour": int,
     "retry_after_s": float,
+    "order_hold_s": float,
 }
 
 
@@ -288,6 +311,16 @@ class _Pending:
     country: str | None
 
 
+@dataclass(slots=True)
+class _Order:
+    target: str
+    t_s: float
+    country: str | None
+    attached: bool = False
+    replaced: _Order | None = None
+    """The order held before this one: it holds again if this one fails."""
+
+
 class RoamingPolicy:
     """The decision engine (pure: no I/O, time comes in with each observation)."""
 
@@ -303,6 +336,17 @@ class RoamingPolicy:
         self._failed: dict[tuple[str, str | None], float] = {}
         self._switch_times: deque[float] = deque()
         self._last_hold: str | None = None
+        self._order: _Order | None = None
+
+    @property
+    def pending_target(self) -> str | None:
+        """The profile whose registration the engine waits for after a switch or order, if any."""
+        return self._pending.target if self._pending is not None else None
+
+    @property
+    def order_holds(self) -> bool:
+        """Whether an ordered profile is enabled, attached and held against the country rules."""
+        return self._order is not None and self._order.attached
 
     # --- inputs -------------------------------------------------------------------------
 
@@ -369,9 +413,13 @@ class RoamingPolicy:
         if pending is not None:
             if obs.registered and obs.enabled_iccid == pending.target:
                 self._pending = None
+                if self._order is not None and self._order.target == pending.target:
+                    self._order.attached = True
             elif t - pending.t_s >= cfg.attach_deadline_s:
                 self._pending = None
                 self._failed[(pending.target, pending.country)] = t
+                if self._order is not None and self._order.target == pending.target:
+                    self._order = self._order.replaced
                 if pending.previous is not None and pending.previous != obs.enabled_iccid:
                     reason = (
                         f"no registration on {cfg.label(pending.target)} within {cfg.attach_deadline_s:g} s: "
@@ -394,6 +442,8 @@ class RoamingPolicy:
             )
             return self._emit(DecisionKind.fallback, fallback, reason, obs, t)
 
+        if self._holds_order(obs, t):
+            return None
         rule = cfg.countries.get(self.country or "")
         if rule is None or obs.enabled_iccid is None:
             return None
@@ -422,9 +472,46 @@ class RoamingPolicy:
             return self._emit(DecisionKind.hold, None, hold, obs, t)
         return self._emit(DecisionKind.switch, desired, reason, obs, t)
 
+    def _holds_order(self, obs: Observation, t: float) -> bool:
+        order = self._order
+        if order is None:
+            return False
+        if order.country is None:
+            order.country = self.country  # ordered before any country was known
+        limit = self.config.order_hold_s
+        if (
+            obs.enabled_iccid != order.target
+            or self.country != order.country
+            or (limit > 0 and t - order.t_s >= limit)
+        ):
+            self._order = None
+            return False
+        return True
+
+    def record_order(
+        self, target: str, t_ns: int, *, enabled: str | None, command_id: str, reason: str
+    ) -> Decision:
+        """A backend ordered ``target`` at ``t_ns`` (``enabled``: the profile enabled now).
+
+        Returns the ``order`` decision to execute (and report with :meth:`record_outcome`).
+        From now on the engine supervises the attach as for a switch (rollback to
+        ``enabled`` after ``attach_deadline_s``), then holds the order (module docstring).
+        """
+        t = t_ns / 1e9
+        self._switch_times.append(t)
+        self._last_hold = None
+        self._pending = _Pending(target, enabled, t, self.country)
+        held = self._order if self._order is not None and self._order.attached else None
+        if held is not None:
+            held.replaced = None
+        self._order = _Order(target, t, self.country, replaced=held)
+        return Decision(DecisionKind.order, target, reason, t_ns, self.country, enabled, command_id)
+
     def record_outcome(self, decision: Decision, ok: bool) -> None:
         """Tell the engine whether ``decision`` was carried out on the card."""
         if ok or decision.target_iccid is None:
             return
         self._pending = None
         self._failed[(decision.target_iccid, decision.country)] = decision.t_ns / 1e9
+        if decision.kind is DecisionKind.order and self._order is not None:
+            self._order = self._order.replaced

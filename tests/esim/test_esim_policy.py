@@ -162,6 +162,65 @@ def test_roaming_allowance_and_switch_cap() -> None:
     assert safety is not None and safety.kind is DecisionKind.fallback and safety.target_iccid == BOOT
 
 
+def _ordered(policy: RoamingPolicy, target: str, t_s: float, enabled: str) -> Decision:
+    decision = policy.record_order(target, int(t_s * S), enabled=enabled, command_id="c-1", reason="ops")
+    assert (decision.kind, decision.target_iccid, decision.previous_iccid) == (
+        DecisionKind.order,
+        target,
+        enabled,
+    )
+    assert decision.to_fields()["command_id"] == "c-1" and decision.to_fields()["decision"] == "order"
+    policy.record_outcome(decision, ok=True)
+    return decision
+
+
+def test_an_order_holds_in_its_country_until_the_country_changes() -> None:
+    config = parse_policy(TOML.replace("min_dwell_s = 300", "min_dwell_s = 0"))
+    assert config.order_hold_s == 86400.0
+    policy = RoamingPolicy(config)
+    assert policy.step(obs(0, HOME, True, "23201")) is not None  # AT: localize to local-at ...
+    policy.record_outcome(Decision(DecisionKind.switch, LOCAL, "", 0, "AT", HOME), ok=False)
+    _ordered(policy, HOME, 10, enabled=HOME)  # ... but the backend orders home-de
+    assert policy.pending_target == HOME and not policy.order_holds
+    assert policy.step(obs(11, HOME, True, "23201")) is None
+    assert policy.order_holds and policy.pending_target is None
+    for t in (12, 3_600, 80_000):
+        assert policy.step(obs(t, HOME, True, "23201")) is None  # no switch back to local-at
+    assert policy.step(obs(80_001, HOME, True, "26201")) is None  # DE: home-de is preferred anyway
+    assert not policy.order_holds
+    back = policy.step(obs(80_002, HOME, True, "23201"))  # AT again: the country rule applies
+    assert back is not None and back.kind is DecisionKind.switch and back.target_iccid == LOCAL
+
+
+def test_an_order_holds_at_most_order_hold_s_and_a_failed_one_rolls_back() -> None:
+    policy = RoamingPolicy(
+        parse_policy(TOML.replace("min_dwell_s = 300", "min_dwell_s = 0\norder_hold_s = 600"))
+    )
+    policy.step(obs(0, LOCAL, True, "23203"))
+    _ordered(policy, HOME, 10, enabled=LOCAL)
+    assert policy.step(obs(11, HOME, True, "23201")) is None
+    assert policy.step(obs(609, HOME, True, "23201")) is None
+    again = policy.step(obs(610, HOME, True, "23201"))
+    assert again is not None and again.kind is DecisionKind.switch and again.target_iccid == LOCAL
+    assert policy.step(obs(611, LOCAL, True, "23203")) is None
+    # an order that does not attach is rolled back like a switch; the previous hold is kept
+    _ordered(policy, HOME, 700, enabled=LOCAL)
+    assert policy.step(obs(701, HOME, True, "23201")) is None and policy.order_holds
+    _ordered(policy, BOOT, 710, enabled=HOME)
+    assert policy.step(obs(800, BOOT, False)) is None
+    rollback = policy.step(obs(830, BOOT, False))
+    assert rollback is not None and rollback.kind is DecisionKind.rollback and rollback.target_iccid == HOME
+    assert policy.step(obs(831, HOME, True, "23201")) is None
+    assert policy.order_holds  # home-de's order (from t=700) holds again
+    # an order the card refuses ends nothing either
+    refused = policy.record_order(BOOT, 900 * S, enabled=HOME, command_id="c-2", reason="")
+    policy.record_outcome(refused, ok=False)
+    assert policy.pending_target is None and policy.order_holds
+    assert policy.step(obs(901, HOME, True, "23201")) is None
+    with pytest.raises(ConfigError, match=r"policy\.order_hold_s: must be a non-negative number"):
+        parse_policy("[policy]\norder_hold_s = -1")
+
+
 def test_audit_chain_detects_tampering(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     log = AuditLog(path)
