@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import can
 
@@ -43,6 +43,9 @@ from tcu.signals.decoder import SignalDecoder
 from tcu.signals.mapping import Catalog, build_catalog, load_mapping
 from tcu.spool import Spool, SpoolConfig, SpoolError
 from tcu.uplink import MemoryOutbox, Outbox, Uplink
+
+if TYPE_CHECKING:
+    from tcu.agent.connectivity import ConnectivitySource
 
 __all__ = ["MAX_PREVIOUS_CATALOGS", "Agent", "AgentStats", "catalog_message", "open_outbox"]
 
@@ -141,10 +144,12 @@ class Agent:
         self.config = config
         self.stats_path = stats_path
         self.sources = list(sources)
+        self.connectivity: ConnectivitySource | None = None
         if config.connectivity is not None:
             # The modem / eSIM roaming source, imported only when configured.
             connectivity = importlib.import_module("tcu.agent.connectivity")
-            self.sources.append(connectivity.build_connectivity_source(config))
+            self.connectivity = connectivity.build_connectivity_source(config)
+            self.sources.append(self.connectivity)
         self.outbox: Outbox = outbox or open_outbox(config)
         if isinstance(self.outbox, SpoolOutbox):
             self.sources.append(SpoolHealth(self.outbox))
@@ -201,6 +206,10 @@ class Agent:
         if config.commands is not None:
             self.commands = CommandHandler(config.commands, config.vehicle_id, self.uplink.send)
             self.commands.register("campaigns.replace", self._replace_campaigns)
+            if self.connectivity is not None:
+                self.commands.register("esim.enable", self._order_profile)
+            else:
+                self.commands.unavailable("esim.enable", "no connectivity configured")
         self.emitter = Emitter(self.catalog, self.builder)
         self._batches_built = 0
         log.info(
@@ -421,6 +430,12 @@ class Agent:
         closed = self.campaigns.replace_from_text(text, origin=f"<command {command_id}>")
         await self._spool_events(closed)
         self.uplink.send(ingest_pb.UploadRequest(checkin=self.campaigns.checkin()))
+
+    async def _order_profile(self, payload: bytes, command_id: str) -> str:
+        assert self.connectivity is not None
+        from tcu.agent.connectivity import parse_esim_order  # loaded with the source
+
+        return await self.connectivity.order(parse_esim_order(payload), command_id=command_id)
 
     async def _stats_loop(self) -> None:
         while True:

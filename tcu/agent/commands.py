@@ -4,10 +4,24 @@ Verification (``tcu.pki.commands``): signature with the backend's key, expiry,
 target vehicle, and a nonce never seen before (kept on disk when
 ``[commands] nonce_store`` is set, so a restart does not reopen replay). Only
 then does the command's ``kind`` decide what happens; every command gets a
-``CommandResult`` with the reason when it is refused.
+``CommandResult`` with the reason when it is refused (``<code>: <detail>``; the code is
+the verifier's reason, ``envelope_mismatch``, ``unknown_kind``, ``invalid_payload``, or
+one an action raises with :class:`CommandRefused`). An action may also return a note
+that goes into the reason of an executed command.
 
-Kinds: ``campaigns.replace`` (payload: a campaign TOML file; the whole set is
-checked first and the running set is kept when it is bad).
+Kinds:
+
+* ``campaigns.replace`` (payload: a campaign TOML file; the whole set is checked first
+  and the running set is kept when it is bad).
+* ``esim.enable`` (payload: the ICCID of the profile to enable as ASCII, 18-20 digits,
+  optionally ending in ``F``, at most 20 characters; optionally followed by a newline
+  and the backend's reason, UTF-8, at most 200 printable characters). Registered only
+  with ``[connectivity]``; without it the answer is ``unavailable: esim.enable: no
+  connectivity configured``. The order is carried out by the connectivity source
+  between two polls and supervised like a policy switch; the result is sent once the
+  outcome is known: executed (enabled and registered), ``rolled_back: ...`` (no
+  registration within the policy's ``attach_deadline_s``), ``failed: ...`` (the card
+  refused, with its result code) or ``busy: ...`` (another order is still pending).
 """
 
 from __future__ import annotations
@@ -19,14 +33,26 @@ from collections.abc import Awaitable, Callable
 
 from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.config import CommandSettings
-from tcu.errors import InputError, SecurityError
+from tcu.errors import InputError, SecurityError, TcuError
 from tcu.pki import CommandRejected, CommandVerifier, NonceStore, load_verify_key
 
-__all__ = ["CommandHandler"]
+__all__ = ["CommandHandler", "CommandRefused"]
 
 log = logging.getLogger(__name__)
 
-Action = Callable[[bytes, str], Awaitable[None]]
+Action = Callable[[bytes, str], Awaitable[str | None]]
+"""``action(payload, command_id)``: carries out a verified command; returns an optional note
+for the result, raises :class:`~tcu.errors.InputError` for a bad payload and
+:class:`CommandRefused` when it does not (or could not) act."""
+
+
+class CommandRefused(TcuError):
+    """A verified command was not carried out; the result's reason is ``<code>: <detail>``."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
 
 
 class CommandHandler:
@@ -50,12 +76,17 @@ class CommandHandler:
         )
         self._send = send
         self._actions: dict[str, Action] = {}
+        self._unavailable: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.executed = 0
         self.rejected = 0
 
     def register(self, kind: str, action: Action) -> None:
         self._actions[kind] = action
+
+    def unavailable(self, kind: str, why: str) -> None:
+        """Answer verified commands of ``kind`` with ``unavailable: <kind>: <why>``."""
+        self._unavailable[kind] = why
 
     def on_command(self, command: ingest_pb.VehicleCommand) -> None:
         """Called by the uplink for each command; handling runs as a task."""
@@ -65,6 +96,7 @@ class CommandHandler:
 
     async def _handle(self, command: ingest_pb.VehicleCommand) -> None:
         reason = ""
+        note: str | None = None
         try:
             # Nonce bookkeeping may fsync: off the event loop.
             verified = await asyncio.to_thread(self._verifier.verify, command.payload)
@@ -75,25 +107,33 @@ class CommandHandler:
                 log.warning(
                     "security: command %s: envelope does not match its signed content", command.command_id
                 )
+            elif verified.kind in self._unavailable:
+                reason = f"unavailable: {verified.kind}: {self._unavailable[verified.kind]}"
             elif action is None:
                 reason = f"unknown_kind: {verified.kind}"
             else:
-                await action(verified.payload, verified.command_id)
+                note = await action(verified.payload, verified.command_id)
         except CommandRejected as exc:
             reason = exc.reason.value
             log.warning("security: command %s (%s) rejected: %s", command.command_id, command.kind, exc)
         except InputError as exc:
             reason = f"invalid_payload: {exc}"
             log.warning("command %s (%s) refused: %s", command.command_id, command.kind, exc)
-        if reason:
-            self.rejected += 1
-        else:
+        except CommandRefused as exc:
+            reason = str(exc)
+            log.warning("command %s (%s) not carried out: %s", command.command_id, command.kind, exc)
+        executed = not reason
+        if executed:
             self.executed += 1
-            log.info("command %s (%s) executed", command.command_id, command.kind)
+            log.info(
+                "command %s (%s) executed%s", command.command_id, command.kind, f": {note}" if note else ""
+            )
+        else:
+            self.rejected += 1
         self._send(
             ingest_pb.UploadRequest(
                 command_result=ingest_pb.CommandResult(
-                    command_id=command.command_id, executed=not reason, reason=reason
+                    command_id=command.command_id, executed=executed, reason=reason or note or ""
                 )
             )
         )

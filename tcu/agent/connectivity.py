@@ -39,6 +39,19 @@ carry simulated source time.
     Vehicle.Connectivity.Rollback            string  event: "rollback enable <iccid> (<label>) reason=..."
     Vehicle.Connectivity.SwitchError         string  event: a decision the card did not carry out
 
+**Orders** (the signed command ``esim.enable``, see :mod:`tcu.agent.commands`):
+:meth:`ConnectivitySource.order` queues the order for the source's own loop (at most one
+pending order: another one is refused with ``busy`` until the first one's outcome is
+known). The next poll carries it out instead of a policy step, like a policy decision:
+:meth:`~tcu.esim.RoamingPolicy.record_order` gives an ``order`` decision (audited with the
+command id and the backend's reason), the manager enables the profile (outcome audited)
+and a ``ProfileSwitch`` event ``"order enable <iccid> (<label>) reason=ordered by backend
+(command <id>)[: <reason>]"`` is emitted. The policy then supervises the attach as for its
+own switches (rollback after ``attach_deadline_s``) and holds the ordered profile
+(``order_hold_s``, :mod:`tcu.esim.policy`). ``order`` returns (or raises
+:class:`~tcu.agent.commands.CommandRefused` with ``failed`` or ``rolled_back``) once the
+outcome is known. An order waits while the AT port is being reopened.
+
 **Errors** of the modem or the card never end the source: they are logged, written to the
 audit log, the card state is re-read on the next poll, and after ``reopen_after_errors``
 failed polls in a row the AT port is closed and opened again. Only cancellation (agent
@@ -51,15 +64,17 @@ import asyncio
 import calendar
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from tcu.agent.commands import CommandRefused
 from tcu.agent.sources import Emitter
 from tcu.config import AgentConfig
-from tcu.errors import ConfigError, TcuError
+from tcu.errors import ConfigError, InputError, TcuError
 from tcu.esim import (
     AuditLog,
     Decision,
@@ -79,9 +94,11 @@ __all__ = [
     "SIGNALS",
     "ConnectivityConfig",
     "ConnectivitySource",
+    "EsimOrder",
     "GnssClock",
     "build_connectivity_source",
     "parse_connectivity",
+    "parse_esim_order",
 ]
 
 log = logging.getLogger(__name__)
@@ -194,6 +211,53 @@ def parse_connectivity(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class EsimOrder:
+    """The checked payload of an ``esim.enable`` command."""
+
+    iccid: str
+    """Digits only (a trailing ``F`` filler is removed)."""
+    reason: str = ""
+
+
+_ICCID_RE = re.compile(r"[0-9]{18,20}F?")
+_MAX_ORDER_REASON = 200
+
+
+def parse_esim_order(payload: bytes) -> EsimOrder:
+    """``ICCID`` or ``ICCID\\nreason``; :class:`InputError` says what is wrong.
+
+    The ICCID is 18-20 ASCII digits, optionally ending in ``F`` (BCD filler), at most 20
+    characters; the reason is UTF-8, at most 200 characters, no control characters.
+    """
+    head, newline, tail = payload.partition(b"\n")
+    try:
+        iccid = head.decode("ascii")
+    except UnicodeDecodeError:
+        raise InputError(f"ICCID {head[:40]!r} is not ASCII") from None
+    if not _ICCID_RE.fullmatch(iccid) or len(iccid) > 20:
+        raise InputError(f"ICCID {iccid[:40]!r} must be 18-20 digits, optionally ending in F (at most 20)")
+    try:
+        reason = tail.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"reason is not UTF-8: {exc}") from exc
+    if newline and not reason:
+        raise InputError("empty reason after the ICCID")
+    if len(reason) > _MAX_ORDER_REASON:
+        raise InputError(f"reason has {len(reason)} characters, more than {_MAX_ORDER_REASON}")
+    if any(not ch.isprintable() for ch in reason):
+        raise InputError("reason contains control characters")
+    return EsimOrder(iccid.removesuffix("F"), reason)
+
+
+@dataclass(eq=False, slots=True)
+class _QueuedOrder:
+    order: EsimOrder
+    command_id: str
+    done: asyncio.Future[str]
+    decision: Decision | None = None
+
+
 def build_connectivity_source(config: AgentConfig) -> ConnectivitySource:
     """The agent's hook: check ``config.connectivity`` and load the roaming policy it names."""
     if config.connectivity is None:
@@ -281,6 +345,93 @@ class ConnectivitySource:
         self._enabled: str | None = None
         self._card_read_mono: float | None = None
         self._last: dict[str, float | str] = {}
+        self._order: _QueuedOrder | None = None
+        self._last_error: str | None = None
+
+    # --- orders ---------------------------------------------------------------------------
+
+    @property
+    def pending_order(self) -> str | None:
+        """The command id of the order queued or awaiting its outcome, if any."""
+        return self._order.command_id if self._order is not None else None
+
+    async def order(self, order: EsimOrder, *, command_id: str) -> str:
+        """Have the loop enable ``order.iccid`` (module docstring); returns a note on success.
+
+        Raises :class:`CommandRefused`: ``busy`` (an order is pending), ``failed`` (the card
+        did not enable it), ``rolled_back`` (no registration within the attach deadline).
+        """
+        if self._order is not None:
+            queued = self._order
+            raise CommandRefused(
+                "busy",
+                f"order {queued.command_id} for {self.policy_config.label(queued.order.iccid)} is still "
+                "pending; send again when it is answered",
+            )
+        queued = _QueuedOrder(order, command_id, asyncio.get_running_loop().create_future())
+        # Retrieve the outcome also when the caller went away (agent shutdown): no asyncio warning.
+        queued.done.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._order = queued
+        log.info("connectivity: order %s queued: enable %s", command_id, order.iccid)
+        try:
+            return await asyncio.shield(queued.done)
+        finally:
+            if self._order is queued and (queued.done.done() or queued.decision is None):
+                self._order = None  # answered, or the caller went away before the loop took it
+
+    def _finish_order(self, result: str | CommandRefused) -> None:
+        queued, self._order = self._order, None
+        if queued is None or queued.done.done():
+            return
+        if isinstance(result, CommandRefused):
+            log.warning("connectivity: order %s: %s", queued.command_id, result)
+            queued.done.set_exception(result)
+        else:
+            log.info("connectivity: order %s: %s", queued.command_id, result)
+            queued.done.set_result(result)
+
+    def _order_decision(self, queued: _QueuedOrder, t_ns: int) -> Decision:
+        reason = f"ordered by backend (command {queued.command_id})"
+        if queued.order.reason:
+            reason += f": {queued.order.reason}"
+        decision = self.policy.record_order(
+            queued.order.iccid, t_ns, enabled=self._enabled, command_id=queued.command_id, reason=reason
+        )
+        queued.decision = decision
+        return decision
+
+    def _follow_order(
+        self, reg: Registration, observed: str | None, decision: Decision | None, ok: bool
+    ) -> None:
+        """After a poll: answer the executed order once its outcome is known.
+
+        ``reg`` and ``observed`` (the enabled profile) are what the policy stepped on,
+        ``decision`` what it decided then (carried out: ``ok``).
+        """
+        queued = self._order
+        if queued is None or queued.decision is None:
+            return
+        target = queued.order.iccid
+        label = f"{target} ({self.policy_config.label(target)})"
+        if decision is queued.decision and not ok:
+            self._finish_order(CommandRefused("failed", f"enable {label}: {self._last_error}"))
+            return
+        if self.policy.pending_target == target:
+            return  # waiting for registration on it
+        if reg.registered and observed == target:
+            self._finish_order(f"enabled {label}, registered on {_plmn(reg) or 'the network'}")
+        elif decision is not None and decision.kind is DecisionKind.rollback:
+            back = decision.reason if ok else f"{decision.reason}; the rollback failed: {self._last_error}"
+            self._finish_order(CommandRefused("rolled_back", back))
+        else:
+            now = self._enabled or "none"
+            self._finish_order(
+                CommandRefused(
+                    "failed",
+                    f"no registration on {label} within {self.policy_config.attach_deadline_s:g} s "
+                    f"({now} enabled now)",
+                )
+            )
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -370,15 +521,27 @@ class ConnectivitySource:
             self._card_read_mono = now
         t_ns = self.clock.now_ns()
         self._emit_state(emit, t_ns, reg, signal)
-        decision = self.policy.step(Observation(t_ns, self._enabled, reg.registered, reg.mcc, self.position))
-        if decision is None:
-            return None
+        queued = self._order
+        if queued is not None and queued.decision is None:
+            decision: Decision | None = self._order_decision(queued, t_ns)
+        else:
+            decision = self.policy.step(
+                Observation(t_ns, self._enabled, reg.registered, reg.mcc, self.position)
+            )
+        observed, ok = self._enabled, True
+        if decision is not None:
+            ok = await self._carry_out(decision, manager, emit, t_ns)
+        self._follow_order(reg, observed, decision, ok)
+        return decision
+
+    async def _carry_out(self, decision: Decision, manager: ProfileManager, emit: Emitter, t_ns: int) -> bool:
         log.info("roaming decision: %s %s: %s", decision.kind.value, decision.target_iccid, decision.reason)
         outcome = await manager.execute(decision)
         self.policy.record_outcome(decision, outcome.ok)
         self.decisions.append((decision, outcome.ok))
+        self._last_error = outcome.error
         if decision.kind is DecisionKind.hold:
-            return decision
+            return outcome.ok
         if outcome.ok and outcome.enabled_iccid is not None:
             self._enabled = outcome.enabled_iccid
             self._card_read_mono = time.monotonic()
@@ -386,7 +549,7 @@ class ConnectivitySource:
             self._card_read_mono = None
         self._emit_decision(emit, t_ns, decision, outcome.ok, outcome.error)
         self._change(emit, t_ns, _P + "Iccid", self._enabled or "")
-        return decision
+        return outcome.ok
 
     def _change(self, emit: Emitter, t_ns: int, name: str, value: float | str) -> None:
         if self._last.get(name) != value:

@@ -18,10 +18,12 @@ import pytest
 from sim.border import PROFILES, build_card, build_modem, nmea_fix
 from sim.modem import SimulatedModem
 from sim.route import metz_luxembourg_trier
+from tcu.agent.commands import CommandRefused
 from tcu.agent.connectivity import (
     SIGNALS,
     ConnectivityConfig,
     ConnectivitySource,
+    EsimOrder,
     GnssClock,
     build_connectivity_source,
     fix_time_ns,
@@ -260,6 +262,87 @@ async def test_late_modem_answers_are_not_misread(rig: Rig) -> None:
     await rig.until(lambda: rig.recorder.values("Plmn")[-1:] == ["262-02"])
     assert "ModemParseError" not in rig.audit.read_text()
     assert len(rig.recorder.samples) > samples
+
+
+async def _order(rig: Rig, label: str, command_id: str, reason: str = "") -> str:
+    async with asyncio.timeout(10):
+        return await rig.source.order(EsimOrder(ICCID[label], reason), command_id=command_id)
+
+
+def _audit(rig: Rig) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in rig.audit.read_text().splitlines()]
+
+
+async def test_ordered_switch_is_executed_audited_and_held_in_the_country(rig: Rig) -> None:
+    note = await _order(rig, "de-telekom", "order-1", "fleet test")
+    assert note == f"enabled {ICCID['de-telekom']} (de-telekom), registered on 208-10"  # roaming in FR
+    assert rig.sim.card.enabled_iccids == [ICCID["de-telekom"]]
+    assert _kinds(rig) == [(DecisionKind.order, ICCID["de-telekom"], True)]
+    assert rig.recorder.values("ProfileSwitch") == [
+        f"order enable {ICCID['de-telekom']} (de-telekom) "
+        "reason=ordered by backend (command order-1): fleet test"
+    ]
+    assert rig.recorder.values("Iccid")[-1] == ICCID["de-telekom"]
+    lines = _audit(rig)
+    decisions = [e for e in lines if e["kind"] == "decision"]
+    assert [(e["decision"], e["command_id"], e["target"], e["previous"]) for e in decisions] == [
+        ("order", "order-1", ICCID["de-telekom"], ICCID["fr-orange"])
+    ]
+    assert decisions[0]["reason"].endswith(": fleet test")
+    after = lines[lines.index(decisions[0]) :]
+    assert any(e["kind"] == "es10" and e["function"] == "EnableProfile" and e["ok"] for e in after)
+    assert any(e["kind"] == "outcome" and e["ok"] and e["enabled"] == ICCID["de-telekom"] for e in after)
+    assert verify(rig.audit) == len(lines)
+    assert rig.source.pending_order is None
+    # FR prefers fr-orange and would localize at once (max_roaming_days = 0): the order holds.
+    start = rig.sim_s
+    await rig.until(lambda: rig.sim_s - start > 60)  # min_dwell_s and two attach deadlines
+    assert _kinds(rig) == [(DecisionKind.order, ICCID["de-telekom"], True)]
+    assert rig.sim.card.enabled_iccids == [ICCID["de-telekom"]]
+    # A new country ends the hold: LU's rule applies again (lu-post, which then fails to attach).
+    rig.sim.set_country("LU")
+    await rig.until(lambda: len(rig.source.decisions) >= 2)
+    assert _kinds(rig)[1] == (DecisionKind.switch, ICCID["lu-post"], True)
+
+
+async def test_ordered_profile_that_never_attaches_is_rolled_back(rig: Rig) -> None:
+    rig.sim.never_attach.add((ICCID["de-telekom"], "FR"))
+    with pytest.raises(CommandRefused) as refused:
+        await _order(rig, "de-telekom", "order-2")
+    assert str(refused.value) == "rolled_back: no registration on de-telekom within 30 s: back to fr-orange"
+    assert _kinds(rig) == [
+        (DecisionKind.order, ICCID["de-telekom"], True),
+        (DecisionKind.rollback, ICCID["fr-orange"], True),
+    ]
+    assert rig.sim.card.enabled_iccids == [ICCID["fr-orange"]]
+    assert len(rig.recorder.values("Rollback")) == 1
+    assert [e["decision"] for e in _audit(rig) if e["kind"] == "decision"] == ["order", "rollback"]
+    assert verify(rig.audit) == len(_audit(rig))
+    # the source takes the next order
+    note = await _order(rig, "fr-orange", "order-3")
+    assert note == f"enabled {ICCID['fr-orange']} (fr-orange), registered on 208-01"
+
+
+async def test_second_pending_order_and_card_refusal_are_answered_with_reasons(rig: Rig) -> None:
+    first = asyncio.create_task(_order(rig, "de-telekom", "order-4"))
+    await rig.until(lambda: rig.source.pending_order == "order-4")
+    with pytest.raises(CommandRefused, match=r"^busy: order order-4 for de-telekom is still pending"):
+        await _order(rig, "lu-post", "order-5")
+    assert (await first).startswith(f"enabled {ICCID['de-telekom']}")
+    assert ICCID["lu-post"] not in [d.target_iccid for d, _ in rig.source.decisions]
+    # a profile the card does not have: the card's result code is in the reason
+    with pytest.raises(CommandRefused) as refused:
+        async with asyncio.timeout(10):
+            await rig.source.order(EsimOrder("89000000000000000009"), command_id="order-6")
+    assert refused.value.code == "failed"
+    assert "iccidOrAidNotFound (1)" in str(refused.value), refused.value
+    assert "iccidOrAidNotFound" in str(rig.recorder.values("SwitchError"))
+    assert rig.source.pending_order is None
+    # the failed order did not end the hold of the one before it
+    start = rig.sim_s
+    await rig.until(lambda: rig.sim_s - start > 60)
+    assert [k for k, _, _ in _kinds(rig)] == [DecisionKind.order, DecisionKind.order]
+    assert rig.sim.card.enabled_iccids == [ICCID["de-telekom"]]
 
 
 def test_nmea_time_round_trip_and_monotonic_clock() -> None:
