@@ -1,15 +1,23 @@
-"""Command-line options of an OEM backend client (watch, campaign push): target and mTLS material."""
+"""Command-line options of an OEM backend client (watch, campaign push, esim order): target and mTLS
+material, and sending a signed command through ``Fleet.SendCommand``."""
 
 from __future__ import annotations
 
 import argparse
+import uuid
 from pathlib import Path
 
 import grpc
 
-from tcu.errors import ConfigError
+from tcu.errors import ConfigError, TcuError
 
-__all__ = ["add_backend_args", "open_backend_channel", "signing_key_path"]
+__all__ = [
+    "add_backend_args",
+    "add_command_args",
+    "open_backend_channel",
+    "send_signed_command",
+    "signing_key_path",
+]
 
 
 def add_backend_args(p: argparse.ArgumentParser) -> None:
@@ -54,3 +62,54 @@ def signing_key_path(args: argparse.Namespace) -> Path:
 
         return DevPki(args.pki).command_signing_key
     raise ConfigError("give --signing-key FILE or --pki DIR", key="--signing-key")
+
+
+def add_command_args(p: argparse.ArgumentParser, *, timeout_s: float = 30.0) -> None:
+    """Backend options (:func:`add_backend_args`) plus signing key, validity and wait of a command."""
+    add_backend_args(p)
+    p.add_argument("--signing-key", type=Path, help="backend command-signing key (default: the one in --pki)")
+    p.add_argument("--ttl", type=float, default=300.0, help="seconds the command stays valid (default 300)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=timeout_s,
+        help=f"seconds to wait for the vehicle's answer (default {timeout_s:g})",
+    )
+
+
+async def send_signed_command(
+    args: argparse.Namespace, *, kind: str, payload: bytes, id_prefix: str
+) -> tuple[str, str]:
+    """Sign a ``kind`` command for ``args.vehicle``, send it, wait; returns (status, reason).
+
+    ``status`` is the ``CommandStatus`` name without its prefix (``EXECUTED``, ``REJECTED``,
+    ``NOT_CONNECTED``, ``TIMEOUT``); ``reason`` is the vehicle's (or the ingest's) reason.
+    """
+    from tcu.api.v1 import fleet_pb2 as fleet_pb
+    from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
+    from tcu.pki import load_signing_key, sign_command
+
+    command_id = f"{id_prefix}-{uuid.uuid4().hex[:12]}"
+    blob = sign_command(
+        load_signing_key(signing_key_path(args)),
+        command_id=command_id,
+        kind=kind,
+        target=args.vehicle,
+        payload=payload,
+        ttl_s=args.ttl,
+    )
+    request = fleet_pb.SendCommandRequest(
+        vehicle_id=args.vehicle,
+        command_id=command_id,
+        kind=kind,
+        signed_command=blob,
+        timeout_ms=int(args.timeout * 1000),
+    )
+    async with open_backend_channel(args) as channel:
+        try:
+            reply = await fleet_grpc.FleetStub(channel).SendCommand(request, timeout=args.timeout + 10)
+        except grpc.aio.AioRpcError as exc:
+            raise TcuError(
+                f"SendCommand to {args.target} failed: {exc.code().name}: {exc.details()}"
+            ) from exc
+    return fleet_pb.CommandStatus.Name(reply.status).removeprefix("COMMAND_STATUS_"), reply.reason

@@ -5,12 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import uuid
 from pathlib import Path
 
-import grpc
-
-from tcu.cli._backend import add_backend_args, open_backend_channel, signing_key_path
+from tcu.cli._backend import add_command_args, send_signed_command
 from tcu.collect.buffer import (
     BYTES_PER_FRAME,
     BYTES_PER_SAMPLE,
@@ -66,16 +63,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     push.add_argument("vehicle", help="vehicle id (VIN)")
     push.add_argument("file", type=Path, help="campaign TOML file")
-    add_backend_args(push)
-    push.add_argument(
-        "--signing-key", type=Path, help="backend command-signing key (default: the one in --pki)"
-    )
-    push.add_argument(
-        "--ttl", type=float, default=300.0, help="seconds the command stays valid (default 300)"
-    )
-    push.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds to wait for the vehicle (default 30)"
-    )
+    add_command_args(push)
     push.set_defaults(func=run_push)
     p.set_defaults(func=lambda _args: _usage(p))
 
@@ -92,34 +80,7 @@ def run_push(args: argparse.Namespace) -> int:
 
 
 async def push_campaigns(args: argparse.Namespace, payload: bytes) -> tuple[str, str]:
-    from tcu.api.v1 import fleet_pb2 as fleet_pb
-    from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
-    from tcu.pki import load_signing_key, sign_command
-
-    command_id = f"campaigns-{uuid.uuid4().hex[:12]}"
-    blob = sign_command(
-        load_signing_key(signing_key_path(args)),
-        command_id=command_id,
-        kind="campaigns.replace",
-        target=args.vehicle,
-        payload=payload,
-        ttl_s=args.ttl,
-    )
-    request = fleet_pb.SendCommandRequest(
-        vehicle_id=args.vehicle,
-        command_id=command_id,
-        kind="campaigns.replace",
-        signed_command=blob,
-        timeout_ms=int(args.timeout * 1000),
-    )
-    async with open_backend_channel(args) as channel:
-        try:
-            reply = await fleet_grpc.FleetStub(channel).SendCommand(request, timeout=args.timeout + 10)
-        except grpc.aio.AioRpcError as exc:
-            raise TcuError(
-                f"SendCommand to {args.target} failed: {exc.code().name}: {exc.details()}"
-            ) from exc
-    return fleet_pb.CommandStatus.Name(reply.status).removeprefix("COMMAND_STATUS_"), reply.reason
+    return await send_signed_command(args, kind="campaigns.replace", payload=payload, id_prefix="campaigns")
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

@@ -1,4 +1,5 @@
-"""``tcu esim``: eUICC profiles over the modem's AT port, and audit-log verification.
+"""``tcu esim``: eUICC profiles over the modem's AT port, audit-log verification, and
+``tcu esim order``: a backend orders a vehicle's agent to enable a profile (signed command).
 
 Composition root for :mod:`tcu.modem` (AT channel, APDU transport, modem quirks) and
 :mod:`tcu.esim` (ISD-R session, profile manager, audit log).
@@ -12,7 +13,8 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tcu.errors import ConfigError
+from tcu.cli._backend import add_command_args, send_signed_command
+from tcu.errors import ConfigError, InputError
 from tcu.esim.audit import AuditLog, verify
 from tcu.esim.manager import ProfileManager
 from tcu.modem.apdu import AtApduTransport
@@ -27,6 +29,7 @@ _EXAMPLE = """examples:
   tcu esim --port /dev/ttyUSB2 --modem-profile cfun-cycle enable 89490200001234567890
   tcu esim --port /dev/ttyUSB2 notifications --ack 3
   tcu esim audit verify /var/lib/tcu/esim-audit.jsonl
+  tcu esim order WTCUSIM0000000001 89352010001234567802 --reason "maintenance" --pki ./pki
 """
 
 
@@ -59,10 +62,49 @@ def register(subparsers: Any) -> None:
     audit_actions = audit.add_subparsers(dest="audit_action", metavar="AUDIT_ACTION", required=True)
     check = audit_actions.add_parser("verify", help="check the hash chain of an audit log")
     check.add_argument("file")
+    order = actions.add_parser(
+        "order",
+        help="order a vehicle to enable a profile (signed command esim.enable) and wait for its answer",
+        description="Sign an esim.enable command with the backend's command key and send it through the "
+        "ingest's Fleet.SendCommand. The vehicle's agent verifies it, enables the profile between two "
+        "polls of its roaming loop and answers once the outcome is known: registered on it, rolled back "
+        "(no registration within the policy's attach_deadline_s) or failed (the card's result code). "
+        "--port is not used.",
+        epilog="Example: tcu esim order WTCUSIM0000000001 89352010001234567802 --reason test --pki ./pki",
+    )
+    order.add_argument("vehicle", help="vehicle id (VIN)")
+    order.add_argument(
+        "order_iccid", metavar="ICCID", help="profile to enable: 18-20 digits (a final F allowed)"
+    )
+    order.add_argument("--reason", default="", help="why (audited on the vehicle; at most 200 characters)")
+    add_command_args(order, timeout_s=300.0)
     parser.set_defaults(func=run)
 
 
+def order_payload(iccid: str, reason: str = "") -> bytes:
+    """The ``esim.enable`` payload, checked as the vehicle will check it (:class:`InputError`)."""
+    from tcu.agent.connectivity import parse_esim_order
+
+    payload = iccid.encode("utf-8") + (b"\n" + reason.encode("utf-8") if reason else b"")
+    parse_esim_order(payload)
+    return payload
+
+
+def run_order(args: argparse.Namespace) -> int:
+    try:
+        payload = order_payload(args.order_iccid, args.reason)
+    except InputError as exc:
+        raise InputError(f"esim order: {exc}") from exc
+    status, reason = asyncio.run(
+        send_signed_command(args, kind="esim.enable", payload=payload, id_prefix="esim-order")
+    )
+    print(f"{args.vehicle}: {status}{(': ' + reason) if reason else ''}")
+    return 0 if status == "EXECUTED" else 1
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.action == "order":
+        return run_order(args)
     if args.action == "audit":
         count = verify(args.file)
         print(f"{args.file}: {count} entries, hash chain intact")
