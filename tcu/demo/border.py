@@ -15,7 +15,12 @@ Checked after the drive (all must hold for exit 0, besides no CAN sample lost):
 * the switches the policy asked for and the card performed are exactly
   :data:`EXPECTED_SWITCHES`, and exactly one rollback happened (:data:`EXPECTED_ROLLBACKS`);
 * the ingest stored one ``Vehicle.Connectivity.ProfileSwitch`` event per performed switch
-  and one ``Vehicle.Connectivity.Rollback`` per rollback.
+  and one ``Vehicle.Connectivity.Rollback`` per rollback;
+* the agent's uplink went through the simulated modem's cellular data path
+  (``python -m sim --data-proxy``, :mod:`sim.datalink`), which cuts the connection whenever
+  the modem loses registration (tunnel, profile switches, the failed attach): the link went
+  down at least once (``link_outages``; ``link_connections_cut``, ``link_refused`` count the
+  connections it cut and refused) and the agent ended with no batch left unacknowledged.
 
 The profile ICCIDs repeat ``sim/border.py`` (``tcu`` never imports ``sim``); a test checks
 that they match.
@@ -39,6 +44,7 @@ __all__ = [
     "BORDER_DURATION_S",
     "BORDER_SPEED",
     "BORDER_START_AT",
+    "BORDER_UPLINK_BACKOFF_MAX_S",
     "EXPECTED_ROLLBACKS",
     "EXPECTED_SWITCHES",
     "PROFILES",
@@ -54,6 +60,9 @@ BORDER_START_AT = "A31 Thionville"
 BORDER_DURATION_S = 2300.0
 #: Real-time factor of the drive (about a minute of wall time on a 2-core machine).
 BORDER_SPEED = "60"
+
+#: The agent's maximum reconnect backoff in the demo (wall seconds; see :meth:`BorderScenario.uplink_toml`).
+BORDER_UPLINK_BACKOFF_MAX_S = 2.0
 
 #: label → ICCID, as installed on the simulated eUICC (``sim/border.py``).
 PROFILES: dict[str, str] = {
@@ -163,6 +172,27 @@ class BorderScenario(Scenario):
         (workdir / "roaming.toml").write_text(roaming_policy_toml(), encoding="utf-8")
         self.audit_path(workdir).unlink(missing_ok=True)
 
+    def ingest_sim_args(self, ingest_target: str) -> list[str]:
+        """The simulated modem's cellular data path leads to the ingest."""
+        return ["--data-proxy", ingest_target]
+
+    def uplink_target(self, ready: dict[str, Any], ingest_target: str) -> str:
+        """The agent's uplink goes through the modem's data path (the port in the ready line)."""
+        port = ready.get("data_proxy")
+        if not isinstance(port, int) or isinstance(port, bool):
+            raise TcuError(f"the simulator's ready line names no data proxy port: {ready}")
+        return f"127.0.0.1:{port}"
+
+    def uplink_toml(self) -> str:
+        """Reconnect within 2 s of wall time at most (the product default caps the backoff at 30 s).
+
+        At 60 times real time the drive's outages last a fraction of a second to a few seconds
+        of wall time, and 30 s of wall time would be half an hour of the simulated drive: the
+        cap is scaled down with the drive so that reconnects follow the outages as they would
+        on the road and the agent drains within its drain time at the end.
+        """
+        return f"backoff_max_s = {BORDER_UPLINK_BACKOFF_MAX_S}\n"
+
     def agent_toml(self, workdir: Path, ready: dict[str, Any]) -> str:
         """``[spool]`` and ``[connectivity]`` for the agent, from the simulator's ready line."""
         modem = ready.get("modem")
@@ -212,8 +242,22 @@ class BorderScenario(Scenario):
                 f"ingest stored {len(stored_switches)} switch and {len(stored_rollbacks)} rollback events, "
                 f"the audit log has {len(audit.switches)} and {len(audit.rollbacks)}"
             )
+        link = ctx.done.get("data_link")
+        if not isinstance(link, dict):
+            link = {}
+            problems.append("the simulator reported no data link counters (started without --data-proxy?)")
+        elif int(link.get("outages", 0)) < 1:
+            problems.append("the cellular data link never went down: the drive tested no outage")
+        unacked = int(ctx.agent_final.get("batches_unacked", 0))
+        if unacked:
+            problems.append(f"the agent stopped with {unacked} batches spooled and not acknowledged")
         for problem in problems:
             ctx.say(f"border scenario: {problem}")
+        ctx.say(
+            f"data link: {link.get('outages', 0)} outages, {link.get('connections_cut', 0)} connections cut, "
+            f"{link.get('refused', 0)} refused, {link.get('connections', 0)} forwarded "
+            f"({link.get('bytes_up', 0)} bytes up)"
+        )
         ctx.say(
             f"roaming: switched to {audit.switches}, rolled back to {audit.rollbacks}; "
             f"audit log {audit_path} ({audit.entries} entries, chain {'verified' if audit_ok else 'BROKEN'})"
@@ -232,6 +276,12 @@ class BorderScenario(Scenario):
             "connectivity_samples": samples,
             "switch_events_stored": len(stored_switches),
             "rollback_events_stored": len(stored_rollbacks),
+            "link_outages": int(link.get("outages", 0)),
+            "link_connections_cut": int(link.get("connections_cut", 0)),
+            "link_refused": int(link.get("refused", 0)),
+            "link_connections": int(link.get("connections", 0)),
+            "link_bytes_up": int(link.get("bytes_up", 0)),
+            "batches_unacked": unacked,
             "scenario_problems": problems,
         }
 

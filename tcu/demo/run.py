@@ -145,7 +145,9 @@ async def _fetch_stored(security: _Security, target: str, vehicle_id: str) -> tu
     return stored, batches
 
 
-def _agent_config(ready: dict[str, Any], ingest_port: int, vehicle_id: str, security: _Security) -> str:
+def _agent_config(
+    ready: dict[str, Any], uplink_target: str, vehicle_id: str, security: _Security, uplink_extra: str = ""
+) -> str:
     return (
         "# Written by tcu demo: the agent reads the simulator over socketcand and uploads to the ingest.\n"
         f'[vehicle]\nid = "{vehicle_id}"\n\n'
@@ -153,7 +155,7 @@ def _agent_config(ready: dict[str, Any], ingest_port: int, vehicle_id: str, secu
         f"dbc = [{json.dumps(ready['dbc'])}]\n"
         f'options = {{ host = "{ready["host"]}", port = {int(ready["port"])} }}\n\n'
         f"[signals]\nmapping = {json.dumps(ready['mapping'])}\n\n"
-        f'[uplink]\ntarget = "127.0.0.1:{ingest_port}"\n' + security.agent_toml(vehicle_id)
+        f"[uplink]\ntarget = {json.dumps(uplink_target)}\n{uplink_extra}" + security.agent_toml(vehicle_id)
     )
 
 
@@ -210,6 +212,7 @@ async def run_demo(options: DemoOptions, progress: Callable[[str], None] | None 
                 "--ground-truth",
                 str(ground_truth),
                 *scenario.sim_args,
+                *scenario.ingest_sim_args(f"127.0.0.1:{ingest_port}"),
             ],
             workdir,
             stdout=asyncio.subprocess.PIPE,
@@ -223,7 +226,13 @@ async def run_demo(options: DemoOptions, progress: Callable[[str], None] | None 
         config_path = workdir / "agent.toml"
         await asyncio.to_thread(
             config_path.write_text,
-            _agent_config(ready, ingest_port, options.vehicle_id, security)
+            _agent_config(
+                ready,
+                scenario.uplink_target(ready, f"127.0.0.1:{ingest_port}"),
+                options.vehicle_id,
+                security,
+                scenario.uplink_toml(),
+            )
             + scenario.agent_toml(workdir, ready),
         )
         stats_path = workdir / "agent-stats.json"

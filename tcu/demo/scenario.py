@@ -1,9 +1,10 @@
 """Demo scenarios: what a ``tcu demo --scenario NAME`` run adds to the plain drive.
 
-A scenario may add simulator arguments, sections of the agent's config, and,
-after the drive, its own checks, whose keys join the summary. The plain drive
-(``drive``) adds nothing. Scenarios register themselves in :data:`SCENARIOS`
-(see :func:`register`); the CLI offers every registered name.
+A scenario may add simulator arguments, sections of the agent's config, route the
+agent's uplink elsewhere than straight to the ingest (the border scenario's simulated
+cellular data path), and, after the drive, its own checks, whose keys join the summary.
+The plain drive (``drive``) adds nothing. Scenarios register themselves in
+:data:`SCENARIOS` (see :func:`register`); the CLI offers every registered name.
 """
 
 from __future__ import annotations
@@ -48,6 +49,18 @@ class Scenario:
 
     def prepare(self, workdir: Path) -> None:
         """Write files the scenario needs (campaigns, policies) before anything starts."""
+
+    def ingest_sim_args(self, ingest_target: str) -> list[str]:
+        """Simulator arguments that need the ingest's address (``127.0.0.1:PORT``), after ``sim_args``."""
+        return []
+
+    def uplink_target(self, ready: dict[str, Any], ingest_target: str) -> str:
+        """Where the agent's uplink connects, from the simulator's ready line (default: the ingest)."""
+        return ingest_target
+
+    def uplink_toml(self) -> str:
+        """Extra keys of the agent's ``[uplink]`` section (``key = value`` lines)."""
+        return ""
 
     def agent_toml(self, workdir: Path, ready: dict[str, Any]) -> str:
         """Extra TOML sections for the agent's config."""

@@ -12,7 +12,7 @@ import pytest
 
 
 @pytest.mark.slow
-def test_border_demo_switches_rolls_back_once_and_loses_nothing(tmp_path: Path) -> None:
+def test_border_demo_switches_rolls_back_once_and_loses_nothing_through_outages(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "tcu.cli.main", "demo", "--scenario", "border", "--json"],
         capture_output=True,
@@ -33,6 +33,13 @@ def test_border_demo_switches_rolls_back_once_and_loses_nothing(tmp_path: Path) 
     # the events also reached the ingest as telemetry
     assert summary["switch_events_stored"] == 2
     assert summary["rollback_events_stored"] == 1
+    # the uplink went through the simulated cellular data path, which really went down
+    # (tunnel, profile switches, the failed attach), and everything spooled was delivered
+    assert summary["link_outages"] >= 2
+    assert summary["link_connections_cut"] >= 1
+    assert summary["link_connections"] > summary["link_connections_cut"]
+    assert summary["batches_unacked"] == 0
+    assert summary["scenario_problems"] == []
     audit_log = Path(summary["audit_log"])
     try:
         assert audit_log.is_file(), "with --json the work directory is kept"
