@@ -58,6 +58,8 @@ class UplinkStats:
     retry_after_waits: int = 0
     last_retry_after_s: float = 0.0
     credit: int = 0
+    backoff_attempt: int = 0
+    """Failed sessions in a row behind the last reconnect delay (1 after a stream that made progress)."""
     quarantined: int = 0
     """Reports of a batch kept in quarantine at the ingest (malformed content; a resent one again)."""
     last_quarantine: str = ""
@@ -87,8 +89,16 @@ def wrap_batch(payload: bytes, *, boot_epoch: int, seq: int) -> bytes:
 
 
 def channel_options(config: UplinkConfig) -> list[tuple[str, int | str]]:
-    """Keepalive for cellular links: ping every ``keepalive_s`` even when idle."""
+    """Keepalive for cellular links: ping every ``keepalive_s`` even when idle.
+
+    The stream waits for the channel (``wait_for_ready``), so while the link is down gRPC's
+    own reconnect backoff decides when the next connection attempt happens; by default it
+    grows to 120 s, which would leave a vehicle idle for two minutes after it leaves a tunnel.
+    It follows the uplink's ``backoff_initial_s``/``backoff_max_s`` instead.
+    """
     options: list[tuple[str, int | str]] = [
+        ("grpc.initial_reconnect_backoff_ms", max(100, int(config.backoff_initial_s * 1000))),
+        ("grpc.max_reconnect_backoff_ms", max(100, int(config.backoff_max_s * 1000))),
         ("grpc.keepalive_time_ms", int(config.keepalive_s * 1000)),
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -149,6 +159,7 @@ class Uplink:
     ) -> None:
         self.config = config
         self.stats = UplinkStats()
+        self._acks_seen = 0
         self._hello = ingest_pb.UploadRequest(hello=hello).SerializeToString()
         self._outbox = outbox
         self._window = window
@@ -202,9 +213,9 @@ class Uplink:
         attempt = 0
         while True:
             retry_after_s: float | None = None
+            acks_before = self._acks_seen
             try:
                 await self._session()
-                attempt = 0
             except grpc.aio.AioRpcError as exc:
                 self.stats.last_error = f"{exc.code().name}: {exc.details()}"
                 log.warning("uplink: stream to %s ended: %s", self.config.target, self.stats.last_error)
@@ -218,7 +229,10 @@ class Uplink:
                 if self.stats.connected:
                     self.stats.disconnects += 1
                 self.stats.connected = False
+            if self._acks_seen > acks_before:  # the stream made progress: start the backoff over
+                attempt = 0
             attempt += 1
+            self.stats.backoff_attempt = attempt
             cap = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** min(attempt, 16))
             delay = random.uniform(self.config.backoff_initial_s, max(cap, self.config.backoff_initial_s))
             if retry_after_s is not None:
@@ -276,6 +290,7 @@ class Uplink:
         async for response in call:
             if response.HasField("ack"):
                 ack = response.ack
+                self._acks_seen += 1
                 if ack.duplicate:
                     self.stats.duplicates += 1
                 self.stats.credit = ack.credit

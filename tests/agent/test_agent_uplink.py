@@ -20,6 +20,7 @@ from tcu.config import UplinkConfig
 from tcu.ingest import IngestConfig, IngestServer
 from tcu.spool import Spool, SpoolConfig
 from tcu.uplink import MemoryOutbox, Uplink
+from tcu.uplink.client import channel_options
 
 VEHICLE = "WTCUUPLINK0000001"
 
@@ -101,6 +102,16 @@ async def test_stream_ended_by_max_connection_age_resumes_without_loss(tmp_path:
     assert uplink.stats.connects >= 2
     assert uplink.stats.acked_seq == 60
     assert uplink.stats.credit >= 1
+    # Each ended stream had made progress, so the backoff started over every time.
+    assert uplink.stats.backoff_attempt == 1
+
+
+def test_grpc_reconnect_backoff_follows_the_uplink_config() -> None:
+    """While the link is down gRPC's reconnect backoff applies (wait_for_ready): not its 120 s default."""
+    config = UplinkConfig(target="127.0.0.1:1", backoff_initial_s=0.5, backoff_max_s=5.0)
+    options = dict(channel_options(config))
+    assert options["grpc.initial_reconnect_backoff_ms"] == 500
+    assert options["grpc.max_reconnect_backoff_ms"] == 5000
 
 
 async def test_vehicle_over_its_rate_is_paced_without_errors(tmp_path: Path) -> None:
