@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tcu.ingest import IngestConfig, IngestServer
+from tcu.ingest import IngestConfig, IngestServer, IngestTls
+from tcu.pki import DevPki
 
 DBC = """VERSION ""
 
@@ -92,3 +93,25 @@ async def ingest(tmp_path: Path) -> AsyncIterator[IngestServer]:
         yield server
     finally:
         await server.stop(1.0)
+
+
+@pytest.fixture
+def pki(tmp_path: Path, request: pytest.FixtureRequest) -> DevPki:
+    """A development PKI with a certificate for the test module's ``VIN`` and a backend "oem"."""
+    pki = DevPki(tmp_path / "pki")
+    pki.init()
+    pki.issue_vehicle(request.module.VIN)
+    pki.issue_backend("oem")
+    return pki
+
+
+@pytest.fixture
+async def server(pki: DevPki, tmp_path: Path) -> AsyncIterator[IngestServer]:
+    """A real ingest on a free loopback port with mTLS from ``pki``."""
+    tls = IngestTls(cert=pki.server_cert, key=pki.server_key, client_ca=pki.ca_cert, crl=pki.crl)
+    server = IngestServer(IngestConfig(listen="127.0.0.1:0", db_path=tmp_path / "i.db", tls=tls))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(0.5)

@@ -7,12 +7,10 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import can
 import grpc
-import pytest
 from agent_helpers import START_NS, agent_config, wait_until
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -20,7 +18,7 @@ from tcu.agent import Agent
 from tcu.api.v1 import fleet_pb2 as fleet_pb
 from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
 from tcu.config import CampaignSettings, CommandSettings, TlsConfig
-from tcu.ingest import IngestConfig, IngestServer, IngestTls
+from tcu.ingest import IngestServer
 from tcu.pki import DevPki, channel_credentials, load_signing_key, sign_command
 from tcu.signals.dbc import load_dbc
 
@@ -36,26 +34,6 @@ expression = "Vehicle.Acceleration.Longitudinal < -6"
 pre_trigger_ms = 200
 post_trigger_ms = 100
 """
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> DevPki:
-    pki = DevPki(tmp_path / "pki")
-    pki.init()
-    pki.issue_vehicle(VIN)
-    pki.issue_backend("oem")
-    return pki
-
-
-@pytest.fixture
-async def server(pki: DevPki, tmp_path: Path) -> AsyncIterator[IngestServer]:
-    tls = IngestTls(cert=pki.server_cert, key=pki.server_key, client_ca=pki.ca_cert, crl=pki.crl)
-    server = IngestServer(IngestConfig(listen="127.0.0.1:0", db_path=tmp_path / "i.db", tls=tls))
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop(0.5)
 
 
 def _frames(db: object, start_i: int, n: int, brake_at: int | None) -> list[can.Message]:

@@ -9,7 +9,7 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -27,7 +27,7 @@ from tcu.cli.main import main
 from tcu.config import AgentConfig, CommandSettings, TlsConfig
 from tcu.errors import InputError
 from tcu.esim import verify
-from tcu.ingest import IngestConfig, IngestServer, IngestTls
+from tcu.ingest import IngestServer
 from tcu.pki import DevPki, channel_credentials, load_signing_key, sign_command
 
 VIN = "WTCUESIM000000001"
@@ -44,26 +44,6 @@ de-telekom = "{ICCID["de-telekom"]}"
 [countries.FR]
 preferred = "fr-orange"
 """
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> DevPki:
-    pki = DevPki(tmp_path / "pki")
-    pki.init()
-    pki.issue_vehicle(VIN)
-    pki.issue_backend("oem")
-    return pki
-
-
-@pytest.fixture
-async def server(pki: DevPki, tmp_path: Path) -> AsyncIterator[IngestServer]:
-    tls = IngestTls(cert=pki.server_cert, key=pki.server_key, client_ca=pki.ca_cert, crl=pki.crl)
-    server = IngestServer(IngestConfig(listen="127.0.0.1:0", db_path=tmp_path / "i.db", tls=tls))
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop(0.5)
 
 
 @pytest.fixture
