@@ -18,6 +18,7 @@ from agent_helpers import agent_config, wait_until
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from sim.border import PROFILES, build_card, build_modem
+from sim.datalink import DataLinkProxy, has_data_connection
 from sim.modem import SimulatedModem
 from tcu.agent import Agent
 from tcu.agent.connectivity import EsimOrder, parse_esim_order
@@ -256,3 +257,50 @@ async def test_without_connectivity_an_order_is_refused_and_campaign_push_still_
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def test_order_result_arrives_after_the_switch_cut_the_data_link(
+    pki: DevPki, server: IngestServer, tmp_path: Path, small_dbc: Path, small_mapping: Path
+) -> None:
+    """The switch detaches the modem, which cuts the uplink (the simulated data path); the result
+    comes on the next stream, and the backend waiting in Fleet.SendCommand gets it."""
+    (tmp_path / "roaming.toml").write_text(POLICY)
+    with build_modem(build_card(), country="FR", attach_delay_s=0.5) as modem:
+        await wait_until(lambda: has_data_connection(modem), timeout_s=10)
+        with DataLinkProxy(lambda: has_data_connection(modem), ("127.0.0.1", server.bound_port)) as link:
+            base = _config(pki, server, tmp_path, small_dbc, small_mapping)
+            config = dataclasses.replace(
+                base,
+                uplink=dataclasses.replace(base.uplink, target=f"127.0.0.1:{link.port}"),
+                connectivity={
+                    "port": modem.port,
+                    "policy": str(tmp_path / "roaming.toml"),
+                    "audit_log": str(tmp_path / "esim-audit.jsonl"),
+                    "poll_interval_s": 0.05,
+                    "command_timeout_s": 1.0,
+                    "apdu_timeout_s": 0.5,
+                    "clock": "wall",
+                    "reopen_backoff_s": 0.1,
+                },
+            )
+            agent = Agent(config)
+            stop = asyncio.Event()
+            task = asyncio.create_task(agent.run(stop))
+            try:
+                await wait_until(lambda: agent.uplink.stats.connected)
+                blob = sign_command(
+                    load_signing_key(pki.command_signing_key),
+                    command_id="o-cut",
+                    kind="esim.enable",
+                    target=VIN,
+                    payload=ICCID["de-telekom"].encode(),
+                )
+                assert await _send(pki, server.bound_port, blob, "o-cut") == (
+                    "EXECUTED",
+                    f"enabled {ICCID['de-telekom']} (de-telekom), registered on 208-10",
+                )
+                assert link.stats.connections_cut >= 1  # the order's own switch cut the stream
+                assert agent.uplink.stats.connects >= 2  # and the result came on a later one
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 30)
