@@ -220,6 +220,7 @@ class BorderRadio:
         self.drive = drive
         self.period_s = period_s
         self.tunnel = tunnel
+        self._tunnel_m = _tunnel_span(drive.route, tunnel) if tunnel is not None else None  # (start, end) m
         start_country = drive.route.pose_at(0.0).country
         self.card: SimulatedEuicc | None = None
         self.modem: SimulatedModem | ModemProcess
@@ -315,7 +316,7 @@ class BorderRadio:
 
     def _passed_tunnel(self, before_m: float | None, after_m: float) -> bool:
         """Whether the car went from before the tunnel to after it (``before_m`` → ``after_m``)."""
-        span = _tunnel_span(self.drive.route, self.tunnel) if self.tunnel is not None else None
+        span = self._tunnel_m
         return span is not None and before_m is not None and before_m < span[0] and after_m >= span[1]
 
     def _run(self) -> None:

@@ -159,7 +159,6 @@ class Uplink:
     ) -> None:
         self.config = config
         self.stats = UplinkStats()
-        self._acks_seen = 0
         self._hello = ingest_pb.UploadRequest(hello=hello).SerializeToString()
         self._outbox = outbox
         self._window = window
@@ -213,7 +212,7 @@ class Uplink:
         attempt = 0
         while True:
             retry_after_s: float | None = None
-            acks_before = self._acks_seen
+            acked_before = self.stats.batches_acked
             try:
                 await self._session()
             except grpc.aio.AioRpcError as exc:
@@ -229,7 +228,7 @@ class Uplink:
                 if self.stats.connected:
                     self.stats.disconnects += 1
                 self.stats.connected = False
-            if self._acks_seen > acks_before:  # the stream made progress: start the backoff over
+            if self.stats.batches_acked > acked_before:  # the stream made progress: start the backoff over
                 attempt = 0
             attempt += 1
             self.stats.backoff_attempt = attempt
@@ -290,7 +289,6 @@ class Uplink:
         async for response in call:
             if response.HasField("ack"):
                 ack = response.ack
-                self._acks_seen += 1
                 if ack.duplicate:
                     self.stats.duplicates += 1
                 self.stats.credit = ack.credit
