@@ -28,7 +28,8 @@ session did not :meth:`Spool.close` and the kernel boot id changed since (a powe
 kernel crash, not a ``kill -9``), every seq up to the durable reservation that has no record
 on disk becomes a ``"corrupt"`` tombstone, and new batches continue above it. Otherwise the
 ingest, which deduplicates by ``(boot_epoch, seq)``, would drop new batches that reuse seqs
-of batches it already stored.
+of batches it already stored. For the same reason a record cut short at the end of the last
+segment (a torn write) is not simply cut off: its seq becomes a ``"corrupt"`` tombstone.
 
 Agents that need the seq inside the encoded batch can append the identity at send time:
 protobuf merges concatenated messages, so ``payload + TelemetryBatch(boot_epoch=e,
@@ -274,8 +275,9 @@ class Spool:
     def open(cls, config: SpoolConfig, *, clock_ns: Callable[[], int] = time.time_ns) -> Spool:
         """Open (creating if needed) the spool in ``config.directory`` and recover its contents.
 
-        Recovery truncates a torn tail of the last segment, skips corrupt regions (their seqs
-        become ``"corrupt"`` tombstones), finishes an eviction interrupted by a crash, and
+        Recovery cuts off a torn tail of the last segment and skips corrupt regions (the seqs
+        of the records they held, the torn one included, become ``"corrupt"`` tombstones and
+        are never reused), finishes an eviction interrupted by a crash, and
         deletes fully acknowledged segments. Raises :class:`SpoolUnavailableError` naming
         the path when the directory cannot be created or written, :class:`SpoolLockedError`
         when another Spool holds it.
@@ -319,7 +321,6 @@ class Spool:
             self._write_ack(seg_paths[0][0] - 1, sync=True)
         expected = self._acked + 1
         dirty: set[int] = set()
-        truncate_at: int | None = None
         for i, (name_seq, path) in enumerate(seg_paths):
             seg = _Segment(path, name_seq)
             seg.lo = expected
@@ -334,13 +335,19 @@ class Spool:
             for region in bad:
                 self._repairs += 1
                 if region.at_tail and is_last and not fmt.looks_complete(buf, region.start):
+                    # A record cut short (power cut mid-write, or bytes lost later). Its seq may
+                    # have been handed out (and uploaded) already, so it is never reused: it
+                    # becomes a "corrupt" tombstone and the segment is rewritten without the
+                    # torn bytes.
                     logger.warning(
-                        "spool %s: torn record at offset %d (%d bytes to end of file); truncating",
+                        "spool %s: torn record at offset %d (%d bytes to end of file); its seq "
+                        "becomes a 'corrupt' tombstone",
                         path,
                         region.start,
                         region.end - region.start,
                     )
-                    truncate_at = region.start
+                    dirty.add(i)
+                    lost_tail_record = True
                 else:
                     logger.warning(
                         "spool %s: corrupt bytes at offset %d..%d (%d bytes) skipped",
@@ -409,14 +416,10 @@ class Spool:
         for seg in self._segments:
             self._total_bytes += seg.size
             seg.read_fd = self._open_read(seg.path)
-        if truncate_at is not None and (len(self._segments) - 1) not in dirty:
-            self._truncate_tail(self._segments[-1], truncate_at)
         if dirty:
             self._sync_ack()
             for i in sorted(dirty):
                 self._rewrite(self._segments[i], {})
-            self._write_state()
-        elif truncate_at is not None:
             self._write_state()
         if self._intent:
             self._apply_intent()
@@ -896,16 +899,6 @@ class Spool:
                 self._sync_dir()
             except OSError as exc:
                 raise self._os_error(self._dir, "cannot sync directory after deleting segments", exc) from exc
-
-    def _truncate_tail(self, seg: _Segment, size: int) -> None:
-        try:
-            with open(seg.path, "r+b") as fh:
-                fh.truncate(size)
-                os.fsync(fh.fileno())
-        except OSError as exc:
-            raise self._os_error(seg.path, f"cannot truncate torn tail at offset {size}", exc) from exc
-        self._total_bytes -= seg.size - size
-        seg.size = size
 
     def _rewrite(self, seg: _Segment, tombstones: Mapping[int, int]) -> None:
         """Rewrite ``seg`` without acked records and garbage, turning ``tombstones`` (seq → flags)

@@ -14,6 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tcu.agent.outbox import SpoolOutbox
+from tcu.api.v1 import telemetry_pb2 as telemetry_pb
 from tcu.spool import Spool, SpoolConfig, SpoolCorruptError
 
 HEADER_LEN = 36
@@ -46,30 +48,51 @@ def damage(path: Path, offset: int, length: int) -> None:
 
 
 @pytest.mark.parametrize("cut_into_last", [1, 20, HEADER_LEN + 500])
-def test_torn_tail_is_truncated_counted_and_appends_go_on(
+def test_torn_tail_becomes_a_tombstone_and_its_seq_is_never_reused(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, cut_into_last: int
 ) -> None:
     directory = tmp_path / "spool"
-    config = fill(directory, 10)
+    config = SpoolConfig(directory, segment_bytes=1 << 20, max_bytes=16 << 20)
+    handed_out: dict[int, bytes] = {}
+    with Spool.open(config) as spool:
+        for i in range(1, 11):
+            handed_out[spool.append(payload_for(i), priority=1, created_ns=NOW_NS + i).seq] = payload_for(i)
     segment = only_segment(directory)
     record_len = HEADER_LEN + 1000
-    # A power cut while writing record 10: only its first bytes reached the disk.
+    # A power cut while writing record 10 (or bytes lost later): only its first bytes are on disk.
+    # Seq 10 may have gone upstream already, so it must never carry other content.
     with segment.open("r+b") as fh:
         fh.truncate(9 * record_len + cut_into_last)
 
     with caplog.at_level(logging.WARNING, logger="tcu.spool"), Spool.open(config) as spool:
         stats = spool.stats()
         assert stats.repaired_regions == 1
-        assert stats.lost_to_corruption == 0  # the torn record never completed: nothing was lost
-        assert [r.seq for r in spool.pending()] == list(range(1, 10))
-        assert all(r.payload == payload_for(r.seq) for r in spool.pending())
-        assert segment.stat().st_size == 9 * record_len
-        assert spool.append(payload_for(10), priority=0, created_ns=NOW_NS).seq == 10
+        assert stats.lost_to_corruption == 1
+        records = list(spool.pending())
+        expected = [(s, None) for s in range(1, 10)] + [(10, "corrupt")]
+        assert [(r.seq, r.tombstone) for r in records] == expected
+        assert all(r.payload == payload_for(r.seq) for r in records[:9])
+        assert spool.take_eviction_report().lost_to_corruption == 1
+        for i in range(11, 14):
+            record = spool.append(b"new %d" % i, priority=0, created_ns=NOW_NS)
+            assert record.seq not in handed_out  # never a seq given out before
+            handed_out[record.seq] = record.payload
     assert f"{segment}: torn record at offset {9 * record_len}" in caplog.text
 
-    with Spool.open(config) as spool:  # the repair is not found (nor counted) again
+    with Spool.open(config) as spool:  # the repair is durable: not found (nor counted) again
         assert spool.stats().repaired_regions == 1
-        assert [r.payload for r in spool.pending()] == [payload_for(i) for i in range(1, 11)]
+        assert spool.stats().lost_to_corruption == 1
+        records = list(spool.pending())
+        assert [r.seq for r in records] == list(range(1, 14))
+        for r in records:
+            if r.tombstone is None:
+                assert r.payload == handed_out[r.seq]  # no seq ever carried two contents
+        assert [r.seq for r in records if r.tombstone] == [10]
+        # What the ingest receives for seq 10: a batch without samples that carries the loss.
+        sent = dict(SpoolOutbox(spool, vehicle_id="WTCUTORN000000001").pending())
+        loss = telemetry_pb.TelemetryBatch.FromString(sent[10])
+        assert loss.HasField("loss") and loss.loss.reason.startswith("corrupt")
+        assert not loss.columns
 
 
 @pytest.mark.parametrize(
