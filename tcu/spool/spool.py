@@ -29,7 +29,9 @@ kernel crash, not a ``kill -9``), every seq up to the durable reservation that h
 on disk becomes a ``"corrupt"`` tombstone, and new batches continue above it. Otherwise the
 ingest, which deduplicates by ``(boot_epoch, seq)``, would drop new batches that reuse seqs
 of batches it already stored. For the same reason a record cut short at the end of the last
-segment (a torn write) is not simply cut off: its seq becomes a ``"corrupt"`` tombstone.
+segment is cut off and its seq reused only when the previous session ended without
+:meth:`Spool.close` (the append it belonged to never returned); after a clean close the bytes
+were lost later and its seq becomes a ``"corrupt"`` tombstone.
 
 Agents that need the seq inside the encoded batch can append the identity at send time:
 protobuf merges concatenated messages, so ``payload + TelemetryBatch(boot_epoch=e,
@@ -98,7 +100,9 @@ class SpoolRecord:
 
     ``payload`` is the caller's bytes (decompressed); it is ``b""`` for a tombstone.
     ``original_len`` is the payload length as appended (kept in tombstones too).
-    ``priority`` and ``created_ns`` are 0 for a ``"corrupt"`` tombstone (they were lost).
+    ``priority`` and ``created_ns`` are 0 for a ``"corrupt"`` tombstone whose header was lost
+    too. ``detail`` says, for a ``"corrupt"`` tombstone found by this process, where and how
+    (file and offset); it is not kept across a restart.
     """
 
     seq: int
@@ -107,6 +111,7 @@ class SpoolRecord:
     payload: bytes
     original_len: int
     tombstone: TombstoneReason | None = None
+    detail: str = ""
 
     @property
     def is_tombstone(self) -> bool:
@@ -260,6 +265,7 @@ class Spool:
         self._repairs = 0
         self._lost = 0
         self._lost_reported = 0
+        self._details: dict[int, str] = {}  # seq -> where a "corrupt" tombstone's record was lost
         self._intent: dict[int, int] = {}
         self._next_age_check_ns = 0
         self._compressor = (
@@ -276,11 +282,11 @@ class Spool:
         """Open (creating if needed) the spool in ``config.directory`` and recover its contents.
 
         Recovery cuts off a torn tail of the last segment and skips corrupt regions (the seqs
-        of the records they held, the torn one included, become ``"corrupt"`` tombstones and
-        are never reused), finishes an eviction interrupted by a crash, and
-        deletes fully acknowledged segments. Raises :class:`SpoolUnavailableError` naming
-        the path when the directory cannot be created or written, :class:`SpoolLockedError`
-        when another Spool holds it.
+        of the records they held become ``"corrupt"`` tombstones and are never reused; so does
+        the torn one, unless the previous session ended while appending it), finishes an
+        eviction interrupted by a crash, and deletes fully acknowledged segments. Raises
+        :class:`SpoolUnavailableError` naming the path when the directory cannot be created or
+        written, :class:`SpoolLockedError` when another Spool holds it.
         """
         directory = config.directory
         try:
@@ -335,19 +341,25 @@ class Spool:
             for region in bad:
                 self._repairs += 1
                 if region.at_tail and is_last and not fmt.looks_complete(buf, region.start):
-                    # A record cut short (power cut mid-write, or bytes lost later). Its seq may
-                    # have been handed out (and uploaded) already, so it is never reused: it
-                    # becomes a "corrupt" tombstone and the segment is rewritten without the
-                    # torn bytes.
+                    # A record cut short. After an unclean end (kill -9 or power cut while
+                    # appending) it is the append that never returned, so its seq was never
+                    # handed out (power-loss mode returns only after fdatasync; in crash mode a
+                    # power cut makes every reserved seq a tombstone below). Otherwise (the
+                    # previous session closed cleanly) bytes were lost later: the seq may have
+                    # gone upstream, so it is never reused but becomes a "corrupt" tombstone.
+                    # Either way the segment is rewritten without the torn bytes.
+                    handed_out = bool(self._prev_session.get("clean", True))
                     logger.warning(
-                        "spool %s: torn record at offset %d (%d bytes to end of file); its seq "
-                        "becomes a 'corrupt' tombstone",
+                        "spool %s: torn record at offset %d (%d bytes to end of file); %s",
                         path,
                         region.start,
                         region.end - region.start,
+                        "its seq becomes a 'corrupt' tombstone"
+                        if handed_out
+                        else "cut off (the append it belonged to never returned)",
                     )
                     dirty.add(i)
-                    lost_tail_record = True
+                    lost_tail_record = lost_tail_record or handed_out
                 else:
                     logger.warning(
                         "spool %s: corrupt bytes at offset %d..%d (%d bytes) skipped",
@@ -655,8 +667,10 @@ class Spool:
 
         The range is fixed when iteration starts (later appends are not included); a record
         acknowledged while iterating is skipped, one evicted meanwhile comes as a tombstone.
-        Raises :class:`SpoolCorruptError` naming file and offset when stored bytes no longer
-        match their checksum.
+        A record whose stored bytes no longer match their checksum (or do not decompress) comes
+        as a ``"corrupt"`` tombstone whose ``detail`` names file and offset (logged at ERROR,
+        counted, written to disk). Raises :class:`SpoolUnavailableError` when a segment cannot
+        be read at all (an I/O error).
         """
         with self._mutex:
             self._check_open()
@@ -692,6 +706,7 @@ class Spool:
             for seq in range(previous + 1, up_to_seq + 1):
                 self._index.pop(seq, None)
                 self._intent.pop(seq, None)
+                self._details.pop(seq, None)
             self._drop_acked_segments()
 
     def enforce_bounds(self) -> int:
@@ -854,7 +869,9 @@ class Spool:
     def _read(self, seq: int, entry: _Entry) -> SpoolRecord:
         reason = _reason(entry.flags)
         if reason is not None:
-            return SpoolRecord(seq, entry.priority, entry.created_ns, b"", entry.raw_len, reason)
+            return SpoolRecord(
+                seq, entry.priority, entry.created_ns, b"", entry.raw_len, reason, self._details.get(seq, "")
+            )
         seg = entry.seg
         try:
             data = os.pread(seg.read_fd, fmt.HEADER_LEN + entry.stored_len, entry.offset)
@@ -864,19 +881,42 @@ class Spool:
             ) from exc
         header, stored = data[: fmt.HEADER_LEN], data[fmt.HEADER_LEN :]
         if len(stored) != entry.stored_len or not fmt.check_payload(header, stored):
-            raise SpoolCorruptError(
-                f"{seg.path}: record seq {seq} at offset {entry.offset} fails its checksum on read"
-            )
+            return self._lost_on_read(seq, entry, "fails its checksum on read")
         if entry.flags & fmt.FLAG_ZSTD:
             try:
                 payload = self._decompressor.decompress(stored, max_output_size=entry.raw_len)
             except zstandard.ZstdError as exc:
-                raise SpoolCorruptError(
-                    f"{seg.path}: record seq {seq} at offset {entry.offset} does not decompress: {exc}"
-                ) from exc
+                return self._lost_on_read(seq, entry, f"does not decompress: {exc}")
         else:
             payload = stored
         return SpoolRecord(seq, entry.priority, entry.created_ns, payload, entry.raw_len, None)
+
+    def _lost_on_read(self, seq: int, entry: _Entry, problem: str) -> SpoolRecord:
+        """A record whose bytes went bad after they were checked on open: it becomes a
+        ``"corrupt"`` tombstone (same seq, priority, time and length; rewritten on disk like an
+        eviction), counted in ``lost_to_corruption``, so the stream of seqs goes on."""
+        path, offset = entry.seg.path, entry.offset
+        logger.error(
+            "spool %s: record seq %d at offset %d %s; it becomes a 'corrupt' tombstone",
+            path,
+            seq,
+            offset,
+            problem,
+        )
+        self._lost += 1
+        self._details[seq] = f"{path} offset {offset}: {problem}"
+        flags = fmt.FLAG_TOMBSTONE | fmt.FLAG_REASON_CORRUPT
+        self._intent[seq] = flags
+        try:
+            self._write_state()  # the count and the intent first, as for an eviction
+            self._apply_intent()
+        except SpoolError as exc:
+            # Sent as a tombstone all the same; the rewrite is retried with the next eviction
+            # or open (an open that finds the bad bytes first counts them once more).
+            logger.error("spool %s: could not write the tombstone of seq %d: %s", self._dir, seq, exc)
+        return SpoolRecord(
+            seq, entry.priority, entry.created_ns, b"", entry.raw_len, "corrupt", self._details[seq]
+        )
 
     def _drop_acked_segments(self) -> None:
         dropped = False

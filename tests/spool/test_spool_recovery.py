@@ -95,6 +95,23 @@ def test_torn_tail_becomes_a_tombstone_and_its_seq_is_never_reused(
         assert not loss.columns
 
 
+def test_torn_tail_of_an_append_interrupted_by_a_kill_is_cut_off(tmp_path: Path) -> None:
+    """The process died while appending seq 10 (the spool was not closed): that append never
+    returned, so seq 10 was never handed out and is used by the next batch, without a loss."""
+    config = SpoolConfig(tmp_path / "spool", segment_bytes=1 << 20, max_bytes=16 << 20)
+    image = tmp_path / "after-kill"
+    with Spool.open(config) as spool:
+        for i in range(1, 11):
+            spool.append(payload_for(i), priority=1, created_ns=NOW_NS + i)
+        shutil.copytree(config.directory, image)  # as a kill -9 leaves it (not closed)
+    with (image / "seg-00000000000000000001.log").open("r+b") as fh:
+        fh.truncate(9 * (HEADER_LEN + 1000) + 100)
+    with Spool.open(SpoolConfig(image, segment_bytes=1 << 20, max_bytes=16 << 20)) as spool:
+        stats = spool.stats()
+        assert (stats.repaired_regions, stats.lost_to_corruption, stats.tombstones) == (1, 0, 0)
+        assert spool.append(b"next", priority=1, created_ns=NOW_NS).seq == 10
+
+
 @pytest.mark.parametrize(
     ("where", "length", "lost"),
     [
@@ -294,3 +311,34 @@ def test_crash_mode_kill_without_reboot_skips_nothing(tmp_path: Path) -> None:
         assert [r.seq for r in spool.pending() if r.tombstone is None] == list(range(1, 11))
         assert spool.stats().tombstones == 0
         assert spool.append(b"next", priority=1, created_ns=NOW_NS).seq == 11
+
+
+def test_checksum_failure_on_read_becomes_a_corrupt_tombstone_naming_file_and_offset(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "spool"
+    config = SpoolConfig(directory, segment_bytes=1 << 20, max_bytes=16 << 20)
+    with Spool.open(config) as spool:
+        for i in range(1, 6):
+            spool.append(payload_for(i), priority=2, created_ns=NOW_NS + i)
+        segment = only_segment(directory)
+        offset = 2 * (HEADER_LEN + 1000)
+        damage(segment, offset + HEADER_LEN + 10, 1)  # bit rot in seq 3 while the spool is open
+        with caplog.at_level(logging.ERROR, logger="tcu.spool"):
+            records = list(spool.pending())
+        assert [(r.seq, r.tombstone) for r in records] == [
+            (1, None), (2, None), (3, "corrupt"), (4, None), (5, None)
+        ]
+        lost = records[2]
+        assert (lost.priority, lost.created_ns, lost.original_len) == (2, NOW_NS + 3, 1000)
+        assert lost.detail == f"{segment} offset {offset}: fails its checksum on read"
+        assert f"{segment}: record seq 3 at offset {offset} fails its checksum on read" in caplog.text
+        assert spool.stats().lost_to_corruption == 1
+        assert spool.take_eviction_report().lost_to_corruption == 1
+        assert [r.seq for r in spool.pending() if r.tombstone] == [3]  # read again: still a tombstone
+        assert spool.append(b"next", priority=0, created_ns=NOW_NS).seq == 6
+    with Spool.open(config) as spool:  # the tombstone was written: nothing new is found on open
+        stats = spool.stats()
+        assert (stats.lost_to_corruption, stats.repaired_regions, stats.tombstones) == (1, 0, 1)
+        assert [(r.seq, r.tombstone) for r in spool.pending()][2] == (3, "corrupt")
+        assert spool.take_eviction_report().total == 0
