@@ -22,10 +22,23 @@ from collections.abc import Iterator
 
 from tcu.api.v1 import telemetry_pb2 as telemetry_pb
 from tcu.spool import Spool, SpoolError, SpoolRecord
+from tcu.uplink import OutboxReadError
 
 __all__ = ["SpoolOutbox"]
 
 log = logging.getLogger(__name__)
+
+
+_MAX_REASON_CHARS = 1024  # well below the ingest's max_string_bytes (4096 by default)
+
+
+def _loss_reason(record: SpoolRecord) -> str:
+    """``evicted``, ``expired`` or ``corrupt``, followed for a corruption found at run time by
+    where it was (``corrupt: <segment> offset <n>: fails its checksum on read``)."""
+    reason = str(record.tombstone)
+    if record.detail:
+        reason = f"{reason}: {record.detail}"
+    return reason[:_MAX_REASON_CHARS]
 
 
 class SpoolOutbox:
@@ -87,8 +100,13 @@ class SpoolOutbox:
         return seq
 
     def pending(self, after_seq: int = 0) -> Iterator[tuple[int, bytes]]:
-        for record in self._spool.pending(after_seq):
-            yield record.seq, self._payload(record)
+        # A record that fails its checksum comes from the spool as a "corrupt" tombstone; what
+        # is left is a segment that cannot be read at all, which the uplink retries later.
+        try:
+            for record in self._spool.pending(after_seq):
+                yield record.seq, self._payload(record)
+        except SpoolError as exc:
+            raise OutboxReadError(str(exc)) from exc
 
     def _payload(self, record: SpoolRecord) -> bytes:
         if not record.is_tombstone:
@@ -96,7 +114,7 @@ class SpoolOutbox:
         loss = telemetry_pb.TelemetryBatch(
             vehicle_id=self._vehicle_id,
             loss=telemetry_pb.DataLoss(
-                reason=str(record.tombstone),
+                reason=_loss_reason(record),
                 priority=record.priority,
                 created_ns=record.created_ns,
                 payload_bytes=record.original_len,

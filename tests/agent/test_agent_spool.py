@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
+import time
 import uuid
 from pathlib import Path
 
@@ -145,6 +147,50 @@ async def test_tiny_spool_evicts_low_priority_first_and_the_ingest_learns_the_co
     assert info.batches == 40  # every sequence number arrived: the watermark moved past the lost ones
     assert info.lost_batches == evicted[0]
     assert info.samples == (40 - evicted[0]) * 300
+
+
+async def test_a_spooled_batch_that_fails_its_checksum_when_sent_is_delivered_as_a_data_loss(
+    tmp_path: Path,
+) -> None:
+    """Bit rot in a spooled batch, found when the uplink reads it: the stream goes on and the
+    ingest counts the loss under the same seq, with the file and offset in its reason."""
+    vehicle = "WTCUROT0000000001"
+    catalog = telemetry_pb.SignalCatalog(catalog_id="c1")
+    catalog.signals.add(signal_id=1, name="Vehicle.Speed", unit="km/h", type=telemetry_pb.VALUE_TYPE_DOUBLE)
+    spool = Spool.open(SpoolConfig(directory=tmp_path / "spool", durability="crash"))
+    outbox = SpoolOutbox(spool, vehicle_id=vehicle)
+    payloads = [_batch(vehicle, "c1", (i + 1) * 10**9, 50) for i in range(10)]
+    for payload in payloads:
+        outbox.append(payload, priority=0, created_ns=time.time_ns())
+    (segment,) = (tmp_path / "spool").glob("seg-*.log")
+    offset = sum(36 + len(p) for p in payloads[:3])  # seq 4
+    data = bytearray(segment.read_bytes())
+    data[offset + 36 + 5] ^= 0xFF
+    segment.write_bytes(bytes(data))
+
+    server = IngestServer(IngestConfig(insecure=True, listen="127.0.0.1:0", db_path=tmp_path / "i.db"))
+    port = await server.start()
+    uplink = Uplink(
+        UplinkConfig(target=f"127.0.0.1:{port}", insecure=True, backoff_initial_s=0.05),
+        hello=ingest_pb.Hello(vehicle_id=vehicle, boot_epoch=outbox.boot_epoch, catalog=catalog),
+        outbox=outbox,
+    )
+    task = asyncio.create_task(uplink.run())
+    try:
+        uplink.notify()
+        drained = await uplink.wait_drained(15)
+        assert not task.done(), task.exception()
+        assert drained
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            info = (await fleet_grpc.FleetStub(ch).ListVehicles(fleet_pb.ListVehiclesRequest())).vehicles[0]
+    finally:
+        task.cancel()
+        await server.stop(1.0)
+        spool.close()
+    assert (info.batches, info.lost_batches, info.samples) == (10, 1, 9 * 50)
+    with sqlite3.connect(tmp_path / "i.db") as db:
+        rows = db.execute("SELECT seq, loss_reason FROM batches WHERE loss_reason IS NOT NULL").fetchall()
+    assert rows == [(4, f"corrupt: {segment} offset {offset}: fails its checksum on read")]
 
 
 def test_unusable_spool_directory_falls_back_to_memory_and_says_where(
