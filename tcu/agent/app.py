@@ -126,7 +126,7 @@ def open_outbox(config: AgentConfig) -> Outbox:
         stats.records + stats.tombstones,
         stats.repaired_regions,
     )
-    return SpoolOutbox(spool, vehicle_id=config.vehicle_id)
+    return SpoolOutbox(spool, vehicle_id=config.vehicle_id, backlog_bytes=s.backlog_bytes)
 
 
 class Agent:
@@ -143,6 +143,7 @@ class Agent:
     ):
         self.config = config
         self.stats_path = stats_path
+        self._stats_write_failed = False
         self.sources = list(sources)
         self.connectivity: ConnectivitySource | None = None
         if config.connectivity is not None:
@@ -445,4 +446,11 @@ class Agent:
     def _write_stats(self, stats: AgentStats) -> None:
         if self.stats_path is None:
             return
-        write_atomic(self.stats_path, json.dumps(asdict(stats)).encode(), durable=False)
+        try:
+            write_atomic(self.stats_path, json.dumps(asdict(stats)).encode(), durable=False)
+        except OSError as exc:  # e.g. a full disk: the stats file is not worth stopping for
+            if not self._stats_write_failed:
+                log.error("agent: cannot write the stats file %s: %s", self.stats_path, exc)
+            self._stats_write_failed = True
+        else:
+            self._stats_write_failed = False

@@ -65,6 +65,7 @@ from tcu.spool.errors import (
     SpoolCorruptError,
     SpoolFullError,
     SpoolLockedError,
+    SpoolTooLargeError,
     SpoolUnavailableError,
     SpoolUsageError,
 )
@@ -73,7 +74,7 @@ __all__ = ["EvictionReport", "Spool", "SpoolRecord", "SpoolStats", "TombstoneRea
 
 logger = logging.getLogger(__name__)
 
-TombstoneReason = Literal["evicted", "expired", "corrupt"]
+TombstoneReason = Literal["evicted", "expired", "corrupt", "unspooled"]
 
 _STATE_FORMAT = 1
 _STATE_NAME = "state.json"
@@ -91,6 +92,12 @@ _SEQ_RESERVE_BLOCK = 256
 _EVICT_TO_FRACTION = 0.9
 _AGE_CHECK_PERIOD_NS = 1_000_000_000
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})  # eviction can make room for these
+# The "headroom" file holds segment_bytes plus this much disk space while the spool is open. On
+# a full disk it is released first, so that eviction (state write-ahead, segment rewrites)
+# always has room to work with.
+_HEADROOM_NAME = "headroom"
+_HEADROOM_EXTRA = 64 * 1024
 _MAX_I64 = 2**63 - 1
 
 
@@ -142,6 +149,12 @@ class SpoolStats:
     """Records whose bytes were destroyed (now ``"corrupt"`` tombstones)."""
     oldest_age_s: float | None
     """Age of the oldest unacknowledged payload record, ``None`` when there is none."""
+    disk_full: int = 0
+    """Writes the disk refused (ENOSPC, EDQUOT) since this open, each answered by eviction."""
+    headroom_bytes: int = 0
+    """Disk space the headroom file holds now (0 while it could not be reserved)."""
+    unspooled: int = 0
+    """``"unspooled"`` tombstones written since this open (batches that never reached the disk)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +215,8 @@ def _reason(flags: int) -> TombstoneReason | None:
         return None
     if flags & fmt.FLAG_REASON_CORRUPT:
         return "corrupt"
+    if flags & fmt.FLAG_REASON_UNSPOOLED:
+        return "unspooled"
     if flags & fmt.FLAG_REASON_AGE:
         return "expired"
     return "evicted"
@@ -265,6 +280,11 @@ class Spool:
         self._repairs = 0
         self._lost = 0
         self._lost_reported = 0
+        self._headroom_fd = -1
+        self._headroom = 0
+        self._disk_full = 0
+        self._full_logged = False
+        self._unspooled = 0
         self._details: dict[int, str] = {}  # seq -> where a "corrupt" tombstone's record was lost
         self._intent: dict[int, int] = {}
         self._next_age_check_ns = 0
@@ -309,7 +329,10 @@ class Spool:
             raise SpoolLockedError(f"{directory}: spool is already open in another Spool") from exc
         spool = cls(config, clock_ns, lock_fd)
         try:
+            spool._open_headroom()
             spool._recover()
+            if not spool._reserve_headroom():
+                spool._make_room(0, "cannot reserve the headroom")
         except BaseException:
             spool._close_fds()
             raise
@@ -593,8 +616,10 @@ class Spool:
         ``priority`` is 0..255 (higher survives eviction longer); ``created_ns`` is the batch's
         creation time in UTC epoch ns (used by the age bound). The returned record is a
         tombstone when the bounds evicted it at once (every other record outranks it).
-        Raises :class:`SpoolFullError` when the disk refuses the write or the record alone
-        exceeds ``max_bytes`` (nothing is stored, the seq is not used, the spool stays
+        When the disk is full (ENOSPC, EDQUOT) the spool releases its headroom file, evicts by
+        priority to make room and tries once more. Raises :class:`SpoolFullError` when the
+        disk still refuses the write, :class:`SpoolTooLargeError` when the record alone exceeds
+        ``max_bytes`` (either way nothing is stored, the seq is not used, the spool stays
         usable), :class:`SpoolUsageError` for a bad argument.
         """
         if not 0 <= priority <= 255:
@@ -615,41 +640,16 @@ class Spool:
             seq = self._next_seq
             rec_len = fmt.HEADER_LEN + len(stored)
             if rec_len > self._config.max_bytes:
-                raise SpoolFullError(
+                raise SpoolTooLargeError(
                     f"{self._dir}: record seq {seq} of {rec_len} bytes exceeds max_bytes "
                     f"{self._config.max_bytes}"
                 )
-            if not self._power_loss:
-                self._reserve(seq)
-            seg = self._active_segment(rec_len)
             data = fmt.encode(
                 flags=flags, priority=priority, seq=seq, created_ns=created_ns, stored=stored, raw_len=raw_len
             )
-            offset = seg.size
-            try:
-                self._pwrite_all(seg.write_fd, data, offset)
-                if self._power_loss:
-                    os.fdatasync(seg.write_fd)
-            except OSError as exc:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(seg.write_fd, offset)
-                raise self._os_error(
-                    seg.path, f"cannot append record seq {seq} ({rec_len} bytes)", exc
-                ) from exc
-            entry = _Entry(
-                seg,
-                offset,
-                flags=flags,
-                priority=priority,
-                created_ns=created_ns,
-                stored_len=len(stored),
-                raw_len=raw_len,
+            entry = self._store(
+                seq, data, flags=flags, priority=priority, created_ns=created_ns, raw_len=raw_len
             )
-            self._index[seq] = entry
-            seg.hi = seq
-            seg.size += rec_len
-            self._total_bytes += rec_len
-            self._next_seq = seq + 1
             try:
                 self._enforce_locked(force_age=False)
             except SpoolError as exc:
@@ -661,6 +661,145 @@ class Spool:
             if entry.is_tombstone:
                 return SpoolRecord(seq, priority, created_ns, b"", raw_len, _reason(entry.flags))
             return SpoolRecord(seq, priority, created_ns, raw, raw_len, None)
+
+    def append_tombstone(self, *, priority: int, created_ns: int, original_len: int) -> SpoolRecord:
+        """Store a ``"unspooled"`` tombstone (36 bytes) in place of a batch that never reached
+        the disk, so that it gets a seq and its loss is reported like an eviction.
+
+        Raises like :meth:`append` (after trying to make room in the same way).
+        """
+        if not 0 <= priority <= 255:
+            raise SpoolUsageError(f"priority must be 0..255, got {priority}")
+        if not 0 <= created_ns <= _MAX_I64:
+            raise SpoolUsageError(f"created_ns must be a non-negative int64, got {created_ns}")
+        raw_len = max(0, min(original_len, fmt.MAX_PAYLOAD_LEN))
+        flags = fmt.FLAG_TOMBSTONE | fmt.FLAG_REASON_UNSPOOLED
+        with self._mutex:
+            self._check_open()
+            seq = self._next_seq
+            data = fmt.encode(
+                flags=flags, priority=priority, seq=seq, created_ns=created_ns, stored=b"", raw_len=raw_len
+            )
+            self._store(seq, data, flags=flags, priority=priority, created_ns=created_ns, raw_len=raw_len)
+            self._unspooled += 1
+            return SpoolRecord(seq, priority, created_ns, b"", raw_len, "unspooled")
+
+    def _store(
+        self, seq: int, data: bytes, *, flags: int, priority: int, created_ns: int, raw_len: int
+    ) -> _Entry:
+        """Write one encoded record as ``seq`` and index it. On a full disk (ENOSPC, EDQUOT) the
+        headroom is released and records are evicted by priority (see :meth:`_make_room`), then
+        the write is tried once more; :class:`SpoolFullError` when it still does not fit."""
+        if not self._power_loss:
+            self._reserve(seq)
+        try:
+            seg, offset = self._write_record(seq, data)
+        except SpoolFullError as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, OSError) and cause.errno in _DISK_FULL_ERRNOS):
+                raise
+            if not self._make_room(len(data), str(exc)):
+                raise
+            seg, offset = self._write_record(seq, data)
+        entry = _Entry(
+            seg,
+            offset,
+            flags=flags,
+            priority=priority,
+            created_ns=created_ns,
+            stored_len=len(data) - fmt.HEADER_LEN,
+            raw_len=raw_len,
+        )
+        self._index[seq] = entry
+        seg.hi = seq
+        seg.size += len(data)
+        self._total_bytes += len(data)
+        self._next_seq = seq + 1
+        self._full_logged = False
+        return entry
+
+    def _write_record(self, seq: int, data: bytes) -> tuple[_Segment, int]:
+        seg = self._active_segment(len(data))
+        offset = seg.size
+        try:
+            self._pwrite_all(seg.write_fd, data, offset)
+            if self._power_loss:
+                os.fdatasync(seg.write_fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(seg.write_fd, offset)
+            what = f"cannot append record seq {seq} ({len(data)} bytes)"
+            raise self._os_error(seg.path, what, exc) from exc
+        return seg, offset
+
+    def _make_room(self, need: int, problem: str) -> bool:
+        """The disk refused a write: release the headroom file and evict by the usual policy
+        (lowest priority, oldest first) until the segments are at most 90 % of what they
+        were and ``need`` plus a new headroom fit in what was freed; then reserve the headroom
+        again. True when anything was freed (worth trying the write again)."""
+        self._disk_full += 1
+        released = self._release_headroom()
+        before = self._total_bytes
+        target = max(0, min(int(before * _EVICT_TO_FRACTION), before - need - self._headroom_size()))
+        if not self._full_logged:
+            logger.warning(
+                "spool %s: disk full (%s) with %d bytes in segments: evicting by priority down to %d bytes",
+                self._dir,
+                problem,
+                before,
+                target,
+            )
+        evicted = 0
+        try:
+            evicted = self._enforce_locked(force_age=False, target_bytes=target)
+        except SpoolError as exc:
+            logger.error("spool %s: could not evict on a full disk: %s", self._dir, exc)
+        self._reserve_headroom()
+        self._full_logged = True
+        return released or evicted > 0
+
+    def _headroom_size(self) -> int:
+        return self._config.segment_bytes + _HEADROOM_EXTRA
+
+    def _open_headroom(self) -> None:
+        """Open the headroom file and release its space for the writes of recovery."""
+        path = self._dir / _HEADROOM_NAME
+        try:
+            self._headroom_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise SpoolUnavailableError(f"{path}: cannot open: {exc.strerror}") from exc
+        self._release_headroom()
+
+    def _release_headroom(self) -> bool:
+        if self._headroom_fd < 0:
+            return False
+        try:
+            had = os.fstat(self._headroom_fd).st_size > 0
+            os.ftruncate(self._headroom_fd, 0)
+        except OSError as exc:
+            logger.error("spool %s: cannot release the headroom file: %s", self._dir, exc)
+            return False
+        self._headroom = 0
+        return had
+
+    def _reserve_headroom(self) -> bool:
+        size = self._headroom_size()
+        if self._headroom_fd < 0 or self._headroom >= size:
+            return self._headroom >= size
+        try:
+            os.posix_fallocate(self._headroom_fd, 0, size)
+        except OSError as exc:
+            if not self._full_logged:
+                logger.error(
+                    "spool %s: cannot reserve %d bytes of headroom (%s): the next eviction on a "
+                    "full disk may not find room",
+                    self._dir,
+                    size,
+                    exc.strerror or exc,
+                )
+            return False
+        self._headroom = size
+        return True
 
     def pending(self, after_seq: int = 0) -> Iterator[SpoolRecord]:
         """Yield unacknowledged records with seq > ``after_seq`` in seq order, tombstones included.
@@ -758,6 +897,9 @@ class Spool:
                 repaired_regions=self._repairs,
                 lost_to_corruption=self._lost,
                 oldest_age_s=None if oldest is None else max(0.0, (self._clock_ns() - oldest) / 1e9),
+                disk_full=self._disk_full,
+                headroom_bytes=self._headroom,
+                unspooled=self._unspooled,
             )
 
     def close(self) -> None:
@@ -773,6 +915,7 @@ class Spool:
                     if seg.write_fd >= 0:
                         os.fdatasync(seg.write_fd)
                 self._sync_ack()
+                self._release_headroom()  # room for the state write on a full disk
                 self._write_state()
             except (OSError, SpoolError) as exc:
                 logger.error("spool %s: could not sync on close: %s", self._dir, exc)
@@ -800,6 +943,10 @@ class Spool:
             if slot_file is not None:
                 with contextlib.suppress(OSError):
                     slot_file.close()
+        if self._headroom_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._headroom_fd)
+            self._headroom_fd = -1
         if self._lock_fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)
@@ -981,7 +1128,7 @@ class Spool:
         seg.size = offset
         seg.lo = lo
 
-    def _enforce_locked(self, *, force_age: bool) -> int:
+    def _enforce_locked(self, *, force_age: bool, target_bytes: int | None = None) -> int:
         if self._intent:
             self._apply_intent()
         now_ns = self._clock_ns()
@@ -994,8 +1141,8 @@ class Spool:
                 if not entry.is_tombstone and entry.created_ns < cutoff_ns:
                     victims[seq] = fmt.FLAG_TOMBSTONE | fmt.FLAG_REASON_AGE
         max_bytes = self._config.max_bytes
-        if self._total_bytes > max_bytes:
-            target = int(max_bytes * _EVICT_TO_FRACTION)
+        if target_bytes is not None or self._total_bytes > max_bytes:
+            target = int(max_bytes * _EVICT_TO_FRACTION) if target_bytes is None else target_bytes
             projected = self._total_bytes - sum(self._index[seq].stored_len for seq in victims)
             if projected > target:
                 candidates = sorted(

@@ -178,11 +178,13 @@ def test_public_names() -> None:
         "SpoolLockedError",
         "SpoolRecord",
         "SpoolStats",
+        "SpoolTooLargeError",
         "SpoolUnavailableError",
         "SpoolUsageError",
         "TombstoneReason",
     ]
     assert issubclass(tcu.spool.SpoolFullError, SpoolError)
+    assert issubclass(tcu.spool.SpoolTooLargeError, tcu.spool.SpoolFullError)
 
 
 def test_bytes_damaged_after_open_fail_loudly_on_read(
