@@ -83,6 +83,12 @@ _LOCK_NAME = "LOCK"
 _SEG_PREFIX = "seg-"
 _SEG_SUFFIX = ".log"
 _RESERVE_NAME = "reserved"
+_EPOCH_NAME = "epoch"  # the boot epoch again, CRC-checked: state.json can be rebuilt without it
+_DAMAGED_PREFIX = "damaged-"
+_REFUSE_ADVICE = (
+    '; the spool is left as it is ([spool] on_damage = "start-fresh" moves it aside, starts a '
+    "new spool and reports its batches as lost)"
+)
 _BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 # In "crash" mode the highest seq that may have been handed out is kept (fdatasync-ed) in the
 # "reserved" file, one block at a time, so a power cut can never make a seq be used twice.
@@ -269,6 +275,7 @@ class Spool:
         self._total_bytes = 0
         self._ack_file: SlotFile | None = None
         self._reserve_file: SlotFile | None = None
+        self._epoch_file: SlotFile | None = None
         self._reserved = 0
         self._prev_session: dict[str, Any] = {}
         self._kernel_boot_id = _read_boot_id()
@@ -325,12 +332,28 @@ class Spool:
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            os.close(lock_fd)
-            raise SpoolLockedError(f"{directory}: spool is already open in another Spool") from exc
+            try:
+                holder = os.pread(lock_fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            finally:
+                os.close(lock_fd)
+            raise SpoolLockedError(
+                f"{lock_path}: the spool is locked by another process (pid {holder}): is another "
+                f"agent running on {directory}?"
+            ) from exc
+        with contextlib.suppress(OSError):  # who holds it, for the message above (best effort)
+            os.ftruncate(lock_fd, 0)
+            os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
         spool = cls(config, clock_ns, lock_fd)
         try:
-            spool._open_headroom()
-            spool._recover()
+            try:
+                spool._open_headroom()
+                spool._recover()
+            except SpoolCorruptError as exc:
+                if config.on_damage != "start-fresh":
+                    raise
+                spool = spool._start_fresh(exc)
             if not spool._reserve_headroom():
                 spool._make_room(0, "cannot reserve the headroom")
         except BaseException:
@@ -338,12 +361,59 @@ class Spool:
             raise
         return spool
 
+    def _start_fresh(self, damage: SpoolCorruptError) -> Spool:
+        """``on_damage = "start-fresh"``: move the spool's files into ``damaged-<ns>/``, open a
+        new spool (new boot epoch) under the same lock, and write a ``"corrupt"`` tombstone
+        for every unacknowledged record found in the old segments, so that the ingest counts
+        each lost batch."""
+        problem = str(damage).removesuffix(_REFUSE_ADVICE)
+        lost: list[fmt.RecordHeader] = []
+        for _name_seq, path in self._list_segments():
+            with contextlib.suppress(OSError):
+                records, _bad = fmt.scan(path.read_bytes())
+                lost.extend(rec for rec in records if rec.seq > self._acked)
+        lost.sort(key=lambda rec: rec.seq)
+        aside = self._dir / f"{_DAMAGED_PREFIX}{time.time_ns()}"
+        keep = {_LOCK_NAME, _HEADROOM_NAME, "catalogs"}
+        try:
+            aside.mkdir()
+            for entry in self._dir.iterdir():
+                if entry.name not in keep and not entry.name.startswith(_DAMAGED_PREFIX):
+                    entry.rename(aside / entry.name)
+        except OSError as exc:
+            raise self._os_error(aside, "cannot move the damaged spool aside", exc) from exc
+        logger.error(
+            "spool %s: %s; on_damage = start-fresh: its files were moved to %s and a new spool "
+            "starts; %d unacknowledged batches are reported upstream as lost",
+            self._dir,
+            problem,
+            aside,
+            len(lost),
+        )
+        self._close_fds(keep_lock=True)
+        fresh = Spool(self._config, self._clock_ns, self._lock_fd)
+        self._lock_fd = -1
+        fresh._open_headroom()
+        fresh._recover()
+        flags = fmt.FLAG_TOMBSTONE | fmt.FLAG_REASON_CORRUPT
+        for rec in lost:
+            seq = fresh._next_seq
+            prio, created, raw_len = rec.priority, rec.created_ns, rec.raw_len
+            data = fmt.encode(
+                flags=flags, priority=prio, seq=seq, created_ns=created, stored=b"", raw_len=raw_len
+            )
+            fresh._store(seq, data, flags=flags, priority=prio, created_ns=created, raw_len=raw_len)
+            fresh._details[seq] = f"batch {rec.seq} of a damaged spool ({problem}); moved to {aside}"
+        fresh._lost += len(lost)
+        fresh._write_state()
+        return fresh
+
     def _recover(self) -> None:
         for stray in self._dir.glob("*.tmp"):
             stray.unlink(missing_ok=True)
         seg_paths = self._list_segments()
-        self._load_state(have_segments=bool(seg_paths))
         self._open_slot_files()
+        self._load_state(have_segments=bool(seg_paths))
         if seg_paths and seg_paths[0][0] - 1 > self._acked:
             # Segments are deleted only after their ack was written; a lower ack slot means
             # the ack write did not survive (crash mode, power cut). Trust the segment name.
@@ -495,35 +565,92 @@ class Spool:
 
     def _load_state(self, *, have_segments: bool) -> None:
         path = self._dir / _STATE_NAME
+        assert self._epoch_file is not None
+        saved_epoch = self._epoch_file.value
+        problem = ""
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            if have_segments:
-                raise SpoolCorruptError(f"{path}: state file is missing but segments exist") from None
-            self._boot_epoch = time.time_ns()
-            self._write_state()
-            logger.info("spool %s: created with boot_epoch %d", self._dir, self._boot_epoch)
-            return
+            problem = "state file is missing"
         except OSError as exc:
             raise SpoolUnavailableError(f"{path}: cannot read state file: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            problem = f"unreadable state file: {exc}"
+        if not problem:
+            try:
+                state: dict[str, Any] = json.loads(text)
+                if not isinstance(state, dict):
+                    raise TypeError(f"expected an object, got {type(state).__name__}")
+                if "format" in state and state["format"] != _STATE_FORMAT:
+                    raise SpoolCorruptError(
+                        f"{path}: format: expected {_STATE_FORMAT}, got {state['format']!r}"
+                    )
+                boot_epoch = int(state["boot_epoch"])
+                evicted = {int(k): int(v) for k, v in state["evicted"].items()}
+                evicted_reported = {int(k): int(v) for k, v in state["evicted_reported"].items()}
+                expired = int(state["expired"])
+                expired_reported = int(state["expired_reported"])
+                repairs = int(state["repaired_regions"])
+                lost = int(state["lost_to_corruption"])
+                lost_reported = int(state["lost_reported"])
+                intent = {int(seq): int(flags) for seq, flags in state["eviction_intent"]}
+                prev_session = dict(state["session"])
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                problem = f"unreadable state file: {exc!r}"
+            else:
+                self._boot_epoch = boot_epoch
+                self._evicted, self._evicted_reported = evicted, evicted_reported
+                self._expired, self._expired_reported = expired, expired_reported
+                self._repairs, self._lost, self._lost_reported = repairs, lost, lost_reported
+                self._intent, self._prev_session = intent, prev_session
+                if saved_epoch == 0:  # a spool made before the epoch file existed
+                    self._write_epoch()
+                elif saved_epoch != boot_epoch:
+                    logger.error(
+                        "spool %s: %s says boot epoch %d, %s says %d; using %s",
+                        self._dir,
+                        path.name,
+                        boot_epoch,
+                        _EPOCH_NAME,
+                        saved_epoch,
+                        path.name,
+                    )
+                return
+        if not have_segments and saved_epoch == 0:
+            if problem != "state file is missing":
+                logger.warning("spool %s: %s; it held no batches: starting a new spool", path, problem)
+            self._boot_epoch = time.time_ns()
+            self._write_state()
+            self._write_epoch()
+            logger.info("spool %s: created with boot_epoch %d", self._dir, self._boot_epoch)
+            return
+        if saved_epoch == 0:
+            raise SpoolCorruptError(
+                f"{path}: {problem} and {self._dir / _EPOCH_NAME} holds no boot epoch, so the spooled "
+                f"batches cannot be sent under their identity{_REFUSE_ADVICE}"
+            )
+        # Rebuilt: the epoch from its own file, the ack watermark from the ack file (or, lower,
+        # from the first segment's name: a resend is deduplicated by the ingest), the next seq
+        # from the segments. The eviction counts restart at 0 (they were reported or are lost
+        # with the file); an interrupted eviction is not finished (its victims are sent).
+        self._boot_epoch = saved_epoch
+        self._prev_session = {}
+        logger.warning(
+            "spool %s: %s; rebuilt from the segments, %s and %s (boot epoch %d, ack watermark %d)",
+            path,
+            problem,
+            _EPOCH_NAME,
+            _ACK_NAME,
+            saved_epoch,
+            self._acked,
+        )
+
+    def _write_epoch(self) -> None:
+        assert self._epoch_file is not None
         try:
-            state: dict[str, Any] = json.loads(text)
-            if state.get("format") != _STATE_FORMAT:
-                raise SpoolCorruptError(
-                    f"{path}: format: expected {_STATE_FORMAT}, got {state.get('format')!r}"
-                )
-            self._boot_epoch = int(state["boot_epoch"])
-            self._evicted = {int(k): int(v) for k, v in state["evicted"].items()}
-            self._evicted_reported = {int(k): int(v) for k, v in state["evicted_reported"].items()}
-            self._expired = int(state["expired"])
-            self._expired_reported = int(state["expired_reported"])
-            self._repairs = int(state["repaired_regions"])
-            self._lost = int(state["lost_to_corruption"])
-            self._lost_reported = int(state["lost_reported"])
-            self._intent = {int(seq): int(flags) for seq, flags in state["eviction_intent"]}
-            self._prev_session = dict(state["session"])
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise SpoolCorruptError(f"{path}: unreadable state file: {exc!r}") from exc
+            self._epoch_file.write(self._boot_epoch, sync=True)
+        except OSError as exc:
+            raise self._os_error(self._epoch_file.path, "cannot write the boot epoch", exc) from exc
 
     def _write_state(self) -> None:
         state = {
@@ -558,16 +685,18 @@ class Spool:
     # ------------------------------------------------------------------ ack file
 
     def _open_slot_files(self) -> None:
-        for name, magic in ((_ACK_NAME, b"TACK"), (_RESERVE_NAME, b"TRSV")):
+        for name, magic in ((_ACK_NAME, b"TACK"), (_RESERVE_NAME, b"TRSV"), (_EPOCH_NAME, b"TEPO")):
             path = self._dir / name
             try:
                 slot_file = SlotFile(path, magic)
             except OSError as exc:
-                raise SpoolUnavailableError(f"{path}: cannot open: {exc.strerror}") from exc
+                raise self._os_error(path, "cannot open", exc) from exc
             if name == _ACK_NAME:
                 self._ack_file = slot_file
-            else:
+            elif name == _RESERVE_NAME:
                 self._reserve_file = slot_file
+            else:
+                self._epoch_file = slot_file
         assert self._ack_file is not None and self._reserve_file is not None
         self._acked = self._ack_file.value
         self._reserved = self._reserve_file.value
@@ -936,10 +1065,10 @@ class Spool:
         if self._closed:
             raise ClosedResourceError(f"spool {self._dir} is closed")
 
-    def _close_fds(self) -> None:
+    def _close_fds(self, *, keep_lock: bool = False) -> None:
         for seg in self._segments:
             self._close_segment_fds(seg)
-        for slot_file in (self._ack_file, self._reserve_file):
+        for slot_file in (self._ack_file, self._reserve_file, self._epoch_file):
             if slot_file is not None:
                 with contextlib.suppress(OSError):
                     slot_file.close()
@@ -947,7 +1076,7 @@ class Spool:
             with contextlib.suppress(OSError):
                 os.close(self._headroom_fd)
             self._headroom_fd = -1
-        if self._lock_fd >= 0:
+        if self._lock_fd >= 0 and not keep_lock:
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)
             self._lock_fd = -1

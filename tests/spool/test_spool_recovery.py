@@ -199,12 +199,66 @@ def test_eviction_interrupted_by_a_crash_is_finished_on_open(tmp_path: Path) -> 
     assert json.loads(state_path.read_text())["eviction_intent"] == []
 
 
-def test_missing_state_file_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage_state", ["delete", "empty", "half"])
+def test_lost_or_truncated_state_file_is_rebuilt_from_the_spool_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage_state: str
+) -> None:
     directory = tmp_path / "spool"
-    config = fill(directory, 2)
+    config = fill(directory, 10)
+    with Spool.open(config) as spool:
+        epoch = spool.boot_epoch
+        spool.ack(3)
+    state = directory / "state.json"
+    if damage_state == "delete":
+        state.unlink()
+    else:
+        text = state.read_bytes()
+        state.write_bytes(b"" if damage_state == "empty" else text[: len(text) // 2])
+    with caplog.at_level(logging.WARNING, logger="tcu.spool"), Spool.open(config) as spool:
+        assert spool.boot_epoch == epoch  # the same identity: what the ingest has is deduplicated
+        records = list(spool.pending())
+        assert [r.seq for r in records] == list(range(4, 11))
+        assert all(r.tombstone is None and r.payload == payload_for(r.seq) for r in records)
+        assert spool.append(b"next", priority=0, created_ns=NOW_NS).seq == 11
+    assert f"{state}: " in caplog.text and "rebuilt" in caplog.text
+    with Spool.open(config) as spool:  # the rebuilt state was written
+        assert spool.boot_epoch == epoch
+        assert [r.seq for r in spool.pending()] == list(range(4, 12))
+
+
+def test_state_that_cannot_be_rebuilt_is_refused_naming_the_file(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    config = fill(directory, 4)
     (directory / "state.json").unlink()
-    with pytest.raises(SpoolCorruptError, match=r"state.json: state file is missing"):
+    (directory / "epoch").unlink()  # the boot epoch is gone with it
+    with pytest.raises(SpoolCorruptError, match=r"state.json: state file is missing") as info:
         Spool.open(config)
+    assert "on_damage" in str(info.value) and "\n" not in str(info.value)
+    # Refused, not repaired: the batches are still there for someone to look at.
+    assert len(list(directory.glob("seg-*.log"))) == 1
+
+
+def test_start_fresh_moves_the_damaged_spool_aside_and_reports_the_loss(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "spool"
+    config = fill(directory, 6)
+    with Spool.open(config) as spool:
+        old_epoch = spool.boot_epoch
+        spool.ack(2)
+    (directory / "state.json").write_text("{")
+    (directory / "epoch").unlink()
+    fresh = SpoolConfig(directory, segment_bytes=1 << 20, max_bytes=16 << 20, on_damage="start-fresh")
+    with caplog.at_level(logging.ERROR, logger="tcu.spool"), Spool.open(fresh) as spool:
+        assert spool.boot_epoch != old_epoch
+        records = list(spool.pending())
+        # The 4 unacked batches of the old epoch cannot be sent: each is reported as lost.
+        assert [(r.seq, r.tombstone) for r in records] == [(s, "corrupt") for s in range(1, 5)]
+        assert all("moved to" in r.detail for r in records)
+        assert spool.stats().lost_to_corruption == 4
+    (aside,) = directory.glob("damaged-*")
+    assert {p.name for p in aside.iterdir()} >= {"seg-00000000000000000001.log", "state.json"}
+    assert str(aside) in caplog.text
 
 
 @settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
