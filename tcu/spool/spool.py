@@ -2,14 +2,28 @@
 
 Layout of a spool directory::
 
-    LOCK                       flock-ed while a Spool has the directory open
+    LOCK                       flock-ed while a Spool has the directory open (holds its pid)
     state.json                 boot epoch, eviction and corruption counters, eviction intent
                                (replaced atomically: write tmp, fsync, rename, fsync directory)
     ack                        two 16-byte slots holding the ack watermark (CRC-checked, written
-                               alternately so a torn write leaves the other slot intact)
+                               alternately so a torn write leaves the other slot intact; both
+                               written at creation, so an ack never needs new disk space)
     reserved                   the same for the highest seq that may have been handed out
                                ("crash" mode only, advanced 256 seqs at a time, fdatasync-ed)
+    epoch                      the same for the boot epoch, so that a lost or truncated
+                               state.json is rebuilt (epoch from here, ack watermark from ack,
+                               next seq from the segments) instead of stranding the batches
+    headroom                   segment_bytes + 64 KiB of allocated space while the Spool is
+                               open; released when the disk is full so that eviction can work
     seg-<first seq>.log        segments of records (see :mod:`tcu.spool._format`)
+    damaged-<ns>/              only after ``on_damage = "start-fresh"``: the files of a spool
+                               whose state could not be rebuilt, kept for inspection
+
+Full disk: when a write fails with ENOSPC or EDQUOT, the spool releases its headroom, evicts
+by the usual policy (lowest priority, oldest first; evicted records become tombstones) down to
+90 % of what the segments held and at least the record plus a new headroom below it,
+reserves the headroom again and retries the write once; only then does it raise
+:class:`SpoolFullError`.
 
 Identity: the spool chooses ``boot_epoch`` (``time.time_ns()``) when it creates a directory
 and keeps it for the life of that directory, so records that were not acknowledged before a
