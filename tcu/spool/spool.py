@@ -407,9 +407,18 @@ class Spool:
         self._close_fds(keep_lock=True)
         fresh = Spool(self._config, self._clock_ns, self._lock_fd)
         self._lock_fd = -1
-        fresh._open_headroom()
-        fresh._recover()
+        try:
+            fresh._open_headroom()
+            fresh._recover()
+            fresh._report_moved(lost, problem, aside)
+        except BaseException:
+            fresh._close_fds()
+            raise
+        return fresh
+
+    def _report_moved(self, lost: list[fmt.RecordHeader], problem: str, aside: Path) -> None:
         flags = fmt.FLAG_TOMBSTONE | fmt.FLAG_REASON_CORRUPT
+        fresh = self
         for rec in lost:
             seq = fresh._next_seq
             prio, created, raw_len = rec.priority, rec.created_ns, rec.raw_len
@@ -420,7 +429,6 @@ class Spool:
             fresh._details[seq] = f"batch {rec.seq} of a damaged spool ({problem}); moved to {aside}"
         fresh._lost += len(lost)
         fresh._write_state()
-        return fresh
 
     def _recover(self) -> None:
         for stray in self._dir.glob("*.tmp"):

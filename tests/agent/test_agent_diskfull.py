@@ -31,7 +31,8 @@ from tcu.api.v1 import fleet_pb2 as fleet_pb
 from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
 from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.api.v1 import telemetry_pb2 as telemetry_pb
-from tcu.config import UplinkConfig
+from tcu.config import UplinkConfig, load_agent_config
+from tcu.errors import ConfigError
 from tcu.ingest import IngestConfig, IngestServer
 from tcu.spool import Spool, SpoolConfig
 from tcu.uplink import Uplink
@@ -236,3 +237,18 @@ def test_the_ack_watermark_file_is_allocated_when_the_spool_is_created(tmp_path:
         assert (tmp_path / "spool" / "reserved").stat().st_size == 32
         assert spool.stats().headroom_bytes == 4 * 1024 * 1024 + 64 * 1024
         assert (tmp_path / "spool" / "headroom").stat().st_size == spool.stats().headroom_bytes
+
+
+def test_spool_backlog_and_damage_settings_are_read_and_checked(
+    tmp_path: Path, small_dbc: Path, small_mapping: Path
+) -> None:
+    base = f'[vehicle]\nid = "WTCUCONF000000001"\n[signals]\nmapping = "{small_mapping}"\n'
+    base += f'[[bus]]\nname = "can0"\ninterface = "virtual"\ndbc = ["{small_dbc}"]\n'
+    base += '[uplink]\ntarget = "127.0.0.1:1"\ninsecure = true\n'
+    path = tmp_path / "agent.toml"
+    path.write_text(base + '[spool]\ndirectory = "s"\nbacklog_bytes = 1024\non_damage = "start-fresh"\n')
+    spool = load_agent_config(path).spool
+    assert spool is not None and (spool.backlog_bytes, spool.on_damage) == (1024, "start-fresh")
+    path.write_text(base + '[spool]\ndirectory = "s"\non_damage = "ignore"\n')
+    with pytest.raises(ConfigError, match=r"spool\.on_damage"):
+        load_agent_config(path)
