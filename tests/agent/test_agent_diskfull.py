@@ -15,25 +15,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import os
 import sqlite3
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from agent_helpers import agent_config, drive, make_frames, wait_until
 
+from tcu.agent import Agent
 from tcu.agent.outbox import SpoolOutbox
 from tcu.api.v1 import fleet_pb2 as fleet_pb
 from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
 from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.api.v1 import telemetry_pb2 as telemetry_pb
-from tcu.config import UplinkConfig, load_agent_config
+from tcu.config import BatchConfig, SpoolSettings, UplinkConfig, load_agent_config
 from tcu.errors import ConfigError
 from tcu.ingest import IngestConfig, IngestServer
+from tcu.signals.dbc import load_dbc
 from tcu.spool import Spool, SpoolConfig
 from tcu.uplink import Uplink
 
@@ -42,6 +47,14 @@ BACKLOG_BYTES = 256 * 1024
 VEHICLE = "WTCUDISKFULL00001"
 SAMPLES = 400  # about 4.5 KiB per batch
 BATCHES = 1200  # about 5.4 MiB: more than twice the disk
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class FakeFullDisk:
@@ -103,14 +116,13 @@ def fake_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     assert disk.refused > 0  # the disk did fill up
 
 
-@pytest.fixture
-def tmpfs_disk(tmp_path: Path) -> Iterator[Path]:
-    root = tmp_path / "tmpfs"
+@contextlib.contextmanager
+def _tmpfs(root: Path, size: int) -> Iterator[Path]:
     root.mkdir()
     if os.geteuid() != 0:
-        pytest.skip("mounting a 2 MiB tmpfs needs root (the fake-disk variant of this test runs instead)")
+        pytest.skip("mounting a tmpfs needs root (the fake-disk variant of this test runs instead)")
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(root)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(root)],
         capture_output=True,
         text=True,
         check=False,
@@ -121,6 +133,18 @@ def tmpfs_disk(tmp_path: Path) -> Iterator[Path]:
         yield root
     finally:
         subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+@pytest.fixture
+def tmpfs_disk(tmp_path: Path) -> Iterator[Path]:
+    with _tmpfs(tmp_path / "tmpfs", DISK_BYTES) as root:
+        yield root
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    with _tmpfs(tmp_path / "small-tmpfs", 128 * 1024) as root:
+        yield root
 
 
 def _batch(i: int) -> bytes:
@@ -252,3 +276,45 @@ def test_spool_backlog_and_damage_settings_are_read_and_checked(
     path.write_text(base + '[spool]\ndirectory = "s"\non_damage = "ignore"\n')
     with pytest.raises(ConfigError, match=r"spool\.on_damage"):
         load_agent_config(path)
+
+
+async def test_the_agent_on_a_full_tmpfs_keeps_running_and_every_batch_reaches_the_ingest(
+    small_tmpfs: Path, tmp_path: Path, small_dbc: Path, small_mapping: Path
+) -> None:
+    """The whole agent (buses, catalogs next to the spool, spool health, a stats file on the
+    same disk, uplink) on a 128 KiB tmpfs with the ingest down, then up: it does not stop, and
+    every batch it built is stored or a DataLoss at the ingest."""
+    spool_dir = small_tmpfs / "spool"
+    port = _free_port()
+    channel = f"tcu-test-{uuid.uuid4().hex}"
+    config = dataclasses.replace(
+        agent_config(channel, port, small_dbc, small_mapping),
+        batch=BatchConfig(max_samples=10, max_age_ms=1000),
+        spool=SpoolSettings(
+            directory=spool_dir, durability="crash", segment_bytes=4096, backlog_bytes=16 * 1024
+        ),
+        uplink=UplinkConfig(
+            target=f"127.0.0.1:{port}", insecure=True, backoff_initial_s=0.05, backoff_max_s=0.3
+        ),
+    )
+    frames, _truth = make_frames(load_dbc(small_dbc), seconds=120.0)
+    agent = Agent(config, stats_path=small_tmpfs / "stats.json")
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await drive(agent, channel, frames)
+    assert not task.done()
+    outbox = agent.outbox
+    assert isinstance(outbox, SpoolOutbox)
+    assert outbox.spool.stats().disk_full > 0  # the disk did fill up
+    server = IngestServer(IngestConfig(insecure=True, listen=f"127.0.0.1:{port}", db_path=tmp_path / "i.db"))
+    await server.start()
+    try:
+        await wait_until(lambda: outbox.unacked() == 0, timeout_s=60)
+        stop.set()
+        final = await asyncio.wait_for(task, 30)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            info = (await fleet_grpc.FleetStub(ch).ListVehicles(fleet_pb.ListVehiclesRequest())).vehicles[0]
+    finally:
+        await server.stop(1.0)
+    assert info.batches == final.batches_built
+    assert 0 < info.lost_batches < info.batches
