@@ -303,6 +303,7 @@ class Spool:
         self._lost_reported = 0
         self._headroom_fd = -1
         self._headroom = 0
+        self._headroom_errno: int | None = None
         self._disk_full = 0
         self._full_logged = False
         self._unspooled = 0
@@ -368,8 +369,8 @@ class Spool:
                 if config.on_damage != "start-fresh":
                     raise
                 spool = spool._start_fresh(exc)
-            if not spool._reserve_headroom():
-                spool._make_room(0, "cannot reserve the headroom")
+            if not spool._reserve_headroom() and spool._headroom_errno in _DISK_FULL_ERRNOS:
+                spool._make_room(0, "no room for the headroom")
         except BaseException:
             spool._close_fds()
             raise
@@ -940,6 +941,7 @@ class Spool:
         try:
             os.posix_fallocate(self._headroom_fd, 0, size)
         except OSError as exc:
+            self._headroom_errno = exc.errno
             if not self._full_logged:
                 logger.error(
                     "spool %s: cannot reserve %d bytes of headroom (%s): the next eviction on a "
@@ -950,6 +952,7 @@ class Spool:
                 )
             return False
         self._headroom = size
+        self._headroom_errno = None
         return True
 
     def pending(self, after_seq: int = 0) -> Iterator[SpoolRecord]:
