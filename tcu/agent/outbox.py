@@ -113,14 +113,16 @@ class SpoolOutbox:
 
     def _lose(self, priority: int, created_ns: int, length: int, why: str) -> None:
         self.backlog_dropped += 1
-        log.error(
-            "spool: dropped a batch of %d bytes (priority %d) that could not be spooled: %s; it is "
-            "reported upstream as lost (%d dropped so far)",
-            length,
-            priority,
-            why,
-            self.backlog_dropped,
-        )
+        if self.backlog_dropped <= 10 or self.backlog_dropped % 1000 == 0:  # loud, but no flood
+            log.error(
+                "spool: dropped a batch of %d bytes (priority %d) that could not be spooled: %s; "
+                "it is reported upstream as lost (%d dropped so far; logged for the first 10, "
+                "then every 1000th)",
+                length,
+                priority,
+                why,
+                self.backlog_dropped,
+            )
         if len(self._losses) < self._losses_max:
             self._losses.append((priority, created_ns, length))
             return
