@@ -652,9 +652,9 @@ class Spool:
                 f"{path}: {problem} and {self._dir / _EPOCH_NAME} holds no boot epoch, so the spooled "
                 f"batches cannot be sent under their identity{_REFUSE_ADVICE}"
             )
-        # Rebuilt: the epoch from its own file, the ack watermark from the ack file (or, lower,
-        # from the first segment's name: a resend is deduplicated by the ingest), the next seq
-        # from the segments. The eviction counts restart at 0 (they were reported or are lost
+        # Rebuilt: the epoch from its own file, the ack watermark from the ack file (if that is
+        # lost too, from the first segment's name, never above the true one: a resend is
+        # deduplicated by the ingest), the next seq from the segments. The eviction counts restart at 0 (they were reported or are lost
         # with the file); an interrupted eviction is not finished (its victims are sent).
         self._boot_epoch = saved_epoch
         self._prev_session = {}
