@@ -654,8 +654,9 @@ class Spool:
             )
         # Rebuilt: the epoch from its own file, the ack watermark from the ack file (if that is
         # lost too, from the first segment's name, never above the true one: a resend is
-        # deduplicated by the ingest), the next seq from the segments. The eviction counts restart at 0 (they were reported or are lost
-        # with the file); an interrupted eviction is not finished (its victims are sent).
+        # deduplicated by the ingest), the next seq from the segments. The eviction counts
+        # restart at 0 (they were reported or are lost with the file); an interrupted eviction
+        # is not finished (its victims are sent).
         self._boot_epoch = saved_epoch
         self._prev_session = {}
         logger.warning(
