@@ -39,7 +39,7 @@ from tcu.config import BatchConfig, SpoolSettings, UplinkConfig, load_agent_conf
 from tcu.errors import ConfigError
 from tcu.ingest import IngestConfig, IngestServer
 from tcu.signals.dbc import load_dbc
-from tcu.spool import Spool, SpoolConfig
+from tcu.spool import Spool, SpoolConfig, SpoolFullError
 from tcu.uplink import Uplink
 
 DISK_BYTES = 2 * 1024 * 1024
@@ -318,3 +318,32 @@ async def test_the_agent_on_a_full_tmpfs_keeps_running_and_every_batch_reaches_t
         await server.stop(1.0)
     assert info.batches == final.batches_built
     assert 0 < info.lost_batches < info.batches
+
+
+def test_losses_beyond_the_exact_list_are_merged_but_each_still_becomes_a_tombstone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool.open(SpoolConfig(tmp_path / "spool", durability="crash"))
+    outbox = SpoolOutbox(spool, vehicle_id=VEHICLE, backlog_batches=1, max_pending_losses=3)
+    now = time.time_ns()
+
+    def refuse(*args: object, **kwargs: object) -> object:
+        raise SpoolFullError(f"{tmp_path / 'spool'}: cannot append: No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(spool, "append", refuse)
+        m.setattr(spool, "append_tombstone", refuse)
+        for i in range(10):
+            assert outbox.append(_batch(i), priority=i % 2, created_ns=now + i) == 0
+        assert (outbox.backlog_dropped, outbox.pending_losses(), outbox.unacked()) == (9, 9, 10)
+    sent = list(outbox.pending())  # a retry point (so are append and ack): all of it, in order
+    records = list(spool.pending())
+    assert [seq for seq, _payload in sent] == [r.seq for r in records]
+    spool.close()
+    assert [r.seq for r in records] == list(range(1, 11))
+    assert all(r.tombstone == "unspooled" for r in records[:9]) and records[9].tombstone is None
+    exact = [(r.priority, r.created_ns - now) for r in records[:3]]
+    assert exact == [(0, 0), (1, 1), (0, 2)]
+    merged = sorted((r.priority, r.created_ns - now) for r in records[3:9])
+    assert merged == [(0, 4)] * 3 + [(1, 3)] * 3  # per priority, with the first one's time
+    assert outbox.pending_losses() == 0
