@@ -3,7 +3,8 @@
 Layers, later wins: the TOML file, then ``TCU_<SECTION>_<KEY>`` environment
 variables (read only by :func:`load_agent_config` when the CLI passes
 ``os.environ``), then CLI flags. Relative paths in the file are relative to
-the file. Every error names the key::
+the file. Every unknown key, in every table, is refused with the closest known one
+(:func:`check_keys`, over :data:`KNOWN_KEYS`). Every error names the key::
 
     [vehicle]
     id = "SIMVIN0000000001"
@@ -33,11 +34,12 @@ the file. Every error names the key::
 from __future__ import annotations
 
 import difflib
+import os
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tcu.errors import ConfigError
 
@@ -53,8 +55,10 @@ __all__ = [
     "TlsConfig",
     "UplinkConfig",
     "check_keys",
+    "default_nonce_store",
     "did_you_mean",
     "load_agent_config",
+    "state_directory",
 ]
 
 
@@ -122,10 +126,16 @@ class CampaignSettings:
 
 @dataclass(frozen=True, slots=True)
 class CommandSettings:
-    """``[commands]``: backend-signed commands on the Upload stream (campaign push, ...)."""
+    """``[commands]``: backend-signed commands on the Upload stream (campaign push, ...).
+
+    ``nonce_store``: the file that keeps the nonces of accepted commands across restarts
+    (so a captured command cannot be replayed after one), or ``"memory"``, the explicit
+    choice to forget them on restart (the agent then logs a warning). The loader's
+    default is :func:`default_nonce_store`.
+    """
 
     verify_key: Path
-    nonce_store: Path | None = None
+    nonce_store: Path | Literal["memory"]
     max_skew_s: float = 30.0
 
 
@@ -285,6 +295,33 @@ def _env_value(raw: str, kind: type, name: str) -> Any:
     raise ConfigError(f"is a {kind.__name__} and cannot be set from the environment", key=name)
 
 
+def state_directory(env: Mapping[str, str] | None) -> Path:
+    """Where the agent keeps its state when no spool directory is configured.
+
+    ``$STATE_DIRECTORY`` (set by systemd's ``StateDirectory=``; its first entry), else
+    ``$XDG_STATE_HOME/tcu``, else ``/var/lib/tcu`` for root and ``~/.local/state/tcu``
+    for other users.
+    """
+    env = env or {}
+    state = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if state:
+        return Path(state)
+    xdg = env.get("XDG_STATE_HOME", "")
+    if xdg:
+        return Path(xdg) / "tcu"
+    if os.geteuid() == 0:
+        return Path("/var/lib/tcu")
+    home = env.get("HOME", "")
+    return (Path(home) if home else Path.home()) / ".local" / "state" / "tcu"
+
+
+def default_nonce_store(spool: SpoolSettings | None, env: Mapping[str, str] | None) -> Path:
+    """``<spool directory>/nonces`` with a ``[spool]``, else ``<state directory>/nonces``."""
+    if spool is not None:
+        return spool.directory / "nonces"
+    return state_directory(env) / "nonces"
+
+
 def _apply_env(doc: dict[str, Any], env: Mapping[str, str]) -> None:
     """``TCU_UPLINK_TARGET=host:port`` sets ``[uplink] target``; scalars only.
 
@@ -352,14 +389,14 @@ def load_agent_config(
         section, key = dotted.split(".", 1)
         doc.setdefault(section, {})[key] = value
     try:
-        return _build(doc, path.resolve().parent, path)
+        return _build(doc, path.resolve().parent, path, env)
     except ConfigError as exc:
         if exc.path is None:
             raise ConfigError(str(exc), path=str(path)) from exc.__cause__
         raise
 
 
-def _build(doc: dict[str, Any], base: Path, source: Path) -> AgentConfig:
+def _build(doc: dict[str, Any], base: Path, source: Path, env: Mapping[str, str] | None) -> AgentConfig:
     check_keys(doc, SECTIONS, None, what="section")
     vehicle = _get(doc, "vehicle", "vehicle", dict)
     check_keys(vehicle, KNOWN_KEYS["vehicle"], "vehicle")
@@ -476,9 +513,18 @@ def _build(doc: dict[str, Any], base: Path, source: Path) -> AgentConfig:
     if cm is not None:
         check_keys(cm, KNOWN_KEYS["commands"], "commands")
         nonce = _get(cm, "nonce_store", "commands.nonce_store", str, None)
+        if nonce is not None and not nonce.strip():
+            raise ConfigError('must be a file path or "memory"', key="commands.nonce_store")
+        nonce_store: Path | Literal["memory"]
+        if nonce is None:
+            nonce_store = default_nonce_store(spool, env)
+        elif nonce == "memory":
+            nonce_store = "memory"
+        else:
+            nonce_store = _path(base, nonce)
         commands = CommandSettings(
             verify_key=_path(base, _get(cm, "verify_key", "commands.verify_key", str)),
-            nonce_store=_path(base, nonce) if nonce is not None else None,
+            nonce_store=nonce_store,
             max_skew_s=_get(cm, "max_skew_s", "commands.max_skew_s", float, 30.0),
         )
     connectivity = _get(doc, "connectivity", "connectivity", dict, None)
