@@ -72,6 +72,10 @@ class BusConfig:
     dbc: tuple[Path, ...]
     options: Mapping[str, Any] = field(default_factory=dict)
     bitrate: int | None = None
+    retry_initial_s: float = 1.0
+    """First wait before opening the bus again after it could not be opened or failed."""
+    retry_max_s: float = 30.0
+    """The wait doubles after each failed attempt up to this cap."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +185,8 @@ KNOWN_KEYS: Mapping[str, Mapping[str, type]] = {
         "dbc": list,
         "options": dict,
         "bitrate": int,
+        "retry_initial_s": float,
+        "retry_max_s": float,
     },
     "signals": {"mapping": str},
     "uplink": {
@@ -431,8 +437,17 @@ def _build(doc: dict[str, Any], base: Path, source: Path, env: Mapping[str, str]
                 dbc=dbc,
                 options=dict(_get(raw, "options", f"{where}.options", dict, {})),
                 bitrate=_get(raw, "bitrate", f"{where}.bitrate", int, None),
+                retry_initial_s=_get(raw, "retry_initial_s", f"{where}.retry_initial_s", float, 1.0),
+                retry_max_s=_get(raw, "retry_max_s", f"{where}.retry_max_s", float, 30.0),
             )
         )
+        bus = buses[-1]
+        if not 0 < bus.retry_initial_s <= bus.retry_max_s:
+            raise ConfigError(
+                f"retry_initial_s ({bus.retry_initial_s}) must be positive and at most retry_max_s"
+                f" ({bus.retry_max_s})",
+                key=f"{where}.retry_initial_s",
+            )
 
     signals = _get(doc, "signals", "signals", dict)
     check_keys(signals, KNOWN_KEYS["signals"], "signals")

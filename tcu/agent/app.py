@@ -73,6 +73,10 @@ class AgentStats:
     events_captured: int = 0
     commands_executed: int = 0
     commands_rejected: int = 0
+    buses_down: int = 0
+    """Configured buses not open right now (being retried; see the log)."""
+    bus_open_failures: int = 0
+    """Failed attempts to open or reopen a bus, all buses together."""
     stopped: bool = False
 
 
@@ -319,6 +323,8 @@ class Agent:
             events_captured=self.campaigns.events_captured if self.campaigns is not None else 0,
             commands_executed=self.commands.executed if self.commands is not None else 0,
             commands_rejected=self.commands.rejected if self.commands is not None else 0,
+            buses_down=sum(not r.up for r in self.readers),
+            bus_open_failures=sum(r.stats.open_failures for r in self.readers),
         )
 
     async def run(self, stop: asyncio.Event) -> AgentStats:
