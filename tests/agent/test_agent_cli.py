@@ -69,8 +69,9 @@ def _write_config(
 
 
 def _start(config: Path, *extra: str) -> subprocess.Popen[str]:
+    """``tcu agent --config CONFIG [extra agent options]``."""
     return subprocess.Popen(
-        [sys.executable, "-m", "tcu.cli.main", *extra, "agent", "--config", str(config)],
+        [sys.executable, "-m", "tcu.cli.main", "agent", "--config", str(config), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -126,6 +127,46 @@ def test_a_missing_bus_is_retried_and_the_agent_runs_until_sigterm_without_a_tra
     assert sum("bus can1: down:" in line for line in stderr.splitlines()) == 1, stderr
     final = json.loads(out.strip().splitlines()[-1])
     assert final["event"] == "stopped" and final["bus_open_failures"] >= 2, out
+
+
+def test_an_unreachable_ingest_is_logged_and_sigterm_stops_the_agent_within_its_bound(
+    tmp_path: Path, small_dbc: Path, small_mapping: Path
+) -> None:
+    drain_s = 1.0
+    config = _write_config(
+        tmp_path, small_dbc, small_mapping, port=_closed_port(), drain_s=drain_s, missing_bus=False
+    )
+    # The bus replays a 20 s log in real time, so batches pile up unacked and the drain waits.
+    log = tmp_path / "drive.log"
+    t0 = 1_763_800_000.0
+    log.write_text("".join(f"({t0 + i / 100:.6f}) can0 100#1027000003000000\n" for i in range(2000)))
+    text = config.read_text()
+    text = text.replace('interface = "virtual"', 'interface = "replay"')
+    text = text.replace(f'channel = "tcu-cli-{os.getpid()}"', f'channel = "{log}"')
+    config.write_text(text + "\n[batch]\nmax_age_ms = 100\n")
+    stats = tmp_path / "stats.json"
+    proc = _start(config, "--stats-file", str(stats))
+    try:
+        seen = _wait_for_line(proc, ["uplink: connecting to", "uplink: cannot connect to"])
+        deadline = time.monotonic() + 20
+        while not (stats.exists() and json.loads(stats.read_text() or "{}").get("batches_unacked", 0) >= 3):
+            assert time.monotonic() < deadline and proc.poll() is None, seen
+            time.sleep(0.1)
+        out, stderr, took = _stop(proc, seen)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    final = json.loads(out.strip().splitlines()[-1])
+    assert final["event"] == "stopped" and final["batches_unacked"] >= 3, out
+    assert "still unacked at shutdown" in stderr
+    print(f"SIGTERM to exit: {took:.2f} s (drain_timeout_s {drain_s})")
+    # The documented bound: uplink.drain_timeout_s plus at most 5 s to close buses and flush.
+    assert took < drain_s + 5.0, (took, stderr)
+    reasons = [line for line in stderr.splitlines() if "uplink: cannot connect to" in line]
+    assert reasons and "retrying in" in reasons[0], reasons
 
 
 def test_no_traceback_without_debug_anywhere_in_the_cli(tmp_path: Path) -> None:
