@@ -487,6 +487,11 @@ def _build(doc: dict[str, Any], base: Path, source: Path, env: Mapping[str, str]
     )
     if not 30.0 <= uplink.keepalive_s <= 600.0:
         raise ConfigError("must be between 30 and 600 seconds (cellular links)", key="uplink.keepalive_s")
+    for key in ("connect_timeout_s", "backoff_initial_s", "backoff_max_s"):
+        if not getattr(uplink, key) > 0:
+            raise ConfigError(f"must be positive, got {getattr(uplink, key)}", key=f"uplink.{key}")
+    if uplink.drain_timeout_s < 0:
+        raise ConfigError(f"must not be negative, got {uplink.drain_timeout_s}", key="uplink.drain_timeout_s")
 
     b = _get(doc, "batch", "batch", dict, {})
     check_keys(b, KNOWN_KEYS["batch"], "batch")

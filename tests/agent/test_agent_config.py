@@ -53,6 +53,9 @@ def test_good_config_resolves_relative_paths_and_env(
         (('interface = "virtual"', ""), "bus[0].interface"),
         (('mapping = "MAPPING"', 'mapping = "nope.toml"'), "signals.mapping"),
         (("[uplink]", "[uplink]\nkeepalive_s = 5"), "uplink.keepalive_s"),
+        (("[uplink]", "[uplink]\nconnect_timeout_s = 0"), "uplink.connect_timeout_s"),
+        (("[uplink]", "[uplink]\ndrain_timeout_s = -1"), "uplink.drain_timeout_s"),
+        (('interface = "virtual"', 'interface = "virtual"\nretry_initial_s = 0'), "bus[0].retry_initial_s"),
         (("[vehicle]", "[vehical]\n[vehicle]"), "vehical"),
     ],
 )
