@@ -404,11 +404,12 @@ class Agent:
         self.unspooled_at_stop = self.builder.samples + self._appending_samples
         self.unspooled_frames_at_stop = sum(len(b) for b in queued)
         log.error(
-            "agent: the outbox stayed full (%d batches unacked) for the %.1f s drain timeout: lost at"
-            " shutdown, not spooled: %d samples of the last batches and %d frames in %d queued"
-            " bus batches",
-            self.outbox.unacked(),
+            "agent: the pipeline did not finish within the %.1f s drain timeout (outbox: %d batches"
+            " unacked, room for %d more): lost at shutdown, not spooled: %d samples of the last"
+            " batches and %d frames in %d queued bus batches",
             drain_s,
+            self.outbox.unacked(),
+            max(0, self.outbox.space()),
             self.unspooled_at_stop,
             self.unspooled_frames_at_stop,
             len(queued),
