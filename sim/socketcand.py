@@ -263,7 +263,12 @@ class SocketcandServer:
             reader.start()
 
     def _handshake(self, conn: _Conn) -> bool:
-        """``< hi >``, ``< open CHANNEL >``, ``< rawmode >``; False (logged) if the client failed it."""
+        """``< hi >``, ``< open CHANNEL >``, ``< rawmode >``; False (logged) if the client failed it.
+
+        A client that goes away before its first command is a port probe (the agent checks
+        that the server listens before python-can's client connects): logged at DEBUG only.
+        """
+        commands = 0
         try:
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.sock.settimeout(self.config.handshake_timeout_s)
@@ -272,6 +277,7 @@ class SocketcandServer:
                 cmd = self._next_command(conn)
                 if cmd is None:
                     raise BusError("client closed the connection during the handshake")
+                commands += 1
                 if cmd[:1] == ["open"] and len(cmd) == 2:
                     if cmd[1] != self.config.channel:
                         self._send(conn, "< error unknown bus >")
@@ -286,7 +292,9 @@ class SocketcandServer:
             # the client reads the rawmode '< ok >' with one recv: let it arrive alone
             self._closed.wait(self.config.settle_s)
         except (OSError, BusError) as exc:
-            if not self._closed.is_set():
+            if commands == 0 and not isinstance(exc, TimeoutError):
+                log.debug("socketcand: client %d left before any command (a probe): %s", conn.number, exc)
+            elif not self._closed.is_set():
                 log.warning("socketcand handshake failed, waiting for another client: %s", exc)
             return False
         return not self._closed.is_set()

@@ -3,7 +3,8 @@
 Layers, later wins: the TOML file, then ``TCU_<SECTION>_<KEY>`` environment
 variables (read only by :func:`load_agent_config` when the CLI passes
 ``os.environ``), then CLI flags. Relative paths in the file are relative to
-the file. Every error names the key::
+the file. Every unknown key, in every table, is refused with the closest known one
+(:func:`check_keys`, over :data:`KNOWN_KEYS`). Every error names the key::
 
     [vehicle]
     id = "SIMVIN0000000001"
@@ -32,15 +33,19 @@ the file. Every error names the key::
 
 from __future__ import annotations
 
+import difflib
+import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tcu.errors import ConfigError
 
 __all__ = [
+    "CONNECTIVITY_KEYS",
+    "KNOWN_KEYS",
     "AgentConfig",
     "BatchConfig",
     "BusConfig",
@@ -49,7 +54,11 @@ __all__ = [
     "SpoolSettings",
     "TlsConfig",
     "UplinkConfig",
+    "check_keys",
+    "default_nonce_store",
+    "did_you_mean",
     "load_agent_config",
+    "state_directory",
 ]
 
 
@@ -63,6 +72,10 @@ class BusConfig:
     dbc: tuple[Path, ...]
     options: Mapping[str, Any] = field(default_factory=dict)
     bitrate: int | None = None
+    retry_initial_s: float = 1.0
+    """First wait before opening the bus again after it could not be opened or failed."""
+    retry_max_s: float = 30.0
+    """The wait doubles after each failed attempt up to this cap."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,10 +136,16 @@ class CampaignSettings:
 
 @dataclass(frozen=True, slots=True)
 class CommandSettings:
-    """``[commands]``: backend-signed commands on the Upload stream (campaign push, ...)."""
+    """``[commands]``: backend-signed commands on the Upload stream (campaign push, ...).
+
+    ``nonce_store``: the file that keeps the nonces of accepted commands across restarts
+    (so a captured command cannot be replayed after one), or ``"memory"``, the explicit
+    choice to forget them on restart (the agent then logs a warning). The loader's
+    default is :func:`default_nonce_store`.
+    """
 
     verify_key: Path
-    nonce_store: Path | None = None
+    nonce_store: Path | Literal["memory"]
     max_skew_s: float = 30.0
 
 
@@ -148,8 +167,100 @@ class AgentConfig:
     source: Path | None = None
 
 
+CONNECTIVITY_KEYS: Mapping[str, type] = {
+    "port": str,
+    "policy": str,
+    "audit_log": str,
+    "modem_profile": str,
+    "poll_interval_s": float,
+    "command_timeout_s": float,
+    "apdu_timeout_s": float,
+    "card_refresh_s": float,
+    "clock": str,
+    "reopen_after_errors": int,
+    "reopen_backoff_s": float,
+}
+"""The keys of ``[connectivity]`` (checked further by :mod:`tcu.agent.connectivity`)."""
+
+KNOWN_KEYS: Mapping[str, Mapping[str, type]] = {
+    "vehicle": {"id": str},
+    "bus": {
+        "name": str,
+        "interface": str,
+        "channel": str,
+        "dbc": list,
+        "options": dict,
+        "bitrate": int,
+        "retry_initial_s": float,
+        "retry_max_s": float,
+    },
+    "signals": {"mapping": str},
+    "uplink": {
+        "target": str,
+        "insecure": bool,
+        "tls": dict,
+        "connect_timeout_s": float,
+        "backoff_initial_s": float,
+        "backoff_max_s": float,
+        "keepalive_s": float,
+        "max_unacked_batches": int,
+        "drain_timeout_s": float,
+    },
+    "uplink.tls": {"ca_cert": str, "cert": str, "key": str, "server_name": str},
+    "batch": {"max_samples": int, "max_age_ms": int},
+    "spool": {
+        "directory": str,
+        "durability": str,
+        "max_bytes": int,
+        "max_age_s": float,
+        "segment_bytes": int,
+        "compression": str,
+        "backlog_bytes": int,
+        "on_damage": str,
+    },
+    "campaigns": {"file": str, "memory_budget_bytes": int, "default_periodic": bool},
+    "commands": {"verify_key": str, "nonce_store": str, "max_skew_s": float},
+    "connectivity": CONNECTIVITY_KEYS,
+}
+"""Every key the agent file may hold, per table (``uplink.tls`` is a subtable; ``bus`` is
+``[[bus]]``, a list of tables). A key that is not here is refused by :func:`check_keys`."""
+
+SECTIONS: tuple[str, ...] = tuple(k for k in KNOWN_KEYS if "." not in k)
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+
+def did_you_mean(word: str, candidates: Iterable[str], *, cutoff: float = 0.6) -> str:
+    """`` (did you mean 'x'?)`` for the closest candidate (difflib), or ``""``."""
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=cutoff)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_keys(
+    table: Mapping[str, Any],
+    known: Iterable[str],
+    where: str | None,
+    *,
+    path: str | None = None,
+    what: str = "key",
+) -> None:
+    """Refuse the first key of ``table`` that is not in ``known``.
+
+    The :class:`ConfigError` names ``<where>.<key>`` (and ``path``, the file), suggests the
+    closest known key and lists them all::
+
+        agent.toml: batch.max_age_msx: unknown key (did you mean 'max_age_ms'?); known keys: ...
+    """
+    names = sorted(known)
+    for key in table:
+        if key not in names:
+            dotted = f"{where}.{key}" if where else str(key)
+            raise ConfigError(
+                f"unknown {what}{did_you_mean(str(key), names)}; known {what}s: {', '.join(names)}",
+                key=dotted,
+                path=path,
+            )
 
 
 def _get(table: Mapping[str, Any], key: str, dotted: str, kind: type, default: Any = ...) -> Any:
@@ -170,31 +281,104 @@ def _path(base: Path, value: str) -> Path:
     return p if p.is_absolute() else (base / p).resolve()
 
 
+def _env_names(section: str) -> list[str]:
+    names = [f"TCU_{section}_{k}".upper() for k, kind in KNOWN_KEYS[section].items() if kind is not dict]
+    for sub, keys in KNOWN_KEYS.items():
+        if sub.startswith(f"{section}."):
+            names += [f"TCU_{sub.replace('.', '_')}_{k}".upper() for k in keys]
+    return names
+
+
+def _env_value(raw: str, kind: type, name: str) -> Any:
+    if kind is bool:
+        if raw.lower() not in _TRUE | _FALSE:
+            raise ConfigError(f"must be true or false, got {raw!r}", key=name)
+        return raw.lower() in _TRUE
+    if kind is int:
+        try:
+            return int(raw)
+        except ValueError as exc:
+            raise ConfigError(f"must be an integer, got {raw!r}", key=name) from exc
+    if kind is float:
+        try:
+            return float(raw)
+        except ValueError as exc:
+            raise ConfigError(f"must be a number, got {raw!r}", key=name) from exc
+    if kind is str:
+        return raw
+    raise ConfigError(f"is a {kind.__name__} and cannot be set from the environment", key=name)
+
+
+def state_directory(env: Mapping[str, str] | None) -> Path:
+    """Where the agent keeps its state when no spool directory is configured.
+
+    ``$STATE_DIRECTORY`` (set by systemd's ``StateDirectory=``; its first entry), else
+    ``$XDG_STATE_HOME/tcu``, else ``/var/lib/tcu`` for root and ``~/.local/state/tcu``
+    for other users.
+    """
+    env = env or {}
+    state = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if state:
+        return Path(state)
+    xdg = env.get("XDG_STATE_HOME", "")
+    if xdg:
+        return Path(xdg) / "tcu"
+    if os.geteuid() == 0:
+        return Path("/var/lib/tcu")
+    home = env.get("HOME", "")
+    return (Path(home) if home else Path.home()) / ".local" / "state" / "tcu"
+
+
+def default_nonce_store(spool: SpoolSettings | None, env: Mapping[str, str] | None) -> Path:
+    """``<spool directory>/nonces`` with a ``[spool]``, else ``<state directory>/nonces``."""
+    if spool is not None:
+        return spool.directory / "nonces"
+    return state_directory(env) / "nonces"
+
+
 def _apply_env(doc: dict[str, Any], env: Mapping[str, str]) -> None:
-    """``TCU_UPLINK_TARGET=host:port`` sets ``[uplink] target``; scalars only."""
-    for name, raw in env.items():
-        if not name.startswith("TCU_") or name.count("_") < 2:
+    """``TCU_UPLINK_TARGET=host:port`` sets ``[uplink] target``; scalars only.
+
+    ``TCU_UPLINK_TLS_CERT`` sets ``[uplink.tls] cert``. A variable whose section is an
+    agent section (or close to one: ``TCU_UPLNK_...``) must name a known key and hold a
+    value of its type, whether or not the file has that section; other ``TCU_*``
+    variables (``TCU_SHARED_DATA``, ...) are not configuration and are left alone.
+    """
+    for name, raw in sorted(env.items()):
+        if not name.startswith("TCU_"):
             continue
-        section, key = name[4:].lower().split("_", 1)
-        table = doc.get(section)
-        if not isinstance(table, dict) or key not in table:
+        section, _, key = name[4:].lower().partition("_")
+        if section not in SECTIONS:
+            close = difflib.get_close_matches(section, SECTIONS, n=1, cutoff=0.8)
+            if close:
+                suggestion = f"TCU_{close[0]}_{key}".upper()
+                raise ConfigError(f"unknown section {section!r} (did you mean {suggestion}?)", key=name)
             continue
-        current = table[key]
-        value: Any = raw
-        if isinstance(current, bool):
-            if raw.lower() not in _TRUE | _FALSE:
-                raise ConfigError(f"must be true or false, got {raw!r}", key=name)
-            value = raw.lower() in _TRUE
-        elif isinstance(current, int):
-            try:
-                value = int(raw)
-            except ValueError as exc:
-                raise ConfigError(f"must be an integer, got {raw!r}", key=name) from exc
-        elif isinstance(current, float):
-            try:
-                value = float(raw)
-            except ValueError as exc:
-                raise ConfigError(f"must be a number, got {raw!r}", key=name) from exc
+        if section == "bus":
+            raise ConfigError(
+                "[[bus]] is a list of tables and cannot be set from the environment; set it in the file",
+                key=name,
+            )
+        table_name, keys = section, KNOWN_KEYS[section]
+        if key not in keys:
+            for sub in (s for s in KNOWN_KEYS if s.startswith(f"{section}.")):
+                prefix = sub.split(".", 1)[1] + "_"
+                if key.startswith(prefix) and key[len(prefix) :] in KNOWN_KEYS[sub]:
+                    table_name, key, keys = sub, key[len(prefix) :], KNOWN_KEYS[sub]
+                    break
+            else:
+                close = difflib.get_close_matches(name, _env_names(section), n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise ConfigError(f"unknown key {key!r} of [{section}]{hint}", key=name)
+        kind = keys[key]
+        if kind is dict:
+            raise ConfigError(f"is a table: set TCU_{table_name}_{key}_<KEY>".upper(), key=name)
+        value = _env_value(raw, kind, name)
+        table: Any = doc
+        for part in table_name.split("."):
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"must be a table (to take {name})", key=table_name)
         table[key] = value
 
 
@@ -219,19 +403,17 @@ def load_agent_config(
         section, key = dotted.split(".", 1)
         doc.setdefault(section, {})[key] = value
     try:
-        return _build(doc, path.resolve().parent, path)
+        return _build(doc, path.resolve().parent, path, env)
     except ConfigError as exc:
         if exc.path is None:
             raise ConfigError(str(exc), path=str(path)) from exc.__cause__
         raise
 
 
-def _build(doc: dict[str, Any], base: Path, source: Path) -> AgentConfig:
-    known = {"vehicle", "bus", "signals", "uplink", "batch", "spool", "campaigns", "commands", "connectivity"}
-    for key in doc:
-        if key not in known:
-            raise ConfigError(f"unknown section (expected one of {sorted(known)})", key=key)
+def _build(doc: dict[str, Any], base: Path, source: Path, env: Mapping[str, str] | None) -> AgentConfig:
+    check_keys(doc, SECTIONS, None, what="section")
     vehicle = _get(doc, "vehicle", "vehicle", dict)
+    check_keys(vehicle, KNOWN_KEYS["vehicle"], "vehicle")
     vehicle_id = _get(vehicle, "id", "vehicle.id", str)
     if not vehicle_id.strip():
         raise ConfigError("must not be empty", key="vehicle.id")
@@ -244,6 +426,7 @@ def _build(doc: dict[str, Any], base: Path, source: Path) -> AgentConfig:
         where = f"bus[{i}]"
         if not isinstance(raw, dict):
             raise ConfigError("must be a table", key=where)
+        check_keys(raw, KNOWN_KEYS["bus"], where)
         name = _get(raw, "name", f"{where}.name", str)
         if any(b.name == name for b in buses):
             raise ConfigError(f"bus name {name!r} is used twice", key=f"{where}.name")
@@ -262,19 +445,31 @@ def _build(doc: dict[str, Any], base: Path, source: Path) -> AgentConfig:
                 dbc=dbc,
                 options=dict(_get(raw, "options", f"{where}.options", dict, {})),
                 bitrate=_get(raw, "bitrate", f"{where}.bitrate", int, None),
+                retry_initial_s=_get(raw, "retry_initial_s", f"{where}.retry_initial_s", float, 1.0),
+                retry_max_s=_get(raw, "retry_max_s", f"{where}.retry_max_s", float, 30.0),
             )
         )
+        bus = buses[-1]
+        if not 0 < bus.retry_initial_s <= bus.retry_max_s:
+            raise ConfigError(
+                f"retry_initial_s ({bus.retry_initial_s}) must be positive and at most retry_max_s"
+                f" ({bus.retry_max_s})",
+                key=f"{where}.retry_initial_s",
+            )
 
     signals = _get(doc, "signals", "signals", dict)
+    check_keys(signals, KNOWN_KEYS["signals"], "signals")
     mapping = _path(base, _get(signals, "mapping", "signals.mapping", str))
     if not mapping.is_file():
         raise ConfigError(f"mapping file not found: {mapping}", key="signals.mapping")
 
     up = _get(doc, "uplink", "uplink", dict, {})
+    check_keys(up, KNOWN_KEYS["uplink"], "uplink")
     tls_raw = _get(up, "tls", "uplink.tls", dict, None)
     insecure = _get(up, "insecure", "uplink.insecure", bool, False)
     tls = None
     if tls_raw is not None:
+        check_keys(tls_raw, KNOWN_KEYS["uplink.tls"], "uplink.tls")
         tls = TlsConfig(
             ca_cert=_path(base, _get(tls_raw, "ca_cert", "uplink.tls.ca_cert", str)),
             cert=_path(base, _get(tls_raw, "cert", "uplink.tls.cert", str)),
@@ -300,8 +495,14 @@ def _build(doc: dict[str, Any], base: Path, source: Path) -> AgentConfig:
     )
     if not 30.0 <= uplink.keepalive_s <= 600.0:
         raise ConfigError("must be between 30 and 600 seconds (cellular links)", key="uplink.keepalive_s")
+    for key in ("connect_timeout_s", "backoff_initial_s", "backoff_max_s"):
+        if not getattr(uplink, key) > 0:
+            raise ConfigError(f"must be positive, got {getattr(uplink, key)}", key=f"uplink.{key}")
+    if uplink.drain_timeout_s < 0:
+        raise ConfigError(f"must not be negative, got {uplink.drain_timeout_s}", key="uplink.drain_timeout_s")
 
     b = _get(doc, "batch", "batch", dict, {})
+    check_keys(b, KNOWN_KEYS["batch"], "batch")
     batch = BatchConfig(
         max_samples=_get(b, "max_samples", "batch.max_samples", int, 5_000),
         max_age_ms=_get(b, "max_age_ms", "batch.max_age_ms", int, 1000),
@@ -311,18 +512,7 @@ def _build(doc: dict[str, Any], base: Path, source: Path) -> AgentConfig:
     spool = None
     sp = _get(doc, "spool", "spool", dict, None)
     if sp is not None:
-        unknown = set(sp) - {
-            "directory",
-            "durability",
-            "max_bytes",
-            "max_age_s",
-            "segment_bytes",
-            "compression",
-            "backlog_bytes",
-            "on_damage",
-        }
-        if unknown:
-            raise ConfigError(f"unknown keys {sorted(unknown)}", key="spool")
+        check_keys(sp, KNOWN_KEYS["spool"], "spool")
         sd = SpoolSettings(directory=Path("."))
         spool = SpoolSettings(
             directory=_path(base, _get(sp, "directory", "spool.directory", str)),
@@ -343,9 +533,7 @@ def _build(doc: dict[str, Any], base: Path, source: Path) -> AgentConfig:
     campaigns = None
     cp = _get(doc, "campaigns", "campaigns", dict, None)
     if cp is not None:
-        unknown = set(cp) - {"file", "memory_budget_bytes", "default_periodic"}
-        if unknown:
-            raise ConfigError(f"unknown keys {sorted(unknown)}", key="campaigns")
+        check_keys(cp, KNOWN_KEYS["campaigns"], "campaigns")
         file = _get(cp, "file", "campaigns.file", str, None)
         campaigns = CampaignSettings(
             file=_path(base, file) if file is not None else None,
@@ -359,15 +547,25 @@ def _build(doc: dict[str, Any], base: Path, source: Path) -> AgentConfig:
     commands = None
     cm = _get(doc, "commands", "commands", dict, None)
     if cm is not None:
-        unknown = set(cm) - {"verify_key", "nonce_store", "max_skew_s"}
-        if unknown:
-            raise ConfigError(f"unknown keys {sorted(unknown)}", key="commands")
+        check_keys(cm, KNOWN_KEYS["commands"], "commands")
         nonce = _get(cm, "nonce_store", "commands.nonce_store", str, None)
+        if nonce is not None and not nonce.strip():
+            raise ConfigError('must be a file path or "memory"', key="commands.nonce_store")
+        nonce_store: Path | Literal["memory"]
+        if nonce is None:
+            nonce_store = default_nonce_store(spool, env)
+        elif nonce == "memory":
+            nonce_store = "memory"
+        else:
+            nonce_store = _path(base, nonce)
         commands = CommandSettings(
             verify_key=_path(base, _get(cm, "verify_key", "commands.verify_key", str)),
-            nonce_store=_path(base, nonce) if nonce is not None else None,
+            nonce_store=nonce_store,
             max_skew_s=_get(cm, "max_skew_s", "commands.max_skew_s", float, 30.0),
         )
+    connectivity = _get(doc, "connectivity", "connectivity", dict, None)
+    if connectivity is not None:
+        check_keys(connectivity, CONNECTIVITY_KEYS, "connectivity")
     return AgentConfig(
         vehicle_id=vehicle_id,
         buses=tuple(buses),
@@ -377,6 +575,6 @@ def _build(doc: dict[str, Any], base: Path, source: Path) -> AgentConfig:
         spool=spool,
         campaigns=campaigns,
         commands=commands,
-        connectivity=_get(doc, "connectivity", "connectivity", dict, None),
+        connectivity=connectivity,
         source=source,
     )

@@ -73,6 +73,14 @@ class AgentStats:
     events_captured: int = 0
     commands_executed: int = 0
     commands_rejected: int = 0
+    buses_down: int = 0
+    """Configured buses not open right now (being retried; see the log)."""
+    bus_open_failures: int = 0
+    """Failed attempts to open or reopen a bus, all buses together."""
+    samples_lost_at_stop: int = 0
+    """Samples not spooled because the outbox stayed full until the shutdown deadline (logged)."""
+    frames_lost_at_stop: int = 0
+    """Frames read but not decoded then."""
     stopped: bool = False
 
 
@@ -125,6 +133,13 @@ def open_outbox(config: AgentConfig) -> Outbox:
         stats.repaired_regions,
     )
     return SpoolOutbox(spool, vehicle_id=config.vehicle_id, backlog_bytes=s.backlog_bytes)
+
+
+def _drain_queue(queue: asyncio.Queue[FrameBatch | None]) -> list[FrameBatch | None]:
+    items: list[FrameBatch | None] = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
 
 
 class Agent:
@@ -211,6 +226,11 @@ class Agent:
                 self.commands.unavailable("esim.enable", "no connectivity configured")
         self.emitter = Emitter(self.catalog, self.builder)
         self._batches_built = 0
+        self._appending_samples = 0
+        self.unspooled_at_stop = 0
+        """Samples lost at shutdown because the outbox stayed full until the drain deadline."""
+        self.unspooled_frames_at_stop = 0
+        """Frames read but not yet decoded then (lost with them)."""
         log.info(
             "agent %s: %d buses, %d mapped signals, catalog %s, boot epoch %d",
             config.vehicle_id,
@@ -318,6 +338,10 @@ class Agent:
             events_captured=self.campaigns.events_captured if self.campaigns is not None else 0,
             commands_executed=self.commands.executed if self.commands is not None else 0,
             commands_rejected=self.commands.rejected if self.commands is not None else 0,
+            buses_down=sum(not r.up for r in self.readers),
+            bus_open_failures=sum(r.stats.open_failures for r in self.readers),
+            samples_lost_at_stop=self.unspooled_at_stop,
+            frames_lost_at_stop=self.unspooled_frames_at_stop,
         )
 
     async def run(self, stop: asyncio.Event) -> AgentStats:
@@ -342,14 +366,17 @@ class Agent:
             for r in self.readers:
                 r.stop()
             await asyncio.gather(*readers, return_exceptions=True)
-            await frames.put(None)
-            await pipeline
-            log.info(
-                "agent: waiting up to %.0f s for %d unacked batches",
-                self.config.uplink.drain_timeout_s,
-                self.outbox.unacked(),
-            )
-            drained = await self.uplink.wait_drained(self.config.uplink.drain_timeout_s)
+            # One deadline for flushing and draining: a full outbox (the ingest unreachable) blocks
+            # the pipeline's last appends, and those wait for acks only until it passes.
+            drain_s = self.config.uplink.drain_timeout_s
+            deadline = asyncio.get_running_loop().time() + drain_s
+            try:
+                await asyncio.wait_for(self._finish_pipeline(frames, pipeline), timeout=drain_s)
+            except TimeoutError:
+                self._log_unspooled(frames, drain_s)
+            remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+            log.info("agent: waiting up to %.1f s for %d unacked batches", remaining, self.outbox.unacked())
+            drained = await self.uplink.wait_drained(remaining)
             if not drained:
                 log.warning("agent: %d batches still unacked at shutdown", self.outbox.unacked())
             uplink.cancel()
@@ -361,6 +388,31 @@ class Agent:
         if isinstance(self.outbox, SpoolOutbox):
             self.outbox.spool.close()
         return final
+
+    @staticmethod
+    async def _finish_pipeline(
+        frames: asyncio.Queue[FrameBatch | None], pipeline: asyncio.Task[None]
+    ) -> None:
+        """Let the pipeline decode what is queued, flush the last batch and end."""
+        await frames.put(None)
+        await pipeline
+
+    def _log_unspooled(self, frames: asyncio.Queue[FrameBatch | None], drain_s: float) -> None:
+        """The pipeline was cancelled at the shutdown deadline: say what it held (never silently)."""
+        queued = [b for b in _drain_queue(frames) if b is not None]
+        self.unspooled_at_stop = self.builder.samples + self._appending_samples
+        self.unspooled_frames_at_stop = sum(len(b) for b in queued)
+        log.error(
+            "agent: the pipeline did not finish within the %.1f s drain timeout (outbox: %d batches"
+            " unacked, room for %d more): lost at shutdown, not spooled: %d samples of the last"
+            " batches and %d frames in %d queued bus batches",
+            drain_s,
+            self.outbox.unacked(),
+            max(0, self.outbox.space()),
+            self.unspooled_at_stop,
+            self.unspooled_frames_at_stop,
+            len(queued),
+        )
 
     async def _pipeline(self, frames: asyncio.Queue[FrameBatch | None]) -> None:
         while True:
@@ -396,8 +448,10 @@ class Agent:
     async def _flush(self) -> None:
         if not self.builder.samples:
             return
-        payload, _count = self.builder.build()
+        payload, count = self.builder.build()
+        self._appending_samples = count  # lost, and counted, if shutdown cancels the wait for space
         await self._append(payload, priority=0)
+        self._appending_samples = 0
         self.uplink.notify()
 
     async def _append(self, payload: bytes, *, priority: int) -> None:

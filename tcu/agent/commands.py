@@ -1,8 +1,9 @@
 """Backend-signed commands arriving on the Upload stream: verify, then act, then answer.
 
 Verification (``tcu.pki.commands``): signature with the backend's key, expiry,
-target vehicle, and a nonce never seen before (kept on disk when
-``[commands] nonce_store`` is set, so a restart does not reopen replay). Only
+target vehicle, and a nonce never seen before (kept on disk in ``[commands]
+nonce_store``, by default ``<spool>/nonces`` or ``<state directory>/nonces``, so a
+restart does not reopen replay; ``nonce_store = "memory"`` forgets them and warns). Only
 then does the command's ``kind`` decide what happens; every command gets a
 ``CommandResult`` with the reason when it is refused (``<code>: <detail>``; the code is
 the verifier's reason, ``envelope_mismatch``, ``unknown_kind``, ``invalid_payload``, or
@@ -30,10 +31,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Literal
 
 from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.config import CommandSettings
-from tcu.errors import InputError, SecurityError, TcuError
+from tcu.errors import ConfigError, InputError, SecurityError, TcuError
 from tcu.pki import CommandRejected, CommandVerifier, NonceStore, load_verify_key
 
 __all__ = ["CommandHandler", "CommandRefused"]
@@ -55,6 +58,26 @@ class CommandRefused(TcuError):
         self.detail = detail
 
 
+def _nonce_store(where: Path | Literal["memory"], clock: Callable[[], int]) -> NonceStore:
+    """The store of accepted nonces: a file (its directory created), or memory with a warning."""
+    if where == "memory":
+        log.warning(
+            'commands: nonce_store = "memory": nonces of accepted commands are forgotten when the agent'
+            " restarts, so a captured command can be replayed after a restart"
+        )
+        return NonceStore(clock=clock)
+    try:
+        where.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the directory of the nonce store {where}: {exc.strerror}",
+            key="commands.nonce_store",
+        ) from exc
+    store = NonceStore(where, clock=clock)
+    log.info("commands: nonces of accepted commands are kept in %s (%d unexpired)", where, len(store))
+    return store
+
+
 class CommandHandler:
     def __init__(
         self,
@@ -71,7 +94,7 @@ class CommandHandler:
             key,
             vehicle_id,
             clock,
-            NonceStore(settings.nonce_store, clock=clock),
+            _nonce_store(settings.nonce_store, clock),
             max_skew_s=settings.max_skew_s,
         )
         self._send = send

@@ -73,7 +73,7 @@ from typing import Any, Literal
 
 from tcu.agent.commands import CommandRefused
 from tcu.agent.sources import Emitter
-from tcu.config import AgentConfig
+from tcu.config import CONNECTIVITY_KEYS, AgentConfig, check_keys
 from tcu.errors import ConfigError, InputError, TcuError
 from tcu.esim import (
     AuditLog,
@@ -136,19 +136,7 @@ class ConnectivityConfig:
     reopen_backoff_s: float = 1.0
 
 
-_KEYS = {
-    "port",
-    "policy",
-    "audit_log",
-    "modem_profile",
-    "poll_interval_s",
-    "command_timeout_s",
-    "apdu_timeout_s",
-    "card_refresh_s",
-    "clock",
-    "reopen_after_errors",
-    "reopen_backoff_s",
-}
+_KEYS = CONNECTIVITY_KEYS
 
 
 def _str(table: Mapping[str, Any], key: str, source: str | None, default: str | None = None) -> str:
@@ -180,9 +168,7 @@ def parse_connectivity(
 
     :class:`ConfigError` names ``connectivity.<key>`` (and ``source``, the file).
     """
-    unknown = set(table) - _KEYS
-    if unknown:
-        raise ConfigError(f"unknown key(s) {sorted(unknown)}", key="connectivity", path=source)
+    check_keys(table, _KEYS, "connectivity", path=source)
     clock = _str(table, "clock", source, "gnss")
     if clock not in ("gnss", "wall"):
         raise ConfigError(f"must be 'gnss' or 'wall', got {clock!r}", key="connectivity.clock", path=source)

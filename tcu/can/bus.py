@@ -7,6 +7,16 @@ groups frames into a :class:`FrameBatch` (up to ``batch_frames`` frames or
 reader thread waits, the interface's own buffer fills (kernel socket buffer for
 SocketCAN, TCP window for socketcand) and the sender is paced; nothing is
 dropped silently inside the agent.
+
+A bus that cannot be opened (socketcand not up yet, interface missing or down,
+``[Errno 97]`` where the kernel has no CAN) or fails while it is read is opened
+again by its reader with a backoff that starts at ``retry_initial_s`` and doubles up
+to ``retry_max_s``; meanwhile the other buses and the rest of the agent go on. Each
+change of state is logged once (down with the reason, a different reason, up again
+after n attempts), with a reminder every 10 minutes while a bus stays down; the
+attempts are counted in :class:`BusStats`. python-can's socketcand client does not
+notice a server that closed the connection (it spins on the dead socket), so the
+reader checks the socket for end of file whenever a receive returns nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import concurrent.futures
 import contextlib
 import importlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -42,7 +53,10 @@ class _SplitReadFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Got incomplete message" not in record.getMessage()
+        message = record.getMessage()
+        # Its connect loop also warns on every refused attempt, hundreds a second for 10 s;
+        # the reader logs the failure once instead.
+        return "Got incomplete message" not in message and "Failed to connect to server" not in message
 
 
 _SOCKETCAND_LOG = logging.getLogger("can.interfaces.socketcand.socketcand")
@@ -58,6 +72,8 @@ def open_bus(config: BusConfig) -> can.BusABC:
     if config.bitrate is not None:
         kwargs["bitrate"] = config.bitrate
     try:
+        if config.interface == "socketcand":
+            _probe_socketcand(kwargs)
         if config.interface == "replay":
             # Imported by name: the replay bus is optional and pulls in the log readers.
             replay = importlib.import_module("tcu.can.logs.replay")
@@ -72,6 +88,31 @@ def open_bus(config: BusConfig) -> can.BusABC:
     return bus
 
 
+def _probe_socketcand(kwargs: dict[str, Any]) -> None:
+    """Fail fast when nothing listens: python-can's client would retry in a busy loop for 10 s."""
+    host, port = kwargs.get("host"), kwargs.get("port")
+    if host is None or port is None:
+        return  # python-can names the missing argument
+    with socket.create_connection((str(host), int(port)), timeout=2.0):
+        pass
+
+
+def _peer_closed(bus: can.BusABC) -> bool:
+    """True when the socketcand server closed the bus's connection (end of file on its socket).
+
+    python-can 4.x keeps the socket in a private attribute; without it nothing is detected.
+    """
+    sock = getattr(bus, "_SocketCanDaemonBus__socket", None)
+    if not isinstance(sock, socket.socket):
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+
+
 @dataclass(slots=True)
 class BusStats:
     frames: int = 0
@@ -79,6 +120,16 @@ class BusStats:
     remote_frames: int = 0
     batches: int = 0
     reopened: int = 0
+    """Times the bus was opened again after it failed while being read."""
+    open_failures: int = 0
+    """Failed attempts to open the bus (at start or to reopen it)."""
+    receive_failures: int = 0
+    """Times the bus failed while being read (then it is reopened)."""
+    last_error: str = ""
+
+
+REMINDER_S = 600.0
+"""While a bus stays down, a WARNING says so again this often."""
 
 
 def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
@@ -100,24 +151,26 @@ class BusReader:
         batch_frames: int = 512,
         batch_ms: int = 20,
         opener: Callable[[BusConfig], can.BusABC] = open_bus,
-        reopen_delay_s: float = 1.0,
     ) -> None:
         self.config = config
         self.batch_frames = batch_frames
         self.batch_s = batch_ms / 1000
         self.stats = BusStats()
         self._opener = opener
-        self._reopen_delay_s = reopen_delay_s
         self._stop = threading.Event()
+        self._stop_requested = asyncio.Event()
         self.opened = False
+        """True once the bus was opened (it may be down again since: see :attr:`up`)."""
+        self.up = False
+        """True while the bus is open and read."""
 
     async def run(self, out: asyncio.Queue[FrameBatch | None]) -> None:
-        """Read until cancelled. The first open failure is raised as :class:`BusError`."""
+        """Open the bus (retrying until it opens) and read it until :meth:`stop`.
+
+        Open and receive failures never end the reader: they are logged, counted and
+        retried with backoff. A bus that ends by itself (a replayed log) ends it.
+        """
         loop = asyncio.get_running_loop()
-        bus = await asyncio.to_thread(self._opener, self.config)
-        self.opened = True
-        log.info("bus %s: opened %s channel %s", self.config.name, self.config.interface, self.config.channel)
-        self._stop.clear()
         # A thread of its own per bus for the bus's lifetime: the default executor has only a few
         # workers (cpus + 4), and a reader holding one for hours would starve the others.
         done: asyncio.Future[None] = loop.create_future()
@@ -125,7 +178,9 @@ class BusReader:
         def target() -> None:
             error: BaseException | None = None
             try:
-                self._loop(bus, loop, out)
+                bus = self._open()
+                if bus is not None:
+                    self._loop(bus, loop, out)
             except BaseException as exc:  # handed to the awaiting task
                 error = exc
             with contextlib.suppress(RuntimeError):  # the loop may be closed already
@@ -133,13 +188,85 @@ class BusReader:
 
         thread = threading.Thread(target=target, name=f"tcu.bus[{self.config.name}]", daemon=True)
         thread.start()
+        stopped: asyncio.Future[Any] = asyncio.ensure_future(self._stop_requested.wait())
+        waiting: list[asyncio.Future[Any]] = [done, stopped]
         try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if not done.done() and not self.up:
+                # Stopped while (re)opening: the thread may be blocked in an open attempt for
+                # seconds; it holds no frames, so do not wait for it (it ends on its own).
+                return
             await asyncio.shield(done)
         finally:
+            stopped.cancel()
             self._stop.set()
 
     def stop(self) -> None:
+        """Stop reading (the last partial batch is still delivered); call from the event loop."""
         self._stop.set()
+        self._stop_requested.set()
+
+    def _open(self, *, reopen: bool = False) -> can.BusABC | None:
+        """Open the bus, retrying with backoff until it opens; None when stopped first."""
+        cfg = self.config
+        delay = cfg.retry_initial_s
+        attempt = 0
+        down_since = time.monotonic()
+        last_error = ""
+        reminded = down_since
+        while not self._stop.is_set():
+            attempt += 1
+            try:
+                bus = self._opener(cfg)
+            except BusError as exc:
+                self.stats.open_failures += 1
+                error = str(exc)
+                self.stats.last_error = error
+                now = time.monotonic()
+                if attempt == 1:
+                    log.warning(
+                        "bus %s: down: %s; retrying in %.2g s, the wait doubling up to %.3g s"
+                        " (the other buses and the uplink go on)",
+                        cfg.name,
+                        error,
+                        delay,
+                        cfg.retry_max_s,
+                    )
+                elif error != last_error:
+                    log.warning("bus %s: still down (attempt %d): %s", cfg.name, attempt, error)
+                elif now - reminded >= REMINDER_S:
+                    reminded = now
+                    log.warning(
+                        "bus %s: still down after %d attempts over %.0f s: %s",
+                        cfg.name,
+                        attempt,
+                        now - down_since,
+                        error,
+                    )
+                else:
+                    log.debug("bus %s: attempt %d failed: %s", cfg.name, attempt, error)
+                last_error = error
+                if self._stop.wait(delay):
+                    return None
+                delay = min(delay * 2, cfg.retry_max_s)
+                continue
+            if self._stop.is_set():
+                bus.shutdown()
+                return None
+            self.opened = self.up = True
+            if attempt > 1 or reopen:
+                log.warning(
+                    "bus %s: opened %s channel %s after %d attempts (%.1f s down)",
+                    cfg.name,
+                    cfg.interface,
+                    cfg.channel,
+                    attempt,
+                    time.monotonic() - down_since,
+                )
+            else:
+                log.info("bus %s: opened %s channel %s", cfg.name, cfg.interface, cfg.channel)
+            return bus
+        return None
 
     def _post(
         self,
@@ -182,24 +309,37 @@ class BusReader:
         ext: list[bool] = []
         data: list[bytes] = []
         first = 0.0
+        current: can.BusABC | None = bus
+        socketcand = self.config.interface == "socketcand"
         try:
             while not self._stop.is_set():
+                assert current is not None
                 try:
-                    msg = bus.recv(timeout=self.batch_s)
+                    msg = current.recv(timeout=self.batch_s)
+                    if msg is None and socketcand and _peer_closed(current):
+                        raise can.CanError("the socketcand server closed the connection")
                 except (can.CanError, OSError) as exc:
-                    log.warning(
-                        "bus %s: receive failed (%s); reopening in %.1f s", name, exc, self._reopen_delay_s
-                    )
-                    bus.shutdown()
-                    while not self._stop.wait(self._reopen_delay_s):
-                        try:
-                            bus = self._opener(self.config)
-                            self.stats.reopened += 1
-                            break
-                        except BusError as err:
-                            log.warning("%s", err)
-                    else:
-                        return
+                    self.stats.receive_failures += 1
+                    self.stats.last_error = str(exc)
+                    log.warning("bus %s: receive failed (%s); reopening", name, exc)
+                    if data:  # what was read before the failure goes on now, not after the reopen
+                        batch = FrameBatch(
+                            name,
+                            np.array(t_ns, np.int64),
+                            np.array(ids, np.uint32),
+                            np.array(ext, np.bool_),
+                            data,
+                        )
+                        t_ns, ids, ext, data = [], [], [], []
+                        if not self._post(loop, out, batch, final=True):
+                            return
+                    # Down from here: a stop no longer waits for this thread (it holds no frames).
+                    self.up = False
+                    current.shutdown()
+                    current = self._open(reopen=True)
+                    if current is None:  # stopped while reopening
+                        break
+                    self.stats.reopened += 1
                     continue
                 if msg is not None:
                     if msg.is_error_frame:
@@ -235,5 +375,7 @@ class BusReader:
                 )
                 self._post(loop, out, batch, final=True)
         finally:
-            bus.shutdown()
+            self.up = False
+            if current is not None:
+                current.shutdown()
             log.info("bus %s: closed after %d frames", name, self.stats.frames)

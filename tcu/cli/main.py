@@ -2,8 +2,14 @@
 
 Subcommands are plug-ins: every module in :mod:`tcu.cli` (other than this one
 and private ``_x`` modules) defines ``register(subparsers)``, which adds its
-parser and sets ``func`` to a callable ``(args) -> int``. Errors from the
-:class:`~tcu.errors.TcuError` tree print one line (``--debug`` shows the trace).
+parser and sets ``func`` to a callable ``(args) -> int``.
+
+No traceback reaches the user without ``--debug``: an error from the
+:class:`~tcu.errors.TcuError` tree (or an ``OSError``) prints one line and exits 1,
+each error of an ``ExceptionGroup`` (a task group's) one line each, any other
+exception (a bug) one line with its type and exits 70; a log record that carries an
+exception and an exception that ends a thread are logged on one line too.
+``--debug`` shows every traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import importlib
 import logging
 import pkgutil
 import sys
+import threading
 from collections.abc import Sequence
 
 import tcu.cli
@@ -20,6 +27,13 @@ from tcu import __version__
 from tcu.errors import TcuError
 
 log = logging.getLogger(__name__)
+
+EXIT_ERROR = 1
+"""A :class:`TcuError` (bad input, configuration, unreachable resource) or an ``OSError``."""
+EXIT_INTERNAL = 70
+"""Any other exception: a bug (``EX_SOFTWARE``)."""
+
+_HINT = "run with --debug for the traceback"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,12 +56,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class OneLineFormatter(logging.Formatter):
+    """Renders a record's exception as ``[Type: message; ...]`` on the same line, no traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not record.exc_info and not record.stack_info:
+            return super().format(record)
+        saved = record.exc_info, record.exc_text, record.stack_info
+        exc = record.exc_info[1] if record.exc_info else None
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            text = super().format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+        if exc is not None:
+            text += f" [{type(exc).__name__}: {exc}; {_HINT}]"
+        return text
+
+
+def _thread_excepthook(hook: threading.ExceptHookArgs) -> None:
+    if hook.exc_type is SystemExit:
+        return
+    name = hook.thread.name if hook.thread is not None else "?"
+    exc_info = (hook.exc_type, hook.exc_value, hook.exc_traceback) if hook.exc_value is not None else None
+    logging.getLogger("tcu").error("thread %s ended with an exception", name, exc_info=exc_info)
+
+
 def configure_logging(level: str, debug: bool) -> None:
+    """Log to stderr; without ``debug`` no record prints a traceback (see :class:`OneLineFormatter`)."""
+    handler = logging.StreamHandler(sys.stderr)
+    fmt = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    handler.setFormatter(logging.Formatter(fmt) if debug else OneLineFormatter(fmt))
     logging.basicConfig(
         level=logging.DEBUG if debug else getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
+        handlers=[handler],
     )
+    if not debug:
+        threading.excepthook = _thread_excepthook
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def report_error(command: str, exc: BaseException) -> int:
+    """One line per error on stderr; the exit code (1 for ours and OS errors, 70 for a bug)."""
+    code = EXIT_ERROR
+    for leaf in _leaves(exc):
+        if isinstance(leaf, TcuError | OSError):
+            print(f"tcu {command}: error: {leaf}", file=sys.stderr)
+        elif isinstance(leaf, KeyboardInterrupt):
+            code = max(code, 130)
+        else:
+            print(f"tcu {command}: internal error: {type(leaf).__name__}: {leaf} ({_HINT})", file=sys.stderr)
+            code = EXIT_INTERNAL
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,13 +124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level, args.debug)
     try:
         result: int = args.func(args)
-    except TcuError as exc:
-        if args.debug:
-            raise
-        print(f"tcu {args.command}: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        if args.debug:
+            raise
+        return report_error(args.command, exc)
     return result
 
 

@@ -389,7 +389,7 @@ class Spool:
                 lost.extend(rec for rec in records if rec.seq > self._acked)
         lost.sort(key=lambda rec: rec.seq)
         aside = self._dir / f"{_DAMAGED_PREFIX}{time.time_ns()}"
-        keep = {_LOCK_NAME, _HEADROOM_NAME, "catalogs"}
+        keep = {_LOCK_NAME, _HEADROOM_NAME, "catalogs", "nonces"}  # nonces: the agent's replay guard
         try:
             aside.mkdir()
             for entry in self._dir.iterdir():

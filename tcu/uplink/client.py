@@ -8,6 +8,15 @@ it reconnects with jittered exponential backoff and resends what is still
 unacked; the ingest deduplicates by (vehicle, boot epoch, seq), so a batch that
 was stored but whose ack was lost is stored once.
 
+Each attempt is bounded: the channel must be connected within ``connect_timeout_s``
+and the stream does not wait for readiness (``wait_for_ready=False``), so an
+unreachable ingest fails the attempt with gRPC's reason (``UNAVAILABLE: failed to
+connect to all addresses; ... Connection refused``, or ``no connection within 10 s``)
+instead of waiting silently. The log says each change of state once: ``connecting
+to``, ``connected to``, ``cannot connect to ...: <reason>; retrying in <delay>`` (again
+only when the reason changes, with a reminder every 10 minutes while it stays down),
+``stream to ... ended: <reason>; reconnecting in <delay>``.
+
 A batch the ingest cannot accept because of its own content is kept there in
 quarantine and still acked (so it leaves the outbox); the ack lists it in
 ``quarantined``. The uplink logs each one at ERROR with its boot epoch, seq and
@@ -41,6 +50,9 @@ __all__ = ["Uplink", "UplinkStats", "channel_options", "open_channel"]
 log = logging.getLogger(__name__)
 
 UPLOAD_METHOD = "/tcu.api.v1.Ingest/Upload"
+
+REMINDER_S = 600.0
+"""While the ingest stays unreachable for the same reason, a WARNING says so again this often."""
 
 
 @dataclass(slots=True)
@@ -91,10 +103,9 @@ def wrap_batch(payload: bytes, *, boot_epoch: int, seq: int) -> bytes:
 def channel_options(config: UplinkConfig) -> list[tuple[str, int | str]]:
     """Keepalive for cellular links: ping every ``keepalive_s`` even when idle.
 
-    The stream waits for the channel (``wait_for_ready``), so while the link is down gRPC's
-    own reconnect backoff decides when the next connection attempt happens; by default it
-    grows to 120 s, which would leave a vehicle idle for two minutes after it leaves a tunnel.
-    It follows the uplink's ``backoff_initial_s``/``backoff_max_s`` instead.
+    Each attempt opens a new channel, and the uplink's own backoff decides when the next
+    one happens; gRPC's reconnect backoff inside a channel (by default growing to 120 s)
+    follows the uplink's ``backoff_initial_s``/``backoff_max_s`` too.
     """
     options: list[tuple[str, int | str]] = [
         ("grpc.initial_reconnect_backoff_ms", max(100, int(config.backoff_initial_s * 1000))),
@@ -210,27 +221,33 @@ class Uplink:
     async def run(self) -> None:
         """Connect, stream, reconnect with backoff; runs until cancelled."""
         attempt = 0
+        loop = asyncio.get_running_loop()
+        failures = 0  # failed attempts to connect since the last stream was open
+        down_since = reminded = loop.time()
+        last_reason = ""
         while True:
             retry_after_s: float | None = None
             acked_before = self.stats.batches_acked
+            was_connected = False
+            reason = ""
             try:
-                await self._session()
+                await self._session(announce=failures == 0)
             except grpc.aio.AioRpcError as exc:
-                self.stats.last_error = f"{exc.code().name}: {exc.details()}"
-                log.warning("uplink: stream to %s ended: %s", self.config.target, self.stats.last_error)
+                reason = f"{exc.code().name}: {exc.details()}"
                 if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
                     retry_after_s = _retry_after_s(exc)
                     self.stats.throttled += 1
             except ConnectionError as exc:
-                self.stats.last_error = str(exc)
-                log.warning("uplink: %s", exc)
+                reason = str(exc)
             except OutboxReadError as exc:  # e.g. an I/O error reading the spool: retry later
-                self.stats.last_error = str(exc)
+                reason = f"cannot read unacked batches: {exc}"
                 log.error("uplink: cannot read unacked batches: %s", exc)
             finally:
+                was_connected = self.stats.connected
                 if self.stats.connected:
                     self.stats.disconnects += 1
                 self.stats.connected = False
+            self.stats.last_error = reason
             if self.stats.batches_acked > acked_before:  # the stream made progress: start the backoff over
                 attempt = 0
             attempt += 1
@@ -241,17 +258,82 @@ class Uplink:
                 delay = retry_after_s  # the ingest said when it will take more; honour it exactly
                 self.stats.retry_after_waits += 1
                 self.stats.last_retry_after_s = retry_after_s
-            log.info("uplink: reconnecting in %.2f s", delay)
+            target = self.config.target
+            now = loop.time()
+            if was_connected:
+                failures = 0
+                down_since = reminded = now
+                log.warning("uplink: stream to %s ended: %s; reconnecting in %.2f s", target, reason, delay)
+            else:
+                failures += 1
+                if failures == 1:
+                    down_since = reminded = now
+                if failures == 1 or reason != last_reason:
+                    log.warning(
+                        "uplink: cannot connect to %s: %s; retrying in %.2f s"
+                        " (attempt %d, backoff up to %g s)",
+                        target,
+                        reason,
+                        delay,
+                        failures,
+                        self.config.backoff_max_s,
+                    )
+                elif now - reminded >= REMINDER_S:
+                    reminded = now
+                    log.warning(
+                        "uplink: still cannot connect to %s after %d attempts over %.0f s: %s;"
+                        " retrying in %.2f s",
+                        target,
+                        failures,
+                        now - down_since,
+                        reason,
+                        delay,
+                    )
+                else:
+                    log.debug(
+                        "uplink: attempt %d to %s failed: %s; retrying in %.2f s",
+                        failures,
+                        target,
+                        reason,
+                        delay,
+                    )
+            last_reason = reason
             await asyncio.sleep(delay)
 
-    async def _session(self) -> None:
+    async def _wait_connected(self, channel: grpc.aio.Channel) -> None:
+        """Until the channel is connected or has failed (the call then fails at once with gRPC's reason).
+
+        :class:`ConnectionError` when neither happened within ``connect_timeout_s`` (a
+        target that drops packets, a TLS handshake that hangs).
+        """
+        final = (
+            grpc.ChannelConnectivity.READY,
+            grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+            grpc.ChannelConnectivity.SHUTDOWN,
+        )
+
+        async def until() -> None:
+            state = channel.get_state(try_to_connect=True)
+            while state not in final:
+                await channel.wait_for_state_change(state)
+                state = channel.get_state(try_to_connect=True)
+
+        try:
+            await asyncio.wait_for(until(), timeout=self.config.connect_timeout_s)
+        except TimeoutError:
+            raise ConnectionError(f"no connection within {self.config.connect_timeout_s:g} s") from None
+
+    async def _session(self, *, announce: bool = True) -> None:
+        """One Upload stream; ``announce``: log "connecting" at INFO (else DEBUG: a retry)."""
+        log.log(logging.INFO if announce else logging.DEBUG, "uplink: connecting to %s", self.config.target)
         channel = open_channel(self.config)
         try:
+            await self._wait_connected(channel)
             call = channel.stream_stream(
                 UPLOAD_METHOD,
                 request_serializer=_identity,
                 response_deserializer=ingest_pb.UploadResponse.FromString,
-            )(None, wait_for_ready=True)  # None: requests go through write()
+            )(None, wait_for_ready=False)  # None: requests go through write()
             await call.write(self._hello)
             checkin = self._checkin() if self._checkin is not None else None
             if checkin is not None:
@@ -259,7 +341,9 @@ class Uplink:
             self.stats.connects += 1
             self.stats.connected = True
             log.info(
-                "uplink: stream open to %s (%d batches unacked)", self.config.target, self._outbox.unacked()
+                "uplink: connected to %s: stream open (%d batches unacked)",
+                self.config.target,
+                self._outbox.unacked(),
             )
             reader = asyncio.create_task(self._read_acks(call), name="tcu.uplink.acks")
             writer = asyncio.create_task(self._write_batches(call), name="tcu.uplink.writer")

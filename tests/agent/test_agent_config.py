@@ -53,6 +53,9 @@ def test_good_config_resolves_relative_paths_and_env(
         (('interface = "virtual"', ""), "bus[0].interface"),
         (('mapping = "MAPPING"', 'mapping = "nope.toml"'), "signals.mapping"),
         (("[uplink]", "[uplink]\nkeepalive_s = 5"), "uplink.keepalive_s"),
+        (("[uplink]", "[uplink]\nconnect_timeout_s = 0"), "uplink.connect_timeout_s"),
+        (("[uplink]", "[uplink]\ndrain_timeout_s = -1"), "uplink.drain_timeout_s"),
+        (('interface = "virtual"', 'interface = "virtual"\nretry_initial_s = 0'), "bus[0].retry_initial_s"),
         (("[vehicle]", "[vehical]\n[vehicle]"), "vehical"),
     ],
 )
@@ -70,3 +73,101 @@ def test_bad_env_value_names_the_variable(tmp_path: Path, small_dbc: Path, small
     path = _write(tmp_path, GOOD, small_dbc, small_mapping)
     with pytest.raises(ConfigError, match="TCU_UPLINK_INSECURE: must be true or false"):
         load_agent_config(path, env={"TCU_UPLINK_INSECURE": "maybe"})
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "suggestion"),
+    [
+        (('interface = "virtual"', 'interface = "virtual"\nbitrat = 500000'), "bus[0].bitrat", "bitrate"),
+        (("[uplink]", "[batch]\nmax_age_msx = 200\n[uplink]"), "batch.max_age_msx", "max_age_ms"),
+        (('target = "127.0.0.1:1"', 'targte = "127.0.0.1:1"'), "uplink.targte", "target"),
+        (('id = "V1"', 'id = "V1"\nidd = "V2"'), "vehicle.idd", "id"),
+        (('mapping = "MAPPING"', 'mapping = "MAPPING"\nmaping = "x"'), "signals.maping", "mapping"),
+        (
+            ("insecure = true", '[uplink.tls]\nca_cert = "a"\ncert = "b"\nkey = "c"\nserver_nme = "x"'),
+            "uplink.tls.server_nme",
+            "server_name",
+        ),
+        (
+            ("[uplink]", '[spool]\ndirectory = "s"\ndurabilty = "crash"\n[uplink]'),
+            "spool.durabilty",
+            "durability",
+        ),
+        (
+            ("[uplink]", "[campaigns]\ndefault_periodc = true\n[uplink]"),
+            "campaigns.default_periodc",
+            "default_periodic",
+        ),
+        (
+            ("[uplink]", '[commands]\nverify_key = "k.pem"\nnonce_stor = "n"\n[uplink]'),
+            "commands.nonce_stor",
+            "nonce_store",
+        ),
+        (
+            (
+                "[uplink]",
+                '[connectivity]\nport = "/dev/x"\npolicy = "p"\naudit_log = "a"\n'
+                "poll_intervl_s = 1\n[uplink]",
+            ),
+            "connectivity.poll_intervl_s",
+            "poll_interval_s",
+        ),
+        (("[vehicle]", "[vehicl]\n[vehicle]"), "vehicl", "vehicle"),
+    ],
+)
+def test_unknown_keys_are_refused_with_a_suggestion(
+    tmp_path: Path,
+    small_dbc: Path,
+    small_mapping: Path,
+    *,
+    change: tuple[str, str],
+    key: str,
+    suggestion: str,
+) -> None:
+    body = GOOD.replace(*change)
+    assert body != GOOD
+    path = _write(tmp_path, body, small_dbc, small_mapping)
+    with pytest.raises(ConfigError) as info:
+        load_agent_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {key}: unknown "), message
+    assert f"did you mean {suggestion!r}?" in message
+
+
+@pytest.mark.parametrize(
+    ("env", "name", "problem"),
+    [
+        ({"TCU_BATCH_MAX_AGE_MS": "abc"}, "TCU_BATCH_MAX_AGE_MS", "must be an integer, got 'abc'"),
+        ({"TCU_BATCH_MAX_AGE_MSX": "200"}, "TCU_BATCH_MAX_AGE_MSX", "did you mean TCU_BATCH_MAX_AGE_MS?"),
+        ({"TCU_UPLINK_TARGTE": "h:1"}, "TCU_UPLINK_TARGTE", "did you mean TCU_UPLINK_TARGET?"),
+        ({"TCU_UPLINK_BACKOFF_MAX_S": "soon"}, "TCU_UPLINK_BACKOFF_MAX_S", "must be a number, got 'soon'"),
+        ({"TCU_SPOOL_MAX_BYTES": "1e9"}, "TCU_SPOOL_MAX_BYTES", "must be an integer"),
+        ({"TCU_BUS_BITRATE": "500000"}, "TCU_BUS_BITRATE", "[[bus]]"),
+        ({"TCU_UPLNK_TARGET": "h:1"}, "TCU_UPLNK_TARGET", "did you mean TCU_UPLINK_TARGET?"),
+    ],
+)
+def test_bad_env_is_refused_even_without_the_section(
+    tmp_path: Path, small_dbc: Path, small_mapping: Path, *, env: dict[str, str], name: str, problem: str
+) -> None:
+    path = _write(tmp_path, GOOD, small_dbc, small_mapping)
+    with pytest.raises(ConfigError) as info:
+        load_agent_config(path, env=env)
+    assert f"{name}: " in str(info.value)
+    assert problem in str(info.value)
+
+
+def test_env_sets_keys_of_sections_the_file_lacks(
+    tmp_path: Path, small_dbc: Path, small_mapping: Path
+) -> None:
+    path = _write(tmp_path, GOOD, small_dbc, small_mapping)
+    cfg = load_agent_config(
+        path,
+        env={
+            "TCU_BATCH_MAX_AGE_MS": "250",
+            "TCU_UPLINK_DRAIN_TIMEOUT_S": "2.5",
+            "TCU_SHARED_DATA": "/elsewhere",  # not a config section: left alone
+            "TCU_UNRELATED": "x",
+        },
+    )
+    assert cfg.batch.max_age_ms == 250
+    assert cfg.uplink.drain_timeout_s == 2.5
