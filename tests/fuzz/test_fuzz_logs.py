@@ -11,6 +11,7 @@ from tcu.can.logs import open_log
 from tcu.errors import LogFormatError
 from tools.fuzz import fuzz_logs as harness
 from tools.fuzz._hypothesis import check_input, fuzz_settings, mutated
+from tools.shared_data import shared_path
 
 
 def test_fuzz_logs_every_seed_gives_frames(tmp_path):
@@ -101,13 +102,9 @@ def test_fuzz_logs_trc_start_time_beyond_timedelta_is_reported(tmp_path):
 
 def test_fuzz_logs_blf_start_year_beyond_int64_ns_reads_without_overflow(tmp_path):
     """A BLF header dated in the year 9999 overflowed the frames' int64 ns times (found by atheris)."""
-    import os
     import struct
-    from pathlib import Path
 
-    raw = bytearray(
-        (Path(os.environ["TCU_SHARED_DATA"]) / "can" / "logs" / "test_CanFdMessage.blf").read_bytes()
-    )
+    raw = bytearray(shared_path("can/logs/test_CanFdMessage.blf").read_bytes())
     struct.pack_into("<8H", raw, 40, 9999, 1, 5, 1, 0, 0, 0, 0)  # SYSTEMTIME start: 9999-01-01
     path = tmp_path / "future.blf"
     path.write_bytes(bytes(raw))

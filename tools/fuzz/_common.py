@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import os
 import random
 import shutil
 import signal
@@ -25,7 +24,6 @@ from pathlib import Path
 from types import FrameType
 
 __all__ = [
-    "DATA_DIR",
     "REPO",
     "HangError",
     "mutate",
@@ -35,13 +33,7 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parents[2]
-#: Third-party test data the seeds come from (read-only); ``TCU_FUZZ_DATA`` overrides it.
-# The shared third-party data sits beside the repository (../shared/data).
-DATA_DIR = Path(
-    os.environ.get("TCU_FUZZ_DATA")
-    or os.environ.get("TCU_SHARED_DATA")
-    or Path(__file__).resolve().parents[3] / "shared" / "data"
-)
+# Seeds from the shared third-party data come through tools.shared_data.shared_path.
 
 _SCRATCH: Path | None = None
 
