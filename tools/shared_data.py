@@ -48,7 +48,11 @@ def shared_path(relative: str | os.PathLike[str] = "") -> Path:
     path = root / relative
     if not path.exists():
         value = os.environ.get(ENV)
-        how = f"{ENV}={value}" if value else f"{ENV} is not set, so ../shared/data beside the checkout"
+        how = (
+            f"{ENV}={value}; unset, it means ../shared/data beside the checkout"
+            if value
+            else f"{ENV} is not set, so ../shared/data beside the checkout"
+        )
         missing = "the shared data folder itself is missing" if not root.is_dir() else "no such file"
         raise SharedDataMissing(
             f"shared test data not found: {path} ({missing}; {how}). Put the shared data "
