@@ -25,6 +25,7 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python tools/gen_protos.py --check
+	$(VENV)/bin/python tools/check_paths.py
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest -q

@@ -10,7 +10,7 @@ runs a modem with an eUICC on a pseudo-terminal, named in the ready line as
 ``"modem": "/dev/pts/N"``; during the drive the modem follows the car (country, tunnel,
 NMEA fixes with simulated time and position). Example::
 
-    python -m sim --duration 2000 --speed 60 --modem --start-at "A31 Thionville" --ground-truth /tmp/gt.npz
+    python -m sim --duration 2000 --speed 60 --modem --start-at "A31 Thionville" --ground-truth gt.npz
 
 With ``--modem --data-proxy HOST:PORT`` the modem also has a cellular data path
 (:mod:`sim.datalink`): a TCP proxy on a free 127.0.0.1 port, named in the ready line as
@@ -48,8 +48,8 @@ because of SIGTERM stay in the ground truth (at most one batch).
 
 Example::
 
-    python -m sim --duration 60 --speed max --seed 7 --ground-truth /tmp/gt.npz
-    python -m sim --duration 600 --speed 20 --reconnect --ground-truth /tmp/gt.npz
+    python -m sim --duration 60 --speed max --seed 7 --ground-truth gt.npz
+    python -m sim --duration 600 --speed 20 --reconnect --ground-truth gt.npz
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m sim",
         description="Simulated electric car on Metz → Luxembourg → Trier, served as CAN over socketcand.",
-        epilog="example: python -m sim --duration 60 --speed max --ground-truth /tmp/gt.npz",
+        epilog="example: python -m sim --duration 60 --speed max --ground-truth gt.npz",
     )
     p.add_argument("--duration", type=float, default=60.0, help="simulated seconds to drive (default 60)")
     p.add_argument("--speed", type=_speed, default=1.0, help="'max' or a factor of real time (default 1)")

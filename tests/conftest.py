@@ -1,12 +1,23 @@
-"""Test-wide settings: where the shared third-party data lives.
+"""Test-wide settings: the repository on ``sys.path`` (for ``tools.*``) and where the shared
+third-party data lives.
 
-The data sits beside the repository (``../shared/data``), in development and in
-CI alike; ``TCU_SHARED_DATA`` overrides it.
+The data sits beside the repository (``../shared/data``), in development and in CI alike;
+``TCU_SHARED_DATA`` overrides it. Tests find a file of it with
+``tools.shared_data.shared_path("can/dbc/x.dbc")``, which fails with a message naming
+``TCU_SHARED_DATA`` when the file is not there (no skip: CI has the data). The variable is
+also set here for subprocesses the tests start.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-os.environ.setdefault("TCU_SHARED_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+_REPO = Path(__file__).resolve().parents[1]
+if str(_REPO) not in sys.path:
+    sys.path.insert(0, str(_REPO))
+
+from tools.shared_data import ENV, shared_root  # noqa: E402 - after the sys.path fix above
+
+os.environ.setdefault(ENV, str(shared_root()))

@@ -87,8 +87,28 @@ def decode_log(
                     file=sys.stderr,
                     flush=True,
                 )
+        refuse_unreadable(reader.stats, reader.fmt)
 
     return run(), decoder, reader.stats
+
+
+def refuse_unreadable(stats: ReadStats, fmt: str) -> None:
+    """Raise :class:`~tcu.errors.LogFormatError` when the read found problems and not one frame.
+
+    Such a file is not a log of that format (a binary file named ``.asc``, say); decoding it
+    to an empty output and exiting 0 would hide that. An empty log (no frames, no problems)
+    is not refused.
+    """
+    from tcu.errors import LogFormatError
+
+    if stats.frames or not (stats.bad_records or stats.stopped_at is not None):
+        return
+    why = stats.problems[0].problem if stats.problems else f"stopped at {stats.stopped_at}"
+    raise LogFormatError(
+        f"no CAN frame could be read as format {fmt!r} ({stats.bad_records} corrupt record(s); "
+        f"first: {why}); is it a log of that format? (--log-format picks another one)",
+        path=stats.path,
+    )
 
 
 def print_summary(counts: DecodeCounts, stats: ReadStats, write: Callable[[str], None]) -> None:

@@ -56,8 +56,12 @@ def run(args: argparse.Namespace) -> int:
             columns = long_form(blocks)
             if columns is not None:
                 sink.write(columns)
-    finally:
+    except BaseException:
         sink.close()
+        if args.output is not None:  # no partial or header-only file that looks like a result
+            args.output.unlink(missing_ok=True)
+        raise
+    sink.close()
     print_summary(decoder.counts, stats, lambda text: print(f"tcu decode: {text}", file=sys.stderr))
     return 0
 

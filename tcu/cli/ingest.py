@@ -27,7 +27,7 @@ _EXAMPLE = """\
 example:
   tcu pki init ./pki && tcu pki vehicle ./pki WTCUSIM0000000001
   tcu ingest --listen 0.0.0.0:50051 --db ./ingest.db --pki ./pki
-  tcu ingest --listen 127.0.0.1:0 --db /tmp/ingest.db --port-file /tmp/ingest.port --insecure
+  tcu ingest --listen 127.0.0.1:0 --db ./ingest.db --port-file ./ingest.port --insecure
 
 mTLS is the default: vehicles and backends need a certificate from the client CA, and
 every upload is bound to the vehicle id in the certificate.

@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import asn1tools
@@ -16,10 +14,11 @@ from hypothesis import strategies as st
 
 from tcu.errors import EsimError
 from tcu.esim import der, es10
+from tools.shared_data import shared_path
 
-DATA = Path(os.environ["TCU_SHARED_DATA"], "esim")
-VECTORS = json.loads((DATA / "vectors" / "es10-vectors.json").read_text())
-_ASN = DATA / "sgp22-v2.2.2"
+DATA = shared_path("esim")
+VECTORS = json.loads(shared_path("esim/vectors/es10-vectors.json").read_text())
+_ASN = shared_path("esim/sgp22-v2.2.2")
 REF = asn1tools.compile_files(
     [str(_ASN / "rsp.asn"), str(_ASN / "PKIXExplicit88.asn"), str(_ASN / "PKIXImplicit88.asn")], codec="der"
 )

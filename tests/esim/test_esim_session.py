@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
@@ -17,8 +15,9 @@ from tcu.esim.session import (
     Es10ResultError,
     IsdrSession,
 )
+from tools.shared_data import shared_path
 
-VECTORS = json.loads(Path(os.environ["TCU_SHARED_DATA"], "esim/vectors/es10-vectors.json").read_text())
+VECTORS = json.loads(shared_path("esim/vectors/es10-vectors.json").read_text())
 A = "89000123456789012341"
 B = "89490200001234567893"
 C = "8988211000000000001"

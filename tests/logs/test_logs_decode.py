@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from pathlib import Path
 
 import can
@@ -13,13 +12,13 @@ import pytest
 
 from tcu.can.logs.decode import j1939_pgn
 from tcu.cli.main import main
+from tools.shared_data import shared_path
 
-DATA = Path(os.environ["TCU_SHARED_DATA"], "can")
-RAV4 = DATA / "logs" / "comma2k19_rav4_2017_seg40.log"
-PT_DBC = DATA / "dbc" / "toyota_new_mc_pt_flattened.dbc"
-ADAS_DBC = DATA / "dbc" / "toyota_adas.dbc"
-MF4 = DATA / "logs" / "canedge_FCBF0606_00003482_00000001-60B621D9.MF4"
-J1939_DBC = DATA / "dbc" / "CSS-Electronics-SAE-J1939-DEMO.dbc"
+RAV4 = shared_path("can/logs/comma2k19_rav4_2017_seg40.log")
+PT_DBC = shared_path("can/dbc/toyota_new_mc_pt_flattened.dbc")
+ADAS_DBC = shared_path("can/dbc/toyota_adas.dbc")
+MF4 = shared_path("can/logs/canedge_FCBF0606_00003482_00000001-60B621D9.MF4")
+J1939_DBC = shared_path("can/dbc/CSS-Electronics-SAE-J1939-DEMO.dbc")
 
 
 def _rows_by_frame(path: Path) -> list[tuple[float, str, str, str, dict[str, float]]]:

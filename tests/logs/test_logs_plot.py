@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from tcu.cli.main import main
+from tools.shared_data import shared_path
 
-DATA = Path(os.environ["TCU_SHARED_DATA"], "can")
-MF4 = DATA / "logs" / "canedge_FCBF0606_00003482_00000001-60B621D9.MF4"
-J1939_DBC = DATA / "dbc" / "CSS-Electronics-SAE-J1939-DEMO.dbc"
+MF4 = shared_path("can/logs/canedge_FCBF0606_00003482_00000001-60B621D9.MF4")
+J1939_DBC = shared_path("can/dbc/CSS-Electronics-SAE-J1939-DEMO.dbc")
 
 
 def test_plot_writes_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

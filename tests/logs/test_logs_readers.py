@@ -3,7 +3,6 @@ corrupt and truncated inputs are reported with their location and counted."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import can
@@ -12,9 +11,10 @@ import pytest
 
 from tcu.can.logs import concat_chunks, open_log
 from tcu.errors import LogFormatError
+from tools.shared_data import shared_path
 
-LOG_DIR = Path(os.environ["TCU_SHARED_DATA"], "can/logs")
-RAV4 = LOG_DIR / "comma2k19_rav4_2017_seg40.log"
+LOG_DIR = shared_path("can/logs")
+RAV4 = shared_path("can/logs/comma2k19_rav4_2017_seg40.log")
 SHARED_LOGS = sorted(
     p for p in LOG_DIR.iterdir() if p.suffix.lower() in {".log", ".blf", ".asc", ".trc", ".mf4"}
 )

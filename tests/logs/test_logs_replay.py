@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -11,8 +10,9 @@ import pytest
 
 from tcu.can.logs.replay import ReplayBus
 from tcu.errors import LogFormatError
+from tools.shared_data import shared_path
 
-RAV4 = Path(os.environ["TCU_SHARED_DATA"], "can/logs/comma2k19_rav4_2017_seg40.log")
+RAV4 = shared_path("can/logs/comma2k19_rav4_2017_seg40.log")
 
 
 def _drain(bus: ReplayBus, timeout_s: float = 0.0) -> list[can.Message]:

@@ -27,6 +27,7 @@ from tcu.errors import ConfigError, LogFormatError
 from tcu.ingest import IngestConfig, IngestServer
 from tcu.signals.dbc import load_dbc
 from tcu.signals.mapping import Catalog, build_catalog, load_mapping
+from tools.shared_data import shared_path
 
 START_US = 1_763_800_000_000_000
 VEHICLE = "WTCUREPLAYTEST001"
@@ -335,9 +336,9 @@ async def test_cli_without_config(recording: Recording, ingest: IngestServer) ->
     assert check.samples_stored == check.samples_expected > 500
 
 
-RAV4 = Path("/work/shared/data/can/logs/comma2k19_rav4_2017_seg40.log")
-TOYOTA_PT = Path("/work/shared/data/can/dbc/toyota_new_mc_pt_flattened.dbc")
-TOYOTA_ADAS = Path("/work/shared/data/can/dbc/toyota_adas.dbc")
+RAV4 = shared_path("can/logs/comma2k19_rav4_2017_seg40.log")
+TOYOTA_PT = shared_path("can/dbc/toyota_new_mc_pt_flattened.dbc")
+TOYOTA_ADAS = shared_path("can/dbc/toyota_adas.dbc")
 
 
 async def test_real_two_channel_log_mapped_onto_two_buses(tmp_path: Path, ingest: IngestServer) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 import cantools
@@ -14,8 +13,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tcu.signals import DatabaseCodec, compile_database, load_dbc
+from tools.shared_data import shared_path
 
-DBC_DIR = Path(os.environ["TCU_SHARED_DATA"], "can/dbc")
+DBC_DIR = shared_path("can/dbc")
 EDGE_DBC = Path(__file__).with_name("edge_cases.dbc")
 ALL_DBCS = [*sorted(DBC_DIR.glob("*.dbc")), EDGE_DBC]
 FRAMES_PER_MESSAGE = 48

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import pytest
 
 from tcu.errors import DbcError
 from tcu.signals import load_dbc
+from tools.shared_data import shared_path
 
-DBC_DIR = Path(os.environ["TCU_SHARED_DATA"], "can/dbc")
+DBC_DIR = shared_path("can/dbc")
 
 
 def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:

@@ -39,8 +39,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-SHARED_DATA = Path(os.environ.get("TCU_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
-DBC = SHARED_DATA / "can" / "dbc" / "hyundai_2015_ccan.dbc"
+_REPO = Path(__file__).resolve().parents[2]
+if str(_REPO) not in sys.path:
+    sys.path.insert(0, str(_REPO))
+
+from tools.shared_data import shared_path  # noqa: E402 - after the sys.path fix above
+
+DBC = shared_path("can/dbc/hyundai_2015_ccan.dbc")
 SEED = 20261122
 UNKNOWN_SHARE = 0.05
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import os
+import importlib
+import operator
 import random
 import shutil
 import signal
@@ -22,12 +23,13 @@ import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import FrameType
+from types import FrameType, ModuleType
+from typing import Any
 
 __all__ = [
-    "DATA_DIR",
     "REPO",
     "HangError",
+    "guard_trace_cmp",
     "mutate",
     "random_ops",
     "scratch_dir",
@@ -35,13 +37,7 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parents[2]
-#: Third-party test data the seeds come from (read-only); ``TCU_FUZZ_DATA`` overrides it.
-# The shared third-party data sits beside the repository (../shared/data).
-DATA_DIR = Path(
-    os.environ.get("TCU_FUZZ_DATA")
-    or os.environ.get("TCU_SHARED_DATA")
-    or Path(__file__).resolve().parents[3] / "shared" / "data"
-)
+# Seeds from the shared third-party data come through tools.shared_data.shared_path.
 
 _SCRATCH: Path | None = None
 
@@ -139,3 +135,42 @@ def random_ops(rng: random.Random, max_ops: int = 8) -> list[tuple[int, int, int
         (rng.randrange(7), rng.randrange(1 << 30), rng.randrange(1 << 16))
         for _ in range(rng.randint(1, max_ops))
     ]
+
+
+#: Operand types whose comparisons atheris's native ``_trace_cmp`` sees (it feeds ints,
+#: strings and bytes to libFuzzer's compare hooks); their result is always a bool.
+_TRACED_TYPES = frozenset({int, bool, float, str, bytes, bytearray, type(None)})
+#: ``dis.cmp_op`` order, as ``COMPARE_OP`` numbers them.
+_COMPARE = (operator.lt, operator.le, operator.eq, operator.ne, operator.gt, operator.ge)
+
+
+def guard_trace_cmp(atheris: ModuleType) -> None:
+    """Stop atheris from leaking the result of every comparison that is not a bool.
+
+    ``atheris.instrument_imports`` replaces each ``a < b`` / ``a == b`` in the instrumented
+    modules by ``atheris._trace_cmp(a, b, op, counter, is_const)``, looked up at every call.
+    The native ``_trace_cmp`` (atheris 2.3 and 3.0.0 at least) keeps one reference too many
+    to the result: harmless for ``True``/``False``, but a numpy comparison returns an array,
+    so every ``arr == 10`` in the log readers leaked an array the size of the input. That is
+    why the ``logs`` target ran out of memory after about 95 k runs (RSS 184 MB → 2 GB;
+    tests/fuzz/test_fuzz_logs.py measures it). This wrapper passes only comparisons of
+    plain scalars (:data:`_TRACED_TYPES`, the ones libFuzzer's hooks use) to the native
+    function and compares everything else itself. ``atheris.Fuzz()`` binds its own native
+    ``_trace_cmp`` when it starts, so call this from the test function (``run.py`` does);
+    it is idempotent and cheap once installed.
+    """
+    native: Any = atheris._trace_cmp
+    if getattr(native, "_tcu_guarded", False):
+        return
+    try:  # Python 3.12+ keeps flags in the low bits of COMPARE_OP's argument
+        shift: int = importlib.import_module(f"{atheris.__name__}.version_dependent").CMP_OP_SHIFT_AMOUNT
+    except (ImportError, AttributeError):
+        shift = 0
+
+    def trace_cmp(left: object, right: object, op: int, counter: int, is_const: bool) -> Any:
+        if type(left) in _TRACED_TYPES and type(right) in _TRACED_TYPES:
+            return native(left, right, op, counter, is_const)
+        return _COMPARE[op >> shift](left, right)
+
+    trace_cmp._tcu_guarded = True  # type: ignore[attr-defined]
+    atheris._trace_cmp = trace_cmp

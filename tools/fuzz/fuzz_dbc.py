@@ -15,7 +15,8 @@ import numpy as np
 from tcu.errors import DbcError
 from tcu.signals.codec import compile_database
 from tcu.signals.dbc import load_dbc
-from tools.fuzz._common import DATA_DIR, REPO, scratch_dir
+from tools.fuzz._common import REPO, scratch_dir
+from tools.shared_data import shared_path
 
 __all__ = ["NAME", "one_input", "seeds"]
 
@@ -27,7 +28,7 @@ _SEED_BYTES = 16_384
 def seeds() -> list[bytes]:
     """The shared DBCs and the simulator's; big files without their ``VAL_TABLE_``
     lines and cut to about 16 KiB before a blank line or a ``BO_`` line."""
-    files = [*sorted((DATA_DIR / "can" / "dbc").glob("*.dbc")), REPO / "sim" / "data" / "tcu_sim.dbc"]
+    files = [*sorted(shared_path("can/dbc").glob("*.dbc")), REPO / "sim" / "data" / "tcu_sim.dbc"]
     out: list[bytes] = []
     for file in files:
         data = file.read_bytes()

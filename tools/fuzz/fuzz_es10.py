@@ -19,7 +19,7 @@ from typing import Any
 from tcu.errors import EsimError
 from tcu.esim import es10
 from tcu.esim.der import decode_one, decode_seq
-from tools.fuzz._common import DATA_DIR
+from tools.shared_data import shared_path
 
 __all__ = ["DECODERS", "NAME", "one_input", "seeds"]
 
@@ -36,7 +36,7 @@ DECODERS: tuple[Any, ...] = tuple(
 @cache
 def seeds() -> list[bytes]:
     """The DER of every vector in ``es10-vectors.json`` and of lpac's sample answers (SW cut)."""
-    doc = json.loads((DATA_DIR / "esim" / "vectors" / "es10-vectors.json").read_text(encoding="utf-8"))
+    doc = json.loads(shared_path("esim/vectors/es10-vectors.json").read_text(encoding="utf-8"))
     out = [bytes.fromhex(vector["der"]) for vector in doc["vectors"]]
     for answer in doc["lpac_stdio_samples"].values():
         raw = bytes.fromhex(answer)

@@ -14,7 +14,8 @@ from functools import cache
 
 from tcu.can.logs import open_log
 from tcu.errors import InputError
-from tools.fuzz._common import DATA_DIR, scratch_dir
+from tools.fuzz._common import scratch_dir
+from tools.shared_data import shared_path
 
 __all__ = ["FORMATS", "NAME", "one_input", "seeds"]
 
@@ -29,7 +30,7 @@ def seeds() -> list[bytes]:
     """Every shared log in these formats (text logs cut to about 8 KiB at a line end)."""
     out: list[bytes] = []
     for index, (_fmt, suffix) in enumerate(FORMATS):
-        for file in sorted((DATA_DIR / "can" / "logs").glob(f"*{suffix}")):
+        for file in sorted(shared_path("can/logs").glob(f"*{suffix}")):
             data = file.read_bytes()
             if suffix != ".blf" and len(data) > _SEED_BYTES:
                 data = data[: data.rfind(b"\n", 0, _SEED_BYTES) + 1]

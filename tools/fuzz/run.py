@@ -31,7 +31,9 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 _HERE = Path(__file__).resolve().parent
 _REPO = _HERE.parents[1]
@@ -52,11 +54,27 @@ def _write_corpus(name: str, corpus: Path) -> None:
         (corpus / f"seed-{hashlib.sha1(seed).hexdigest()}").write_bytes(seed)
 
 
-def _child_atheris(name: str, seconds: int, corpus: Path, crashes: Path) -> None:
+def instrumented(name: str) -> tuple[ModuleType, Callable[[bytes], None]]:
+    """atheris and the test function for target ``name``: its harness, imported with ``tcu``
+    and ``tools`` instrumented, behind :func:`~tools.fuzz._common.guard_trace_cmp`."""
     import atheris  # type: ignore[import-untyped]  # no stubs published
+
+    from tools.fuzz._common import guard_trace_cmp
 
     with atheris.instrument_imports(include=["tcu", "tools"]):
         harness = load(name)
+
+    def test_one_input(data: bytes) -> None:
+        # atheris.Fuzz() binds its native _trace_cmp when it starts, so the guard goes in
+        # here (a no-op after the first input); without it every numpy comparison leaks.
+        guard_trace_cmp(atheris)
+        harness.one_input(data)
+
+    return atheris, test_one_input
+
+
+def _child_atheris(name: str, seconds: int, corpus: Path, crashes: Path) -> None:
+    atheris, test_one_input = instrumented(name)
     _write_corpus(name, corpus)  # after the instrumented import: load() imports the harness
     crashes.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -69,7 +87,7 @@ def _child_atheris(name: str, seconds: int, corpus: Path, crashes: Path) -> None
         "-print_final_stats=1",
         "-report_slow_units=1000000",
     ]
-    atheris.Setup(argv, harness.one_input)
+    atheris.Setup(argv, test_one_input)
     atheris.Fuzz()
 
 
