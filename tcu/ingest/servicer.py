@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -368,6 +369,8 @@ class IngestService(ingest_grpc.IngestServicer):
                     )
                     if item.result.quarantined and isinstance(item.batch, QuarantinedBatch):
                         ack.quarantined.add(seq=item.batch.seq, reason=item.batch.reason)
+                    elif item.result.quarantined:  # valid, but the sink failed to write it: kept apart
+                        ack.quarantined.add(seq=item.batch.seq, reason=item.result.reason)
                     yield ingest_pb.UploadResponse(ack=ack)
         finally:
             reader.cancel()
@@ -400,7 +403,7 @@ class IngestService(ingest_grpc.IngestServicer):
             except IngestError as exc:
                 out.put_nowait(_Stop(grpc.StatusCode.UNAVAILABLE, f"batch seq {item.batch.seq}: {exc}"))
                 return
-            if not result.duplicate and isinstance(item.batch, Batch):
+            if not result.duplicate and not result.quarantined and isinstance(item.batch, Batch):
                 self._hub.publish(item.batch)
             out.put_nowait(_Ack(item.batch, result))
 
@@ -522,7 +525,7 @@ class IngestService(ingest_grpc.IngestServicer):
                 f" on a connection of vehicle {bound!r}",
             )
         try:
-            return validate_batch(session, message, self._limits)
+            valid = validate_batch(session, message, self._limits)
         except StreamRejected as exc:
             return _Stop(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except BatchRejected as exc:  # the batch's own content: keep it, carry on
@@ -530,6 +533,8 @@ class IngestService(ingest_grpc.IngestServicer):
             return self._quarantine(
                 session, payload, message.boot_epoch, message.seq, str(exc), catalog_id=message.catalog_id
             )
+        # The bytes go along so that the sink can quarantine a batch it fails to write.
+        return dataclasses.replace(valid, payload=raw or message.SerializeToString())
 
     async def _read(
         self,

@@ -4,6 +4,11 @@ Every problem raises :class:`~tcu.errors.BatchRejected` with a message that
 names the batch, the signal and what was wrong, e.g.
 ``batch seq 7: column for signal 12 (Vehicle.Speed) has 5 times but 4 values``.
 
+Every value that reaches the store is range-checked here: wire integers that SQLite's
+int64 ``INTEGER`` cannot hold (``uint64`` fields such as ``boot_epoch``, ``seq`` and
+``DataLoss.payload_bytes``; sums of base and offset times) and doubles that go to a
+``NOT NULL`` column (a catalog's ``resolution`` must be finite; SQLite stores NaN as NULL).
+
 :func:`validate_batch` tells two kinds apart. A batch that does not belong on its
 stream (another vehicle, no usable ``(boot_epoch, seq)`` identity) raises
 :class:`~tcu.errors.StreamRejected`: the stream ends. Any other problem is one of the
@@ -16,6 +21,7 @@ the agent resend it forever and strand every later batch behind it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -153,6 +159,8 @@ def _catalog(what: str, catalog: telemetry_pb.SignalCatalog, limits: Limits) -> 
             raise BatchRejected(f"{where} ({info.name}): signal id is used twice")
         if info.name in names:
             raise BatchRejected(f"{where}: name {info.name} is used twice")
+        if not math.isfinite(info.resolution):  # SQLite stores NaN as NULL: the catalog row would fail
+            raise BatchRejected(f"{where} ({info.name}): resolution {info.resolution} is not a finite number")
         names.add(info.name)
         signals[info.signal_id] = SignalDef(
             signal_id=info.signal_id,
@@ -204,6 +212,10 @@ def validate_batch(session: Session, batch: telemetry_pb.TelemetryBatch, limits:
             )
         if len(batch.loss.reason.encode("utf-8")) > limits.max_string_bytes:
             raise BatchRejected(f"{label}: DataLoss reason longer than {limits.max_string_bytes} bytes")
+        if batch.loss.payload_bytes > INT64_MAX:  # uint64 on the wire, INTEGER (int64) in the store
+            raise BatchRejected(
+                f"{label}: DataLoss payload_bytes {batch.loss.payload_bytes} is above {INT64_MAX}"
+            )
         return Batch(
             vehicle_id=batch.vehicle_id,
             boot_epoch=batch.boot_epoch,
