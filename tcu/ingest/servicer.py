@@ -64,6 +64,7 @@ from tcu.ingest.hub import UpdateHub
 from tcu.ingest.model import Batch, QuarantinedBatch, StoreResult
 from tcu.ingest.store import Sink
 from tcu.ingest.validate import (
+    INT64_MAX,
     Limits,
     Session,
     check_batch_identity,
@@ -92,14 +93,18 @@ def no_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
 class RawUpload:
     """An ``UploadRequest`` as read from the wire, with its batch's bytes as they arrived.
 
-    ``message`` is None when the request is a batch whose bytes do not decode
-    (``error`` says why); the servicer quarantines it when it can identify it.
+    ``message`` is None when the request does not decode (``error`` says why): a
+    batch whose bytes do not decode (``is_batch``; the servicer quarantines it when it
+    can identify it), or any other undecodable request (the stream ends with
+    INVALID_ARGUMENT).
     """
 
     message: ingest_pb.UploadRequest | None
     batch_bytes: bytes = b""
     """The ``UploadRequest.batch`` field's bytes (all occurrences, in order); empty for other kinds."""
     error: str = ""
+    is_batch: bool = True
+    """With ``message`` None: the request is a ``batch`` and only its bytes do not decode."""
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -176,14 +181,15 @@ def read_upload_request(data: bytes) -> RawUpload:
     """The Upload method's request deserializer: parse, and keep a batch's bytes as received.
 
     A batch whose bytes do not decode becomes ``RawUpload(None, bytes, error)``; any
-    other undecodable request raises protobuf's ``DecodeError`` (gRPC ends the stream).
+    other undecodable request ``RawUpload(None, error=..., is_batch=False)``. It never
+    raises: an exception here would end the stream with UNKNOWN instead of INVALID_ARGUMENT.
     """
     envelope = _batch_fields(data)
     try:
         message = ingest_pb.UploadRequest.FromString(data)
     except DecodeError as exc:
         if envelope is None or not envelope[1]:
-            raise
+            return RawUpload(None, error=f"an UploadRequest of {len(data)} bytes: {exc}", is_batch=False)
         return RawUpload(None, envelope[0], f"the batch does not decode as a TelemetryBatch: {exc}")
     batch_bytes = envelope[0] if envelope is not None and message.WhichOneof("kind") == "batch" else b""
     return RawUpload(message, batch_bytes)
@@ -288,9 +294,11 @@ class IngestService(ingest_grpc.IngestServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "stream ended before its Hello")
         first = raw_first.message if isinstance(raw_first, RawUpload) else raw_first
         if first is None:
+            assert isinstance(raw_first, RawUpload)
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                "the first message of an Upload stream must be a Hello, got an undecodable batch",
+                "the first message of an Upload stream does not decode (it must be a Hello):"
+                f" {raw_first.error}",
             )
         if first.WhichOneof("kind") != "hello":
             await context.abort(
@@ -478,6 +486,8 @@ class IngestService(ingest_grpc.IngestServicer):
         )
 
     def _undecodable(self, session: Session, raw: RawUpload) -> QuarantinedBatch | _Stop:
+        if not raw.is_batch:
+            return _Stop(grpc.StatusCode.INVALID_ARGUMENT, f"a message does not decode: {raw.error}")
         identity = stamped_identity(raw.batch_bytes)
         if identity is None:
             return _Stop(
@@ -486,6 +496,11 @@ class IngestService(ingest_grpc.IngestServicer):
                 f" (boot_epoch, seq) to quarantine it under: {raw.error}",
             )
         epoch, seq = identity
+        if epoch > INT64_MAX or seq > INT64_MAX:  # (a varint may hold more than uint64)
+            return _Stop(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"an undecodable batch's stamp: boot_epoch {epoch} or seq {seq} is above {INT64_MAX}",
+            )
         stamp = telemetry_pb.TelemetryBatch(vehicle_id=session.vehicle_id, boot_epoch=epoch, seq=seq)
         try:
             check_batch_identity(session, stamp)

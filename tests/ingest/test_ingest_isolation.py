@@ -14,6 +14,7 @@ import grpc
 import pytest
 from ingest_helpers import rows
 
+from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.api.v1 import telemetry_pb2 as telemetry_pb
 from tcu.errors import BatchRejected
 from tcu.ingest import IngestConfig
@@ -177,3 +178,42 @@ async def test_a_batch_the_writer_fails_on_does_not_fail_its_group(
     lines = [r for r in caplog.records if "veh-bad" in r.getMessage()]
     assert 1 <= len(lines) <= 6, [r.getMessage() for r in lines]  # rate-limited, not one per batch
     assert not any(r.exc_info for r in caplog.records)
+
+
+def _raw_upload(running: Any) -> Any:
+    return running.channel.stream_stream(
+        "/tcu.api.v1.Ingest/Upload",
+        request_serializer=lambda b: b,
+        response_deserializer=ingest_pb.UploadResponse.FromString,
+    )(timeout=10)
+
+
+async def test_undecodable_first_message_is_invalid_argument(running: Any, kit: Any) -> None:
+    for first in (b"\x0f\xff\x00", b"\x0a\x05\x0f\xff"):  # a broken envelope; a Hello that does not decode
+        call = _raw_upload(running)
+        await call.write(first)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call.read()
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
+        assert "the first message of an Upload stream does not decode" in (caught.value.details() or "")
+    # A later message that is not a batch and does not decode ends the stream the same way.
+    call = _raw_upload(running)
+    await call.write(kit.hello("veh-1").SerializeToString())
+    await call.write(b"\x1a\x02\x0f\xff")  # field 3 (command_result) with broken bytes
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
+    assert "does not decode" in (caught.value.details() or "")
+
+
+async def test_undecodable_batch_with_an_out_of_range_stamp_ends_the_stream(running: Any, kit: Any) -> None:
+    from tcu.uplink.client import wrap_batch
+
+    call = _raw_upload(running)
+    await call.write(kit.hello("veh-1").SerializeToString())
+    corrupt = b"\x0f\xff" + kit.batch("veh-1", 0).batch.SerializeToString()
+    await call.write(wrap_batch(corrupt, boot_epoch=2**64 + 5, seq=1))  # beyond uint64
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
+    assert "is above 9223372036854775807" in (caught.value.details() or "")
