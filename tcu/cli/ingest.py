@@ -54,6 +54,11 @@ def register(subparsers: Any) -> None:
         metavar="HOST:PORT",
         help="address to listen on (port 0: any free)",
     )
+    parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the port with other processes (SO_REUSEPORT); without it a port in use is refused",
+    )
     parser.add_argument("--db", type=Path, metavar="PATH", help="SQLite database file (required)")
     parser.add_argument(
         "--port-file",
@@ -226,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("the ingest needs a database: give --db PATH", key="--db")
     config = IngestConfig(
         listen=args.listen,
+        reuse_port=args.reuse_port,
         db_path=args.db,
         sqlite_synchronous=args.sqlite_synchronous,
         grace_s=args.grace,

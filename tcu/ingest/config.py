@@ -37,6 +37,9 @@ class IngestConfig:
     """SQLite database file of the embedded sink (created if missing; WAL mode)."""
     listen: str = "127.0.0.1:50051"
     """``host:port`` to listen on; port 0 picks a free port."""
+    reuse_port: bool = False
+    """Share ``listen`` with other processes (SO_REUSEPORT). Off: a port already in use is
+    refused ("address in use"), so two ingests cannot split the vehicles between two databases."""
     subscriber_queue: int = 1024
     """Live updates buffered per Fleet.Subscribe stream before it is ended with RESOURCE_EXHAUSTED."""
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"

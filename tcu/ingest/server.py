@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -122,6 +124,8 @@ class IngestServer:
         options: list[tuple[str, int]] = [
             *_CELLULAR_OPTIONS,
             ("grpc.max_receive_message_length", config.max_message_bytes),
+            # gRPC sets SO_REUSEPORT by default: a second ingest on the port would start normally.
+            ("grpc.so_reuseport", int(config.reuse_port)),
         ]
         if config.max_connection_age_s is not None:
             options.append(("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)))
@@ -159,7 +163,10 @@ class IngestServer:
         self._health = _AsyncHealth()
         health_grpc.add_HealthServicer_to_server(self._health.servicer, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)
+        problem = None if config.reuse_port else _bind_problem(config.listen)
         try:
+            if problem is not None:  # said before gRPC tries (it would log its own lines first)
+                raise RuntimeError(problem)
             if self._credentials is None:
                 port = server.add_insecure_port(config.listen)
             else:
@@ -167,7 +174,8 @@ class IngestServer:
         except RuntimeError as exc:
             if self._given_sink is None:
                 await sink.aclose()
-            raise IngestError(f"ingest.listen: cannot listen on {config.listen}: {exc}") from exc
+            why = problem or _bind_problem(config.listen) or exc
+            raise IngestError(f"ingest.listen: cannot listen on {config.listen}: {why}") from exc
         await server.start()
         self._server = server
         self._port = port
@@ -199,6 +207,31 @@ class IngestServer:
     async def wait_for_termination(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
+
+
+def _bind_problem(listen: str) -> str | None:
+    """Why ``listen`` cannot be bound, or None: bind it ourselves (gRPC only says "Failed to bind")."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if port == "0":
+        return None
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as lookup:
+        return f"cannot resolve {host!r}: {lookup.strerror or lookup}"
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as bind:
+                if bind.errno == errno.EADDRINUSE:
+                    return (
+                        "address in use (another process listens there; --reuse-port shares the port"
+                        " on purpose)"
+                    )
+                return bind.strerror or str(bind)
+    return None
 
 
 def make_server_credentials(config: IngestConfig) -> grpc.ServerCredentials:
