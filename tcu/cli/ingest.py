@@ -95,8 +95,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--max-connection-age",
         type=float,
+        default=3600.0,
         metavar="SECONDS",
-        help="end connections after this long so clients rebalance (default: never)",
+        help="end connections after this long: vehicles reconnect, so their certificate is checked"
+        " again and load rebalances; 0: never (default: 3600)",
     )
     parser.add_argument(
         "--grace",
@@ -238,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
         tls=_tls(args),
         insecure=args.insecure,
         max_batches_per_s=args.max_batches_per_s,
-        max_connection_age_s=args.max_connection_age,
+        max_connection_age_s=args.max_connection_age or None,
     )
     if config.insecure:
         log.warning("insecure mode: no TLS, no client authentication; use only on a trusted local network")

@@ -67,6 +67,9 @@ class IngestConfig:
     """gRPC receive limit for one message."""
     grace_s: float = 5.0
     """Drain deadline used by :func:`tcu.ingest.serve` when it stops."""
+    crl_check_interval_s: float = 2.0
+    """How often the CRL file is looked at; a revocation ends the certificate's open streams
+    within about this long of the file changing."""
     tls: IngestTls | None = None
     """mTLS: required unless ``insecure`` is set. The vehicle id is bound to the certificate."""
     insecure: bool = False
@@ -78,8 +81,9 @@ class IngestConfig:
     throttle_max_wait_s: float = 2.0
     """A vehicle over its rate is paced (reading its stream waits) up to this long per batch;
     needing longer ends the stream with RESOURCE_EXHAUSTED and a ``retry-after-ms``."""
-    max_connection_age_s: float | None = None
-    """End streams after this long (gRPC max_connection_age), so load spreads after scaling."""
+    max_connection_age_s: float | None = 3600.0
+    """End connections after this long (gRPC max_connection_age): the vehicle reconnects, so its
+    certificate is checked again (expiry, revocation) and load spreads after scaling. None: never."""
     max_connection_age_grace_s: float = 5.0
     """How long a stream may go on after its connection reached max_connection_age."""
     max_pending_commands: int = 16
@@ -127,6 +131,15 @@ class IngestConfig:
         if self.sqlite_busy_timeout_s < 0:
             raise ConfigError(
                 f"must not be negative, got {self.sqlite_busy_timeout_s}", key="ingest.sqlite_busy_timeout_s"
+            )
+        if self.max_connection_age_s is not None and self.max_connection_age_s <= 0:
+            raise ConfigError(
+                f"must be positive (or None: never), got {self.max_connection_age_s}",
+                key="ingest.max_connection_age_s",
+            )
+        if self.crl_check_interval_s <= 0:
+            raise ConfigError(
+                f"must be positive, got {self.crl_check_interval_s}", key="ingest.crl_check_interval_s"
             )
         if self.grace_s < 0:
             raise ConfigError(f"must not be negative, got {self.grace_s}", key="ingest.grace_s")

@@ -69,11 +69,18 @@ class IngestServer:
     ) -> None:
         self._config = config
         self._interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
+        self._revocation: RevocationChecker | None = None
+        self._crl_watch: asyncio.Task[None] | None = None
         if config.tls is not None and server_credentials is None:
             server_credentials = make_server_credentials(config)
             revocation = (
-                RevocationChecker(config.tls.crl, ca_path=config.tls.client_ca) if config.tls.crl else None
+                RevocationChecker(
+                    config.tls.crl, ca_path=config.tls.client_ca, check_interval_s=config.crl_check_interval_s
+                )
+                if config.tls.crl
+                else None
             )
+            self._revocation = revocation
             self._interceptors.append(MtlsInterceptor(revocation, require=INGEST_POLICY))
             if identity is no_identity:
                 identity = certificate_vehicle_id
@@ -179,6 +186,8 @@ class IngestServer:
         await server.start()
         self._server = server
         self._port = port
+        if self._revocation is not None:  # a CRL change ends the revoked certificates' open streams
+            self._crl_watch = asyncio.create_task(self._revocation.watch(), name="tcu-ingest-crl-watch")
         for name in ("", INGEST_SERVICE, FLEET_SERVICE):
             await self._health.set(name, health_pb.HealthCheckResponse.SERVING)
         log.info("ingest listening on %s (port %d), database %s", config.listen, port, config.db_path)
@@ -192,6 +201,10 @@ class IngestServer:
         await asyncio.shield(self._stop_task)
 
     async def _stop(self, grace_s: float) -> None:
+        if self._crl_watch is not None:
+            self._crl_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._crl_watch
         if self._health is not None:
             await self._health.shutdown()
         if self._ingest is not None:
