@@ -42,6 +42,9 @@ class IngestConfig:
     refused ("address in use"), so two ingests cannot split the vehicles between two databases."""
     subscriber_queue: int = 1024
     """Live updates buffered per Fleet.Subscribe stream before it is ended with RESOURCE_EXHAUSTED."""
+    subscriber_max_bytes: int = 32 * 1024 * 1024
+    """Bytes (serialised updates) buffered per Fleet.Subscribe stream before it is ended with
+    RESOURCE_EXHAUSTED, also while the stream is blocked on a client that does not read."""
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     """``PRAGMA synchronous``: FULL survives power loss; NORMAL (WAL) survives a process crash."""
     sqlite_busy_timeout_s: float = 5.0
@@ -99,6 +102,7 @@ class IngestConfig:
     def __post_init__(self) -> None:
         positive = {
             "subscriber_queue": self.subscriber_queue,
+            "subscriber_max_bytes": self.subscriber_max_bytes,
             "commit_max_batches": self.commit_max_batches,
             "write_queue_batches": self.write_queue_batches,
             "pipeline_depth": self.pipeline_depth,

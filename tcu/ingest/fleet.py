@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeAlias
@@ -14,10 +15,11 @@ from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.errors import ClosedResourceError
 from tcu.ingest._events import capture_pb, series_pb
 from tcu.ingest.commands import CommandConflict, CommandRouter, CommandsExhausted, CommandState
-from tcu.ingest.hub import SubscriberOverflow, UpdateHub
+from tcu.ingest.hub import SubscriberOverflow, Subscription, UpdateHub
 from tcu.ingest.model import HistoryQuery, VehicleNotFound
 from tcu.ingest.store import Sink
 from tcu.ingest.validate import INT64_MAX, INT64_MIN
+from tcu.logutil import RateLimitedLog
 
 __all__ = ["Caller", "FleetService", "peer_address"]
 
@@ -86,30 +88,67 @@ class FleetService(fleet_grpc.FleetServicer):
         self._command_timeout_max_s = command_timeout_max_s
         self._max_command_bytes = max_command_bytes
         self._max_string_bytes = max_string_bytes
+        self._overflows = RateLimitedLog(log)
 
-    async def Subscribe(
+    async def Subscribe(  # type: ignore[override]  # answers with context.write (see below)
         self,
         request: fleet_pb.SubscribeRequest,
         context: grpc.aio.ServicerContext[fleet_pb.SubscribeRequest, fleet_pb.SignalUpdate],
-    ) -> AsyncIterator[fleet_pb.SignalUpdate]:
-        with self._hub.subscribe(request.vehicle_ids, request.signals) as sub:
+    ) -> None:
+        """Live updates, written with ``context.write`` rather than yielded: when the subscriber
+        overflows, the hub cancels this task, also while a write is blocked on a client that
+        does not read, and the stream ends here with RESOURCE_EXHAUSTED and the missed count."""
+        task = asyncio.current_task()
+        assert task is not None
+        overflowed = False
+
+        def on_overflow() -> None:
+            nonlocal overflowed
+            overflowed = True
+            task.cancel("subscriber overflow")
+
+        with self._hub.subscribe(request.vehicle_ids, request.signals, on_overflow=on_overflow) as sub:
             log.info(
                 "subscriber %s: vehicles %s, signals %s",
                 context.peer(),
                 list(request.vehicle_ids) or "all",
                 list(request.signals) or "all",
             )
+            overflow = await self._serve(sub, context, task, lambda: overflowed)
+        # Out of the hub (its queue is freed) before the status is sent: sending it waits
+        # behind a blocked write until the client reads again or the connection closes.
+        self._overflows.log(
+            context.peer(), logging.WARNING, "subscriber %s ended: %s", context.peer(), overflow
+        )
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(overflow))
+
+    @staticmethod
+    async def _serve(
+        sub: Subscription,
+        context: grpc.aio.ServicerContext[fleet_pb.SubscribeRequest, fleet_pb.SignalUpdate],
+        task: asyncio.Task[Any],
+        overflowed: Callable[[], bool],
+    ) -> SubscriberOverflow:
+        """Write updates until the subscriber overflows (returned) or the hub closes (UNAVAILABLE)."""
+        try:
             while True:
-                try:
-                    update = await sub.get()
-                except SubscriberOverflow as exc:
-                    log.warning("subscriber %s ended: %s", context.peer(), exc)
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                update = await sub.get()
                 if update is None:
                     await context.abort(
                         grpc.StatusCode.UNAVAILABLE, "ingest is shutting down; subscribe again"
                     )
-                yield update
+                await context.write(update)
+        except SubscriberOverflow as exc:
+            return exc
+        except asyncio.CancelledError:
+            if not overflowed():
+                raise
+            task.uncancel()
+            try:
+                sub.get_nowait_check()
+            except SubscriberOverflow as exc:
+                return exc
+            raise
 
     async def Query(
         self,

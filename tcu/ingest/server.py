@@ -89,7 +89,7 @@ class IngestServer:
         self._given_sink = sink
         self._sink: Sink | None = None
         self._server: grpc.aio.Server | None = None
-        self._hub = UpdateHub(config.subscriber_queue)
+        self._hub = UpdateHub(config.subscriber_queue, config.subscriber_max_bytes)
         self._ingest: IngestService | None = None
         self._commands = CommandRouter(max_pending=config.max_pending_commands)
         self._caller: Caller = certificate_caller if config.tls is not None else peer_address
