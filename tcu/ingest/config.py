@@ -68,6 +68,15 @@ class IngestConfig:
     """Longest string value (UTF-8 bytes) and longest vehicle id / signal name."""
     max_message_bytes: int = 16 * 1024 * 1024
     """gRPC receive limit for one message."""
+    max_hello_bytes: int = 1024 * 1024
+    """Largest Hello (its catalogs); a stream's catalogs stay in memory while it is open."""
+    max_vehicle_signals: int = 16_384
+    """Signals one Hello may announce over all its catalogs (current and previous)."""
+    max_streams: int = 10_000
+    """Upload and Subscribe streams open at once; one more is RESOURCE_EXHAUSTED with a retry-after."""
+    max_streams_per_identity: int = 4
+    """Streams open at once per vehicle (Upload) or per backend (Subscribe); one more is
+    RESOURCE_EXHAUSTED with a retry-after (a reconnecting vehicle's old stream may not be gone yet)."""
     grace_s: float = 5.0
     """Drain deadline used by :func:`tcu.ingest.serve` when it stops."""
     crl_check_interval_s: float = 2.0
@@ -114,6 +123,10 @@ class IngestConfig:
             "max_batch_samples": self.max_batch_samples,
             "max_string_bytes": self.max_string_bytes,
             "max_message_bytes": self.max_message_bytes,
+            "max_hello_bytes": self.max_hello_bytes,
+            "max_vehicle_signals": self.max_vehicle_signals,
+            "max_streams": self.max_streams,
+            "max_streams_per_identity": self.max_streams_per_identity,
             "max_pending_commands": self.max_pending_commands,
             "max_command_bytes": self.max_command_bytes,
         }

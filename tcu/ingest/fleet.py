@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeAlias
@@ -18,10 +19,12 @@ from tcu.ingest.commands import CommandConflict, CommandRouter, CommandsExhauste
 from tcu.ingest.hub import SubscriberOverflow, Subscription, UpdateHub
 from tcu.ingest.model import HistoryQuery, VehicleNotFound
 from tcu.ingest.store import Sink
+from tcu.ingest.streams import RETRY_AFTER_MS as STREAMS_RETRY_AFTER_MS
+from tcu.ingest.streams import StreamLimiter, StreamsExhausted
 from tcu.ingest.validate import INT64_MAX, INT64_MIN
 from tcu.logutil import RateLimitedLog
 
-__all__ = ["Caller", "FleetService", "peer_address"]
+__all__ = ["Caller", "FleetService", "peer_address", "peer_host"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,11 @@ _STATUS = {
 def peer_address(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """The caller hook without mTLS: the transport peer (e.g. ``ipv4:127.0.0.1:51234``)."""
     return str(context.peer())
+
+
+def peer_host(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The identity of a caller without mTLS (for stream caps): the peer without its port."""
+    return str(context.peer()).rpartition(":")[0] or str(context.peer())
 
 
 class FleetService(fleet_grpc.FleetServicer):
@@ -77,8 +85,14 @@ class FleetService(fleet_grpc.FleetServicer):
         command_timeout_max_s: float = 3600.0,
         max_command_bytes: int = 64 * 1024,
         max_string_bytes: int = 4096,
+        streams: StreamLimiter | None = None,
+        identity: Caller = peer_host,
     ) -> None:
         self._sink = sink
+        self._streams = (
+            streams if streams is not None else StreamLimiter(max_streams=10_000, max_per_identity=4)
+        )
+        self._identity = identity
         self._hub = hub
         self._default_chunk = default_chunk
         self._max_chunk = max_chunk
@@ -97,24 +111,31 @@ class FleetService(fleet_grpc.FleetServicer):
     ) -> None:
         """Live updates, written with ``context.write`` rather than yielded: when the subscriber
         overflows, the hub cancels this task, also while a write is blocked on a client that
-        does not read, and the stream ends here with RESOURCE_EXHAUSTED and the missed count."""
+        does not read, and the stream ends here with RESOURCE_EXHAUSTED and the missed count.
+
+        The stream counts against ``max_streams`` and the caller's ``max_streams_per_identity``."""
+        who = self._identity(context)
+        slot = contextlib.ExitStack()
+        try:
+            slot.enter_context(self._streams.open("subscriber", who))
+        except StreamsExhausted as exc:
+            self._overflows.log((who, "streams"), logging.WARNING, "subscriber %s refused: %s", who, exc)
+            context.set_trailing_metadata((("retry-after-ms", str(STREAMS_RETRY_AFTER_MS)),))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         task = asyncio.current_task()
         assert task is not None
-        overflowed = False
 
         def on_overflow() -> None:
-            nonlocal overflowed
-            overflowed = True
             task.cancel("subscriber overflow")
 
-        with self._hub.subscribe(request.vehicle_ids, request.signals, on_overflow=on_overflow) as sub:
+        with slot, self._hub.subscribe(request.vehicle_ids, request.signals, on_overflow=on_overflow) as sub:
             log.info(
                 "subscriber %s: vehicles %s, signals %s",
                 context.peer(),
                 list(request.vehicle_ids) or "all",
                 list(request.signals) or "all",
             )
-            overflow = await self._serve(sub, context, task, lambda: overflowed)
+            overflow = await self._serve(sub, context, task)
         # Out of the hub (its queue is freed) before the status is sent: sending it waits
         # behind a blocked write until the client reads again or the connection closes.
         self._overflows.log(
@@ -127,7 +148,6 @@ class FleetService(fleet_grpc.FleetServicer):
         sub: Subscription,
         context: grpc.aio.ServicerContext[fleet_pb.SubscribeRequest, fleet_pb.SignalUpdate],
         task: asyncio.Task[Any],
-        overflowed: Callable[[], bool],
     ) -> SubscriberOverflow:
         """Write updates until the subscriber overflows (returned) or the hub closes (UNAVAILABLE)."""
         try:
@@ -141,7 +161,7 @@ class FleetService(fleet_grpc.FleetServicer):
         except SubscriberOverflow as exc:
             return exc
         except asyncio.CancelledError:
-            if not overflowed():
+            if not sub.missed:  # not the hub's overflow: a revocation, the server stopping
                 raise
             task.uncancel()
             try:

@@ -22,10 +22,11 @@ from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.errors import ClosedResourceError, IngestError
 from tcu.ingest.commands import CommandRouter
 from tcu.ingest.config import IngestConfig
-from tcu.ingest.fleet import Caller, FleetService, peer_address
+from tcu.ingest.fleet import Caller, FleetService, peer_address, peer_host
 from tcu.ingest.hub import UpdateHub
 from tcu.ingest.servicer import Identity, IngestService, add_to_server, no_identity
 from tcu.ingest.store import Sink, SqliteSink
+from tcu.ingest.streams import StreamLimiter
 from tcu.ingest.validate import Limits
 from tcu.pki import INGEST_POLICY, MtlsInterceptor, RevocationChecker, peer_identity, server_credentials
 
@@ -92,6 +93,9 @@ class IngestServer:
         self._hub = UpdateHub(config.subscriber_queue, config.subscriber_max_bytes)
         self._ingest: IngestService | None = None
         self._commands = CommandRouter(max_pending=config.max_pending_commands)
+        self.streams = StreamLimiter(
+            max_streams=config.max_streams, max_per_identity=config.max_streams_per_identity
+        )
         self._caller: Caller = certificate_caller if config.tls is not None else peer_address
         self._health: _AsyncHealth | None = None
         self._port: int | None = None
@@ -150,6 +154,7 @@ class IngestServer:
             batch_burst=config.batch_burst,
             throttle_max_wait_s=config.throttle_max_wait_s,
             commands=self._commands,
+            streams=self.streams,
         )
         add_to_server(self._ingest, server)  # Upload keeps each batch's bytes as received
         fleet_grpc.add_FleetServicer_to_server(
@@ -164,6 +169,8 @@ class IngestServer:
                 command_timeout_max_s=config.command_timeout_max_s,
                 max_command_bytes=config.max_command_bytes,
                 max_string_bytes=config.max_string_bytes,
+                streams=self.streams,
+                identity=certificate_identity if config.tls is not None else peer_host,
             ),
             server,
         )
@@ -258,6 +265,12 @@ def certificate_vehicle_id(context: grpc.aio.ServicerContext[Any, Any]) -> str |
     if ident is None or ident.kind != "vehicle":
         return ""  # no vehicle identity: matches no vehicle id, so every upload is refused
     return ident.name
+
+
+def certificate_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """Who calls, for stream caps on an mTLS ingest: ``backend:<name>`` from the certificate."""
+    ident = peer_identity(context)
+    return f"{ident.kind}:{ident.name}" if ident is not None else "unidentified"
 
 
 def certificate_caller(context: grpc.aio.ServicerContext[Any, Any]) -> str:

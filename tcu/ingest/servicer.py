@@ -63,6 +63,8 @@ from tcu.ingest.commands import CommandRouter, Link
 from tcu.ingest.hub import UpdateHub
 from tcu.ingest.model import Batch, QuarantinedBatch, StoreResult
 from tcu.ingest.store import Sink
+from tcu.ingest.streams import RETRY_AFTER_MS as STREAMS_RETRY_AFTER_MS
+from tcu.ingest.streams import StreamLimiter, StreamsExhausted
 from tcu.ingest.validate import (
     INT64_MAX,
     Limits,
@@ -247,8 +249,12 @@ class IngestService(ingest_grpc.IngestServicer):
         throttle_max_wait_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         commands: CommandRouter | None = None,
+        streams: StreamLimiter | None = None,
     ) -> None:
         self._sink = sink
+        self._streams = (
+            streams if streams is not None else StreamLimiter(max_streams=10_000, max_per_identity=4)
+        )
         self._commands = commands if commands is not None else CommandRouter()
         self._hub = hub
         self._limits = limits
@@ -314,6 +320,19 @@ class IngestService(ingest_grpc.IngestServicer):
             session = validate_hello(first.hello, self._limits)
         except BatchRejected as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        slot = contextlib.ExitStack()
+        try:
+            slot.enter_context(self._streams.open("vehicle", session.vehicle_id))
+        except StreamsExhausted as exc:
+            self._refusals.log(
+                (session.vehicle_id, "streams"),
+                logging.WARNING,
+                "upload from %s refused: %s",
+                session.vehicle_id,
+                exc,
+            )
+            context.set_trailing_metadata((("retry-after-ms", str(STREAMS_RETRY_AFTER_MS)),))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         log.info(
             "upload from %s (boot epoch %d, catalog %s, %d signals, previous catalogs [%s], agent %s) via %s",
             session.vehicle_id,
@@ -381,6 +400,7 @@ class IngestService(ingest_grpc.IngestServicer):
                         ack.quarantined.add(seq=item.batch.seq, reason=item.result.reason)
                     yield ingest_pb.UploadResponse(ack=ack)
         finally:
+            slot.close()
             reader.cancel()
             acker.cancel()
             leftovers: list[asyncio.Task[Any]] = [reader, acker]

@@ -73,10 +73,16 @@ class Limits:
     max_checkin_campaigns: int = 4096
     max_previous_catalogs: int = 16
     """``Hello.previous_catalogs``: older catalogs whose batches still wait in the vehicle's spool."""
+    max_hello_bytes: int = 1024 * 1024
+    """Serialised size of a Hello (its catalogs live as long as the stream)."""
+    max_vehicle_signals: int = 16_384
+    """Signals of a Hello over all its catalogs."""
 
     @classmethod
     def from_config(cls, config: IngestConfig) -> Limits:
         return cls(
+            max_hello_bytes=config.max_hello_bytes,
+            max_vehicle_signals=config.max_vehicle_signals,
             max_catalog_signals=config.max_catalog_signals,
             max_batch_columns=config.max_batch_columns,
             max_batch_samples=config.max_batch_samples,
@@ -110,6 +116,12 @@ def validate_hello(hello: ingest_pb.Hello, limits: Limits) -> Session:
     ``previous_catalogs`` (older catalogs that spooled batches were built with) are
     checked like ``catalog``; at most ``limits.max_previous_catalogs``, each id once.
     """
+    size = hello.ByteSize()
+    if size > limits.max_hello_bytes:
+        raise BatchRejected(
+            f"hello of {size} bytes from vehicle {hello.vehicle_id[:64]!r}: more than max_hello_bytes"
+            f" {limits.max_hello_bytes}"
+        )
     _check_text("hello: vehicle_id", hello.vehicle_id, limits, required=True)
     if hello.boot_epoch > INT64_MAX:
         raise BatchRejected(f"hello: boot_epoch {hello.boot_epoch} is above {INT64_MAX}")
@@ -119,6 +131,12 @@ def validate_hello(hello: ingest_pb.Hello, limits: Limits) -> Session:
         raise BatchRejected(
             f"hello from vehicle {hello.vehicle_id!r}: {len(hello.previous_catalogs)} previous catalogs,"
             f" more than {limits.max_previous_catalogs}"
+        )
+    signals = len(hello.catalog.signals) + sum(len(c.signals) for c in hello.previous_catalogs)
+    if signals > limits.max_vehicle_signals:
+        raise BatchRejected(
+            f"hello from vehicle {hello.vehicle_id!r}: {signals} signals in its catalogs, more than"
+            f" max_vehicle_signals {limits.max_vehicle_signals}"
         )
     catalog = _catalog("hello: catalog", hello.catalog, limits)
     catalogs = {catalog.catalog_id: catalog}

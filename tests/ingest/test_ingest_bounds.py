@@ -1,0 +1,111 @@
+"""Issue 10 item 6: what one vehicle or client can make the ingest hold is bounded, and each bound acts:
+Hello size, signals per vehicle, concurrent streams per identity and overall, fair group commits."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from tcu.api.v1 import fleet_pb2 as fleet_pb
+from tcu.api.v1 import telemetry_pb2 as telemetry_pb
+from tcu.ingest import IngestConfig
+
+
+async def _refused(call: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        response = await asyncio.wait_for(call.read(), 10)
+        raise AssertionError(f"not refused: {response}")
+    return caught.value
+
+
+async def test_oversize_hello_is_refused(tmp_path: Path, kit: Any) -> None:
+    config = IngestConfig(
+        insecure=True, listen="127.0.0.1:0", db_path=tmp_path / "h.db", max_hello_bytes=64 * 1024
+    )
+    r = await kit.start(config)
+    try:
+        big = kit.hello("veh-big")
+        for index in range(4000):  # about 150 KB of catalog
+            big.hello.catalog.signals.add(
+                signal_id=100 + index,
+                name=f"Vehicle.Custom.Signal{index:05d}",
+                unit="km/h",
+                type=telemetry_pb.VALUE_TYPE_DOUBLE,
+            )
+        call = r.ingest.Upload(timeout=10)
+        await call.write(big)
+        error = await _refused(call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "hello of" in (error.details() or "") and "more than max_hello_bytes 65536" in (
+            error.details() or ""
+        )
+        small = await r.open_upload("veh-small")  # the same ingest takes a normal Hello
+        await small.write(kit.batch("veh-small", 1))
+        assert (await kit.ack_of(small)).acked_seq == 1
+    finally:
+        await kit.finish(r)
+
+
+async def test_signals_per_vehicle_are_bounded_over_all_announced_catalogs(tmp_path: Path, kit: Any) -> None:
+    config = IngestConfig(
+        insecure=True, listen="127.0.0.1:0", db_path=tmp_path / "s.db", max_vehicle_signals=8
+    )
+    r = await kit.start(config)
+    try:
+        hello = kit.hello("veh-1")  # 3 signals in the current catalog ...
+        for n in range(2):  # ... and 3 in each of two previous ones: 9 > 8
+            previous = hello.hello.previous_catalogs.add()
+            previous.CopyFrom(hello.hello.catalog)
+            previous.catalog_id = f"cat-old-{n}"
+        call = r.ingest.Upload(timeout=10)
+        await call.write(hello)
+        error = await _refused(call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "9 signals in its catalogs, more than max_vehicle_signals 8" in (error.details() or "")
+    finally:
+        await kit.finish(r)
+
+
+async def test_streams_beyond_the_caps_are_refused(tmp_path: Path, kit: Any) -> None:
+    config = IngestConfig(
+        insecure=True,
+        listen="127.0.0.1:0",
+        db_path=tmp_path / "c.db",
+        max_streams_per_identity=2,
+        max_streams=4,
+    )
+    r = await kit.start(config)
+    try:
+        first = [await r.open_upload("veh-1", channel=r.new_channel()) for _ in range(2)]
+        for n, call in enumerate(first, start=1):
+            await call.write(kit.batch("veh-1", n))
+            assert (await kit.ack_of(call)).batch_seq == n
+        third = await r.open_upload("veh-1", channel=r.new_channel())
+        error = await _refused(third)
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "vehicle veh-1 has 2 streams open, max_streams_per_identity" in (error.details() or "")
+        assert dict(error.trailing_metadata() or ()).get("retry-after-ms")
+        # Another vehicle is not affected by veh-1's cap ...
+        other = await r.open_upload("veh-2", channel=r.new_channel())
+        await other.write(kit.batch("veh-2", 1))
+        assert (await kit.ack_of(other)).acked_seq == 1
+        subscriber = r.fleet.Subscribe(fleet_pb.SubscribeRequest())  # the 4th stream overall
+        await asyncio.sleep(0.2)
+        # ... but the overall cap is: a 5th stream of anyone is refused.
+        fifth = await r.open_upload("veh-3", channel=r.new_channel())
+        error = await _refused(fifth)
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "4 streams open, max_streams" in (error.details() or "")
+        # Closing one makes room again.
+        await first[0].done_writing()
+        assert await first[0].read() is grpc.aio.EOF
+        again = await r.open_upload("veh-1", channel=r.new_channel())
+        await again.write(kit.batch("veh-1", 3))
+        assert (await kit.ack_of(again)).acked_seq == 3
+        subscriber.cancel()
+    finally:
+        await kit.finish(r)
