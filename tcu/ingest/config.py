@@ -51,6 +51,9 @@ class IngestConfig:
     """How long a write waits for a lock held by another process before the batch fails (UNAVAILABLE)."""
     commit_max_batches: int = 256
     """Most batches written in one group-commit transaction."""
+    commit_max_samples: int = 250_000
+    """Samples a group commit takes before it is closed (a larger batch is a group alone); groups
+    take one batch per vehicle in turn, so a vehicle with huge batches cannot starve a small one."""
     write_queue_batches: int = 4096
     """Batches waiting for the writer; when full, uploads wait (backpressure to the vehicles)."""
     pipeline_depth: int = 64
@@ -113,6 +116,7 @@ class IngestConfig:
             "subscriber_queue": self.subscriber_queue,
             "subscriber_max_bytes": self.subscriber_max_bytes,
             "commit_max_batches": self.commit_max_batches,
+            "commit_max_samples": self.commit_max_samples,
             "write_queue_batches": self.write_queue_batches,
             "pipeline_depth": self.pipeline_depth,
             "reader_threads": self.reader_threads,

@@ -2,9 +2,17 @@
 
 :class:`SqliteSink` keeps the database in WAL mode and has exactly one writer
 thread doing group commit: :meth:`SqliteSink.store` hands a batch to the writer
-and awaits a future; the writer takes everything queued (up to
-``commit_max_batches``), writes it in one transaction, commits, and only then
-resolves the futures. A batch is therefore acknowledged only once it is durable.
+and awaits a future; the writer takes what is queued, one batch per vehicle in
+turn (round-robin, :mod:`tcu.ingest._fair`), up to ``commit_max_batches`` batches
+and ``commit_max_samples`` samples, writes it in one transaction, commits, and only
+then resolves the futures. A batch is therefore acknowledged only once it is durable,
+and a vehicle with huge batches cannot make another wait behind all of them.
+
+Each item of a group is written inside its own savepoint: an item whose rows fail
+(a value SQLite cannot hold, a constraint, a bug) is rolled back alone; a batch is
+then kept in ``quarantine`` with the reason and its bytes as received
+(``Batch.payload``), and the rest of the group commits. Only an error of the
+database itself (locked, disk full, I/O) fails the whole group.
 
 Dedup is by the primary key ``(vehicle_id, boot_epoch, seq)`` of ``batches``: a
 retry is answered ``duplicate=True`` and stores nothing. Per (vehicle, boot
@@ -58,7 +66,6 @@ import contextlib
 import json
 import logging
 import math
-import queue
 import sqlite3
 import threading
 import time
@@ -71,6 +78,7 @@ from typing import Concatenate, Final, ParamSpec, Protocol, TypeVar, runtime_che
 from tcu.api.v1 import fleet_pb2 as fleet_pb
 from tcu.errors import ClosedResourceError, IngestError
 from tcu.ingest._events import capture_from_pb, capture_pb
+from tcu.ingest._fair import FairQueue
 from tcu.ingest.config import IngestConfig
 from tcu.ingest.model import (
     Batch,
@@ -333,7 +341,20 @@ class _Job:
     """The write-queue semaphore's release, called on the loop once the job is settled."""
 
 
-_STOP: Final = object()
+
+
+def _job_vehicle(job: _Job) -> str:
+    return job.batch.vehicle_id
+
+
+def _job_samples(job: _Job) -> int:
+    """What a job costs the writer, in samples (its rows), for the group's sample budget."""
+    item = job.batch
+    if isinstance(item, Batch):
+        return item.samples + sum(event.samples + event.frame_count for event in item.events)
+    if isinstance(item, QuarantinedBatch):
+        return len(item.payload) // 16  # one blob row; its size is what it costs
+    return 1
 
 _ITEM_SQLITE_ERRORS: Final = (
     sqlite3.IntegrityError,  # a constraint (NOT NULL, ...)
@@ -373,8 +394,9 @@ class SqliteSink:
         self._busy_timeout_s = config.sqlite_busy_timeout_s
         self._writing = 0
         self._commit_max = config.commit_max_batches
+        self._commit_max_samples = config.commit_max_samples
         self._room = asyncio.Semaphore(config.write_queue_batches)
-        self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._jobs: FairQueue[_Job] = FairQueue(key=_job_vehicle, cost=_job_samples)
         self._writer: threading.Thread | None = None
         self._readers = ThreadPoolExecutor(
             max_workers=config.reader_threads, thread_name_prefix="tcu-ingest-read"
@@ -492,23 +514,11 @@ class SqliteSink:
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         try:
-            stop = False
-            while not stop:
-                first = self._jobs.get()
-                if first is _STOP:
+            while True:
+                # Round-robin over vehicles, bounded by batches and samples (tcu.ingest._fair).
+                jobs = self._jobs.get_group(self._commit_max, self._commit_max_samples)
+                if jobs is None:
                     break
-                assert isinstance(first, _Job)
-                jobs = [first]
-                while len(jobs) < self._commit_max:
-                    try:
-                        more = self._jobs.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is _STOP:
-                        stop = True
-                        break
-                    assert isinstance(more, _Job)
-                    jobs.append(more)
                 self._writing = len(jobs)
                 try:
                     self._commit(conn, jobs)
@@ -1070,7 +1080,7 @@ class SqliteSink:
         self._closed = True
         writer = self._writer
         if writer is not None:
-            self._jobs.put(_STOP)
+            self._jobs.stop()
             await asyncio.to_thread(writer.join)
         await asyncio.to_thread(self._readers.shutdown, True)
         with self._reader_lock:

@@ -109,3 +109,56 @@ async def test_streams_beyond_the_caps_are_refused(tmp_path: Path, kit: Any) -> 
         subscriber.cancel()
     finally:
         await kit.finish(r)
+
+
+def _samples_batch(vehicle_id: str, seq: int, samples: int) -> Any:
+    from tcu.ingest.model import Batch, Catalog, Column, SignalDef, ValueKind
+
+    speed = SignalDef(signal_id=1, name="Vehicle.Speed", unit="km/h", kind=ValueKind.DOUBLE)
+    t = [seq * 10_000_000 + i for i in range(samples)]
+    column = Column(signal=speed, t_ns=t, double_values=[1.0] * samples, string_values=[])
+    return Batch(vehicle_id, 1, seq, Catalog("c", {1: speed}), 0, 0, (column,))
+
+
+async def test_a_vehicle_with_huge_batches_cannot_starve_a_small_one(tmp_path: Path) -> None:
+    """The writer serves vehicles round-robin with a sample budget per group commit: a small
+    vehicle's batch, queued behind 10 big ones of another vehicle, is committed after at most one of
+    them (before: all 10 and it went into one group, in arrival order)."""
+    import sqlite3
+
+    from tcu.ingest.store import SqliteSink
+
+    config = IngestConfig(
+        insecure=True, db_path=tmp_path / "f.db", sqlite_busy_timeout_s=30, commit_max_samples=25_000
+    )
+    sink = await SqliteSink.open(config)
+    order: list[str] = []
+    try:
+        blocker = sqlite3.connect(config.db_path, timeout=0)
+        blocker.execute("BEGIN IMMEDIATE")
+        warm = asyncio.create_task(sink.store(_samples_batch("veh-warm", 1, 1)))
+        while sink.writing == 0:  # noqa: ASYNC110 - the writer is a thread: nothing to await
+            await asyncio.sleep(0.01)
+
+        async def store(name: str, batch: Any) -> None:
+            await sink.store(batch)
+            order.append(name)
+
+        big = [
+            asyncio.create_task(store(f"big-{s}", _samples_batch("veh-big", s, 20_000))) for s in range(1, 11)
+        ]
+        await asyncio.sleep(0.05)
+        small = [asyncio.create_task(store(f"small-{s}", _samples_batch("veh-small", s, 10))) for s in (1, 2)]
+        await asyncio.sleep(0.05)
+        assert sink.queued == 12
+        blocker.rollback()
+        blocker.close()
+        await asyncio.gather(warm, *big, *small)
+    finally:
+        await sink.aclose()
+    assert order.index("small-1") <= 1, order  # behind at most one big batch
+    assert order.index("small-2") <= 3, order
+    assert [n for n in order if n.startswith("big")] == [
+        f"big-{s}" for s in range(1, 11)
+    ]  # its own order kept
+    assert sink.stats.groups >= 10  # the big batches were not written in one transaction
