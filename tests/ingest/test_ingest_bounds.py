@@ -162,3 +162,16 @@ async def test_a_vehicle_with_huge_batches_cannot_starve_a_small_one(tmp_path: P
         f"big-{s}" for s in range(1, 11)
     ]  # its own order kept
     assert sink.stats.groups >= 10  # the big batches were not written in one transaction
+
+
+def test_cli_limit_flags_reach_the_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tcu.cli.main import main
+
+    argv = ["ingest", "--insecure", "--db", str(tmp_path / "x.db"), "--listen", "127.0.0.1:0"]
+    assert main([*argv, "--max-streams-per-identity", "0"]) == 1
+    assert (
+        "tcu ingest: error: ingest.max_streams_per_identity: must be at least 1, got 0"
+        in capsys.readouterr().err
+    )
+    assert main([*argv, "--max-connection-age", "-1"]) == 1
+    assert "ingest.max_connection_age_s: must be positive" in capsys.readouterr().err
