@@ -175,3 +175,51 @@ def test_cli_limit_flags_reach_the_config(tmp_path: Path, capsys: pytest.Capture
     )
     assert main([*argv, "--max-connection-age", "-1"]) == 1
     assert "ingest.max_connection_age_s: must be positive" in capsys.readouterr().err
+
+
+async def test_small_vehicle_is_acked_between_the_big_batches_of_another(tmp_path: Path, kit: Any) -> None:
+    """End to end over gRPC: one vehicle pipelines 8 batches over the group-commit sample budget, then
+    a small vehicle sends one; its ack comes before all but at most two of the big vehicle's acks
+    (order of service, not timings)."""
+    config = IngestConfig(
+        insecure=True,
+        listen="127.0.0.1:0",
+        db_path=tmp_path / "e.db",
+        commit_max_samples=20_000,
+        sqlite_busy_timeout_s=30,
+    )
+    r = await kit.start(config)
+    order: list[str] = []
+    try:
+        big = await r.open_upload("veh-big", channel=r.new_channel())
+        small = await r.open_upload("veh-small", channel=r.new_channel())
+        samples = [(i, float(i)) for i in range(30_000)]
+        import sqlite3
+
+        blocker = sqlite3.connect(config.db_path, timeout=0)  # hold the writer until all is queued
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            await big.write(kit.batch("veh-big", 1, speed=samples))
+            while r.server.sink.writing == 0:  # noqa: ASYNC110 - the writer is a thread
+                await asyncio.sleep(0.01)
+            for seq in range(2, 9):
+                await big.write(kit.batch("veh-big", seq, base_ns=kit.base_ns + seq * 10**9, speed=samples))
+            while r.server.sink.queued < 7:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            await small.write(kit.batch("veh-small", 1))
+            while r.server.sink.queued < 8:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        finally:
+            blocker.rollback()
+            blocker.close()
+
+        async def acks(name: str, call: Any, count: int) -> None:
+            for _ in range(count):
+                ack = await kit.ack_of(call)
+                order.append(f"{name}-{ack.batch_seq}")
+
+        await asyncio.wait_for(asyncio.gather(acks("big", big, 8), acks("small", small, 1)), 60)
+    finally:
+        await kit.finish(r)
+    # big-1 was being written when the rest arrived; then small-1 is served after at most one more.
+    assert order.index("small-1") <= 2, order
