@@ -499,6 +499,7 @@ class SqliteSink:
                 conn.close()
                 raise IngestError(f"{self._path}: SQLite refused WAL mode (journal_mode={mode})")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.execute("PRAGMA temp_store=MEMORY")  # the per-batch savepoints journal in memory
             conn.executescript(_SCHEMA)
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
