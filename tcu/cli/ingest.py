@@ -60,6 +60,7 @@ _LIMIT_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--subscriber-max-bytes", "subscriber_max_bytes", int, "bytes buffered per Fleet.Subscribe stream"),
     ("--commit-max-samples", "commit_max_samples", int, "samples per group commit (round-robin per vehicle)"),
     ("--crl-check-interval", "crl_check_interval_s", float, "seconds between looks at the CRL file"),
+    ("--hello-timeout", "hello_timeout_s", float, "seconds an Upload stream has to send its Hello"),
 )
 """Flags for the :class:`~tcu.ingest.config.IngestConfig` limits (same names, defaults from it)."""
 

@@ -75,6 +75,8 @@ class IngestConfig:
     """Largest Hello (its catalogs); a stream's catalogs stay in memory while it is open."""
     max_vehicle_signals: int = 16_384
     """Signals one Hello may announce over all its catalogs (current and previous)."""
+    hello_timeout_s: float = 30.0
+    """An Upload stream that sends no Hello within this long is ended (INVALID_ARGUMENT)."""
     max_streams: int = 10_000
     """Upload and Subscribe streams open at once; one more is RESOURCE_EXHAUSTED with a retry-after."""
     max_streams_per_identity: int = 4
@@ -158,6 +160,8 @@ class IngestConfig:
                 f"must be positive (or None: never), got {self.max_connection_age_s}",
                 key="ingest.max_connection_age_s",
             )
+        if self.hello_timeout_s <= 0:
+            raise ConfigError(f"must be positive, got {self.hello_timeout_s}", key="ingest.hello_timeout_s")
         if self.crl_check_interval_s <= 0:
             raise ConfigError(
                 f"must be positive, got {self.crl_check_interval_s}", key="ingest.crl_check_interval_s"

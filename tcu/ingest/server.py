@@ -155,6 +155,7 @@ class IngestServer:
             throttle_max_wait_s=config.throttle_max_wait_s,
             commands=self._commands,
             streams=self.streams,
+            hello_timeout_s=config.hello_timeout_s,
         )
         add_to_server(self._ingest, server)  # Upload keeps each batch's bytes as received
         fleet_grpc.add_FleetServicer_to_server(

@@ -48,7 +48,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -64,7 +64,7 @@ from tcu.ingest.hub import UpdateHub
 from tcu.ingest.model import Batch, QuarantinedBatch, StoreResult
 from tcu.ingest.store import Sink
 from tcu.ingest.streams import RETRY_AFTER_MS as STREAMS_RETRY_AFTER_MS
-from tcu.ingest.streams import StreamLimiter, StreamsExhausted
+from tcu.ingest.streams import StreamLimiter, StreamsExhausted, StreamSlot
 from tcu.ingest.validate import (
     INT64_MAX,
     Limits,
@@ -250,8 +250,10 @@ class IngestService(ingest_grpc.IngestServicer):
         clock: Callable[[], float] = time.monotonic,
         commands: CommandRouter | None = None,
         streams: StreamLimiter | None = None,
+        hello_timeout_s: float = 30.0,
     ) -> None:
         self._sink = sink
+        self._hello_timeout_s = hello_timeout_s
         self._streams = (
             streams if streams is not None else StreamLimiter(max_streams=10_000, max_per_identity=4)
         )
@@ -295,9 +297,39 @@ class IngestService(ingest_grpc.IngestServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
         bound = self._identity(context)
         try:
-            raw_first = await anext(request_iterator)
+            with self._streams.reserve() as place:  # counted from the start, also before its Hello
+                async with contextlib.aclosing(
+                    self._upload(request_iterator, context, bound, place)
+                ) as responses:
+                    async for response in responses:
+                        yield response
+        except StreamsExhausted as exc:
+            self._refusals.log(
+                (bound or context.peer(), "streams"),
+                logging.WARNING,
+                "upload from %s refused: %s",
+                bound or context.peer(),
+                exc,
+            )
+            context.set_trailing_metadata((("retry-after-ms", str(STREAMS_RETRY_AFTER_MS)),))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+
+    async def _upload(
+        self,
+        request_iterator: AsyncIterator[ingest_pb.UploadRequest | RawUpload],
+        context: grpc.aio.ServicerContext[ingest_pb.UploadRequest, ingest_pb.UploadResponse],
+        bound: str | None,
+        place: StreamSlot,
+    ) -> AsyncGenerator[ingest_pb.UploadResponse, None]:
+        try:
+            raw_first = await asyncio.wait_for(anext(request_iterator), self._hello_timeout_s)
         except StopAsyncIteration:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "stream ended before its Hello")
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"no Hello within hello_timeout_s {self._hello_timeout_s:g} s",
+            )
         first = raw_first.message if isinstance(raw_first, RawUpload) else raw_first
         if first is None:
             assert isinstance(raw_first, RawUpload)
@@ -320,19 +352,7 @@ class IngestService(ingest_grpc.IngestServicer):
             session = validate_hello(first.hello, self._limits)
         except BatchRejected as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        slot = contextlib.ExitStack()
-        try:
-            slot.enter_context(self._streams.open("vehicle", session.vehicle_id))
-        except StreamsExhausted as exc:
-            self._refusals.log(
-                (session.vehicle_id, "streams"),
-                logging.WARNING,
-                "upload from %s refused: %s",
-                session.vehicle_id,
-                exc,
-            )
-            context.set_trailing_metadata((("retry-after-ms", str(STREAMS_RETRY_AFTER_MS)),))
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        place.bind("vehicle", session.vehicle_id)  # StreamsExhausted: refused by Upload
         log.info(
             "upload from %s (boot epoch %d, catalog %s, %d signals, previous catalogs [%s], agent %s) via %s",
             session.vehicle_id,
@@ -400,7 +420,6 @@ class IngestService(ingest_grpc.IngestServicer):
                         ack.quarantined.add(seq=item.batch.seq, reason=item.result.reason)
                     yield ingest_pb.UploadResponse(ack=ack)
         finally:
-            slot.close()
             reader.cancel()
             acker.cancel()
             leftovers: list[asyncio.Task[Any]] = [reader, acker]

@@ -341,8 +341,6 @@ class _Job:
     """The write-queue semaphore's release, called on the loop once the job is settled."""
 
 
-
-
 def _job_vehicle(job: _Job) -> str:
     return job.batch.vehicle_id
 
@@ -355,6 +353,7 @@ def _job_samples(job: _Job) -> int:
     if isinstance(item, QuarantinedBatch):
         return len(item.payload) // 16  # one blob row; its size is what it costs
     return 1
+
 
 _ITEM_SQLITE_ERRORS: Final = (
     sqlite3.IntegrityError,  # a constraint (NOT NULL, ...)

@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from tcu.api.v1 import fleet_pb2 as fleet_pb
+from tcu.api.v1 import ingest_pb2_grpc as ingest_grpc
 from tcu.api.v1 import telemetry_pb2 as telemetry_pb
 from tcu.ingest import IngestConfig
 
@@ -96,7 +97,7 @@ async def test_streams_beyond_the_caps_are_refused(tmp_path: Path, kit: Any) -> 
         subscriber = r.fleet.Subscribe(fleet_pb.SubscribeRequest())  # the 4th stream overall
         await asyncio.sleep(0.2)
         # ... but the overall cap is: a 5th stream of anyone is refused.
-        fifth = await r.open_upload("veh-3", channel=r.new_channel())
+        fifth = ingest_grpc.IngestStub(r.new_channel()).Upload(timeout=10)  # refused at its start
         error = await _refused(fifth)
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "4 streams open, max_streams" in (error.details() or "")
@@ -223,3 +224,28 @@ async def test_small_vehicle_is_acked_between_the_big_batches_of_another(tmp_pat
         await kit.finish(r)
     # big-1 was being written when the rest arrived; then small-1 is served after at most one more.
     assert order.index("small-1") <= 2, order
+
+
+async def test_streams_without_a_hello_count_and_time_out(tmp_path: Path, kit: Any) -> None:
+    config = IngestConfig(
+        insecure=True, listen="127.0.0.1:0", db_path=tmp_path / "n.db", max_streams=2, hello_timeout_s=1.0
+    )
+    r = await kit.start(config)
+    try:
+        silent = [r.ingest.Upload(timeout=30) for _ in range(2)]  # they never send their Hello
+        while r.server.streams.total < 2:  # noqa: ASYNC110 - counted by the server
+            await asyncio.sleep(0.01)
+        late = ingest_grpc.IngestStub(r.new_channel()).Upload(timeout=10)  # refused before it could write
+        error = await _refused(late)
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "2 streams open, max_streams is 2" in (error.details() or "")
+        for call in silent:  # ended by the ingest, the client does nothing
+            error = await _refused(call)
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "no Hello within hello_timeout_s 1 s" in (error.details() or "")
+        assert r.server.streams.total == 0
+        ok = await r.open_upload("veh-1", channel=r.new_channel())
+        await ok.write(kit.batch("veh-1", 1))
+        assert (await kit.ack_of(ok)).acked_seq == 1
+    finally:
+        await kit.finish(r)
