@@ -205,6 +205,7 @@ class RevocationChecker:
         self._next_check = 0.0
         self._refreshing = False
         self._listeners: list[Callable[[frozenset[int]], None]] = []
+        self._problems = RateLimitedLog(log, burst=1, interval_s=300.0)
         self._load(self._stat())
 
     @property
@@ -239,8 +240,14 @@ class RevocationChecker:
             if stamp == self._stamp:
                 return False
             self._load(stamp)
-        except PkiError as exc:
-            log.warning("keeping the previous CRL (%d revoked): %s", len(self._revoked), exc)
+        except PkiError as exc:  # rate-limited: the watcher looks every check_interval_s
+            self._problems.log(
+                str(exc),
+                logging.WARNING,
+                "keeping the previous CRL (%d revoked): %s",
+                len(self._revoked),
+                exc,
+            )
             return False
         return True
 
