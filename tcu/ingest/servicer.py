@@ -36,6 +36,13 @@ When the wait would exceed ``throttle_max_wait_s`` the stream ends with
 RESOURCE_EXHAUSTED and trailing metadata ``retry-after-ms``, which the agent
 honours before reconnecting.
 
+Bounds (:mod:`tcu.ingest.streams`): a stream counts against ``max_streams`` from its
+start and must send its Hello within ``hello_timeout_s`` (else INVALID_ARGUMENT); once the
+Hello names the vehicle it counts against ``max_streams_per_identity``. Beyond a cap the
+stream ends with RESOURCE_EXHAUSTED and ``retry-after-ms``. Any message that does not
+decode ends the stream with INVALID_ARGUMENT (an undecodable batch with a stamp is
+quarantined instead, see above).
+
 Identity: ``identity(context)`` returns the vehicle id the transport proved
 (mTLS, later) or None. When it returns a value, a Hello or batch for another
 vehicle ends the stream with PERMISSION_DENIED.
