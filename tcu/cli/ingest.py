@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime
 import json
 import logging
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tcu.ingest.config import IngestTls
+from tcu.ingest.config import IngestConfig, IngestTls
 
 __all__ = ["register"]
 
@@ -38,6 +39,35 @@ Stop it with SIGINT or SIGTERM: in-flight batches are acked, then the database i
 """
 
 
+_LIMIT_FLAGS: tuple[tuple[str, str, type, str], ...] = (
+    ("--max-streams", "max_streams", int, "Upload and Subscribe streams open at once"),
+    (
+        "--max-streams-per-identity",
+        "max_streams_per_identity",
+        int,
+        "streams open at once per vehicle or backend",
+    ),
+    ("--max-hello-bytes", "max_hello_bytes", int, "largest Hello (its catalogs) in bytes"),
+    (
+        "--max-vehicle-signals",
+        "max_vehicle_signals",
+        int,
+        "signals a Hello may announce over all its catalogs",
+    ),
+    ("--max-batch-samples", "max_batch_samples", int, "samples (and raw frames) per batch"),
+    ("--max-message-bytes", "max_message_bytes", int, "largest gRPC message"),
+    ("--subscriber-queue", "subscriber_queue", int, "live updates buffered per Fleet.Subscribe stream"),
+    ("--subscriber-max-bytes", "subscriber_max_bytes", int, "bytes buffered per Fleet.Subscribe stream"),
+    ("--commit-max-samples", "commit_max_samples", int, "samples per group commit (round-robin per vehicle)"),
+    ("--crl-check-interval", "crl_check_interval_s", float, "seconds between looks at the CRL file"),
+    ("--hello-timeout", "hello_timeout_s", float, "seconds an Upload stream has to send its Hello"),
+)
+"""Flags for the :class:`~tcu.ingest.config.IngestConfig` limits (same names, defaults from it)."""
+
+
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(IngestConfig)}
+
+
 def register(subparsers: Any) -> None:
     """Add the ``ingest`` subcommand."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
@@ -53,6 +83,11 @@ def register(subparsers: Any) -> None:
         default="127.0.0.1:50051",
         metavar="HOST:PORT",
         help="address to listen on (port 0: any free)",
+    )
+    parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the port with other processes (SO_REUSEPORT); without it a port in use is refused",
     )
     parser.add_argument("--db", type=Path, metavar="PATH", help="SQLite database file (required)")
     parser.add_argument(
@@ -90,9 +125,21 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--max-connection-age",
         type=float,
+        default=3600.0,
         metavar="SECONDS",
-        help="end connections after this long so clients rebalance (default: never)",
+        help="end connections after this long: vehicles reconnect, so their certificate is checked"
+        " again and load rebalances; 0: never (default: 3600)",
     )
+    limits = parser.add_argument_group("limits (what one vehicle or client can make the ingest hold)")
+    for flag, key, kind, help_text in _LIMIT_FLAGS:
+        limits.add_argument(
+            flag,
+            dest=key,
+            type=kind,
+            default=_DEFAULTS[key],
+            metavar="N",
+            help=f"{help_text} (default: {_DEFAULTS[key]})",
+        )
     parser.add_argument(
         "--grace",
         type=float,
@@ -220,19 +267,21 @@ def _write_port_file(path: Path, port: int) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tcu.errors import ConfigError
-    from tcu.ingest import IngestConfig, serve
+    from tcu.ingest import serve
 
     if args.db is None:
         raise ConfigError("the ingest needs a database: give --db PATH", key="--db")
     config = IngestConfig(
         listen=args.listen,
+        reuse_port=args.reuse_port,
         db_path=args.db,
         sqlite_synchronous=args.sqlite_synchronous,
         grace_s=args.grace,
         tls=_tls(args),
         insecure=args.insecure,
         max_batches_per_s=args.max_batches_per_s,
-        max_connection_age_s=args.max_connection_age,
+        max_connection_age_s=args.max_connection_age or None,
+        **{key: getattr(args, key) for _, key, _, _ in _LIMIT_FLAGS},
     )
     if config.insecure:
         log.warning("insecure mode: no TLS, no client authentication; use only on a trusted local network")

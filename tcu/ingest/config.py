@@ -37,14 +37,23 @@ class IngestConfig:
     """SQLite database file of the embedded sink (created if missing; WAL mode)."""
     listen: str = "127.0.0.1:50051"
     """``host:port`` to listen on; port 0 picks a free port."""
+    reuse_port: bool = False
+    """Share ``listen`` with other processes (SO_REUSEPORT). Off: a port already in use is
+    refused ("address in use"), so two ingests cannot split the vehicles between two databases."""
     subscriber_queue: int = 1024
     """Live updates buffered per Fleet.Subscribe stream before it is ended with RESOURCE_EXHAUSTED."""
+    subscriber_max_bytes: int = 32 * 1024 * 1024
+    """Bytes (serialised updates) buffered per Fleet.Subscribe stream before it is ended with
+    RESOURCE_EXHAUSTED, also while the stream is blocked on a client that does not read."""
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     """``PRAGMA synchronous``: FULL survives power loss; NORMAL (WAL) survives a process crash."""
     sqlite_busy_timeout_s: float = 5.0
     """How long a write waits for a lock held by another process before the batch fails (UNAVAILABLE)."""
     commit_max_batches: int = 256
     """Most batches written in one group-commit transaction."""
+    commit_max_samples: int = 250_000
+    """Samples a group commit takes before it is closed (a larger batch is a group alone); groups
+    take one batch per vehicle in turn, so a vehicle with huge batches cannot starve a small one."""
     write_queue_batches: int = 4096
     """Batches waiting for the writer; when full, uploads wait (backpressure to the vehicles)."""
     pipeline_depth: int = 64
@@ -62,8 +71,22 @@ class IngestConfig:
     """Longest string value (UTF-8 bytes) and longest vehicle id / signal name."""
     max_message_bytes: int = 16 * 1024 * 1024
     """gRPC receive limit for one message."""
+    max_hello_bytes: int = 1024 * 1024
+    """Largest Hello (its catalogs); a stream's catalogs stay in memory while it is open."""
+    max_vehicle_signals: int = 16_384
+    """Signals one Hello may announce over all its catalogs (current and previous)."""
+    hello_timeout_s: float = 30.0
+    """An Upload stream that sends no Hello within this long is ended (INVALID_ARGUMENT)."""
+    max_streams: int = 10_000
+    """Upload and Subscribe streams open at once; one more is RESOURCE_EXHAUSTED with a retry-after."""
+    max_streams_per_identity: int = 4
+    """Streams open at once per vehicle (Upload) or per backend (Subscribe); one more is
+    RESOURCE_EXHAUSTED with a retry-after (a reconnecting vehicle's old stream may not be gone yet)."""
     grace_s: float = 5.0
     """Drain deadline used by :func:`tcu.ingest.serve` when it stops."""
+    crl_check_interval_s: float = 2.0
+    """How often the CRL file is looked at; a revocation ends the certificate's open streams
+    within about this long of the file changing."""
     tls: IngestTls | None = None
     """mTLS: required unless ``insecure`` is set. The vehicle id is bound to the certificate."""
     insecure: bool = False
@@ -75,8 +98,9 @@ class IngestConfig:
     throttle_max_wait_s: float = 2.0
     """A vehicle over its rate is paced (reading its stream waits) up to this long per batch;
     needing longer ends the stream with RESOURCE_EXHAUSTED and a ``retry-after-ms``."""
-    max_connection_age_s: float | None = None
-    """End streams after this long (gRPC max_connection_age), so load spreads after scaling."""
+    max_connection_age_s: float | None = 3600.0
+    """End connections after this long (gRPC max_connection_age): the vehicle reconnects, so its
+    certificate is checked again (expiry, revocation) and load spreads after scaling. None: never."""
     max_connection_age_grace_s: float = 5.0
     """How long a stream may go on after its connection reached max_connection_age."""
     max_pending_commands: int = 16
@@ -92,7 +116,9 @@ class IngestConfig:
     def __post_init__(self) -> None:
         positive = {
             "subscriber_queue": self.subscriber_queue,
+            "subscriber_max_bytes": self.subscriber_max_bytes,
             "commit_max_batches": self.commit_max_batches,
+            "commit_max_samples": self.commit_max_samples,
             "write_queue_batches": self.write_queue_batches,
             "pipeline_depth": self.pipeline_depth,
             "reader_threads": self.reader_threads,
@@ -103,6 +129,10 @@ class IngestConfig:
             "max_batch_samples": self.max_batch_samples,
             "max_string_bytes": self.max_string_bytes,
             "max_message_bytes": self.max_message_bytes,
+            "max_hello_bytes": self.max_hello_bytes,
+            "max_vehicle_signals": self.max_vehicle_signals,
+            "max_streams": self.max_streams,
+            "max_streams_per_identity": self.max_streams_per_identity,
             "max_pending_commands": self.max_pending_commands,
             "max_command_bytes": self.max_command_bytes,
         }
@@ -124,6 +154,17 @@ class IngestConfig:
         if self.sqlite_busy_timeout_s < 0:
             raise ConfigError(
                 f"must not be negative, got {self.sqlite_busy_timeout_s}", key="ingest.sqlite_busy_timeout_s"
+            )
+        if self.max_connection_age_s is not None and self.max_connection_age_s <= 0:
+            raise ConfigError(
+                f"must be positive (or None: never), got {self.max_connection_age_s}",
+                key="ingest.max_connection_age_s",
+            )
+        if self.hello_timeout_s <= 0:
+            raise ConfigError(f"must be positive, got {self.hello_timeout_s}", key="ingest.hello_timeout_s")
+        if self.crl_check_interval_s <= 0:
+            raise ConfigError(
+                f"must be positive, got {self.crl_check_interval_s}", key="ingest.crl_check_interval_s"
             )
         if self.grace_s < 0:
             raise ConfigError(f"must not be negative, got {self.grace_s}", key="ingest.grace_s")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeAlias
@@ -14,12 +16,15 @@ from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.errors import ClosedResourceError
 from tcu.ingest._events import capture_pb, series_pb
 from tcu.ingest.commands import CommandConflict, CommandRouter, CommandsExhausted, CommandState
-from tcu.ingest.hub import SubscriberOverflow, UpdateHub
+from tcu.ingest.hub import SubscriberOverflow, Subscription, UpdateHub
 from tcu.ingest.model import HistoryQuery, VehicleNotFound
 from tcu.ingest.store import Sink
+from tcu.ingest.streams import RETRY_AFTER_MS as STREAMS_RETRY_AFTER_MS
+from tcu.ingest.streams import StreamLimiter, StreamsExhausted
 from tcu.ingest.validate import INT64_MAX, INT64_MIN
+from tcu.logutil import RateLimitedLog
 
-__all__ = ["Caller", "FleetService", "peer_address"]
+__all__ = ["Caller", "FleetService", "peer_address", "peer_host"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +42,11 @@ _STATUS = {
 def peer_address(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """The caller hook without mTLS: the transport peer (e.g. ``ipv4:127.0.0.1:51234``)."""
     return str(context.peer())
+
+
+def peer_host(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The identity of a caller without mTLS (for stream caps): the peer without its port."""
+    return str(context.peer()).rpartition(":")[0] or str(context.peer())
 
 
 class FleetService(fleet_grpc.FleetServicer):
@@ -75,8 +85,14 @@ class FleetService(fleet_grpc.FleetServicer):
         command_timeout_max_s: float = 3600.0,
         max_command_bytes: int = 64 * 1024,
         max_string_bytes: int = 4096,
+        streams: StreamLimiter | None = None,
+        identity: Caller = peer_host,
     ) -> None:
         self._sink = sink
+        self._streams = (
+            streams if streams is not None else StreamLimiter(max_streams=10_000, max_per_identity=4)
+        )
+        self._identity = identity
         self._hub = hub
         self._default_chunk = default_chunk
         self._max_chunk = max_chunk
@@ -86,30 +102,73 @@ class FleetService(fleet_grpc.FleetServicer):
         self._command_timeout_max_s = command_timeout_max_s
         self._max_command_bytes = max_command_bytes
         self._max_string_bytes = max_string_bytes
+        self._overflows = RateLimitedLog(log)
 
-    async def Subscribe(
+    async def Subscribe(  # type: ignore[override]  # answers with context.write (see below)
         self,
         request: fleet_pb.SubscribeRequest,
         context: grpc.aio.ServicerContext[fleet_pb.SubscribeRequest, fleet_pb.SignalUpdate],
-    ) -> AsyncIterator[fleet_pb.SignalUpdate]:
-        with self._hub.subscribe(request.vehicle_ids, request.signals) as sub:
+    ) -> None:
+        """Live updates, written with ``context.write`` rather than yielded: when the subscriber
+        overflows, the hub cancels this task, also while a write is blocked on a client that
+        does not read, and the stream ends here with RESOURCE_EXHAUSTED and the missed count.
+
+        The stream counts against ``max_streams`` and the caller's ``max_streams_per_identity``."""
+        who = self._identity(context)
+        slot = contextlib.ExitStack()
+        try:
+            slot.enter_context(self._streams.open("subscriber", who))
+        except StreamsExhausted as exc:
+            self._overflows.log((who, "streams"), logging.WARNING, "subscriber %s refused: %s", who, exc)
+            context.set_trailing_metadata((("retry-after-ms", str(STREAMS_RETRY_AFTER_MS)),))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_overflow() -> None:
+            task.cancel("subscriber overflow")
+
+        with slot, self._hub.subscribe(request.vehicle_ids, request.signals, on_overflow=on_overflow) as sub:
             log.info(
                 "subscriber %s: vehicles %s, signals %s",
                 context.peer(),
                 list(request.vehicle_ids) or "all",
                 list(request.signals) or "all",
             )
+            overflow = await self._serve(sub, context, task)
+        # Out of the hub (its queue is freed) before the status is sent: sending it waits
+        # behind a blocked write until the client reads again or the connection closes.
+        self._overflows.log(
+            context.peer(), logging.WARNING, "subscriber %s ended: %s", context.peer(), overflow
+        )
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(overflow))
+
+    @staticmethod
+    async def _serve(
+        sub: Subscription,
+        context: grpc.aio.ServicerContext[fleet_pb.SubscribeRequest, fleet_pb.SignalUpdate],
+        task: asyncio.Task[Any],
+    ) -> SubscriberOverflow:
+        """Write updates until the subscriber overflows (returned) or the hub closes (UNAVAILABLE)."""
+        try:
             while True:
-                try:
-                    update = await sub.get()
-                except SubscriberOverflow as exc:
-                    log.warning("subscriber %s ended: %s", context.peer(), exc)
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                update = await sub.get()
                 if update is None:
                     await context.abort(
                         grpc.StatusCode.UNAVAILABLE, "ingest is shutting down; subscribe again"
                     )
-                yield update
+                await context.write(update)
+        except SubscriberOverflow as exc:
+            return exc
+        except asyncio.CancelledError:
+            if not sub.missed:  # not the hub's overflow: a revocation, the server stopping
+                raise
+            task.uncancel()
+            try:
+                sub.get_nowait_check()
+            except SubscriberOverflow as exc:
+                return exc
+            raise
 
     async def Query(
         self,

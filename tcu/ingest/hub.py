@@ -7,10 +7,14 @@ absolute times, signal names). A signal filter applies to event columns too: a
 filtered subscriber gets an event only with its wanted columns, and only if at
 least one of them is in the event. A batch with nothing for a subscriber is not sent.
 
-Policy when a subscriber falls behind: once its queue is full, the next update
-it would get is counted as missed instead of queued, and the subscriber's next
-:meth:`Subscription.get` raises :class:`SubscriberOverflow` naming how many
-updates it missed (Fleet.Subscribe ends the stream with RESOURCE_EXHAUSTED).
+Policy when a subscriber falls behind: its queue holds at most ``queue_size``
+updates and ``max_bytes`` bytes (serialised size). An update that does not fit
+overflows the subscriber: the updates still queued for it are dropped at once (so
+what the ingest holds for it stays under its budget), they and every later one are
+counted as missed, the subscription's ``on_overflow`` callback runs (Fleet.Subscribe
+cancels its handler there, which may be blocked sending to a client that does not
+read) and its next :meth:`Subscription.get` raises :class:`SubscriberOverflow` naming
+how many updates it missed (Fleet.Subscribe ends the stream with RESOURCE_EXHAUSTED).
 A subscriber never sees a stream with silent gaps; it resubscribes and uses
 Fleet.Query to fill the hole. Publishing never waits for a subscriber.
 """
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from tcu.api.v1 import fleet_pb2 as fleet_pb
 from tcu.errors import IngestError
@@ -43,24 +47,52 @@ class Subscription:
     """One subscriber's queue; get it from :meth:`UpdateHub.subscribe` and close it when done."""
 
     def __init__(
-        self, hub: UpdateHub, vehicle_ids: frozenset[str], signals: frozenset[str], size: int
+        self,
+        hub: UpdateHub,
+        vehicle_ids: frozenset[str],
+        signals: frozenset[str],
+        size: int,
+        *,
+        max_bytes: int,
+        on_overflow: Callable[[], None] | None = None,
     ) -> None:
         self._hub = hub
         self.vehicle_ids = vehicle_ids
         self.signals = signals
         self.size = size
-        self._queue: asyncio.Queue[fleet_pb.SignalUpdate | None] = asyncio.Queue(maxsize=size)
+        self.max_bytes = max_bytes
+        self._queue: asyncio.Queue[tuple[fleet_pb.SignalUpdate, int] | None] = asyncio.Queue(maxsize=size)
+        self.queued_bytes = 0
+        """Serialised bytes of the updates queued for this subscriber now."""
+        self.peak_bytes = 0
         self.missed = 0
+        self._on_overflow = on_overflow
         self._ended = False
 
-    def _offer(self, update: fleet_pb.SignalUpdate) -> None:
+    def _offer(self, update: fleet_pb.SignalUpdate, size: int) -> None:
         if self.missed:
             self.missed += 1
             return
-        try:
-            self._queue.put_nowait(update)
-        except asyncio.QueueFull:
-            self.missed = 1
+        if self._queue.full() or self.queued_bytes + size > self.max_bytes:
+            self._overflow()
+            return
+        self._queue.put_nowait((update, size))
+        self.queued_bytes += size
+        self.peak_bytes = max(self.peak_bytes, self.queued_bytes)
+
+    def _overflow(self) -> None:
+        """Drop what is queued (counted as missed) and tell the handler at once."""
+        dropped = 0
+        while not self._queue.empty():
+            if self._queue.get_nowait() is not None:
+                dropped += 1
+        self.queued_bytes = 0
+        self.missed = 1 + dropped
+        self._hub.overflows += 1
+        if self._ended:
+            self._queue.put_nowait(None)
+        if self._on_overflow is not None:
+            self._on_overflow()
 
     def _end(self) -> None:
         self._ended = True
@@ -75,15 +107,24 @@ class Subscription:
         self._check()
         if self._ended and self._queue.empty():
             return None
-        update = await self._queue.get()
+        item = await self._queue.get()
         self._check()
+        if item is None:
+            return None
+        update, size = item
+        self.queued_bytes -= size
         return update
+
+    def get_nowait_check(self) -> None:
+        """Raise :class:`SubscriberOverflow` if the subscriber has missed updates."""
+        self._check()
 
     def _check(self) -> None:
         if self.missed:
             raise SubscriberOverflow(
-                f"subscriber fell behind by more than its queue of {self.size} updates and missed"
-                f" {self.missed} updates; subscribe again and use Query to fill the gap",
+                f"subscriber fell behind by more than its queue of {self.size} updates or"
+                f" {self.max_bytes} bytes and missed {self.missed} updates; subscribe again and"
+                " use Query to fill the gap",
                 missed=self.missed,
             )
 
@@ -100,17 +141,40 @@ class Subscription:
 class UpdateHub:
     """Fan-out of stored batches as ``SignalUpdate`` messages, filtered per subscriber."""
 
-    def __init__(self, queue_size: int) -> None:
+    def __init__(self, queue_size: int, max_bytes: int = 32 * 1024 * 1024) -> None:
         self._queue_size = queue_size
+        self._max_bytes = max_bytes
         self._subscribers: set[Subscription] = set()
         self._closed = False
+        self.overflows = 0
+        """Subscribers ended because they fell behind (queue or byte budget)."""
 
     def __len__(self) -> int:
         return len(self._subscribers)
 
-    def subscribe(self, vehicle_ids: Iterable[str] = (), signals: Iterable[str] = ()) -> Subscription:
-        """A new subscriber; empty filters mean all vehicles or all signals."""
-        sub = Subscription(self, frozenset(vehicle_ids), frozenset(signals), self._queue_size)
+    @property
+    def subscriptions(self) -> frozenset[Subscription]:
+        return frozenset(self._subscribers)
+
+    def subscribe(
+        self,
+        vehicle_ids: Iterable[str] = (),
+        signals: Iterable[str] = (),
+        *,
+        on_overflow: Callable[[], None] | None = None,
+    ) -> Subscription:
+        """A new subscriber; empty filters mean all vehicles or all signals.
+
+        ``on_overflow()`` runs (on the loop, inside :meth:`publish`) when it falls behind.
+        """
+        sub = Subscription(
+            self,
+            frozenset(vehicle_ids),
+            frozenset(signals),
+            self._queue_size,
+            max_bytes=self._max_bytes,
+            on_overflow=on_overflow,
+        )
         if self._closed:
             sub._end()
         else:
@@ -125,6 +189,7 @@ class UpdateHub:
         if not self._subscribers:
             return
         full: fleet_pb.SignalUpdate | None = None
+        full_size = 0
         by_name: dict[str, fleet_pb.SignalSeries] = {}
         for sub in list(self._subscribers):
             if sub.vehicle_ids and batch.vehicle_id not in sub.vehicle_ids:
@@ -133,8 +198,9 @@ class UpdateHub:
                 full, by_name = _update(batch)
                 if not full.series and not full.events:
                     return
+                full_size = full.ByteSize()
             if not sub.signals:
-                sub._offer(full)
+                sub._offer(full, full_size)
                 continue
             picked = [series for name, series in by_name.items() if name in sub.signals]
             events = [
@@ -143,15 +209,14 @@ class UpdateHub:
                 if any(column.signal.name in sub.signals for column in event.columns)
             ]
             if picked or events:
-                sub._offer(
-                    fleet_pb.SignalUpdate(
-                        vehicle_id=batch.vehicle_id,
-                        boot_epoch=batch.boot_epoch,
-                        seq=batch.seq,
-                        series=picked,
-                        events=events,
-                    )
+                update = fleet_pb.SignalUpdate(
+                    vehicle_id=batch.vehicle_id,
+                    boot_epoch=batch.boot_epoch,
+                    seq=batch.seq,
+                    series=picked,
+                    events=events,
                 )
+                sub._offer(update, update.ByteSize())
 
     def close(self) -> None:
         """End every subscription (their next get returns None). Idempotent."""

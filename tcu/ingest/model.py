@@ -88,6 +88,8 @@ class Batch:
     """Set when this sequence number stands for a batch the vehicle lost (no columns then)."""
     events: tuple[Capture, ...] = ()
     """Captures of condition-triggered campaigns carried by this batch (``TelemetryBatch.events``)."""
+    payload: bytes = b""
+    """The batch's bytes as received, kept so that the sink can quarantine a batch it fails to write."""
 
     @property
     def samples(self) -> int:
@@ -187,6 +189,8 @@ class StoreResult:
     """Highest ``s`` such that batches 1..s of this (vehicle, boot epoch) are all stored."""
     quarantined: bool = False
     """The key is held in quarantine (stored now, or before when ``duplicate``)."""
+    reason: str = ""
+    """Why the sink quarantined a :class:`Batch` that passed validation (its write failed)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -20,10 +22,11 @@ from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.errors import ClosedResourceError, IngestError
 from tcu.ingest.commands import CommandRouter
 from tcu.ingest.config import IngestConfig
-from tcu.ingest.fleet import Caller, FleetService, peer_address
+from tcu.ingest.fleet import Caller, FleetService, peer_address, peer_host
 from tcu.ingest.hub import UpdateHub
 from tcu.ingest.servicer import Identity, IngestService, add_to_server, no_identity
 from tcu.ingest.store import Sink, SqliteSink
+from tcu.ingest.streams import StreamLimiter
 from tcu.ingest.validate import Limits
 from tcu.pki import INGEST_POLICY, MtlsInterceptor, RevocationChecker, peer_identity, server_credentials
 
@@ -67,11 +70,18 @@ class IngestServer:
     ) -> None:
         self._config = config
         self._interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
+        self._revocation: RevocationChecker | None = None
+        self._crl_watch: asyncio.Task[None] | None = None
         if config.tls is not None and server_credentials is None:
             server_credentials = make_server_credentials(config)
             revocation = (
-                RevocationChecker(config.tls.crl, ca_path=config.tls.client_ca) if config.tls.crl else None
+                RevocationChecker(
+                    config.tls.crl, ca_path=config.tls.client_ca, check_interval_s=config.crl_check_interval_s
+                )
+                if config.tls.crl
+                else None
             )
+            self._revocation = revocation
             self._interceptors.append(MtlsInterceptor(revocation, require=INGEST_POLICY))
             if identity is no_identity:
                 identity = certificate_vehicle_id
@@ -80,9 +90,12 @@ class IngestServer:
         self._given_sink = sink
         self._sink: Sink | None = None
         self._server: grpc.aio.Server | None = None
-        self._hub = UpdateHub(config.subscriber_queue)
+        self._hub = UpdateHub(config.subscriber_queue, config.subscriber_max_bytes)
         self._ingest: IngestService | None = None
         self._commands = CommandRouter(max_pending=config.max_pending_commands)
+        self.streams = StreamLimiter(
+            max_streams=config.max_streams, max_per_identity=config.max_streams_per_identity
+        )
         self._caller: Caller = certificate_caller if config.tls is not None else peer_address
         self._health: _AsyncHealth | None = None
         self._port: int | None = None
@@ -122,6 +135,8 @@ class IngestServer:
         options: list[tuple[str, int]] = [
             *_CELLULAR_OPTIONS,
             ("grpc.max_receive_message_length", config.max_message_bytes),
+            # gRPC sets SO_REUSEPORT by default: a second ingest on the port would start normally.
+            ("grpc.so_reuseport", int(config.reuse_port)),
         ]
         if config.max_connection_age_s is not None:
             options.append(("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)))
@@ -139,6 +154,8 @@ class IngestServer:
             batch_burst=config.batch_burst,
             throttle_max_wait_s=config.throttle_max_wait_s,
             commands=self._commands,
+            streams=self.streams,
+            hello_timeout_s=config.hello_timeout_s,
         )
         add_to_server(self._ingest, server)  # Upload keeps each batch's bytes as received
         fleet_grpc.add_FleetServicer_to_server(
@@ -153,13 +170,18 @@ class IngestServer:
                 command_timeout_max_s=config.command_timeout_max_s,
                 max_command_bytes=config.max_command_bytes,
                 max_string_bytes=config.max_string_bytes,
+                streams=self.streams,
+                identity=certificate_identity if config.tls is not None else peer_host,
             ),
             server,
         )
         self._health = _AsyncHealth()
         health_grpc.add_HealthServicer_to_server(self._health.servicer, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)
+        problem = None if config.reuse_port else _bind_problem(config.listen)
         try:
+            if problem is not None:  # said before gRPC tries (it would log its own lines first)
+                raise RuntimeError(problem)
             if self._credentials is None:
                 port = server.add_insecure_port(config.listen)
             else:
@@ -167,10 +189,13 @@ class IngestServer:
         except RuntimeError as exc:
             if self._given_sink is None:
                 await sink.aclose()
-            raise IngestError(f"ingest.listen: cannot listen on {config.listen}: {exc}") from exc
+            why = problem or _bind_problem(config.listen) or exc
+            raise IngestError(f"ingest.listen: cannot listen on {config.listen}: {why}") from exc
         await server.start()
         self._server = server
         self._port = port
+        if self._revocation is not None:  # a CRL change ends the revoked certificates' open streams
+            self._crl_watch = asyncio.create_task(self._revocation.watch(), name="tcu-ingest-crl-watch")
         for name in ("", INGEST_SERVICE, FLEET_SERVICE):
             await self._health.set(name, health_pb.HealthCheckResponse.SERVING)
         log.info("ingest listening on %s (port %d), database %s", config.listen, port, config.db_path)
@@ -184,6 +209,10 @@ class IngestServer:
         await asyncio.shield(self._stop_task)
 
     async def _stop(self, grace_s: float) -> None:
+        if self._crl_watch is not None:
+            self._crl_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._crl_watch
         if self._health is not None:
             await self._health.shutdown()
         if self._ingest is not None:
@@ -201,6 +230,31 @@ class IngestServer:
             await self._server.wait_for_termination()
 
 
+def _bind_problem(listen: str) -> str | None:
+    """Why ``listen`` cannot be bound, or None: bind it ourselves (gRPC only says "Failed to bind")."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if port == "0":
+        return None
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as lookup:
+        return f"cannot resolve {host!r}: {lookup.strerror or lookup}"
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as bind:
+                if bind.errno == errno.EADDRINUSE:
+                    return (
+                        "address in use (another process listens there; --reuse-port shares the port"
+                        " on purpose)"
+                    )
+                return bind.strerror or str(bind)
+    return None
+
+
 def make_server_credentials(config: IngestConfig) -> grpc.ServerCredentials:
     assert config.tls is not None
     return server_credentials(config.tls.cert, config.tls.key, config.tls.client_ca, require_client_auth=True)
@@ -212,6 +266,12 @@ def certificate_vehicle_id(context: grpc.aio.ServicerContext[Any, Any]) -> str |
     if ident is None or ident.kind != "vehicle":
         return ""  # no vehicle identity: matches no vehicle id, so every upload is refused
     return ident.name
+
+
+def certificate_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """Who calls, for stream caps on an mTLS ingest: ``backend:<name>`` from the certificate."""
+    ident = peer_identity(context)
+    return f"{ident.kind}:{ident.name}" if ident is not None else "unidentified"
 
 
 def certificate_caller(context: grpc.aio.ServicerContext[Any, Any]) -> str:

@@ -36,6 +36,13 @@ When the wait would exceed ``throttle_max_wait_s`` the stream ends with
 RESOURCE_EXHAUSTED and trailing metadata ``retry-after-ms``, which the agent
 honours before reconnecting.
 
+Bounds (:mod:`tcu.ingest.streams`): a stream counts against ``max_streams`` from its
+start and must send its Hello within ``hello_timeout_s`` (else INVALID_ARGUMENT); once the
+Hello names the vehicle it counts against ``max_streams_per_identity``. Beyond a cap the
+stream ends with RESOURCE_EXHAUSTED and ``retry-after-ms``. Any message that does not
+decode ends the stream with INVALID_ARGUMENT (an undecodable batch with a stamp is
+quarantined instead, see above).
+
 Identity: ``identity(context)`` returns the vehicle id the transport proved
 (mTLS, later) or None. When it returns a value, a Hello or batch for another
 vehicle ends the stream with PERMISSION_DENIED.
@@ -45,9 +52,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -62,7 +70,10 @@ from tcu.ingest.commands import CommandRouter, Link
 from tcu.ingest.hub import UpdateHub
 from tcu.ingest.model import Batch, QuarantinedBatch, StoreResult
 from tcu.ingest.store import Sink
+from tcu.ingest.streams import RETRY_AFTER_MS as STREAMS_RETRY_AFTER_MS
+from tcu.ingest.streams import StreamLimiter, StreamsExhausted, StreamSlot
 from tcu.ingest.validate import (
+    INT64_MAX,
     Limits,
     Session,
     check_batch_identity,
@@ -91,14 +102,18 @@ def no_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
 class RawUpload:
     """An ``UploadRequest`` as read from the wire, with its batch's bytes as they arrived.
 
-    ``message`` is None when the request is a batch whose bytes do not decode
-    (``error`` says why); the servicer quarantines it when it can identify it.
+    ``message`` is None when the request does not decode (``error`` says why): a
+    batch whose bytes do not decode (``is_batch``; the servicer quarantines it when it
+    can identify it), or any other undecodable request (the stream ends with
+    INVALID_ARGUMENT).
     """
 
     message: ingest_pb.UploadRequest | None
     batch_bytes: bytes = b""
     """The ``UploadRequest.batch`` field's bytes (all occurrences, in order); empty for other kinds."""
     error: str = ""
+    is_batch: bool = True
+    """With ``message`` None: the request is a ``batch`` and only its bytes do not decode."""
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -175,14 +190,15 @@ def read_upload_request(data: bytes) -> RawUpload:
     """The Upload method's request deserializer: parse, and keep a batch's bytes as received.
 
     A batch whose bytes do not decode becomes ``RawUpload(None, bytes, error)``; any
-    other undecodable request raises protobuf's ``DecodeError`` (gRPC ends the stream).
+    other undecodable request ``RawUpload(None, error=..., is_batch=False)``. It never
+    raises: an exception here would end the stream with UNKNOWN instead of INVALID_ARGUMENT.
     """
     envelope = _batch_fields(data)
     try:
         message = ingest_pb.UploadRequest.FromString(data)
     except DecodeError as exc:
         if envelope is None or not envelope[1]:
-            raise
+            return RawUpload(None, error=f"an UploadRequest of {len(data)} bytes: {exc}", is_batch=False)
         return RawUpload(None, envelope[0], f"the batch does not decode as a TelemetryBatch: {exc}")
     batch_bytes = envelope[0] if envelope is not None and message.WhichOneof("kind") == "batch" else b""
     return RawUpload(message, batch_bytes)
@@ -240,8 +256,14 @@ class IngestService(ingest_grpc.IngestServicer):
         throttle_max_wait_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         commands: CommandRouter | None = None,
+        streams: StreamLimiter | None = None,
+        hello_timeout_s: float = 30.0,
     ) -> None:
         self._sink = sink
+        self._hello_timeout_s = hello_timeout_s
+        self._streams = (
+            streams if streams is not None else StreamLimiter(max_streams=10_000, max_per_identity=4)
+        )
         self._commands = commands if commands is not None else CommandRouter()
         self._hub = hub
         self._limits = limits
@@ -282,14 +304,46 @@ class IngestService(ingest_grpc.IngestServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
         bound = self._identity(context)
         try:
-            raw_first = await anext(request_iterator)
+            with self._streams.reserve() as place:  # counted from the start, also before its Hello
+                async with contextlib.aclosing(
+                    self._upload(request_iterator, context, bound, place)
+                ) as responses:
+                    async for response in responses:
+                        yield response
+        except StreamsExhausted as exc:
+            self._refusals.log(
+                (bound or context.peer(), "streams"),
+                logging.WARNING,
+                "upload from %s refused: %s",
+                bound or context.peer(),
+                exc,
+            )
+            context.set_trailing_metadata((("retry-after-ms", str(STREAMS_RETRY_AFTER_MS)),))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+
+    async def _upload(
+        self,
+        request_iterator: AsyncIterator[ingest_pb.UploadRequest | RawUpload],
+        context: grpc.aio.ServicerContext[ingest_pb.UploadRequest, ingest_pb.UploadResponse],
+        bound: str | None,
+        place: StreamSlot,
+    ) -> AsyncGenerator[ingest_pb.UploadResponse, None]:
+        try:
+            raw_first = await asyncio.wait_for(anext(request_iterator), self._hello_timeout_s)
         except StopAsyncIteration:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "stream ended before its Hello")
-        first = raw_first.message if isinstance(raw_first, RawUpload) else raw_first
-        if first is None:
+        except TimeoutError:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                "the first message of an Upload stream must be a Hello, got an undecodable batch",
+                f"no Hello within hello_timeout_s {self._hello_timeout_s:g} s",
+            )
+        first = raw_first.message if isinstance(raw_first, RawUpload) else raw_first
+        if first is None:
+            assert isinstance(raw_first, RawUpload)
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the first message of an Upload stream does not decode (it must be a Hello):"
+                f" {raw_first.error}",
             )
         if first.WhichOneof("kind") != "hello":
             await context.abort(
@@ -305,6 +359,7 @@ class IngestService(ingest_grpc.IngestServicer):
             session = validate_hello(first.hello, self._limits)
         except BatchRejected as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        place.bind("vehicle", session.vehicle_id)  # StreamsExhausted: refused by Upload
         log.info(
             "upload from %s (boot epoch %d, catalog %s, %d signals, previous catalogs [%s], agent %s) via %s",
             session.vehicle_id,
@@ -368,6 +423,8 @@ class IngestService(ingest_grpc.IngestServicer):
                     )
                     if item.result.quarantined and isinstance(item.batch, QuarantinedBatch):
                         ack.quarantined.add(seq=item.batch.seq, reason=item.batch.reason)
+                    elif item.result.quarantined:  # valid, but the sink failed to write it: kept apart
+                        ack.quarantined.add(seq=item.batch.seq, reason=item.result.reason)
                     yield ingest_pb.UploadResponse(ack=ack)
         finally:
             reader.cancel()
@@ -400,7 +457,7 @@ class IngestService(ingest_grpc.IngestServicer):
             except IngestError as exc:
                 out.put_nowait(_Stop(grpc.StatusCode.UNAVAILABLE, f"batch seq {item.batch.seq}: {exc}"))
                 return
-            if not result.duplicate and isinstance(item.batch, Batch):
+            if not result.duplicate and not result.quarantined and isinstance(item.batch, Batch):
                 self._hub.publish(item.batch)
             out.put_nowait(_Ack(item.batch, result))
 
@@ -475,6 +532,8 @@ class IngestService(ingest_grpc.IngestServicer):
         )
 
     def _undecodable(self, session: Session, raw: RawUpload) -> QuarantinedBatch | _Stop:
+        if not raw.is_batch:
+            return _Stop(grpc.StatusCode.INVALID_ARGUMENT, f"a message does not decode: {raw.error}")
         identity = stamped_identity(raw.batch_bytes)
         if identity is None:
             return _Stop(
@@ -483,6 +542,11 @@ class IngestService(ingest_grpc.IngestServicer):
                 f" (boot_epoch, seq) to quarantine it under: {raw.error}",
             )
         epoch, seq = identity
+        if epoch > INT64_MAX or seq > INT64_MAX:  # (a varint may hold more than uint64)
+            return _Stop(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"an undecodable batch's stamp: boot_epoch {epoch} or seq {seq} is above {INT64_MAX}",
+            )
         stamp = telemetry_pb.TelemetryBatch(vehicle_id=session.vehicle_id, boot_epoch=epoch, seq=seq)
         try:
             check_batch_identity(session, stamp)
@@ -522,7 +586,7 @@ class IngestService(ingest_grpc.IngestServicer):
                 f" on a connection of vehicle {bound!r}",
             )
         try:
-            return validate_batch(session, message, self._limits)
+            valid = validate_batch(session, message, self._limits)
         except StreamRejected as exc:
             return _Stop(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except BatchRejected as exc:  # the batch's own content: keep it, carry on
@@ -530,6 +594,8 @@ class IngestService(ingest_grpc.IngestServicer):
             return self._quarantine(
                 session, payload, message.boot_epoch, message.seq, str(exc), catalog_id=message.catalog_id
             )
+        # The bytes go along so that the sink can quarantine a batch it fails to write.
+        return dataclasses.replace(valid, payload=raw or message.SerializeToString())
 
     async def _read(
         self,

@@ -2,9 +2,17 @@
 
 :class:`SqliteSink` keeps the database in WAL mode and has exactly one writer
 thread doing group commit: :meth:`SqliteSink.store` hands a batch to the writer
-and awaits a future; the writer takes everything queued (up to
-``commit_max_batches``), writes it in one transaction, commits, and only then
-resolves the futures. A batch is therefore acknowledged only once it is durable.
+and awaits a future; the writer takes what is queued, one batch per vehicle in
+turn (round-robin, :mod:`tcu.ingest._fair`), up to ``commit_max_batches`` batches
+and ``commit_max_samples`` samples, writes it in one transaction, commits, and only
+then resolves the futures. A batch is therefore acknowledged only once it is durable,
+and a vehicle with huge batches cannot make another wait behind all of them.
+
+Each item of a group is written inside its own savepoint: an item whose rows fail
+(a value SQLite cannot hold, a constraint, a bug) is rolled back alone; a batch is
+then kept in ``quarantine`` with the reason and its bytes as received
+(``Batch.payload``), and the rest of the group commits. Only an error of the
+database itself (locked, disk full, I/O) fails the whole group.
 
 Dedup is by the primary key ``(vehicle_id, boot_epoch, seq)`` of ``batches``: a
 retry is answered ``duplicate=True`` and stores nothing. Per (vehicle, boot
@@ -58,7 +66,6 @@ import contextlib
 import json
 import logging
 import math
-import queue
 import sqlite3
 import threading
 import time
@@ -71,6 +78,7 @@ from typing import Concatenate, Final, ParamSpec, Protocol, TypeVar, runtime_che
 from tcu.api.v1 import fleet_pb2 as fleet_pb
 from tcu.errors import ClosedResourceError, IngestError
 from tcu.ingest._events import capture_from_pb, capture_pb
+from tcu.ingest._fair import FairQueue
 from tcu.ingest.config import IngestConfig
 from tcu.ingest.model import (
     Batch,
@@ -85,6 +93,7 @@ from tcu.ingest.model import (
     VehicleNotFound,
     VehicleSummary,
 )
+from tcu.logutil import RateLimitedLog
 
 __all__ = ["Sink", "SqliteSink", "WriterStats", "read_quarantine"]
 
@@ -332,7 +341,34 @@ class _Job:
     """The write-queue semaphore's release, called on the loop once the job is settled."""
 
 
-_STOP: Final = object()
+def _job_vehicle(job: _Job) -> str:
+    return job.batch.vehicle_id
+
+
+def _job_samples(job: _Job) -> int:
+    """What a job costs the writer, in samples (its rows), for the group's sample budget."""
+    item = job.batch
+    if isinstance(item, Batch):
+        return item.samples + sum(event.samples + event.frame_count for event in item.events)
+    if isinstance(item, QuarantinedBatch):
+        return len(item.payload) // 16  # one blob row; its size is what it costs
+    return 1
+
+
+_ITEM_SQLITE_ERRORS: Final = (
+    sqlite3.IntegrityError,  # a constraint (NOT NULL, ...)
+    sqlite3.DataError,  # a string or blob too big
+    sqlite3.InterfaceError,  # a value SQLite cannot bind
+)
+
+
+def _of_the_database(exc: Exception) -> bool:
+    """An error of the database itself (locked, disk full, I/O): it fails the whole group.
+
+    Any other error while writing one item belongs to that item (an int SQLite's INTEGER
+    cannot hold raises OverflowError, a constraint IntegrityError; a bug its own error).
+    """
+    return isinstance(exc, sqlite3.Error) and not isinstance(exc, _ITEM_SQLITE_ERRORS)
 
 
 def _settle(job: _Job, result: StoreResult | BaseException) -> None:
@@ -357,8 +393,9 @@ class SqliteSink:
         self._busy_timeout_s = config.sqlite_busy_timeout_s
         self._writing = 0
         self._commit_max = config.commit_max_batches
+        self._commit_max_samples = config.commit_max_samples
         self._room = asyncio.Semaphore(config.write_queue_batches)
-        self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._jobs: FairQueue[_Job] = FairQueue(key=_job_vehicle, cost=_job_samples)
         self._writer: threading.Thread | None = None
         self._readers = ThreadPoolExecutor(
             max_workers=config.reader_threads, thread_name_prefix="tcu-ingest-read"
@@ -372,6 +409,9 @@ class SqliteSink:
         self._epochs: dict[tuple[str, int], _Epoch] = {}
         self._series: dict[tuple[str, str], int] = {}
         self._catalogs: set[tuple[str, str]] = set()
+        self._new_series: list[tuple[str, str]] = []  # cache entries added in the current savepoint
+        self._new_catalogs: list[tuple[str, str]] = []
+        self._failures = RateLimitedLog(log)  # a vehicle sending batches that fail cannot flood the log
         self.stats = WriterStats()
 
     @classmethod
@@ -458,6 +498,7 @@ class SqliteSink:
                 conn.close()
                 raise IngestError(f"{self._path}: SQLite refused WAL mode (journal_mode={mode})")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.execute("PRAGMA temp_store=MEMORY")  # the per-batch savepoints journal in memory
             conn.executescript(_SCHEMA)
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
@@ -473,23 +514,11 @@ class SqliteSink:
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
         try:
-            stop = False
-            while not stop:
-                first = self._jobs.get()
-                if first is _STOP:
+            while True:
+                # Round-robin over vehicles, bounded by batches and samples (tcu.ingest._fair).
+                jobs = self._jobs.get_group(self._commit_max, self._commit_max_samples)
+                if jobs is None:
                     break
-                assert isinstance(first, _Job)
-                jobs = [first]
-                while len(jobs) < self._commit_max:
-                    try:
-                        more = self._jobs.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is _STOP:
-                        stop = True
-                        break
-                    assert isinstance(more, _Job)
-                    jobs.append(more)
                 self._writing = len(jobs)
                 try:
                     self._commit(conn, jobs)
@@ -500,15 +529,30 @@ class SqliteSink:
             log.debug("SQLite writer for %s stopped", self._path)
 
     def _commit(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
-        outcome: list[StoreResult] | BaseException
+        outcome: list[StoreResult | BaseException] | BaseException
         try:
             outcome = self._write_group(conn, [job.batch for job in jobs])
         except sqlite3.Error as exc:
-            log.error("SQLite write of %d batches to %s failed: %s", len(jobs), self._path, exc)
+            self._failures.log(
+                "group",
+                logging.ERROR,
+                "SQLite write of %d batches to %s failed: %s",
+                len(jobs),
+                self._path,
+                exc,
+            )
             outcome = IngestError(f"{self._path}: storing {len(jobs)} batches failed: {exc}")
             outcome.__cause__ = exc
         except Exception as exc:  # a bug must fail the waiting uploads, not leave them hanging
-            log.exception("SQLite writer for %s failed on %d batches", self._path, len(jobs))
+            if self._failures.log(
+                "bug",
+                logging.ERROR,
+                "SQLite writer for %s failed on %d batches: %r",
+                self._path,
+                len(jobs),
+                exc,
+            ):
+                log.debug("the writer's failure", exc_info=True)
             outcome = IngestError(f"{self._path}: storing {len(jobs)} batches failed: {exc!r}")
             outcome.__cause__ = exc
         for index, job in enumerate(jobs):
@@ -543,6 +587,7 @@ class SqliteSink:
             ).fetchone()
             series_id = int(row[0])
             self._series[key] = series_id
+            self._new_series.append(key)
         return series_id
 
     def _write_catalog(self, conn: sqlite3.Connection, batch: Batch) -> None:
@@ -558,48 +603,41 @@ class SqliteSink:
             ],
         )
         self._catalogs.add(key)
+        self._new_catalogs.append(key)
 
     def _write_group(
         self, conn: sqlite3.Connection, items: list[Batch | QuarantinedBatch | _CheckIn]
-    ) -> list[StoreResult]:
+    ) -> list[StoreResult | BaseException]:
+        """Write every item in one transaction, each inside its own savepoint.
+
+        A batch whose rows fail (a value SQLite cannot hold, a constraint, a bug) is rolled
+        back alone and quarantined with the reason (:meth:`_isolate`); the rest of the group
+        commits. An error of the database itself (locked, disk full, I/O) fails the group.
+        """
         now_ns = time.time_ns()
         touched: dict[tuple[str, int], _Epoch] = {}
-        results: list[StoreResult] = []
+        results: list[StoreResult | BaseException] = []
         batches = 0
         quarantined = 0
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for batch in items:
-                if isinstance(batch, _CheckIn):
-                    conn.execute(
-                        "INSERT INTO checkins (vehicle_id, campaigns, checkin_ns) VALUES (?, ?, ?)"
-                        " ON CONFLICT (vehicle_id) DO UPDATE SET campaigns = excluded.campaigns,"
-                        " checkin_ns = excluded.checkin_ns",
-                        (
-                            batch.vehicle_id,
-                            json.dumps([[c.name, c.version] for c in batch.campaigns]),
-                            now_ns,
-                        ),
-                    )
-                    results.append(StoreResult(duplicate=False, acked_seq=0))
-                    continue
-                batches += 1
-                key = (batch.vehicle_id, batch.boot_epoch)
-                epoch = touched.get(key)
-                if epoch is None:
-                    cached = self._epochs.get(key)
-                    epoch = cached.copy() if cached is not None else self._load_epoch(conn, key)
-                    touched[key] = epoch
-                if isinstance(batch, QuarantinedBatch):
-                    duplicate = epoch.holds(batch.seq) or not self._insert_quarantine(conn, batch, now_ns)
-                    held = not duplicate or self._in_quarantine(conn, batch)
-                    quarantined += not duplicate
-                else:
-                    duplicate = epoch.holds(batch.seq) or not self._insert_batch(conn, batch, now_ns)
-                    held = False
-                if not duplicate:
-                    epoch.add(batch.seq)
-                results.append(StoreResult(duplicate=duplicate, acked_seq=epoch.acked_seq, quarantined=held))
+            for item in items:
+                batches += not isinstance(item, _CheckIn)
+                self._new_series.clear()
+                self._new_catalogs.clear()
+                conn.execute("SAVEPOINT item")
+                try:
+                    result: StoreResult | BaseException = self._write_item(conn, item, touched, now_ns)
+                except Exception as exc:
+                    if _of_the_database(exc):
+                        raise
+                    conn.execute("ROLLBACK TO item")
+                    self._forget_new_rows()
+                    result = self._isolate(conn, item, exc, touched, now_ns)
+                conn.execute("RELEASE item")
+                if isinstance(result, StoreResult) and result.quarantined and not result.duplicate:
+                    quarantined += 1
+                results.append(result)
             conn.executemany(
                 "INSERT INTO epochs (vehicle_id, boot_epoch, acked_seq) VALUES (?, ?, ?)"
                 " ON CONFLICT (vehicle_id, boot_epoch) DO UPDATE SET acked_seq = excluded.acked_seq",
@@ -622,15 +660,110 @@ class SqliteSink:
         self._epochs.update(touched)
         stats = self.stats
         stats.groups += 1
-        stats.batches += batches
-        stats.duplicates += sum(result.duplicate for result in results)
+        stats.batches += sum(
+            isinstance(r, StoreResult) and not isinstance(i, _CheckIn)
+            for r, i in zip(results, items, strict=True)
+        )
+        stats.duplicates += sum(isinstance(r, StoreResult) and r.duplicate for r in results)
         stats.largest_group = max(stats.largest_group, len(items))
         stats.quarantined += quarantined
         log.debug("committed %d batches and %d check-ins to %s", batches, len(items) - batches, self._path)
         return results
 
-    @staticmethod
-    def _insert_quarantine(conn: sqlite3.Connection, batch: QuarantinedBatch, now_ns: int) -> bool:
+    def _write_item(
+        self,
+        conn: sqlite3.Connection,
+        batch: Batch | QuarantinedBatch | _CheckIn,
+        touched: dict[tuple[str, int], _Epoch],
+        now_ns: int,
+    ) -> StoreResult:
+        if isinstance(batch, _CheckIn):
+            conn.execute(
+                "INSERT INTO checkins (vehicle_id, campaigns, checkin_ns) VALUES (?, ?, ?)"
+                " ON CONFLICT (vehicle_id) DO UPDATE SET campaigns = excluded.campaigns,"
+                " checkin_ns = excluded.checkin_ns",
+                (batch.vehicle_id, json.dumps([[c.name, c.version] for c in batch.campaigns]), now_ns),
+            )
+            return StoreResult(duplicate=False, acked_seq=0)
+        epoch = self._touch_epoch(conn, touched, (batch.vehicle_id, batch.boot_epoch))
+        if isinstance(batch, QuarantinedBatch):
+            duplicate = epoch.holds(batch.seq) or not self._insert_quarantine(conn, batch, now_ns)
+            held = not duplicate or self._in_quarantine(conn, batch)
+        else:
+            duplicate = epoch.holds(batch.seq) or not self._insert_batch(conn, batch, now_ns)
+            held = False
+        if not duplicate:
+            epoch.add(batch.seq)
+        return StoreResult(duplicate=duplicate, acked_seq=epoch.acked_seq, quarantined=held)
+
+    def _touch_epoch(
+        self, conn: sqlite3.Connection, touched: dict[tuple[str, int], _Epoch], key: tuple[str, int]
+    ) -> _Epoch:
+        epoch = touched.get(key)
+        if epoch is None:
+            cached = self._epochs.get(key)
+            epoch = cached.copy() if cached is not None else self._load_epoch(conn, key)
+            touched[key] = epoch
+        return epoch
+
+    def _forget_new_rows(self) -> None:
+        """Drop cache entries of rows a rolled-back savepoint removed (their ids are gone)."""
+        for key in self._new_series:
+            self._series.pop(key, None)
+        self._catalogs.difference_update(self._new_catalogs)
+
+    def _isolate(
+        self,
+        conn: sqlite3.Connection,
+        item: Batch | QuarantinedBatch | _CheckIn,
+        exc: Exception,
+        touched: dict[tuple[str, int], _Epoch],
+        now_ns: int,
+    ) -> StoreResult | BaseException:
+        """The item's rows were rolled back: quarantine a batch with the reason, fail anything else alone."""
+        what = f"{exc.__class__.__name__}: {exc}"
+        if isinstance(item, Batch):
+            reason = f"batch seq {item.seq}: could not be stored: {what}"
+            kept = QuarantinedBatch(
+                vehicle_id=item.vehicle_id,
+                boot_epoch=item.boot_epoch,
+                seq=item.seq,
+                reason=reason,
+                received_ns=now_ns,
+                payload=item.payload,
+                catalog_id=item.catalog.catalog_id,
+            )
+            # Logged (rate-limited) by _insert_quarantine, with the reason.
+            self._new_series.clear()
+            self._new_catalogs.clear()
+            conn.execute("SAVEPOINT item_quarantine")
+            try:
+                result = self._write_item(conn, kept, touched, now_ns)
+            except Exception as again:
+                if _of_the_database(again):
+                    raise
+                conn.execute("ROLLBACK TO item_quarantine")
+                exc = again
+            else:
+                return StoreResult(
+                    duplicate=result.duplicate, acked_seq=result.acked_seq, quarantined=True, reason=reason
+                )
+            finally:
+                conn.execute("RELEASE item_quarantine")
+        self._failures.log(
+            (item.vehicle_id, "store-failed"),
+            logging.ERROR,
+            "writing %s of vehicle %s failed, the others of its group commit: %s",
+            item.__class__.__name__,
+            item.vehicle_id,
+            f"{exc.__class__.__name__}: {exc}",
+        )
+        label = f"batch seq {item.seq}" if not isinstance(item, _CheckIn) else "check-in"
+        failed = IngestError(f"{self._path}: {label} could not be stored: {exc.__class__.__name__}: {exc}")
+        failed.__cause__ = exc
+        return failed
+
+    def _insert_quarantine(self, conn: sqlite3.Connection, batch: QuarantinedBatch, now_ns: int) -> bool:
         """Keep one malformed batch's bytes and reason; False when the key already exists."""
         if conn.execute(
             "SELECT 1 FROM batches WHERE vehicle_id = ? AND boot_epoch = ? AND seq = ?",
@@ -655,7 +788,9 @@ class SqliteSink:
         if cursor.rowcount == 0:
             return False
         conn.execute(_SEEN_VEHICLE, (batch.vehicle_id, batch.boot_epoch, now_ns))
-        log.error(
+        self._failures.log(
+            (batch.vehicle_id, "quarantine"),
+            logging.ERROR,
             "vehicle %s batch %d/%d quarantined (%d bytes kept): %s",
             batch.vehicle_id,
             batch.boot_epoch,
@@ -758,7 +893,9 @@ class SqliteSink:
             ),
         )
         if batch.loss is not None:
-            log.warning(
+            self._failures.log(
+                (batch.vehicle_id, "loss"),
+                logging.WARNING,
                 "vehicle %s reports batch %d/%d lost (%s, priority %d, %d bytes)",
                 batch.vehicle_id,
                 batch.boot_epoch,
@@ -943,7 +1080,7 @@ class SqliteSink:
         self._closed = True
         writer = self._writer
         if writer is not None:
-            self._jobs.put(_STOP)
+            self._jobs.stop()
             await asyncio.to_thread(writer.join)
         await asyncio.to_thread(self._readers.shutdown, True)
         with self._reader_lock:

@@ -4,6 +4,11 @@ Every problem raises :class:`~tcu.errors.BatchRejected` with a message that
 names the batch, the signal and what was wrong, e.g.
 ``batch seq 7: column for signal 12 (Vehicle.Speed) has 5 times but 4 values``.
 
+Every value that reaches the store is range-checked here: wire integers that SQLite's
+int64 ``INTEGER`` cannot hold (``uint64`` fields such as ``boot_epoch``, ``seq`` and
+``DataLoss.payload_bytes``; sums of base and offset times) and doubles that go to a
+``NOT NULL`` column (a catalog's ``resolution`` must be finite; SQLite stores NaN as NULL).
+
 :func:`validate_batch` tells two kinds apart. A batch that does not belong on its
 stream (another vehicle, no usable ``(boot_epoch, seq)`` identity) raises
 :class:`~tcu.errors.StreamRejected`: the stream ends. Any other problem is one of the
@@ -16,6 +21,7 @@ the agent resend it forever and strand every later batch behind it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -67,10 +73,16 @@ class Limits:
     max_checkin_campaigns: int = 4096
     max_previous_catalogs: int = 16
     """``Hello.previous_catalogs``: older catalogs whose batches still wait in the vehicle's spool."""
+    max_hello_bytes: int = 1024 * 1024
+    """Serialised size of a Hello (its catalogs live as long as the stream)."""
+    max_vehicle_signals: int = 16_384
+    """Signals of a Hello over all its catalogs."""
 
     @classmethod
     def from_config(cls, config: IngestConfig) -> Limits:
         return cls(
+            max_hello_bytes=config.max_hello_bytes,
+            max_vehicle_signals=config.max_vehicle_signals,
             max_catalog_signals=config.max_catalog_signals,
             max_batch_columns=config.max_batch_columns,
             max_batch_samples=config.max_batch_samples,
@@ -104,6 +116,12 @@ def validate_hello(hello: ingest_pb.Hello, limits: Limits) -> Session:
     ``previous_catalogs`` (older catalogs that spooled batches were built with) are
     checked like ``catalog``; at most ``limits.max_previous_catalogs``, each id once.
     """
+    size = hello.ByteSize()
+    if size > limits.max_hello_bytes:
+        raise BatchRejected(
+            f"hello of {size} bytes from vehicle {hello.vehicle_id[:64]!r}: more than max_hello_bytes"
+            f" {limits.max_hello_bytes}"
+        )
     _check_text("hello: vehicle_id", hello.vehicle_id, limits, required=True)
     if hello.boot_epoch > INT64_MAX:
         raise BatchRejected(f"hello: boot_epoch {hello.boot_epoch} is above {INT64_MAX}")
@@ -113,6 +131,12 @@ def validate_hello(hello: ingest_pb.Hello, limits: Limits) -> Session:
         raise BatchRejected(
             f"hello from vehicle {hello.vehicle_id!r}: {len(hello.previous_catalogs)} previous catalogs,"
             f" more than {limits.max_previous_catalogs}"
+        )
+    signals = len(hello.catalog.signals) + sum(len(c.signals) for c in hello.previous_catalogs)
+    if signals > limits.max_vehicle_signals:
+        raise BatchRejected(
+            f"hello from vehicle {hello.vehicle_id!r}: {signals} signals in its catalogs, more than"
+            f" max_vehicle_signals {limits.max_vehicle_signals}"
         )
     catalog = _catalog("hello: catalog", hello.catalog, limits)
     catalogs = {catalog.catalog_id: catalog}
@@ -153,6 +177,8 @@ def _catalog(what: str, catalog: telemetry_pb.SignalCatalog, limits: Limits) -> 
             raise BatchRejected(f"{where} ({info.name}): signal id is used twice")
         if info.name in names:
             raise BatchRejected(f"{where}: name {info.name} is used twice")
+        if not math.isfinite(info.resolution):  # SQLite stores NaN as NULL: the catalog row would fail
+            raise BatchRejected(f"{where} ({info.name}): resolution {info.resolution} is not a finite number")
         names.add(info.name)
         signals[info.signal_id] = SignalDef(
             signal_id=info.signal_id,
@@ -204,6 +230,10 @@ def validate_batch(session: Session, batch: telemetry_pb.TelemetryBatch, limits:
             )
         if len(batch.loss.reason.encode("utf-8")) > limits.max_string_bytes:
             raise BatchRejected(f"{label}: DataLoss reason longer than {limits.max_string_bytes} bytes")
+        if batch.loss.payload_bytes > INT64_MAX:  # uint64 on the wire, INTEGER (int64) in the store
+            raise BatchRejected(
+                f"{label}: DataLoss payload_bytes {batch.loss.payload_bytes} is above {INT64_MAX}"
+            )
         return Batch(
             vehicle_id=batch.vehicle_id,
             boot_epoch=batch.boot_epoch,

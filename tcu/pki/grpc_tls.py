@@ -27,13 +27,14 @@ reason, peer address, identity, certificate serial and method, all public.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import inspect
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,11 @@ class RevocationChecker:
     :meth:`refresh` looks at the file at most every ``check_interval_s`` seconds,
     in a worker thread; a CRL that fails to load or verify later is logged and the
     previous one stays in force (the last good list is never dropped).
+
+    :meth:`watch` (a task of the server) re-reads the file every ``check_interval_s``
+    also when no call starts, and every newly loaded list is passed to the callbacks
+    given to :meth:`on_change` (on the event loop): :class:`MtlsInterceptor` ends the
+    open streams of newly revoked certificates there.
     """
 
     def __init__(
@@ -198,6 +204,8 @@ class RevocationChecker:
         self._stamp: tuple[int, int, int] | None = None
         self._next_check = 0.0
         self._refreshing = False
+        self._listeners: list[Callable[[frozenset[int]], None]] = []
+        self._problems = RateLimitedLog(log, burst=1, interval_s=300.0)
         self._load(self._stat())
 
     @property
@@ -232,10 +240,24 @@ class RevocationChecker:
             if stamp == self._stamp:
                 return False
             self._load(stamp)
-        except PkiError as exc:
-            log.warning("keeping the previous CRL (%d revoked): %s", len(self._revoked), exc)
+        except PkiError as exc:  # rate-limited: the watcher looks every check_interval_s
+            self._problems.log(
+                str(exc),
+                logging.WARNING,
+                "keeping the previous CRL (%d revoked): %s",
+                len(self._revoked),
+                exc,
+            )
             return False
         return True
+
+    @property
+    def check_interval_s(self) -> float:
+        return self._check_interval_s
+
+    def on_change(self, callback: Callable[[frozenset[int]], None]) -> None:
+        """Call ``callback(revoked_serials)`` on the event loop whenever a new CRL is in force."""
+        self._listeners.append(callback)
 
     async def refresh(self) -> None:
         """Reload in a worker thread if ``check_interval_s`` passed and the file changed."""
@@ -245,9 +267,21 @@ class RevocationChecker:
         self._refreshing = True
         self._next_check = now + self._check_interval_s
         try:
-            await asyncio.to_thread(self.reload_if_changed)
+            changed = await asyncio.to_thread(self.reload_if_changed)
         finally:
             self._refreshing = False
+        if changed:
+            for callback in list(self._listeners):
+                callback(self._revoked)
+
+    async def watch(self) -> None:
+        """Re-read the CRL every ``check_interval_s`` until cancelled (run it as a task)."""
+        while True:
+            await asyncio.sleep(self._check_interval_s)
+            try:
+                await self.refresh()
+            except Exception:  # never let the watcher die; the last good list stays in force
+                log.exception("checking the CRL %s failed", self.crl_path)
 
 
 _Behavior = Callable[..., Any]
@@ -266,6 +300,13 @@ class MtlsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     unknown, revoked, expired or not-yet-valid certificates get ``UNAUTHENTICATED``,
     a kind not allowed on the method gets ``PERMISSION_DENIED``. Each refusal logs
     one WARNING line starting with ``security:``.
+
+    Open streams (server-streaming and bidirectional calls) are tracked by certificate
+    serial: when the revocation checker loads a CRL that revokes one, the stream's
+    handler task is cancelled and the call ends with ``UNAUTHENTICATED`` ("revoked while
+    the stream was open"), within the checker's ``check_interval_s`` of the file change
+    (:meth:`RevocationChecker.watch` must run). A handler cancelled while gRPC is
+    sending one of its messages ends as CANCELLED instead; either way the stream ends.
     """
 
     def __init__(
@@ -283,6 +324,22 @@ class MtlsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._anonymous = tuple(anonymous)
         self._clock = clock
         self._refusals = RateLimitedLog(log)  # a client retrying a refused certificate cannot flood the log
+        self._open: dict[int, set[asyncio.Task[Any]]] = {}  # serial -> handler tasks of its open streams
+        self._revoked_tasks: set[asyncio.Task[Any]] = set()
+        if revocation is not None:
+            revocation.on_change(self._end_revoked_streams)
+
+    @property
+    def open_streams(self) -> int:
+        """Streams being served now whose certificate is tracked for revocation."""
+        return sum(len(tasks) for tasks in self._open.values())
+
+    def _end_revoked_streams(self, revoked: frozenset[int]) -> None:
+        for serial in revoked & self._open.keys():
+            for task in self._open[serial]:
+                if task not in self._revoked_tasks:
+                    self._revoked_tasks.add(task)
+                    task.cancel("client certificate revoked")
 
     def _kinds_for(self, method: str) -> frozenset[PeerKind]:
         for prefix, kinds in self._require:
@@ -313,7 +370,10 @@ class MtlsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 CertificateRejectReason.WRONG_KIND, f"{ident.kind} may not call {method}"
             )
 
-    async def _authorize(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
+    async def _authorize(
+        self, context: grpc.aio.ServicerContext[Any, Any], method: str
+    ) -> PeerIdentity | None:
+        """Refuse the call (abort) or return the caller's identity (None for an anonymous one)."""
         if self._revocation is not None:
             await self._revocation.refresh()
         pem = _peer_pem(context)
@@ -337,6 +397,45 @@ class MtlsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 else grpc.StatusCode.UNAUTHENTICATED
             )
             await context.abort(code, f"client certificate refused: {exc.reason.value}")
+        return ident
+
+    @contextlib.contextmanager
+    def _tracked(self, ident: PeerIdentity | None) -> Iterator[asyncio.Task[Any] | None]:
+        """Register the current handler task under the certificate's serial while the stream is open."""
+        task = asyncio.current_task()
+        if ident is None or task is None or self._revocation is None:
+            yield None
+            return
+        tasks = self._open.setdefault(ident.serial, set())
+        tasks.add(task)
+        try:
+            yield task
+        finally:
+            tasks.discard(task)
+            if not tasks:
+                self._open.pop(ident.serial, None)
+            self._revoked_tasks.discard(task)
+
+    async def _end_revoked(
+        self, task: asyncio.Task[Any] | None, ident: PeerIdentity | None, context: Any, method: str
+    ) -> None:
+        """After a CancelledError in a stream handler: abort UNAUTHENTICATED if it was a revocation."""
+        if task is None or ident is None or task not in self._revoked_tasks:
+            return
+        task.uncancel()
+        self._refusals.log(
+            (CertificateRejectReason.REVOKED, ident.serial),
+            logging.WARNING,
+            "security: ended %s from %s: reason=revoked while the stream was open identity=%s serial=%x",
+            method,
+            context.peer(),
+            f"{ident.kind}:{ident.name}",
+            ident.serial,
+        )
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            f"client certificate refused: {CertificateRejectReason.REVOKED.value} while the stream was open",
+        )
 
     async def intercept_service(
         self,
@@ -380,19 +479,29 @@ class MtlsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             async def generator(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
-                await self._authorize(context, method)
-                async for response in inner(request, context):
-                    yield response
+                ident = await self._authorize(context, method)
+                with self._tracked(ident) as task:
+                    try:
+                        async for response in inner(request, context):
+                            yield response
+                    except asyncio.CancelledError:
+                        await self._end_revoked(task, ident, context, method)
+                        raise
 
             return generator
 
         async def writer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            await self._authorize(context, method)
-            result = inner(request, context)
-            if inspect.isawaitable(result):  # a coroutine that answers with context.write()
-                await result
-            elif result is not None:  # a plain iterator of responses
-                for response in result:
-                    await context.write(response)
+            ident = await self._authorize(context, method)
+            with self._tracked(ident) as task:
+                try:
+                    result = inner(request, context)
+                    if inspect.isawaitable(result):  # a coroutine that answers with context.write()
+                        await result
+                    elif result is not None:  # a plain iterator of responses
+                        for response in result:
+                            await context.write(response)
+                except asyncio.CancelledError:
+                    await self._end_revoked(task, ident, context, method)
+                    raise
 
         return writer

@@ -118,6 +118,46 @@ async def test_slow_subscriber_is_ended_with_resource_exhausted(tmp_path: Any, k
         await kit.finish(r)
 
 
+async def test_subscriber_that_never_reads_is_ended_within_its_byte_budget(tmp_path: Any, kit: Any) -> None:
+    """Issue 10 item 6: a subscriber that never reads held up to its whole queue of updates (1024, of
+    any size) and was never ended while its handler was blocked sending. Now the hub drops its queue
+    once its bytes would pass the budget and ends the stream at once, without the client reading."""
+    budget = 2 * 1024 * 1024
+    config = IngestConfig(
+        insecure=True, listen="127.0.0.1:0", db_path=tmp_path / "ingest.db", subscriber_max_bytes=budget
+    )
+    r = await kit.start(config)
+    try:
+        slow = r.fleet.Subscribe(fleet_pb.SubscribeRequest())
+        await until(lambda: len(r.server.hub) == 1)
+        (sub,) = r.server.hub.subscriptions
+        published = 0
+        for seq in range(1, 101):  # about 600 KB each: 60 MB in all
+            r.server.hub.publish(_big_batch(seq, 50_000))
+            published += 1
+            await asyncio.sleep(0)
+        assert sub.peak_bytes <= budget
+        assert sub.missed > 0
+        # Ended by the ingest while the client has not read a byte.
+        await until(lambda: len(r.server.hub) == 0)
+        assert r.server.hub.overflows == 1
+        received = 0
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            while True:
+                update = await asyncio.wait_for(slow.read(), 10)
+                assert update is not grpc.aio.EOF
+                assert update.seq == received + 1  # no silent gaps before the end
+                received += 1
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, caught.value
+        details = caught.value.details() or ""
+        assert f"or {budget} bytes and missed" in details
+        missed = int(details.split("missed ")[1].split(" ")[0])
+        assert missed > 0
+        assert received + missed <= published
+    finally:
+        await kit.finish(r)
+
+
 async def test_hub_policy_counts_missed_updates() -> None:
     hub = UpdateHub(queue_size=2)
     sub = hub.subscribe(vehicle_ids=["veh-1"])
@@ -126,9 +166,9 @@ async def test_hub_policy_counts_missed_updates() -> None:
         hub.publish(_big_batch(seq, 3))
     with pytest.raises(SubscriberOverflow) as caught:
         await sub.get()
-    assert caught.value.missed == 3
+    assert caught.value.missed == 5  # the 2 queued are dropped with the 3rd: what it holds stays bounded
     assert str(caught.value).startswith(
-        "subscriber fell behind by more than its queue of 2 updates and missed 3"
+        "subscriber fell behind by more than its queue of 2 updates or 33554432 bytes and missed 5"
     )
     sub.close()
     other_task = asyncio.create_task(other.get())

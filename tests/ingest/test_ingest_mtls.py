@@ -182,3 +182,65 @@ async def test_backend_command_reaches_the_vehicle_and_vehicles_cannot_send_comm
         assert await call.read() is grpc.aio.EOF
     logged = [r.getMessage() for r in caplog.records if r.name == "tcu.ingest.fleet"]
     assert any("backend:oem" in m and "esim.switch" in m and VIN_A in m for m in logged), logged
+
+
+async def test_revocation_ends_the_open_streams_of_that_certificate(
+    pki: DevPki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 10 item 7: revocation was checked only when a call started, so an open stream of a revoked
+    certificate went on. Now a CRL change ends that identity's open streams (Upload and Subscribe);
+    streams of other certificates carry on."""
+    tls = IngestTls(cert=pki.server_cert, key=pki.server_key, client_ca=pki.ca_cert, crl=pki.crl)
+    server = IngestServer(
+        IngestConfig(listen="127.0.0.1:0", db_path=tmp_path / "r.db", tls=tls, crl_check_interval_s=0.1)
+    )
+    port = await server.start()
+    revoked_vin, revoked_backend = "WTCUREVOKED000004", "oem-revoked"
+    cert, key = pki.issue_vehicle(revoked_vin)
+    backend_cert, backend_key = pki.issue_backend(revoked_backend)
+    kept_cert, kept_key = pki.vehicle(VIN_B)
+    target = f"127.0.0.1:{port}"
+    try:
+        async with (
+            grpc.aio.secure_channel(target, channel_credentials(pki.ca_cert, cert, key)) as channel,
+            grpc.aio.secure_channel(target, channel_credentials(pki.ca_cert, kept_cert, kept_key)) as kept,
+            grpc.aio.secure_channel(
+                target, channel_credentials(pki.ca_cert, backend_cert, backend_key)
+            ) as backend,
+        ):
+            call = ingest_grpc.IngestStub(channel).Upload(timeout=60)
+            other = ingest_grpc.IngestStub(kept).Upload(timeout=60)
+            for c, vin in ((call, revoked_vin), (other, VIN_B)):
+                for request in _requests(vin):
+                    await c.write(request)
+                assert (await c.read()).ack.acked_seq == 1
+            subscription = fleet_grpc.FleetStub(backend).Subscribe(fleet_pb.SubscribeRequest(), timeout=60)
+            await asyncio.sleep(0.3)  # (had it not started yet, it is refused at its start: the same status)
+            with caplog.at_level(logging.WARNING, logger="tcu.pki.grpc_tls"):
+                pki.revoke_vehicle(revoked_vin)
+                pki.revoke_backend(revoked_backend)
+                for stream in (call, subscription):
+                    with pytest.raises(grpc.aio.AioRpcError) as info:
+                        await asyncio.wait_for(stream.read(), 20)
+                    assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED, info.value
+                    assert "revoked while the stream was open" in (info.value.details() or "")
+            assert any(
+                "security:" in r.getMessage()
+                and revoked_vin in r.getMessage()
+                and "revoked" in r.getMessage()
+                for r in caplog.records
+            ), [r.getMessage() for r in caplog.records]
+            # The other vehicle's stream was not touched.
+            batch = _requests(VIN_B)[1]
+            batch.batch.seq = 2
+            await other.write(batch)
+            assert (await asyncio.wait_for(other.read(), 10)).ack.acked_seq == 2
+            await other.done_writing()
+    finally:
+        await server.stop(0.5)
+
+
+def test_connections_are_recycled_by_default_so_identity_is_checked_again(tmp_path: Path) -> None:
+    config = IngestConfig(insecure=True, db_path=tmp_path / "x.db")
+    assert config.max_connection_age_s == 3600.0
+    assert config.max_connection_age_grace_s > 0

@@ -224,3 +224,52 @@ async def test_cli_serves_writes_port_file_and_stops_on_sigterm(tmp_path: Path) 
     assert f"tcu ingest: listening on 127.0.0.1:{port}" in text
     assert "ingest stopped" in text
     assert db.exists()
+
+
+async def test_second_ingest_on_a_port_in_use_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 10 item 12: gRPC's SO_REUSEPORT let a second ingest share the port (vehicles split
+    across two databases). Now it is refused, in the API and in the CLI, unless asked for."""
+    first = IngestServer(IngestConfig(insecure=True, listen="127.0.0.1:0", db_path=tmp_path / "a.db"))
+    port = await first.start()
+    try:
+        second = IngestServer(
+            IngestConfig(insecure=True, listen=f"127.0.0.1:{port}", db_path=tmp_path / "b.db")
+        )
+        with pytest.raises(
+            IngestError, match=rf"ingest.listen: cannot listen on 127.0.0.1:{port}: address in use"
+        ):
+            await second.start()
+        from tcu.cli.main import main
+
+        capsys.readouterr()
+        argv = ["ingest", "--listen", f"127.0.0.1:{port}", "--db", str(tmp_path / "c.db"), "--insecure"]
+        assert await asyncio.to_thread(main, argv) == 1
+        stderr = capsys.readouterr().err
+        lines = [line for line in stderr.splitlines() if "error" in line.lower()]
+        assert lines == [
+            f"tcu ingest: error: ingest.listen: cannot listen on 127.0.0.1:{port}: address in use"
+            " (another process listens there; --reuse-port shares the port on purpose)"
+        ]
+        assert "Traceback" not in stderr
+        # Explicitly asked for: the second one shares the port.
+        first_reuse = IngestServer(
+            IngestConfig(insecure=True, listen="127.0.0.1:0", db_path=tmp_path / "e.db", reuse_port=True)
+        )
+        reuse_port = await first_reuse.start()
+        try:
+            again = IngestServer(
+                IngestConfig(
+                    insecure=True,
+                    listen=f"127.0.0.1:{reuse_port}",
+                    db_path=tmp_path / "f.db",
+                    reuse_port=True,
+                )
+            )
+            assert await again.start() == reuse_port
+            await again.stop(0)
+        finally:
+            await first_reuse.stop(0)
+    finally:
+        await first.stop(0)

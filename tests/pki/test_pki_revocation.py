@@ -96,3 +96,16 @@ def test_interceptor_check_on_anonymous_methods_and_unknown_identities(pki: DevP
     assert info.value.reason is CertificateRejectReason.UNKNOWN_IDENTITY
     # the server certificate carries no tcu identity
     assert identity_from_certificate(load_certificate(pki.server_cert)) is None
+
+
+def test_a_crl_that_stays_broken_is_not_logged_at_every_look(
+    pki: DevPki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ingest's watcher looks at the CRL every couple of seconds: a file that stays broken must
+    not log a line each time (issue 10: log lines stay rate-limited)."""
+    pki.revoke_vehicle(VIN)
+    checker = RevocationChecker(pki.crl, ca_path=pki.ca_cert)
+    pki.crl.write_text("-----BEGIN X509 CRL-----\ngarbage\n-----END X509 CRL-----\n")
+    for _ in range(20):
+        assert checker.reload_if_changed() is False
+    assert caplog.text.count("keeping the previous CRL") == 1
