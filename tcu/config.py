@@ -63,6 +63,8 @@ class BusConfig:
     dbc: tuple[Path, ...]
     options: Mapping[str, Any] = field(default_factory=dict)
     bitrate: int | None = None
+    j1939: bool = False
+    """Match extended frames the DBC does not list by J1939 parameter group number too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +258,7 @@ def _build(doc: dict[str, Any], base: Path, source: Path) -> AgentConfig:
                 dbc=dbc,
                 options=dict(_get(raw, "options", f"{where}.options", dict, {})),
                 bitrate=_get(raw, "bitrate", f"{where}.bitrate", int, None),
+                j1939=_get(raw, "j1939", f"{where}.j1939", bool, False),
             )
         )
 

@@ -32,14 +32,15 @@ from tcu.agent.outbox import SpoolOutbox
 from tcu.agent.sources import Emitter, SignalSource
 from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.api.v1 import telemetry_pb2 as telemetry_pb
-from tcu.can import BusReader, FrameBatch, open_bus
+from tcu.can import BusReader, open_bus
 from tcu.collect import BatchBuilder, PeriodicSampler
 from tcu.collect.engine import CapturedEvent
 from tcu.config import AgentConfig, BusConfig, CampaignSettings
 from tcu.errors import InputError
+from tcu.frames import FrameBatch
 from tcu.fsutil import write_atomic
 from tcu.signals.dbc import load_dbc
-from tcu.signals.decoder import SignalDecoder
+from tcu.signals.decoder import SignalDecoder, compile_codecs
 from tcu.signals.mapping import Catalog, build_catalog, load_mapping
 from tcu.spool import Spool, SpoolConfig, SpoolError
 from tcu.uplink import MemoryOutbox, Outbox, Uplink
@@ -160,7 +161,10 @@ class Agent:
             mapping_path=config.mapping,
             extra=[sig for source in self.sources for sig in source.signals],
         )
-        self.decoder = SignalDecoder(self.catalog, databases)
+        codecs = compile_codecs(databases)
+        self.decoder = SignalDecoder(
+            self.catalog, codecs, j1939=[bus.name for bus in config.buses if bus.j1939]
+        )
         self.sampler = PeriodicSampler(self.catalog)
         self.builder = BatchBuilder(
             vehicle_id=config.vehicle_id,
@@ -190,7 +194,7 @@ class Agent:
             self.campaigns = CampaignRuntime(
                 config.campaigns or CampaignSettings(),
                 self.catalog,
-                databases,
+                codecs,
                 vehicle_id=config.vehicle_id,
             )
         self.default_periodic = config.campaigns is None or config.campaigns.default_periodic
@@ -302,17 +306,17 @@ class Agent:
         self.uplink.set_hello(self.hello())
 
     def stats(self) -> AgentStats:
-        d = self.decoder.stats
+        d = self.decoder.counts
         return AgentStats(
             frames=sum(r.stats.frames for r in self.readers),
-            signals_decoded=d.signals_decoded,
+            signals_decoded=d.signals,
             samples_collected=self.sampler.samples_out,
             batches_built=self._batches_built,
             batches_acked=self.uplink.stats.batches_acked,
             batches_unacked=self.outbox.unacked(),
             batches_quarantined=self.uplink.stats.quarantined,
-            unknown_frames=d.unknown_frames,
-            length_mismatch_frames=d.length_mismatch_frames,
+            unknown_frames=d.unknown,
+            length_mismatch_frames=d.short,
             uplink_connected=self.uplink.stats.connected,
             acked_seq=self.uplink.stats.acked_seq,
             boot_epoch=self.outbox.boot_epoch,
@@ -380,13 +384,11 @@ class Agent:
                     await self._spool_events(self.campaigns.engine.flush())
                 await self._flush()
                 return
-            columns = self.decoder.decode(
-                batch.bus, batch.t_ns, batch.arbitration_id, batch.is_extended, batch.data
-            )
+            columns = self.decoder.decode(batch)
             selected = self.sampler.sample(columns) if self.default_periodic else []
             if self.campaigns is not None:
                 engine = self.campaigns.engine
-                engine.record_frames(batch.bus, batch.t_ns, batch.arbitration_id, batch.data)
+                engine.record_frames(batch)
                 out = engine.process(columns)
                 selected = merge_columns(selected, out.samples)
                 await self._spool_events(out.events)

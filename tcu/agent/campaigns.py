@@ -31,6 +31,7 @@ from tcu.collect.buffer import frame_rates_from_dbc, rates_from_dbc
 from tcu.collect.campaign import Campaign, load_campaigns, parse_campaigns, validate
 from tcu.collect.engine import CampaignEngine, CapturedEvent, CapturedFrames
 from tcu.config import CampaignSettings
+from tcu.signals.codec import DatabaseCodec
 from tcu.signals.decoder import SignalColumns
 from tcu.signals.mapping import Catalog
 
@@ -71,7 +72,7 @@ class CampaignRuntime:
         self,
         settings: CampaignSettings,
         catalog: Catalog,
-        databases: Mapping[str, Sequence[Any]],
+        codecs: Mapping[str, Sequence[DatabaseCodec]],
         *,
         vehicle_id: str,
     ) -> None:
@@ -83,9 +84,9 @@ class CampaignRuntime:
         self.engine = CampaignEngine(
             campaigns,
             catalog,
-            rates_from_dbc(catalog, databases),
+            rates_from_dbc(catalog, codecs),
             settings.memory_budget_bytes,
-            frame_rates=frame_rates_from_dbc(databases),
+            frame_rates=frame_rates_from_dbc(codecs),
         )
         self.events_captured = 0
         self.frames_dropped = 0

@@ -1,7 +1,7 @@
 """Open python-can buses from config and read them in a thread, in batches.
 
 python-can's ``recv()`` blocks, so each bus is read by its own thread, which
-groups frames into a :class:`FrameBatch` (up to ``batch_frames`` frames or
+groups frames into a :class:`~tcu.frames.FrameBatch` (up to ``batch_frames`` frames or
 ``batch_ms`` of waiting) and hands it to the event loop through a bounded
 ``asyncio.Queue``. Queue policy: **block**. When the consumer falls behind, the
 reader thread waits, the interface's own buffer fills (kernel socket buffer for
@@ -25,9 +25,9 @@ from typing import Any
 import can
 import numpy as np
 
-from tcu.can.frames import FrameBatch
 from tcu.config import BusConfig
 from tcu.errors import BusError
+from tcu.frames import FrameBatch
 
 __all__ = ["BusReader", "BusStats", "open_bus"]
 
@@ -180,6 +180,8 @@ class BusReader:
         t_ns: list[int] = []
         ids: list[int] = []
         ext: list[bool] = []
+        fd: list[bool] = []
+        brs: list[bool] = []
         data: list[bytes] = []
         first = 0.0
         try:
@@ -212,6 +214,8 @@ class BusReader:
                         t_ns.append(round(msg.timestamp * 1_000_000) * 1000)
                         ids.append(msg.arbitration_id)
                         ext.append(msg.is_extended_id)
+                        fd.append(msg.is_fd)
+                        brs.append(msg.bitrate_switch)
                         data.append(bytes(msg.data))
                         self.stats.frames += 1
                         if len(data) < self.batch_frames and time.monotonic() - first < self.batch_s:
@@ -219,21 +223,35 @@ class BusReader:
                 if data and (
                     msg is None or len(data) >= self.batch_frames or time.monotonic() - first >= self.batch_s
                 ):
-                    batch = FrameBatch(
-                        name,
-                        np.array(t_ns, np.int64),
-                        np.array(ids, np.uint32),
-                        np.array(ext, np.bool_),
-                        data,
-                    )
-                    t_ns, ids, ext, data = [], [], [], []
+                    batch = _batch(name, t_ns, ids, ext, fd, brs, data)
+                    t_ns, ids, ext, fd, brs, data = [], [], [], [], [], []
                     if not self._post(loop, out, batch):
                         return
             if data:  # stopped with a partial batch: deliver it too
-                batch = FrameBatch(
-                    name, np.array(t_ns, np.int64), np.array(ids, np.uint32), np.array(ext, np.bool_), data
-                )
+                batch = _batch(name, t_ns, ids, ext, fd, brs, data)
                 self._post(loop, out, batch, final=True)
         finally:
             bus.shutdown()
             log.info("bus %s: closed after %d frames", name, self.stats.frames)
+
+
+def _batch(  # noqa: PLR0917 - the reader's six column lists
+    bus: str,
+    t_ns: list[int],
+    ids: list[int],
+    ext: list[bool],
+    fd: list[bool],
+    brs: list[bool],
+    data: list[bytes],
+) -> FrameBatch:
+    is_fd = np.array(fd, np.bool_)
+    any_fd = bool(is_fd.any())
+    return FrameBatch.of_payloads(
+        bus,
+        np.array(t_ns, np.int64),
+        np.array(ids, np.uint32),
+        data,
+        is_extended=np.array(ext, np.bool_),
+        is_fd=is_fd if any_fd else None,
+        bitrate_switch=np.array(brs, np.bool_) if any_fd else None,
+    )

@@ -5,8 +5,8 @@ How the agent calls it (one task, one thread; the engine is not thread-safe)::
     engine = CampaignEngine(campaigns, catalog, rates_from_dbc(catalog, dbs), memory_budget_bytes,
                             frame_rates=frame_rates_from_dbc(dbs))
     for fb in frame_batches:                    # one bus's FrameBatch
-        engine.record_frames(fb.bus, fb.t_ns, fb.arbitration_id, fb.data)   # only if raw_frames are used
-        out = engine.process(decoder.decode(fb.bus, fb.t_ns, fb.arbitration_id, fb.is_extended, fb.data))
+        engine.record_frames(fb)                # only if raw_frames are used
+        out = engine.process(decoder.decode(fb))
         builder.add(out.samples)                # periodic and on-change samples
         for event in out.events: ...            # completed condition captures
     engine.replace(new_campaigns)               # cloud push: old set kept if the new one is bad
@@ -58,6 +58,7 @@ import numpy.typing as npt
 
 from tcu.collect.buffer import BufferPlan, FrameKey, FrameRing, RingBuffer, plan_buffers
 from tcu.collect.campaign import Campaign, Condition, OnChange, Periodic, validate
+from tcu.frames import FrameBatch
 from tcu.signals.decoder import SignalColumns
 from tcu.signals.mapping import Catalog
 
@@ -282,30 +283,27 @@ class CampaignEngine:
             c.pending = []
         return out
 
-    def record_frames(
-        self,
-        bus: str,
-        t_ns: npt.NDArray[np.int64],
-        arbitration_id: npt.NDArray[np.uint32],
-        data: Sequence[bytes],
-    ) -> None:
+    def record_frames(self, frames: FrameBatch) -> None:
         """Offer one bus's raw frames (time-ordered) for the ``raw_frames`` of condition campaigns.
 
         Call it with a frame batch *before* :meth:`process` of the columns decoded
         from that batch; the frames are used by the next :meth:`process` call.
         Only ids some campaign captures are kept (a vectorised filter otherwise).
         """
-        wanted = self._active.frame_ids.get(bus)
-        if not wanted or len(data) == 0:
+        if len(frames) == 0:
             return
-        ids = np.asarray(arbitration_id, np.int64)
+        bus = frames.bus
+        wanted = self._active.frame_ids.get(bus)
+        if not wanted:
+            return
+        ids = np.asarray(frames.arbitration_id, np.int64)
         hit = np.isin(ids, np.fromiter(wanted, np.int64, len(wanted)))
         if not hit.any():
             return
         for arb in np.unique(ids[hit]).tolist():
             idx = np.flatnonzero(ids == arb)
             self._staged.setdefault((bus, arb), []).append(
-                (np.asarray(t_ns, np.int64)[idx], [data[i] for i in idx.tolist()])
+                (frames.t_ns[idx], [frames.payload(i) for i in idx.tolist()])
             )
 
     def process(self, columns: SignalColumns) -> CollectOutput:

@@ -28,6 +28,7 @@ from cantools.database.can import Database, Message, Signal
 from cantools.database.utils import create_encode_decode_formats
 
 from tcu.errors import DbcError
+from tcu.frames import frame_key
 
 __all__ = ["DatabaseCodec", "Decoded", "MessageCodec", "compile_database"]
 
@@ -38,7 +39,6 @@ F64Array = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 _U64 = npt.NDArray[np.uint64]
 
-_EXTENDED_FLAG = 0x80000000
 _INT64_LIMIT = 2**62  # conservative bound below which int64 arithmetic cannot overflow
 _FLOAT_EXACT_LIMIT = 2**53  # integers below this are exact in float64
 
@@ -88,12 +88,16 @@ class MessageCodec:
     signal_names: tuple[str, ...]
     decodable: bool
     problem: str | None
+    cycle_time_ms: float | None
+    """The DBC's ``GenMsgCycleTime`` (cantools' ``cycle_time``) when it is > 0, else None."""
 
     def __init__(self, message: Message) -> None:
         self.name = message.name
         self.frame_id = int(message.frame_id)
         self.is_extended = bool(message.is_extended_frame)
         self.length = int(message.length)
+        cycle = message.cycle_time
+        self.cycle_time_ms = float(cycle) if isinstance(cycle, int | float) and cycle > 0 else None
         signals: list[Signal] = list(message.signals)
         self.signal_names = tuple(s.name for s in signals)
         self._plans = [_plan(s, signals, self.length) for s in signals]
@@ -228,12 +232,18 @@ class DatabaseCodec:
     def __init__(self, messages: Iterable[MessageCodec]) -> None:
         self.messages = tuple(messages)
         self._by_key: dict[int, MessageCodec] = {}
+        self._by_name: dict[str, MessageCodec] = {}
         for codec in self.messages:
-            self._by_key[_key(codec.frame_id, codec.is_extended)] = codec
+            self._by_key[frame_key(codec.frame_id, codec.is_extended)] = codec
+            self._by_name.setdefault(codec.name, codec)
 
     def get(self, arbitration_id: int, is_extended: bool) -> MessageCodec | None:
         """The codec of that id, or None if the database does not define it."""
-        return self._by_key.get(_key(arbitration_id, is_extended))
+        return self._by_key.get(frame_key(arbitration_id, is_extended))
+
+    def by_name(self, name: str) -> MessageCodec | None:
+        """The codec of the message named ``name``, or None."""
+        return self._by_name.get(name)
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -272,10 +282,6 @@ def compile_database(db: Database) -> DatabaseCodec:
                 )
         codecs.append(codec)
     return DatabaseCodec(codecs)
-
-
-def _key(arbitration_id: int, is_extended: bool) -> int:
-    return int(arbitration_id) | (_EXTENDED_FLAG if is_extended else 0)
 
 
 def _isin(values: npt.NDArray[np.int64], ids: frozenset[int]) -> BoolArray:

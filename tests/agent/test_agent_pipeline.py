@@ -10,15 +10,16 @@ import pytest
 
 from tcu.api.v1 import telemetry_pb2 as telemetry_pb
 from tcu.collect import BatchBuilder, PeriodicSampler
+from tcu.frames import FrameBatch
 from tcu.signals.dbc import load_dbc
-from tcu.signals.decoder import SignalDecoder
+from tcu.signals.decoder import SignalDecoder, compile_codecs
 from tcu.signals.mapping import Catalog, build_catalog, load_mapping
 
 
 def _setup(dbc: Path, mapping: Path) -> tuple[Catalog, SignalDecoder, object]:
     db = load_dbc(dbc)
     catalog = build_catalog(load_mapping(mapping), {"can0": [db]})
-    return catalog, SignalDecoder(catalog, {"can0": [db]}), db
+    return catalog, SignalDecoder(catalog, compile_codecs({"can0": [db]})), db
 
 
 def test_decoder_routes_groups_and_counts(
@@ -37,11 +38,13 @@ def test_decoder_routes_groups_and_counts(
     ]
     with caplog.at_level(logging.WARNING):
         columns = decoder.decode(
-            "can0",
-            np.array([f[0] for f in frames], np.int64),
-            np.array([f[1] for f in frames], np.uint32),
-            np.array([f[2] for f in frames], np.bool_),
-            [f[3] for f in frames],
+            FrameBatch.of_payloads(
+                "can0",
+                np.array([f[0] for f in frames], np.int64),
+                np.array([f[1] for f in frames], np.uint32),
+                [f[3] for f in frames],
+                is_extended=np.array([f[2] for f in frames], np.bool_),
+            )
         )
     got = {sid: (t.tolist(), v.tolist()) for sid, t, v in columns}
     assert got[ids["Vehicle.Speed"].signal_id] == ([1_000], [50.5])
@@ -51,10 +54,10 @@ def test_decoder_routes_groups_and_counts(
     # The multiplexed signals only appear in frames whose selector carries them.
     assert got[ids["Vehicle.Chassis.Axle.Row1.Wheel.Left.Tire.Pressure"].signal_id] == ([2_000], [240.0])
     assert got[ids["Vehicle.Chassis.Axle.Row1.Wheel.Right.Tire.Pressure"].signal_id] == ([4_000], [250.0])
-    s = decoder.stats
-    assert (s.frames, s.decoded_frames, s.unknown_frames, s.length_mismatch_frames) == (7, 4, 1, 2)
+    s = decoder.counts
+    assert (s.frames, s.decoded, s.unknown, s.short) == (7, 4, 1, 2)
     assert s.unknown_ids == {("can0", 0x7FF)}
-    assert s.signals_decoded == 5  # Speed, Accel, Odometer, PressFL, PressFR (Gear is unmapped)
+    assert s.signals == 5  # Speed, Accel, Odometer, PressFL, PressFR (Gear is unmapped)
     assert sum("have [3, 4] bytes" in r.getMessage() for r in caplog.records) == 1
 
 
@@ -87,3 +90,24 @@ def test_batch_builder_is_columnar_with_source_time_offsets(small_dbc: Path, sma
     cols = {c.signal_id: (list(c.t_offset_ns), list(c.double_values)) for c in batch.columns}
     assert cols == {1: ([10, 20, 30], [1.5, 2.5, 4.5]), 2: ([0], [-3.0])}
     assert builder.samples == 0 and not builder.due()
+
+
+def test_j1939_pgn_matching_is_a_per_bus_option(small_dbc: Path, small_mapping: Path) -> None:
+    catalog, _decoder, db = _setup(small_dbc, small_mapping)
+    sid = catalog.by_name()["Vehicle.TraveledDistance"].signal_id
+    payload = db.encode_message("Ext", {"Odometer": 12345.6})  # type: ignore[attr-defined]
+    # 0x18FEF1FE in the DBC; the same PGN from another source address and priority:
+    frames = FrameBatch.of_payloads(
+        "can0",
+        np.array([1_000], np.int64),
+        np.array([0x0CFEF103], np.uint32),
+        [payload],
+        is_extended=np.array([True]),
+    )
+    codecs = compile_codecs({"can0": [db]})
+    plain = SignalDecoder(catalog, codecs)
+    assert plain.decode(frames) == [] and plain.counts.unknown == 1
+    j1939 = SignalDecoder(catalog, codecs, j1939=["can0"])
+    ((got_sid, t, v),) = j1939.decode(frames)
+    assert (got_sid, t.tolist()) == (sid, [1_000]) and v.tolist() == pytest.approx([12345.6])
+    assert j1939.counts.decoded == 1 and j1939.counts.unknown == 0

@@ -11,8 +11,8 @@ import can
 import cantools
 import pytest
 
-from tcu.can.logs.decode import j1939_pgn
 from tcu.cli.main import main
+from tcu.signals.decoder import j1939_pgn
 
 DATA = Path(os.environ["TCU_SHARED_DATA"], "can")
 RAV4 = DATA / "logs" / "comma2k19_rav4_2017_seg40.log"

@@ -8,7 +8,7 @@ one after the other on the same file:
 
 * baseline: ``can.LogReader`` and ``Database.decode_message(id, data,
   decode_choices=False)`` for every frame, counting the values;
-* ours: ``tcu.can.logs.open_log`` chunks through ``ChunkDecoder`` (precompiled numpy
+* ours: ``tcu.can.logs.open_log`` chunks through ``FrameDecoder`` (precompiled numpy
   codecs), counting the values.
 
 Both decode every frame into values held in memory and then drop them (streaming), and
@@ -102,8 +102,8 @@ def worker(side: str, log: Path, limit: int | None) -> dict[str, Any]:
     import numpy as np
 
     from tcu.can.logs import open_log
-    from tcu.can.logs.decode import ChunkDecoder
     from tcu.signals import compile_database, load_dbc
+    from tcu.signals.decoder import FrameDecoder
 
     frames = decoded = values = 0
     if side == "baseline":
@@ -124,7 +124,7 @@ def worker(side: str, log: Path, limit: int | None) -> dict[str, Any]:
                     break
         elapsed = time.perf_counter() - started
     else:
-        decoder = ChunkDecoder({None: compile_database(load_dbc(DBC))})
+        decoder = FrameDecoder({None: compile_database(load_dbc(DBC))})
         rss_before = _status_kb("VmRSS")
         started = time.perf_counter()
         for whole in open_log(log):

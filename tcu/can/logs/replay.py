@@ -28,8 +28,9 @@ from typing import Any
 import can
 import numpy as np
 
-from tcu.can.logs.chunk import FrameChunk
 from tcu.can.logs.reader import open_log
+from tcu.can.logs.reading import to_messages
+from tcu.frames import FrameBatch
 
 __all__ = ["ReplayBus"]
 
@@ -94,7 +95,7 @@ class ReplayBus(can.BusABC):
         self._pending: list[can.Message] = []
         self._pending_t_ns: list[int] = []
         self._index = 0
-        self._frames: Iterator[FrameChunk] = self._open_pass()
+        self._frames: Iterator[FrameBatch] = self._open_pass()
         self._wall_start: float | None = None
         self._replay_start_ns: int | None = None
         super().__init__(channel=str(self.path), **kwargs)
@@ -141,7 +142,7 @@ class ReplayBus(can.BusABC):
 
     # -- reading -------------------------------------------------------------------------
 
-    def _open_pass(self) -> Iterator[FrameChunk]:
+    def _open_pass(self) -> Iterator[FrameBatch]:
         return iter(open_log(self.path, fmt=self._log_format, chunk_frames=self._chunk_frames))
 
     def _refill(self) -> bool:
@@ -161,7 +162,7 @@ class ReplayBus(can.BusABC):
                 self._pending, self._pending_t_ns, self._index = messages, t_ns, 0
                 return True
 
-    def _select(self, chunk: FrameChunk) -> tuple[list[can.Message], list[int]]:
+    def _select(self, chunk: FrameBatch) -> tuple[list[can.Message], list[int]]:
         if len(chunk) == 0:
             return [], []
         if self._first_ns is None:
@@ -182,7 +183,7 @@ class ReplayBus(can.BusABC):
             last_gap = int(selected.t_ns[-1] - selected.t_ns[-2]) if len(selected) > 1 else 1_000_000
             self._span_ns = int(selected.t_ns[-1]) - self._window_first_ns + max(last_gap, 1)
         shift = self._pass_shift_ns
-        messages = selected.messages()
+        messages = to_messages(selected)
         t_ns = (selected.t_ns + shift).tolist()
         for msg, t in zip(messages, t_ns, strict=True):
             msg.timestamp = t / 1e9
