@@ -24,17 +24,18 @@ from typing import TYPE_CHECKING, Any
 import can
 
 from tcu import __version__
-from tcu.agent.campaigns import CampaignRuntime, merge_columns
+from tcu.agent.campaigns import CampaignRuntime
 from tcu.agent.catalogs import CatalogFileError, CatalogFiles
 from tcu.agent.commands import CommandHandler
 from tcu.agent.health import SpoolHealth
 from tcu.agent.outbox import SpoolOutbox
+from tcu.agent.pipeline import Pipeline
 from tcu.agent.sources import Emitter, SignalSource
 from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.api.v1 import telemetry_pb2 as telemetry_pb
 from tcu.can import BusReader, open_bus
-from tcu.collect import BatchBuilder, PeriodicSampler
-from tcu.collect.engine import CapturedEvent
+from tcu.collect import BatchBuilder
+from tcu.collect.engine import CampaignEngine, CapturedEvent
 from tcu.config import AgentConfig, BusConfig, CampaignSettings
 from tcu.errors import InputError
 from tcu.frames import FrameBatch
@@ -165,7 +166,6 @@ class Agent:
         self.decoder = SignalDecoder(
             self.catalog, codecs, j1939=[bus.name for bus in config.buses if bus.j1939]
         )
-        self.sampler = PeriodicSampler(self.catalog)
         self.builder = BatchBuilder(
             vehicle_id=config.vehicle_id,
             catalog_id=self.catalog.catalog_id,
@@ -189,6 +189,7 @@ class Agent:
             self.previous_catalogs = self._load_previous_catalogs()
             self._catalog_saved = False
             self._save_catalog()
+        self.default_periodic = config.campaigns is None or config.campaigns.default_periodic
         self.campaigns: CampaignRuntime | None = None
         if config.campaigns is not None or config.commands is not None:
             self.campaigns = CampaignRuntime(
@@ -196,8 +197,11 @@ class Agent:
                 self.catalog,
                 codecs,
                 vehicle_id=config.vehicle_id,
+                default_periodic=self.default_periodic,
             )
-        self.default_periodic = config.campaigns is None or config.campaigns.default_periodic
+            engine = self.campaigns.engine
+        else:  # the default periodic campaign alone
+            engine = CampaignEngine((), self.catalog, {}, 0, default_periodic=self.default_periodic)
         self.commands: CommandHandler | None = None
         self.uplink = Uplink(
             config.uplink,
@@ -216,6 +220,14 @@ class Agent:
                 self.commands.unavailable("esim.enable", "no connectivity configured")
         self.emitter = Emitter(self.catalog, self.builder)
         self._batches_built = 0
+        self.pipeline = Pipeline(
+            self.decoder,
+            engine,
+            self.builder,
+            self._append_batch,
+            event_batch=self._event_batch,
+            notify=self.uplink.notify,
+        )
         log.info(
             "agent %s: %d buses, %d mapped signals, catalog %s, boot epoch %d",
             config.vehicle_id,
@@ -310,7 +322,7 @@ class Agent:
         return AgentStats(
             frames=sum(r.stats.frames for r in self.readers),
             signals_decoded=d.signals,
-            samples_collected=self.sampler.samples_out,
+            samples_collected=self.pipeline.engine.stats.samples_out,
             batches_built=self._batches_built,
             batches_acked=self.uplink.stats.batches_acked,
             batches_unacked=self.outbox.unacked(),
@@ -320,7 +332,7 @@ class Agent:
             uplink_connected=self.uplink.stats.connected,
             acked_seq=self.uplink.stats.acked_seq,
             boot_epoch=self.outbox.boot_epoch,
-            events_captured=self.campaigns.events_captured if self.campaigns is not None else 0,
+            events_captured=self.pipeline.stats.events,
             commands_executed=self.commands.executed if self.commands is not None else 0,
             commands_rejected=self.commands.rejected if self.commands is not None else 0,
         )
@@ -368,40 +380,22 @@ class Agent:
         return final
 
     async def _pipeline(self, frames: asyncio.Queue[FrameBatch | None]) -> None:
+        """Drive the pipeline: feed each bus batch; flush an old batch also between frames."""
+        pipeline = self.pipeline
         while True:
             # Sources add samples between frames: look at the batch at least twice a second.
-            timeout = 0.5
-            if self.builder.samples:
-                timeout = min(timeout, max(0.0, self.builder.max_age_s - self.builder.age_s()))
             try:
-                batch = await asyncio.wait_for(frames.get(), timeout=timeout)
+                batch = await asyncio.wait_for(frames.get(), timeout=pipeline.wait_s())
             except TimeoutError:
-                if self.builder.due():
-                    await self._flush()
+                await pipeline.flush_due()
                 continue
             if batch is None:
-                if self.campaigns is not None:
-                    await self._spool_events(self.campaigns.engine.flush())
-                await self._flush()
+                await pipeline.close()
                 return
-            columns = self.decoder.decode(batch)
-            selected = self.sampler.sample(columns) if self.default_periodic else []
-            if self.campaigns is not None:
-                engine = self.campaigns.engine
-                engine.record_frames(batch)
-                out = engine.process(columns)
-                selected = merge_columns(selected, out.samples)
-                await self._spool_events(out.events)
-            self.builder.add(selected)
-            if self.builder.due():
-                await self._flush()
+            await pipeline.feed(batch)
 
-    async def _flush(self) -> None:
-        if not self.builder.samples:
-            return
-        payload, _count = self.builder.build()
-        await self._append(payload, priority=0)
-        self.uplink.notify()
+    async def _append_batch(self, payload: bytes, priority: int) -> None:
+        await self._append(payload, priority=priority)
 
     async def _append(self, payload: bytes, *, priority: int) -> None:
         """Hand one batch to the outbox, waiting for acks while it is full (its stated policy)."""
@@ -411,13 +405,9 @@ class Agent:
         self.outbox.append(payload, priority=max(0, min(255, priority)), created_ns=time.time_ns())
         self._batches_built += 1
 
-    async def _spool_events(self, events: Sequence[CapturedEvent]) -> None:
-        """Each event is a batch of its own, spooled with its campaign's priority."""
-        if not events or self.campaigns is None:
-            return
-        for event in events:
-            await self._append(self.campaigns.event_batch(event), priority=event.priority)
-        self.uplink.notify()
+    def _event_batch(self, event: CapturedEvent) -> bytes:
+        assert self.campaigns is not None  # only condition campaigns capture events
+        return self.campaigns.event_batch(event)
 
     def _on_command(self, command: ingest_pb.VehicleCommand) -> None:
         assert self.commands is not None
@@ -430,7 +420,7 @@ class Agent:
         except UnicodeDecodeError as exc:
             raise InputError(f"campaign file is not UTF-8: {exc}") from exc
         closed = self.campaigns.replace_from_text(text, origin=f"<command {command_id}>")
-        await self._spool_events(closed)
+        await self.pipeline.events(closed)
         self.uplink.send(ingest_pb.UploadRequest(checkin=self.campaigns.checkin()))
 
     async def _order_profile(self, payload: bytes, command_id: str) -> str:

@@ -1,4 +1,4 @@
-"""Decoder → periodic sampler → batch builder, on frames encoded with cantools."""
+"""Decoder → default periodic campaign → batch builder, on frames encoded with cantools."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from tcu.api.v1 import telemetry_pb2 as telemetry_pb
-from tcu.collect import BatchBuilder, PeriodicSampler
+from tcu.collect import BatchBuilder
+from tcu.collect.engine import CampaignEngine
 from tcu.frames import FrameBatch
 from tcu.signals.dbc import load_dbc
 from tcu.signals.decoder import SignalDecoder, compile_codecs
@@ -66,14 +67,14 @@ def test_periodic_sampler_keeps_first_sample_per_window_across_batches(
 ) -> None:
     catalog, _decoder, _db = _setup(small_dbc, small_mapping)
     sid = catalog.by_name()["Vehicle.Speed"].signal_id  # 100 ms
-    sampler = PeriodicSampler(catalog)
+    sampler = CampaignEngine((), catalog, {}, 0, default_periodic=True)  # the default periodic campaign
     t = np.arange(0, 350, 10, dtype=np.int64) * 1_000_000  # every 10 ms for 350 ms
     v = np.arange(len(t), dtype=np.float64)
-    first = sampler.sample([(sid, t[:12], v[:12])])  # 0..110 ms
-    second = sampler.sample([(sid, t[12:], v[12:])])  # 120..340 ms
+    first = sampler.process([(sid, t[:12], v[:12])]).samples  # 0..110 ms
+    second = sampler.process([(sid, t[12:], v[12:])]).samples  # 120..340 ms
     kept = np.concatenate([first[0][1], second[0][1]]) // 1_000_000
     assert kept.tolist() == [0, 100, 200, 300]
-    assert sampler.samples_in == len(t) and sampler.samples_out == 4
+    assert sampler.stats.samples_in == len(t) and sampler.stats.samples_out == 4
 
 
 def test_batch_builder_is_columnar_with_source_time_offsets(small_dbc: Path, small_mapping: Path) -> None:
