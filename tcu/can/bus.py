@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import can
 import numpy as np
@@ -29,7 +29,7 @@ from tcu.config import BusConfig
 from tcu.errors import BusError
 from tcu.frames import FrameBatch
 
-__all__ = ["BusReader", "BusStats", "open_bus"]
+__all__ = ["BusReader", "BusStats", "FrameSource", "open_bus"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,19 @@ def open_bus(config: BusConfig) -> can.BusABC:
             f"channel {config.channel!r}: {exc}"
         ) from exc
     return bus
+
+
+@runtime_checkable
+class FrameSource(Protocol):
+    """A python-can bus that can also hand out frames as columns (``tcu.can.logs.replay.ReplayBus``).
+
+    ``recv_frames`` waits at most ``timeout`` seconds for frames that are due and returns
+    up to ``max_frames`` of them (None when none came).
+    """
+
+    def recv_frames(self, timeout: float | None, max_frames: int) -> FrameBatch | None: ...
+
+    def shutdown(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -173,9 +186,64 @@ class BusReader:
             self.stats.batches += 1
             return True
 
+    def _reopen(self, bus: can.BusABC, exc: Exception) -> can.BusABC | None:
+        """After a failed receive: close, then reopen every ``reopen_delay_s`` until stopped (None)."""
+        log.warning(
+            "bus %s: receive failed (%s); reopening in %.1f s", self.config.name, exc, self._reopen_delay_s
+        )
+        bus.shutdown()
+        while not self._stop.wait(self._reopen_delay_s):
+            try:
+                bus = self._opener(self.config)
+            except BusError as err:
+                log.warning("%s", err)
+                continue
+            self.stats.reopened += 1
+            return bus
+        return None
+
+    def _loop_frames(
+        self, bus: FrameSource, loop: asyncio.AbstractEventLoop, out: asyncio.Queue[FrameBatch | None]
+    ) -> None:
+        """A bus that hands out frame batches itself (the log replay bus): no ``can.Message`` per frame."""
+        name = self.config.name
+        try:
+            while not self._stop.is_set():
+                got = bus.recv_frames(timeout=self.batch_s, max_frames=self.batch_frames)
+                if got is None or len(got) == 0:
+                    continue
+                special = got.is_error | got.is_remote
+                if special.any():
+                    self.stats.error_frames += int(got.is_error.sum())
+                    self.stats.remote_frames += int((got.is_remote & ~got.is_error).sum())
+                    got = got.select(~special)
+                    if len(got) == 0:
+                        continue
+                # Source times at µs resolution, as from python-can's float seconds on every other bus.
+                t_ns = np.round((got.t_ns / 1e9) * 1_000_000).astype(np.int64) * 1000
+                batch = FrameBatch.of_bus(
+                    name,
+                    t_ns,
+                    got.arbitration_id,
+                    got.is_extended,
+                    dlc=got.dlc,
+                    data=got.data,
+                    is_fd=got.is_fd,
+                    bitrate_switch=got.bitrate_switch,
+                )
+                self.stats.frames += len(batch)
+                if not self._post(loop, out, batch):
+                    return
+        finally:
+            bus.shutdown()
+            log.info("bus %s: closed after %d frames", name, self.stats.frames)
+
     def _loop(
         self, bus: can.BusABC, loop: asyncio.AbstractEventLoop, out: asyncio.Queue[FrameBatch | None]
     ) -> None:
+        if isinstance(bus, FrameSource):
+            self._loop_frames(bus, loop, out)
+            return
         name = self.config.name
         t_ns: list[int] = []
         ids: list[int] = []
@@ -189,19 +257,10 @@ class BusReader:
                 try:
                     msg = bus.recv(timeout=self.batch_s)
                 except (can.CanError, OSError) as exc:
-                    log.warning(
-                        "bus %s: receive failed (%s); reopening in %.1f s", name, exc, self._reopen_delay_s
-                    )
-                    bus.shutdown()
-                    while not self._stop.wait(self._reopen_delay_s):
-                        try:
-                            bus = self._opener(self.config)
-                            self.stats.reopened += 1
-                            break
-                        except BusError as err:
-                            log.warning("%s", err)
-                    else:
+                    reopened = self._reopen(bus, exc)
+                    if reopened is None:
                         return
+                    bus = reopened
                     continue
                 if msg is not None:
                     if msg.is_error_frame:
