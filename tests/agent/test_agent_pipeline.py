@@ -112,3 +112,52 @@ def test_j1939_pgn_matching_is_a_per_bus_option(small_dbc: Path, small_mapping: 
     ((got_sid, t, v),) = j1939.decode(frames)
     assert (got_sid, t.tolist()) == (sid, [1_000]) and v.tolist() == pytest.approx([12345.6])
     assert j1939.counts.decoded == 1 and j1939.counts.unknown == 0
+
+
+def test_pipeline_feeds_hooks_every_decoded_sample_then_batches_the_kept_ones(
+    small_dbc: Path, small_mapping: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    from tcu.agent.pipeline import Pipeline
+
+    catalog, decoder, db = _setup(small_dbc, small_mapping)
+    sid = catalog.by_name()["Vehicle.Speed"].signal_id  # 100 ms period
+    payloads = [db.encode_message("Dyn", {"Speed": float(i), "Accel": 0.0, "Gear": 1}) for i in range(20)]  # type: ignore[attr-defined]
+    t = np.arange(20, dtype=np.int64) * 10_000_000  # every 10 ms
+    frames = FrameBatch.of_payloads("can0", t, np.full(20, 256, np.uint32), payloads)
+    seen: list[list[float]] = []
+    sunk: list[tuple[bytes, int]] = []
+
+    def hook(columns: object) -> None:
+        seen.append([v for s, _t, vs in columns if s == sid for v in vs.tolist()])  # type: ignore[attr-defined]
+
+    def broken(columns: object) -> None:
+        raise RuntimeError("consumer bug")
+
+    async def sink(payload: bytes, priority: int) -> None:
+        sunk.append((payload, priority))
+
+    pipeline = Pipeline(
+        decoder,
+        CampaignEngine((), catalog, {}, 0, default_periodic=True),
+        BatchBuilder(vehicle_id="V1", catalog_id=catalog.catalog_id, max_samples=1000, max_age_ms=60_000),
+        sink,
+        event_batch=lambda event: b"",
+        on_decoded=[broken, hook],
+    )
+
+    async def run() -> None:
+        await pipeline.feed(frames)
+        assert sunk == []  # neither full nor old: nothing handed on yet
+        await pipeline.close()
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(run())
+    assert seen == [[float(i) for i in range(20)]]  # every decoded sample, before selection
+    assert pipeline.stats.hook_errors == 1 and "consumer bug" in caplog.text
+    ((payload, priority),) = sunk
+    batch = telemetry_pb.TelemetryBatch.FromString(payload)
+    speed = next(c for c in batch.columns if c.signal_id == sid)
+    assert list(speed.double_values) == [0.0, 10.0] and priority == 0  # windows 0 and 100 ms
+    assert pipeline.stats.batches_built == 1 and pipeline.stats.frames == 20
