@@ -51,6 +51,7 @@ def generate(path_log: Path, path_blf: Path, frames: int) -> dict[str, Any]:
     import numpy as np
 
     db = cantools.database.load_file(str(DBC))
+    assert isinstance(db, cantools.database.can.Database)
     messages = list(db.messages)
     known_ids = {m.frame_id for m in messages}
     rng = np.random.default_rng(SEED)
@@ -108,13 +109,15 @@ def worker(side: str, log: Path, limit: int | None) -> dict[str, Any]:
     frames = decoded = values = 0
     if side == "baseline":
         db = cantools.database.load_file(str(DBC))
+        assert isinstance(db, cantools.database.can.Database)
         rss_before = _status_kb("VmRSS")
         started = time.perf_counter()
         with can.LogReader(str(log)) as reader:
             for msg in reader:
                 frames += 1
                 try:
-                    result = db.decode_message(msg.arbitration_id, msg.data, decode_choices=False)
+                    # a bytearray decodes as bytes do (cantools' annotation says bytes)
+                    result = db.decode_message(msg.arbitration_id, msg.data, decode_choices=False)  # type: ignore[arg-type]
                 except (KeyError, cantools.database.DecodeError):
                     result = None
                 if result is not None:

@@ -95,7 +95,8 @@ def cantools_side(
             if wanted is None:
                 continue
             try:
-                decoded = db.decode_message(msg.arbitration_id, msg.data, decode_choices=False)
+                # a bytearray decodes as bytes do (cantools' annotation says bytes)
+                decoded = db.decode_message(msg.arbitration_id, msg.data, decode_choices=False)  # type: ignore[arg-type]
             except cantools.database.DecodeError:
                 continue
             t_ns = round(msg.timestamp * 1_000_000) * 1000
