@@ -70,3 +70,13 @@ def test_bad_env_value_names_the_variable(tmp_path: Path, small_dbc: Path, small
     path = _write(tmp_path, GOOD, small_dbc, small_mapping)
     with pytest.raises(ConfigError, match="TCU_UPLINK_INSECURE: must be true or false"):
         load_agent_config(path, env={"TCU_UPLINK_INSECURE": "maybe"})
+
+
+def test_j1939_is_a_per_bus_option(tmp_path: Path, small_dbc: Path, small_mapping: Path) -> None:
+    assert load_agent_config(_write(tmp_path, GOOD, small_dbc, small_mapping)).buses[0].j1939 is False
+    body = GOOD.replace('interface = "virtual"', 'interface = "virtual"\nj1939 = true')
+    assert load_agent_config(_write(tmp_path, body, small_dbc, small_mapping)).buses[0].j1939 is True
+    with pytest.raises(ConfigError, match=r"bus\[0\]\.j1939: must be bool"):
+        load_agent_config(
+            _write(tmp_path, body.replace("j1939 = true", 'j1939 = "yes"'), small_dbc, small_mapping)
+        )
