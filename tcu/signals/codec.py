@@ -408,8 +408,15 @@ class _WordPlan:
 
     def decode(self, payloads: U8Array, length: int, names: tuple[str, ...]) -> Decoded:
         n = payloads.shape[0]
-        block = np.zeros((n, 8), dtype=np.uint8)
-        block[:, :length] = payloads[:, :length]
+        # Every signal's bits lie in the message's first ``length`` bytes (``word_shift >= 0``),
+        # so the bytes after them, whatever they hold, are never read.
+        if payloads.shape[1] == 8 and payloads.flags.c_contiguous:
+            block = payloads
+        elif payloads.shape[1] >= 8:
+            block = np.ascontiguousarray(payloads[:, :8])
+        else:
+            block = np.zeros((n, 8), dtype=np.uint8)
+            block[:, :length] = payloads[:, :length]
         little = block.view("<u8").reshape(1, n)
         if self.big.any():
             word = np.where(self.big, block.view(">u8").reshape(1, n).astype(np.uint64), little)

@@ -232,7 +232,7 @@ class FrameDecoder:
                 rows, payloads = rows[long_enough], payloads[long_enough]
                 b_t_ns, b_ids = b_t_ns[long_enough], b_ids[long_enough]
             decoded = message.decode_frames(payloads)
-            good = len(rows) if decoded.ok.all() else int(decoded.ok.sum())
+            good = len(rows) if decoded.complete or decoded.ok.all() else int(decoded.ok.sum())
             counts.decoded += good
             if good < len(rows):
                 counts.errors += len(rows) - good
