@@ -28,11 +28,13 @@ test: setup
 	$(VENV)/bin/python tools/check_paths.py
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 protos: $(STAMP)
 	$(VENV)/bin/python tools/gen_protos.py

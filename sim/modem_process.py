@@ -5,8 +5,8 @@ the car is doing. In one Python process a simulated modem thread shares the GIL 
 drive, which encodes tens of thousands of CAN frames a second at high speed factors; on a
 loaded two-core machine its answers then came seconds late (measured: median 25 ms,
 worst 0.7 s with nothing else running), and the TCU's view of the border crossing was
-minutes of simulated time behind. :class:`ModemProcess` runs :func:`sim.border.build_card`
-and :func:`sim.border.build_modem` in a child process (``spawn``) and forwards the
+minutes of simulated time behind. :class:`ModemProcess` runs :func:`sim.cellular.build_card`
+and :func:`sim.cellular.build_modem` in a child process (``spawn``) and forwards the
 drive's updates (country, coverage, position, NMEA bytes) over a pipe.
 
 It offers the part of :class:`~sim.modem.SimulatedModem` that :class:`~sim.border.BorderRadio`
@@ -43,7 +43,7 @@ def _child(
     conn: Connection, country: str, attach_delay_s: float, data_proxy: tuple[str, int] | None = None
 ) -> None:
     """Child process: build the card, the modem (and proxy), report them, apply updates until EOF."""
-    from sim.border import build_card, build_modem  # imported in the child (spawn)
+    from sim.cellular import build_card, build_modem  # imported in the child (spawn)
     from sim.datalink import DataLinkProxy, has_data_connection
 
     if not logging.getLogger().handlers:  # spawn: the simulator's logging set-up is not inherited

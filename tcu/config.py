@@ -76,6 +76,8 @@ class BusConfig:
     """First wait before opening the bus again after it could not be opened or failed."""
     retry_max_s: float = 30.0
     """The wait doubles after each failed attempt up to this cap."""
+    j1939: bool = False
+    """Match extended frames the DBC does not list by J1939 parameter group number too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +195,7 @@ KNOWN_KEYS: Mapping[str, Mapping[str, type]] = {
         "bitrate": int,
         "retry_initial_s": float,
         "retry_max_s": float,
+        "j1939": bool,
     },
     "signals": {"mapping": str},
     "uplink": {
@@ -447,6 +450,7 @@ def _build(doc: dict[str, Any], base: Path, source: Path, env: Mapping[str, str]
                 bitrate=_get(raw, "bitrate", f"{where}.bitrate", int, None),
                 retry_initial_s=_get(raw, "retry_initial_s", f"{where}.retry_initial_s", float, 1.0),
                 retry_max_s=_get(raw, "retry_max_s", f"{where}.retry_max_s", float, 30.0),
+                j1939=_get(raw, "j1939", f"{where}.j1939", bool, False),
             )
         )
         bus = buses[-1]

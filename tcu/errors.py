@@ -11,12 +11,11 @@ so callers catch ours and find the original in ``__cause__``::
     │   ├── MappingError       a DBC→VSS mapping file is wrong
     │   └── LogFormatError     a recorded CAN log has a corrupt line or record
     ├── BusError               a CAN bus could not be opened or broke while in use
-    ├── DecodeError            a frame could not be decoded with its message definition
     ├── SpoolError             the on-disk spool cannot store or read batches
     ├── UplinkError            the telemetry uplink failed (the cause is in ``__cause__``)
     ├── IngestError            the ingest rejected or could not store a batch
-    │   └── BatchRejected      a batch is malformed (the message says what is wrong)
-    │       └── StreamRejected the Upload stream itself is wrong (identity, catalog, numbering)
+    │   ├── BatchRejected      a batch's own content is malformed (kept in quarantine)
+    │   └── StreamRejected     a batch does not belong on its Upload stream (the stream ends)
     ├── ModemError             the modem's AT channel failed or answered with an error
     ├── EsimError              an eUICC operation failed (result code named)
     ├── SecurityError          a certificate, signature or identity check failed
@@ -31,7 +30,6 @@ __all__ = [
     "ClosedResourceError",
     "ConfigError",
     "DbcError",
-    "DecodeError",
     "EsimError",
     "IngestError",
     "InputError",
@@ -93,10 +91,6 @@ class BusError(TcuError):
     """A CAN bus could not be opened or broke while in use."""
 
 
-class DecodeError(TcuError):
-    """A frame could not be decoded with its message definition."""
-
-
 class SpoolError(TcuError):
     """The on-disk spool cannot store or read batches."""
 
@@ -113,11 +107,12 @@ class BatchRejected(IngestError):
     """A telemetry batch is malformed; the message says what is wrong."""
 
 
-class StreamRejected(BatchRejected):
-    """A batch does not belong on its Upload stream (vehicle, catalog, sequence numbering).
+class StreamRejected(IngestError):
+    """A batch does not belong on its Upload stream (vehicle, sequence numbering).
 
-    Unlike a plain :class:`BatchRejected` (a problem of one batch's own content, which
-    the ingest keeps in quarantine), this ends the stream.
+    Unlike :class:`BatchRejected` (a problem of one batch's own content, which the
+    ingest keeps in quarantine), this ends the stream. The two are siblings, so an
+    ``except BatchRejected`` never swallows a stream problem.
     """
 
 

@@ -53,16 +53,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 from _chaos_account import Segment, account
 from _chaos_proxy import LinkProxy, ProxyConfig
 from _chaos_schedule import Fault, Schedule, make_schedule
 
-from tcu.api.v1 import fleet_pb2 as fleet_pb
-from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
 from tcu.demo.procs import Proc, read_json_line, read_stats, spawn, wait_file
 from tcu.demo.verify import Series, load_ground_truth
 from tcu.errors import TcuError
+from tcu.fleet_client import query_series, series_pairs
 from tcu.signals.dbc import load_dbc
 from tcu.signals.mapping import build_catalog, load_mapping
 
@@ -446,15 +444,8 @@ class _Chaos:
         self.result.batches_unacked_at_stop = int(final.get("batches_unacked", -1))
 
     async def fetch_stored(self) -> dict[str, Series]:
-        parts: dict[str, tuple[list[int], list[float]]] = {}
         async with grpc.aio.insecure_channel(f"127.0.0.1:{self.ingest_port}") as channel:
-            stub = fleet_grpc.FleetStub(channel)
-            async for update in stub.Query(fleet_pb.QueryRequest(vehicle_id=self.o.vehicle_id)):
-                for s in update.series:
-                    t, v = parts.setdefault(s.name, ([], []))
-                    t.extend(s.t_ns)
-                    v.extend(s.double_values)
-        return {k: (np.array(t, np.int64), np.array(v, np.float64)) for k, (t, v) in parts.items()}
+            return series_pairs(await query_series(channel, self.o.vehicle_id))
 
 
 def _sqlite_duplicates(db_path: Path) -> tuple[int, int, int]:

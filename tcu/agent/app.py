@@ -24,22 +24,24 @@ from typing import TYPE_CHECKING, Any
 import can
 
 from tcu import __version__
-from tcu.agent.campaigns import CampaignRuntime, merge_columns
+from tcu.agent.campaigns import CampaignRuntime
 from tcu.agent.catalogs import CatalogFileError, CatalogFiles
 from tcu.agent.commands import CommandHandler
 from tcu.agent.health import SpoolHealth
 from tcu.agent.outbox import SpoolOutbox
+from tcu.agent.pipeline import Pipeline
 from tcu.agent.sources import Emitter, SignalSource
 from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.api.v1 import telemetry_pb2 as telemetry_pb
-from tcu.can import BusReader, FrameBatch, open_bus
-from tcu.collect import BatchBuilder, PeriodicSampler
-from tcu.collect.engine import CapturedEvent
+from tcu.can import BusReader, open_bus
+from tcu.collect import BatchBuilder
+from tcu.collect.engine import CampaignEngine, CapturedEvent
 from tcu.config import AgentConfig, BusConfig, CampaignSettings
 from tcu.errors import InputError
+from tcu.frames import FrameBatch
 from tcu.fsutil import write_atomic
 from tcu.signals.dbc import load_dbc
-from tcu.signals.decoder import SignalDecoder
+from tcu.signals.decoder import SignalDecoder, compile_codecs
 from tcu.signals.mapping import Catalog, build_catalog, load_mapping
 from tcu.spool import Spool, SpoolConfig
 from tcu.uplink import MemoryOutbox, Outbox, Uplink
@@ -174,8 +176,10 @@ class Agent:
             mapping_path=config.mapping,
             extra=[sig for source in self.sources for sig in source.signals],
         )
-        self.decoder = SignalDecoder(self.catalog, databases)
-        self.sampler = PeriodicSampler(self.catalog)
+        codecs = compile_codecs(databases)
+        self.decoder = SignalDecoder(
+            self.catalog, codecs, j1939=[bus.name for bus in config.buses if bus.j1939]
+        )
         self.builder = BatchBuilder(
             vehicle_id=config.vehicle_id,
             catalog_id=self.catalog.catalog_id,
@@ -199,15 +203,19 @@ class Agent:
             self.previous_catalogs = self._load_previous_catalogs()
             self._catalog_saved = False
             self._save_catalog()
+        self.default_periodic = config.campaigns is None or config.campaigns.default_periodic
         self.campaigns: CampaignRuntime | None = None
         if config.campaigns is not None or config.commands is not None:
             self.campaigns = CampaignRuntime(
                 config.campaigns or CampaignSettings(),
                 self.catalog,
-                databases,
+                codecs,
                 vehicle_id=config.vehicle_id,
+                default_periodic=self.default_periodic,
             )
-        self.default_periodic = config.campaigns is None or config.campaigns.default_periodic
+            engine = self.campaigns.engine
+        else:  # the default periodic campaign alone
+            engine = CampaignEngine((), self.catalog, {}, 0, default_periodic=self.default_periodic)
         self.commands: CommandHandler | None = None
         self.uplink = Uplink(
             config.uplink,
@@ -226,11 +234,18 @@ class Agent:
                 self.commands.unavailable("esim.enable", "no connectivity configured")
         self.emitter = Emitter(self.catalog, self.builder)
         self._batches_built = 0
-        self._appending_samples = 0
         self.unspooled_at_stop = 0
         """Samples lost at shutdown because the outbox stayed full until the drain deadline."""
         self.unspooled_frames_at_stop = 0
         """Frames read but not yet decoded then (lost with them)."""
+        self.pipeline = Pipeline(
+            self.decoder,
+            engine,
+            self.builder,
+            self._append_batch,
+            event_batch=self._event_batch,
+            notify=self.uplink.notify,
+        )
         log.info(
             "agent %s: %d buses, %d mapped signals, catalog %s, boot epoch %d",
             config.vehicle_id,
@@ -321,21 +336,21 @@ class Agent:
         self.uplink.set_hello(self.hello())
 
     def stats(self) -> AgentStats:
-        d = self.decoder.stats
+        d = self.decoder.counts
         return AgentStats(
             frames=sum(r.stats.frames for r in self.readers),
-            signals_decoded=d.signals_decoded,
-            samples_collected=self.sampler.samples_out,
+            signals_decoded=d.signals,
+            samples_collected=self.pipeline.engine.stats.samples_out,
             batches_built=self._batches_built,
             batches_acked=self.uplink.stats.batches_acked,
             batches_unacked=self.outbox.unacked(),
             batches_quarantined=self.uplink.stats.quarantined,
-            unknown_frames=d.unknown_frames,
-            length_mismatch_frames=d.length_mismatch_frames,
+            unknown_frames=d.unknown,
+            length_mismatch_frames=d.short,
             uplink_connected=self.uplink.stats.connected,
             acked_seq=self.uplink.stats.acked_seq,
             boot_epoch=self.outbox.boot_epoch,
-            events_captured=self.campaigns.events_captured if self.campaigns is not None else 0,
+            events_captured=self.pipeline.stats.events,
             commands_executed=self.commands.executed if self.commands is not None else 0,
             commands_rejected=self.commands.rejected if self.commands is not None else 0,
             buses_down=sum(not r.up for r in self.readers),
@@ -400,7 +415,7 @@ class Agent:
     def _log_unspooled(self, frames: asyncio.Queue[FrameBatch | None], drain_s: float) -> None:
         """The pipeline was cancelled at the shutdown deadline: say what it held (never silently)."""
         queued = [b for b in _drain_queue(frames) if b is not None]
-        self.unspooled_at_stop = self.builder.samples + self._appending_samples
+        self.unspooled_at_stop = self.builder.samples + self.pipeline.handing_on_samples
         self.unspooled_frames_at_stop = sum(len(b) for b in queued)
         log.error(
             "agent: the pipeline did not finish within the %.1f s drain timeout (outbox: %d batches"
@@ -415,44 +430,22 @@ class Agent:
         )
 
     async def _pipeline(self, frames: asyncio.Queue[FrameBatch | None]) -> None:
+        """Drive the pipeline: feed each bus batch; flush an old batch also between frames."""
+        pipeline = self.pipeline
         while True:
             # Sources add samples between frames: look at the batch at least twice a second.
-            timeout = 0.5
-            if self.builder.samples:
-                timeout = min(timeout, max(0.0, self.builder.max_age_s - self.builder.age_s()))
             try:
-                batch = await asyncio.wait_for(frames.get(), timeout=timeout)
+                batch = await asyncio.wait_for(frames.get(), timeout=pipeline.wait_s())
             except TimeoutError:
-                if self.builder.due():
-                    await self._flush()
+                await pipeline.flush_due()
                 continue
             if batch is None:
-                if self.campaigns is not None:
-                    await self._spool_events(self.campaigns.engine.flush())
-                await self._flush()
+                await pipeline.close()
                 return
-            columns = self.decoder.decode(
-                batch.bus, batch.t_ns, batch.arbitration_id, batch.is_extended, batch.data
-            )
-            selected = self.sampler.sample(columns) if self.default_periodic else []
-            if self.campaigns is not None:
-                engine = self.campaigns.engine
-                engine.record_frames(batch.bus, batch.t_ns, batch.arbitration_id, batch.data)
-                out = engine.process(columns)
-                selected = merge_columns(selected, out.samples)
-                await self._spool_events(out.events)
-            self.builder.add(selected)
-            if self.builder.due():
-                await self._flush()
+            await pipeline.feed(batch)
 
-    async def _flush(self) -> None:
-        if not self.builder.samples:
-            return
-        payload, count = self.builder.build()
-        self._appending_samples = count  # lost, and counted, if shutdown cancels the wait for space
-        await self._append(payload, priority=0)
-        self._appending_samples = 0
-        self.uplink.notify()
+    async def _append_batch(self, payload: bytes, priority: int) -> None:
+        await self._append(payload, priority=priority)
 
     async def _append(self, payload: bytes, *, priority: int) -> None:
         """Hand one batch to the outbox, waiting for acks while it is full (its stated policy)."""
@@ -462,13 +455,9 @@ class Agent:
         self.outbox.append(payload, priority=max(0, min(255, priority)), created_ns=time.time_ns())
         self._batches_built += 1
 
-    async def _spool_events(self, events: Sequence[CapturedEvent]) -> None:
-        """Each event is a batch of its own, spooled with its campaign's priority."""
-        if not events or self.campaigns is None:
-            return
-        for event in events:
-            await self._append(self.campaigns.event_batch(event), priority=event.priority)
-        self.uplink.notify()
+    def _event_batch(self, event: CapturedEvent) -> bytes:
+        assert self.campaigns is not None  # only condition campaigns capture events
+        return self.campaigns.event_batch(event)
 
     def _on_command(self, command: ingest_pb.VehicleCommand) -> None:
         assert self.commands is not None
@@ -481,7 +470,7 @@ class Agent:
         except UnicodeDecodeError as exc:
             raise InputError(f"campaign file is not UTF-8: {exc}") from exc
         closed = self.campaigns.replace_from_text(text, origin=f"<command {command_id}>")
-        await self._spool_events(closed)
+        await self.pipeline.events(closed)
         self.uplink.send(ingest_pb.UploadRequest(checkin=self.campaigns.checkin()))
 
     async def _order_profile(self, payload: bytes, command_id: str) -> str:

@@ -1,8 +1,8 @@
 """Collection campaigns in the agent: the engine, its events as batches, and replacing the set.
 
-The default periodic campaign (the mapping's ``period_ms``) and the campaign
-engine both select from the same decoded columns; their selections are merged
-per signal by source time, so a sample chosen by both travels once. Each
+The default periodic campaign (the mapping's ``period_ms``) runs inside the
+campaign engine beside the campaign set, so a sample chosen by several
+campaigns travels once (:mod:`tcu.collect.engine`). Each
 captured event becomes a batch of its own, spooled with its campaign's
 priority, so eviction under a full spool takes bulk periodic data before
 events.
@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -31,37 +30,16 @@ from tcu.collect.buffer import frame_rates_from_dbc, rates_from_dbc
 from tcu.collect.campaign import Campaign, load_campaigns, parse_campaigns, validate
 from tcu.collect.engine import CampaignEngine, CapturedEvent, CapturedFrames
 from tcu.config import CampaignSettings
-from tcu.signals.decoder import SignalColumns
+from tcu.signals.codec import DatabaseCodec
 from tcu.signals.mapping import Catalog
 
-__all__ = ["MAX_EVENT_FRAMES", "MAX_EVENT_FRAME_BYTES", "CampaignRuntime", "encode_frames", "merge_columns"]
+__all__ = ["MAX_EVENT_FRAMES", "MAX_EVENT_FRAME_BYTES", "CampaignRuntime", "encode_frames"]
 
 log = logging.getLogger(__name__)
 
 MAX_EVENT_FRAMES = 250_000
 MAX_EVENT_FRAME_BYTES = 8 * 1024 * 1024
 _FRAME_OVERHEAD_BYTES = 13  # upper bound per frame: packed sint64 offset (<= 10) + data tag and length
-
-
-def merge_columns(a: SignalColumns, b: SignalColumns) -> SignalColumns:
-    """Union of two selections from the same decoded columns, per signal, by source time."""
-    if not a:
-        return b
-    if not b:
-        return a
-    parts: dict[int, list[tuple[Any, Any]]] = {}
-    for sid, t, v in (*a, *b):
-        parts.setdefault(sid, []).append((t, v))
-    out: SignalColumns = []
-    for sid, pieces in parts.items():
-        if len(pieces) == 1:
-            out.append((sid, pieces[0][0], pieces[0][1]))
-            continue
-        t = np.concatenate([p[0] for p in pieces])
-        v = np.concatenate([p[1] for p in pieces])
-        t_unique, first = np.unique(t, return_index=True)
-        out.append((sid, t_unique, v[first]))
-    return out
 
 
 class CampaignRuntime:
@@ -71,9 +49,10 @@ class CampaignRuntime:
         self,
         settings: CampaignSettings,
         catalog: Catalog,
-        databases: Mapping[str, Sequence[Any]],
+        codecs: Mapping[str, Sequence[DatabaseCodec]],
         *,
         vehicle_id: str,
+        default_periodic: bool = True,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -83,9 +62,10 @@ class CampaignRuntime:
         self.engine = CampaignEngine(
             campaigns,
             catalog,
-            rates_from_dbc(catalog, databases),
+            rates_from_dbc(catalog, codecs),
             settings.memory_budget_bytes,
-            frame_rates=frame_rates_from_dbc(databases),
+            frame_rates=frame_rates_from_dbc(codecs),
+            default_periodic=default_periodic,
         )
         self.events_captured = 0
         self.frames_dropped = 0

@@ -1,6 +1,5 @@
-"""CAN adapter: open python-can buses from config and deliver frames in batches."""
+"""CAN adapter: open python-can buses from config and deliver :class:`~tcu.frames.FrameBatch` es."""
 
 from tcu.can.bus import BusReader, open_bus
-from tcu.can.frames import FrameBatch
 
-__all__ = ["BusReader", "FrameBatch", "open_bus"]
+__all__ = ["BusReader", "open_bus"]

@@ -1,7 +1,7 @@
 """Open python-can buses from config and read them in a thread, in batches.
 
 python-can's ``recv()`` blocks, so each bus is read by its own thread, which
-groups frames into a :class:`FrameBatch` (up to ``batch_frames`` frames or
+groups frames into a :class:`~tcu.frames.FrameBatch` (up to ``batch_frames`` frames or
 ``batch_ms`` of waiting) and hands it to the event loop through a bounded
 ``asyncio.Queue``. Queue policy: **block**. When the consumer falls behind, the
 reader thread waits, the interface's own buffer fills (kernel socket buffer for
@@ -31,16 +31,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import can
 import numpy as np
 
-from tcu.can.frames import FrameBatch
 from tcu.config import BusConfig
 from tcu.errors import BusError
+from tcu.frames import FrameBatch
 
-__all__ = ["BusReader", "BusStats", "open_bus"]
+__all__ = ["BusReader", "BusStats", "FrameSource", "open_bus"]
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,19 @@ def _peer_closed(bus: can.BusABC) -> bool:
         return False
     except OSError:
         return True
+
+
+@runtime_checkable
+class FrameSource(Protocol):
+    """A python-can bus that can also hand out frames as columns (``tcu.can.logs.replay.ReplayBus``).
+
+    ``recv_frames`` waits at most ``timeout`` seconds for frames that are due and returns
+    up to ``max_frames`` of them (None when none came).
+    """
+
+    def recv_frames(self, timeout: float | None, max_frames: int) -> FrameBatch | None: ...
+
+    def shutdown(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -300,13 +313,54 @@ class BusReader:
             self.stats.batches += 1
             return True
 
+    def _loop_frames(
+        self, bus: FrameSource, loop: asyncio.AbstractEventLoop, out: asyncio.Queue[FrameBatch | None]
+    ) -> None:
+        """A bus that hands out frame batches itself (the log replay bus): no ``can.Message`` per frame."""
+        name = self.config.name
+        try:
+            while not self._stop.is_set():
+                got = bus.recv_frames(timeout=self.batch_s, max_frames=self.batch_frames)
+                if got is None or len(got) == 0:
+                    continue
+                special = got.is_error | got.is_remote
+                if special.any():
+                    self.stats.error_frames += int(got.is_error.sum())
+                    self.stats.remote_frames += int((got.is_remote & ~got.is_error).sum())
+                    got = got.select(~special)
+                    if len(got) == 0:
+                        continue
+                # Source times at µs resolution, as from python-can's float seconds on every other bus.
+                t_ns = np.round((got.t_ns / 1e9) * 1_000_000).astype(np.int64) * 1000
+                batch = FrameBatch.of_bus(
+                    name,
+                    t_ns,
+                    got.arbitration_id,
+                    got.is_extended,
+                    dlc=got.dlc,
+                    data=got.data,
+                    is_fd=got.is_fd,
+                    bitrate_switch=got.bitrate_switch,
+                )
+                self.stats.frames += len(batch)
+                if not self._post(loop, out, batch):
+                    return
+        finally:
+            bus.shutdown()
+            log.info("bus %s: closed after %d frames", name, self.stats.frames)
+
     def _loop(
         self, bus: can.BusABC, loop: asyncio.AbstractEventLoop, out: asyncio.Queue[FrameBatch | None]
     ) -> None:
+        if isinstance(bus, FrameSource):
+            self._loop_frames(bus, loop, out)
+            return
         name = self.config.name
         t_ns: list[int] = []
         ids: list[int] = []
         ext: list[bool] = []
+        fd: list[bool] = []
+        brs: list[bool] = []
         data: list[bytes] = []
         first = 0.0
         current: can.BusABC | None = bus
@@ -323,14 +377,8 @@ class BusReader:
                     self.stats.last_error = str(exc)
                     log.warning("bus %s: receive failed (%s); reopening", name, exc)
                     if data:  # what was read before the failure goes on now, not after the reopen
-                        batch = FrameBatch(
-                            name,
-                            np.array(t_ns, np.int64),
-                            np.array(ids, np.uint32),
-                            np.array(ext, np.bool_),
-                            data,
-                        )
-                        t_ns, ids, ext, data = [], [], [], []
+                        batch = _batch(name, t_ns, ids, ext, fd, brs, data)
+                        t_ns, ids, ext, fd, brs, data = [], [], [], [], [], []
                         if not self._post(loop, out, batch, final=True):
                             return
                     # Down from here: a stop no longer waits for this thread (it holds no frames).
@@ -352,6 +400,8 @@ class BusReader:
                         t_ns.append(round(msg.timestamp * 1_000_000) * 1000)
                         ids.append(msg.arbitration_id)
                         ext.append(msg.is_extended_id)
+                        fd.append(msg.is_fd)
+                        brs.append(msg.bitrate_switch)
                         data.append(bytes(msg.data))
                         self.stats.frames += 1
                         if len(data) < self.batch_frames and time.monotonic() - first < self.batch_s:
@@ -359,23 +409,37 @@ class BusReader:
                 if data and (
                     msg is None or len(data) >= self.batch_frames or time.monotonic() - first >= self.batch_s
                 ):
-                    batch = FrameBatch(
-                        name,
-                        np.array(t_ns, np.int64),
-                        np.array(ids, np.uint32),
-                        np.array(ext, np.bool_),
-                        data,
-                    )
-                    t_ns, ids, ext, data = [], [], [], []
+                    batch = _batch(name, t_ns, ids, ext, fd, brs, data)
+                    t_ns, ids, ext, fd, brs, data = [], [], [], [], [], []
                     if not self._post(loop, out, batch):
                         return
             if data:  # stopped with a partial batch: deliver it too
-                batch = FrameBatch(
-                    name, np.array(t_ns, np.int64), np.array(ids, np.uint32), np.array(ext, np.bool_), data
-                )
+                batch = _batch(name, t_ns, ids, ext, fd, brs, data)
                 self._post(loop, out, batch, final=True)
         finally:
             self.up = False
             if current is not None:
                 current.shutdown()
             log.info("bus %s: closed after %d frames", name, self.stats.frames)
+
+
+def _batch(  # noqa: PLR0917 - the reader's six column lists
+    bus: str,
+    t_ns: list[int],
+    ids: list[int],
+    ext: list[bool],
+    fd: list[bool],
+    brs: list[bool],
+    data: list[bytes],
+) -> FrameBatch:
+    is_fd = np.array(fd, np.bool_)
+    any_fd = bool(is_fd.any())
+    return FrameBatch.of_payloads(
+        bus,
+        np.array(t_ns, np.int64),
+        np.array(ids, np.uint32),
+        data,
+        is_extended=np.array(ext, np.bool_),
+        is_fd=is_fd if any_fd else None,
+        bitrate_switch=np.array(brs, np.bool_) if any_fd else None,
+    )

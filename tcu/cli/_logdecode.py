@@ -17,8 +17,8 @@ from tcu.errors import InputError
 
 if TYPE_CHECKING:
     from tcu.can.logs import ReadStats
-    from tcu.can.logs.decode import ChunkDecoder, DecodeCounts, MessageBlock
     from tcu.signals.codec import DatabaseCodec
+    from tcu.signals.decoder import DecodeCounts, FrameDecoder, MessageBlock
 
 PROGRESS_EVERY_S = 2.0
 #: The same names as :data:`tcu.can.logs.FORMATS` (kept here to import lazily; a test checks).
@@ -65,14 +65,14 @@ def parse_dbc_args(values: list[str]) -> dict[str | None, DatabaseCodec]:
 
 def decode_log(
     args: argparse.Namespace, *, progress: bool = True
-) -> tuple[Iterator[list[MessageBlock]], ChunkDecoder, ReadStats]:
+) -> tuple[Iterator[list[MessageBlock]], FrameDecoder, ReadStats]:
     """An iterator of decoded blocks per chunk, the decoder (counts) and the read stats."""
     from tcu.can.logs import open_log
-    from tcu.can.logs.decode import ChunkDecoder
+    from tcu.signals.decoder import FrameDecoder
 
     codecs = parse_dbc_args(args.dbc)
     reader = open_log(args.log, fmt=args.log_format)
-    decoder = ChunkDecoder(codecs, j1939=args.j1939)
+    decoder = FrameDecoder(codecs, j1939=args.j1939)
 
     def run() -> Iterator[list[MessageBlock]]:
         started = last = time.monotonic()

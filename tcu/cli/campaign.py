@@ -108,6 +108,7 @@ def check(files: list[Path], dbc_args: list[str], mapping: Path | None, budget_b
         if mapping is None or not dbc_args:
             raise InputError("--dbc and --mapping go together")
         from tcu.signals.dbc import load_dbc
+        from tcu.signals.decoder import compile_codecs
         from tcu.signals.mapping import build_catalog, load_mapping
 
         databases: dict[str, list[object]] = {}
@@ -116,12 +117,13 @@ def check(files: list[Path], dbc_args: list[str], mapping: Path | None, budget_b
             databases.setdefault(bus or "can0", []).append(load_dbc(path))
         catalog = build_catalog(load_mapping(mapping), databases, mapping_path=mapping)
         validate(campaigns, catalog)
+        codecs = compile_codecs(databases)  # type: ignore[arg-type]  # load_dbc gives cantools Databases
         plan = plan_buffers(
             campaigns,
             catalog,
-            rates_from_dbc(catalog, databases),
+            rates_from_dbc(catalog, codecs),
             budget_bytes,
-            frame_rate_hz=frame_rates_from_dbc(databases),
+            frame_rate_hz=frame_rates_from_dbc(codecs),
         )
     out = [_describe(c, plan) for c in campaigns]
     if plan is None:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-    from tcu.can.logs.decode import MessageBlock
+    from tcu.signals.decoder import MessageBlock
 
 COLUMNS = ("timestamp", "bus", "arbitration_id", "message", "signal", "value")
 

@@ -290,7 +290,7 @@ def _all_read(agent: Agent, opened: _Opened) -> bool:
         s = reader.stats
         if s.frames + s.error_frames + s.remote_frames != bus.frames_sent:
             return False
-    return agent.decoder.stats.frames == sum(r.stats.frames for r in agent.readers)
+    return agent.decoder.counts.frames == sum(r.stats.frames for r in agent.readers)
 
 
 async def replay(

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tcu.collect.campaign import Campaign, CampaignError, Condition
+from tcu.signals.codec import DatabaseCodec
 from tcu.signals.mapping import Catalog
 
 __all__ = [
@@ -272,27 +273,26 @@ def plan_buffers(
     return BufferPlan(capacity, history, campaign_bytes, frame_capacity)
 
 
-def rates_from_dbc(catalog: Catalog, databases: Mapping[str, Sequence[object]]) -> dict[int, float]:
+def rates_from_dbc(catalog: Catalog, codecs: Mapping[str, Sequence[DatabaseCodec]]) -> dict[int, float]:
     """Expected rate per signal id from its DBC message's cycle time (``GenMsgCycleTime``).
 
+    ``codecs``: bus → its compiled DBCs (:func:`tcu.signals.decoder.compile_codecs`).
     Signals whose message has no cycle time are left out.
     """
     rates: dict[int, float] = {}
     for spec in catalog.signals:
-        for db in databases.get(spec.bus, ()):
-            try:
-                msg = db.get_message_by_name(spec.message)  # type: ignore[attr-defined]
-            except KeyError:
+        for db in codecs.get(spec.bus, ()):
+            msg = db.by_name(spec.message)
+            if msg is None:
                 continue
-            cycle_ms = getattr(msg, "cycle_time", None)
-            if isinstance(cycle_ms, int | float) and cycle_ms > 0:
-                rates[spec.signal_id] = 1000.0 / float(cycle_ms)
+            if msg.cycle_time_ms is not None:
+                rates[spec.signal_id] = 1000.0 / msg.cycle_time_ms
             break
     return rates
 
 
 def frame_rates_from_dbc(
-    databases: Mapping[str, Sequence[object]], keys: Iterable[FrameKey] | None = None
+    codecs: Mapping[str, Sequence[DatabaseCodec]], keys: Iterable[FrameKey] | None = None
 ) -> dict[FrameKey, float]:
     """Expected frame rate per ``(bus, arbitration_id)`` from the DBC cycle times.
 
@@ -301,21 +301,18 @@ def frame_rates_from_dbc(
     """
     rates: dict[FrameKey, float] = {}
     if keys is None:
-        for bus, dbs in databases.items():
+        for bus, dbs in codecs.items():
             for db in dbs:
-                for msg in getattr(db, "messages", ()):
-                    cycle_ms = getattr(msg, "cycle_time", None)
-                    if isinstance(cycle_ms, int | float) and cycle_ms > 0:
-                        rates.setdefault((bus, int(msg.frame_id)), 1000.0 / float(cycle_ms))
+                for msg in db.messages:
+                    if msg.cycle_time_ms is not None:
+                        rates.setdefault((bus, msg.frame_id), 1000.0 / msg.cycle_time_ms)
         return rates
     for bus, arb in keys:
-        for db in databases.get(bus, ()):
-            try:
-                msg = db.get_message_by_frame_id(arb)  # type: ignore[attr-defined]
-            except KeyError:
+        for db in codecs.get(bus, ()):
+            found = next((m for m in db.messages if m.frame_id == arb), None)
+            if found is None:
                 continue
-            cycle_ms = getattr(msg, "cycle_time", None)
-            if isinstance(cycle_ms, int | float) and cycle_ms > 0:
-                rates[(bus, arb)] = 1000.0 / float(cycle_ms)
+            if found.cycle_time_ms is not None:
+                rates[(bus, arb)] = 1000.0 / found.cycle_time_ms
             break
     return rates

@@ -2,11 +2,11 @@
 
 How the agent calls it (one task, one thread; the engine is not thread-safe)::
 
-    engine = CampaignEngine(campaigns, catalog, rates_from_dbc(catalog, dbs), memory_budget_bytes,
-                            frame_rates=frame_rates_from_dbc(dbs))
+    engine = CampaignEngine(campaigns, catalog, rates_from_dbc(catalog, codecs), memory_budget_bytes,
+                            frame_rates=frame_rates_from_dbc(codecs), default_periodic=True)
     for fb in frame_batches:                    # one bus's FrameBatch
-        engine.record_frames(fb.bus, fb.t_ns, fb.arbitration_id, fb.data)   # only if raw_frames are used
-        out = engine.process(decoder.decode(fb.bus, fb.t_ns, fb.arbitration_id, fb.is_extended, fb.data))
+        engine.record_frames(fb)                # only if raw_frames are used
+        out = engine.process(decoder.decode(fb))
         builder.add(out.samples)                # periodic and on-change samples
         for event in out.events: ...            # completed condition captures
     engine.replace(new_campaigns)               # cloud push: old set kept if the new one is bad
@@ -15,7 +15,12 @@ How the agent calls it (one task, one thread; the engine is not thread-safe)::
 Rules, all on the CAN source clock (``t_ns`` of the samples), never wall time:
 
 * **Periodic**: per campaign and signal, the first sample of each
-  ``floor(t_ns / period_ns)`` window is kept (as :class:`~tcu.collect.PeriodicSampler`).
+  ``floor(t_ns / period_ns)`` window is kept. The **default periodic campaign**
+  (``default_periodic=True``) is this rule with each catalog signal's own ``period_ms``
+  (the mapping's): it runs beside the campaign set, is not listed in :meth:`active`
+  and keeps its windows across :meth:`replace`. Because the rule only depends on
+  source times, the expected samples of a drive can be computed from recorded ground
+  truth alone, whatever speed the agent ran at.
 * **On change**: per campaign and signal, a sample is kept when it is the first
   one, or when ``|value - last kept value| > deadband`` and
   ``t_ns - last kept t_ns >= min_interval_ms``. A sample kept by several
@@ -58,6 +63,7 @@ import numpy.typing as npt
 
 from tcu.collect.buffer import BufferPlan, FrameKey, FrameRing, RingBuffer, plan_buffers
 from tcu.collect.campaign import Campaign, Condition, OnChange, Periodic, validate
+from tcu.frames import FrameBatch
 from tcu.signals.decoder import SignalColumns
 from tcu.signals.mapping import Catalog
 
@@ -70,6 +76,7 @@ F64 = npt.NDArray[np.float64]
 _NS_PER_MS = 1_000_000
 _EMPTY_T = np.empty(0, np.int64)
 _EMPTY_V = np.empty(0, np.float64)
+_DEFAULT_KEY = ("<default periodic>", 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,8 +225,19 @@ class CampaignEngine:
         max_pending_events: int = 16,
         completion_lateness_ms: int = 0,
         frame_rates: Mapping[FrameKey, float] | None = None,
+        default_periodic: bool = False,
     ) -> None:
         self.catalog = catalog
+        # The default periodic campaign: one selector per catalog signal, kept over replace().
+        self._default: dict[int, _Select] = (
+            {
+                s.signal_id: _Select(_DEFAULT_KEY, period_ns=s.period_ms * _NS_PER_MS)
+                for s in catalog.signals
+                if s.period_ms > 0
+            }
+            if default_periodic
+            else {}
+        )
         self.rates = dict(rates)
         self.frame_rates = dict(frame_rates or {})
         self._staged: dict[FrameKey, list[tuple[I64, list[bytes]]]] = {}
@@ -282,30 +300,27 @@ class CampaignEngine:
             c.pending = []
         return out
 
-    def record_frames(
-        self,
-        bus: str,
-        t_ns: npt.NDArray[np.int64],
-        arbitration_id: npt.NDArray[np.uint32],
-        data: Sequence[bytes],
-    ) -> None:
+    def record_frames(self, frames: FrameBatch) -> None:
         """Offer one bus's raw frames (time-ordered) for the ``raw_frames`` of condition campaigns.
 
         Call it with a frame batch *before* :meth:`process` of the columns decoded
         from that batch; the frames are used by the next :meth:`process` call.
         Only ids some campaign captures are kept (a vectorised filter otherwise).
         """
-        wanted = self._active.frame_ids.get(bus)
-        if not wanted or len(data) == 0:
+        if len(frames) == 0:
             return
-        ids = np.asarray(arbitration_id, np.int64)
+        bus = frames.bus
+        wanted = self._active.frame_ids.get(bus)
+        if not wanted:
+            return
+        ids = np.asarray(frames.arbitration_id, np.int64)
         hit = np.isin(ids, np.fromiter(wanted, np.int64, len(wanted)))
         if not hit.any():
             return
         for arb in np.unique(ids[hit]).tolist():
             idx = np.flatnonzero(ids == arb)
             self._staged.setdefault((bus, arb), []).append(
-                (np.asarray(t_ns, np.int64)[idx], [data[i] for i in idx.tolist()])
+                (frames.t_ns[idx], [frames.payload(i) for i in idx.tolist()])
             )
 
     def process(self, columns: SignalColumns) -> CollectOutput:
@@ -539,7 +554,7 @@ class CampaignEngine:
                     old_selects[(sel.key, sid)] = sel
             old_conds = {c.campaign.key: c for c in old.conditions}
             old_defs = {c.key: c for c in old.campaigns}
-        selects: dict[int, list[_Select]] = {}
+        selects: dict[int, list[_Select]] = {sid: [sel] for sid, sel in self._default.items()}
         conditions: list[_CondState] = []
         for c in campaigns:
             same = old_defs.get(c.key) == c

@@ -34,11 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tcu.api.v1 import fleet_pb2 as fleet_pb
-from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
 from tcu.demo.scenario import Scenario, ScenarioContext, register
 from tcu.errors import TcuError
 from tcu.esim import AuditError, verify
+from tcu.fleet_client import query_series
 
 __all__ = [
     "BORDER_DURATION_S",
@@ -222,15 +221,11 @@ class BorderScenario(Scenario):
         except (AuditError, OSError, ValueError) as exc:
             audit, audit_ok = _AuditCount(), False
             problems.append(f"audit log {audit_path}: {exc}")
-        events: dict[str, list[str]] = {}
-        samples = 0
         async with ctx.channel() as channel:
-            stub = fleet_grpc.FleetStub(channel)
-            async for update in stub.Query(fleet_pb.QueryRequest(vehicle_id=ctx.vehicle_id)):
-                for series in update.series:
-                    if series.name.startswith(CONNECTIVITY_PREFIX):
-                        samples += len(series.t_ns)
-                        events.setdefault(series.name, []).extend(series.string_values)
+            stored = await query_series(channel, ctx.vehicle_id)
+        connectivity = {name: s for name, s in stored.items() if name.startswith(CONNECTIVITY_PREFIX)}
+        samples = sum(len(s) for s in connectivity.values())
+        events = {name: list(s.strings) for name, s in connectivity.items()}
         stored_switches = events.get(CONNECTIVITY_PREFIX + "ProfileSwitch", [])
         stored_rollbacks = events.get(CONNECTIVITY_PREFIX + "Rollback", [])
         if tuple(audit.switches) != EXPECTED_SWITCHES:

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 
 from tcu.api.v1 import fleet_pb2 as fleet_pb
 from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
 from tcu.demo.procs import DemoError, Proc, read_json_line, read_stats, spawn, wait_file
 from tcu.demo.scenario import Scenario, ScenarioContext
 from tcu.demo.verify import Series, expected_samples, load_ground_truth, verify_store
+from tcu.fleet_client import query_series, series_pairs
 from tcu.pki import DevPki, channel_credentials
 from tcu.signals.dbc import load_dbc
 from tcu.signals.mapping import build_catalog, load_mapping
@@ -132,16 +132,9 @@ def _make_security(options: DemoOptions, workdir: Path) -> _Security:
 
 async def _fetch_stored(security: _Security, target: str, vehicle_id: str) -> tuple[dict[str, Series], int]:
     async with security.channel(target) as channel:
-        stub = fleet_grpc.FleetStub(channel)
-        parts: dict[str, tuple[list[int], list[float]]] = {}
-        async for update in stub.Query(fleet_pb.QueryRequest(vehicle_id=vehicle_id)):
-            for s in update.series:
-                t, v = parts.setdefault(s.name, ([], []))
-                t.extend(s.t_ns)
-                v.extend(s.double_values)
-        vehicles = await stub.ListVehicles(fleet_pb.ListVehiclesRequest())
+        stored = series_pairs(await query_series(channel, vehicle_id))
+        vehicles = await fleet_grpc.FleetStub(channel).ListVehicles(fleet_pb.ListVehiclesRequest())
     batches = sum(v.batches for v in vehicles.vehicles if v.vehicle_id == vehicle_id)
-    stored = {k: (np.array(t, np.int64), np.array(v, np.float64)) for k, (t, v) in parts.items()}
     return stored, batches
 
 

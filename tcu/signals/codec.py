@@ -28,6 +28,7 @@ from cantools.database.can import Database, Message, Signal
 from cantools.database.utils import create_encode_decode_formats
 
 from tcu.errors import DbcError
+from tcu.frames import frame_key
 
 __all__ = ["DatabaseCodec", "Decoded", "MessageCodec", "compile_database"]
 
@@ -38,7 +39,6 @@ F64Array = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 _U64 = npt.NDArray[np.uint64]
 
-_EXTENDED_FLAG = 0x80000000
 _INT64_LIMIT = 2**62  # conservative bound below which int64 arithmetic cannot overflow
 _FLOAT_EXACT_LIMIT = 2**53  # integers below this are exact in float64
 
@@ -54,6 +54,8 @@ class Decoded:
     values: dict[str, F64Array]
     present: dict[str, BoolArray]
     ok: BoolArray
+    complete: bool = False
+    """Every signal is present in every row (no multiplexing, nothing refused)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +90,16 @@ class MessageCodec:
     signal_names: tuple[str, ...]
     decodable: bool
     problem: str | None
+    cycle_time_ms: float | None
+    """The DBC's ``GenMsgCycleTime`` (cantools' ``cycle_time``) when it is > 0, else None."""
 
     def __init__(self, message: Message) -> None:
         self.name = message.name
         self.frame_id = int(message.frame_id)
         self.is_extended = bool(message.is_extended_frame)
         self.length = int(message.length)
+        cycle = message.cycle_time
+        self.cycle_time_ms = float(cycle) if isinstance(cycle, int | float) and cycle > 0 else None
         signals: list[Signal] = list(message.signals)
         self.signal_names = tuple(s.name for s in signals)
         self._plans = [_plan(s, signals, self.length) for s in signals]
@@ -102,6 +108,7 @@ class MessageCodec:
         self._broken_branches = _broken_branches(message, signals, self.length)
         self._short = self.length <= 8 and all(p.word_shift >= 0 for p in self._plans)
         self._has_big = any(p.big_endian for p in self._plans)
+        self._word = _WordPlan.of(self._plans) if self._short else None
         self.problem = self._broken_branches.get((None, None))
         self.decodable = self.problem is None
 
@@ -133,6 +140,8 @@ class MessageCodec:
                 {s: np.zeros(n, dtype=np.bool_) for s in self.signal_names},
                 ok,
             )
+        if self._word is not None:
+            return self._word.decode(payloads, self.length, self.signal_names)
         with np.errstate(all="ignore"):  # NaN/inf float payloads are values, not faults
             return self._decode(payloads, n)
 
@@ -228,12 +237,18 @@ class DatabaseCodec:
     def __init__(self, messages: Iterable[MessageCodec]) -> None:
         self.messages = tuple(messages)
         self._by_key: dict[int, MessageCodec] = {}
+        self._by_name: dict[str, MessageCodec] = {}
         for codec in self.messages:
-            self._by_key[_key(codec.frame_id, codec.is_extended)] = codec
+            self._by_key[frame_key(codec.frame_id, codec.is_extended)] = codec
+            self._by_name.setdefault(codec.name, codec)
 
     def get(self, arbitration_id: int, is_extended: bool) -> MessageCodec | None:
         """The codec of that id, or None if the database does not define it."""
-        return self._by_key.get(_key(arbitration_id, is_extended))
+        return self._by_key.get(frame_key(arbitration_id, is_extended))
+
+    def by_name(self, name: str) -> MessageCodec | None:
+        """The codec of the message named ``name``, or None."""
+        return self._by_name.get(name)
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -272,10 +287,6 @@ def compile_database(db: Database) -> DatabaseCodec:
                 )
         codecs.append(codec)
     return DatabaseCodec(codecs)
-
-
-def _key(arbitration_id: int, is_extended: bool) -> int:
-    return int(arbitration_id) | (_EXTENDED_FLAG if is_extended else 0)
 
 
 def _isin(values: npt.NDArray[np.int64], ids: frozenset[int]) -> BoolArray:
@@ -359,6 +370,67 @@ def _plan(signal: Signal, signals: list[Signal], length: int) -> _SignalPlan:
         children_ids=frozenset(children),
         word_shift=word_shift,
     )
+
+
+class _WordPlan:
+    """All signals of a simple message at once: one ``(k, n)`` array of shifts, masks and scaling.
+
+    Taken when the message fits one 8-byte word and every signal is a plain integer
+    signal (no multiplexing, no IEEE float) of at most 53 bits whose ``raw * scale +
+    offset`` float64 arithmetic equals cantools' (Python numbers: an int scale keeps
+    ``|raw * scale|`` below 2**53, where float64 is exact; a float scale is float
+    arithmetic on both sides).
+    """
+
+    __slots__ = ("big", "mask", "offset", "scale", "shift", "up")
+
+    def __init__(self, plans: list[_SignalPlan]) -> None:
+        self.shift = np.array([p.word_shift for p in plans], np.uint64)[:, None]
+        self.mask = np.array([(1 << p.length) - 1 for p in plans], np.uint64)[:, None]
+        self.up = np.array([64 - p.length if p.signed else 0 for p in plans], np.uint64)[:, None]
+        self.scale = np.array([float(p.scale) for p in plans], np.float64)[:, None]
+        self.offset = np.array([float(p.offset) for p in plans], np.float64)[:, None]
+        self.big = np.array([p.big_endian for p in plans], np.bool_)[:, None]
+
+    @classmethod
+    def of(cls, plans: list[_SignalPlan]) -> _WordPlan | None:
+        for p in plans:
+            if p.parent is not None or p.is_multiplexer or p.float_bits or p.length > 53:
+                return None
+            if (
+                isinstance(p.scale, int)
+                and (1 << p.length) * abs(p.scale) + abs(p.offset) >= _FLOAT_EXACT_LIMIT
+            ):
+                return None
+            if not isinstance(p.offset, int | float) or abs(p.offset) >= _FLOAT_EXACT_LIMIT:
+                return None
+        return cls(plans) if plans else None
+
+    def decode(self, payloads: U8Array, length: int, names: tuple[str, ...]) -> Decoded:
+        n = payloads.shape[0]
+        # Every signal's bits lie in the message's first ``length`` bytes (``word_shift >= 0``),
+        # so the bytes after them, whatever they hold, are never read.
+        if payloads.shape[1] == 8 and payloads.flags.c_contiguous:
+            block = payloads
+        elif payloads.shape[1] >= 8:
+            block = np.ascontiguousarray(payloads[:, :8])
+        else:
+            block = np.zeros((n, 8), dtype=np.uint8)
+            block[:, :length] = payloads[:, :length]
+        little = block.view("<u8").reshape(1, n)
+        if self.big.any():
+            word = np.where(self.big, block.view(">u8").reshape(1, n).astype(np.uint64), little)
+        else:
+            word = little
+        raw = (word >> self.shift) & self.mask
+        ints = (raw << self.up).view(np.int64) >> self.up.view(np.int64)
+        matrix = ints.astype(np.float64)
+        matrix *= self.scale
+        matrix += self.offset
+        everywhere = np.ones(n, dtype=np.bool_)
+        everywhere.flags.writeable = False
+        values = dict(zip(names, matrix, strict=True))
+        return Decoded(values, dict.fromkeys(names, everywhere), everywhere, complete=True)
 
 
 def _is_int(value: Any) -> bool:

@@ -11,9 +11,8 @@ import grpc
 import numpy as np
 
 from tcu.agent import Agent
-from tcu.api.v1 import fleet_pb2 as fleet_pb
-from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
 from tcu.config import AgentConfig, BusConfig, UplinkConfig
+from tcu.fleet_client import query_series, series_pairs
 
 START_NS = 1_763_800_000_000_000_000
 
@@ -69,14 +68,7 @@ def agent_config(channel: str, port: int, dbc: Path, mapping: Path) -> AgentConf
 
 async def stored_series(port: int, vehicle_id: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = fleet_grpc.FleetStub(channel)
-        parts: dict[str, tuple[list[int], list[float]]] = {}
-        async for update in stub.Query(fleet_pb.QueryRequest(vehicle_id=vehicle_id)):
-            for s in update.series:
-                t, v = parts.setdefault(s.name, ([], []))
-                t.extend(s.t_ns)
-                v.extend(s.double_values)
-    return {k: (np.array(t, np.int64), np.array(v)) for k, (t, v) in parts.items()}
+        return series_pairs(await query_series(channel, vehicle_id))
 
 
 async def wait_until(predicate: Any, timeout_s: float = 20.0) -> None:

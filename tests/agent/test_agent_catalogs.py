@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 from agent_helpers import START_NS, agent_config, drive, make_frames, stored_series, wait_until
+from loopback import free_port
 
 from tcu.agent import Agent
 from tcu.agent.catalogs import CatalogFiles
@@ -74,14 +75,6 @@ period_ms = 100
 """
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _config(tmp_path: Path, channel: str, port: int, dbc: Path, mapping: Path) -> AgentConfig:
     return dataclasses.replace(
         agent_config(channel, port, dbc, mapping),
@@ -117,7 +110,7 @@ async def test_spooled_batches_of_the_old_catalog_are_stored_after_a_mapping_upd
 ) -> None:
     updated = tmp_path / "updated_vss.toml"
     updated.write_text(UPDATED_MAPPING)
-    port = _free_port()  # nothing listens yet: the link is down
+    port = free_port()  # nothing listens yet: the link is down
     channel = f"tcu-test-{uuid.uuid4().hex}"
     db = load_dbc(small_dbc)
     frames, truth = make_frames(db, seconds=4.0)

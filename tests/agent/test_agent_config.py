@@ -171,3 +171,13 @@ def test_env_sets_keys_of_sections_the_file_lacks(
     )
     assert cfg.batch.max_age_ms == 250
     assert cfg.uplink.drain_timeout_s == 2.5
+
+
+def test_j1939_is_a_per_bus_option(tmp_path: Path, small_dbc: Path, small_mapping: Path) -> None:
+    assert load_agent_config(_write(tmp_path, GOOD, small_dbc, small_mapping)).buses[0].j1939 is False
+    body = GOOD.replace('interface = "virtual"', 'interface = "virtual"\nj1939 = true')
+    assert load_agent_config(_write(tmp_path, body, small_dbc, small_mapping)).buses[0].j1939 is True
+    with pytest.raises(ConfigError, match=r"bus\[0\]\.j1939: must be bool"):
+        load_agent_config(
+            _write(tmp_path, body.replace("j1939 = true", 'j1939 = "yes"'), small_dbc, small_mapping)
+        )

@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 from agent_helpers import agent_config, drive, make_frames, stored_series, wait_until
+from loopback import free_port
 
 from tcu.agent import Agent
 from tcu.agent.app import open_outbox
@@ -33,18 +34,10 @@ from tcu.spool import Spool, SpoolConfig, SpoolFullError, SpoolUnavailableError
 from tcu.uplink import Uplink
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_batches_spooled_while_offline_survive_an_agent_restart(
     tmp_path: Path, small_dbc: Path, small_mapping: Path
 ) -> None:
-    port = _free_port()  # nothing listens yet: the link is down
+    port = free_port()  # nothing listens yet: the link is down
     channel = f"tcu-test-{uuid.uuid4().hex}"
     config = dataclasses.replace(
         agent_config(channel, port, small_dbc, small_mapping),

@@ -11,6 +11,7 @@ import pytest
 
 from tcu.collect.campaign import CampaignError, parse_campaigns
 from tcu.collect.engine import CampaignEngine, CapturedEvent
+from tcu.frames import FrameBatch
 from tcu.signals.decoder import SignalColumns
 from tcu.signals.mapping import Catalog
 
@@ -350,9 +351,11 @@ def test_collect_raw_frames_captured_with_the_window(catalog: Catalog) -> None:
                 ids = np.array([0x123, 0x124] * len(sel), np.uint32)
                 t2 = np.repeat(frame_t[sel], 2)
                 data = [payload[i] if k == 0 else b"\x00" for i in sel.tolist() for k in (0, 1)]
-                engine.record_frames("can0", t2, ids, data)
+                engine.record_frames(FrameBatch.of_payloads("can0", t2, ids, data))
                 engine.record_frames(
-                    "can1", frame_t[sel], np.full(len(sel), 0x123, np.uint32), [b"x"] * len(sel)
+                    FrameBatch.of_payloads(
+                        "can1", frame_t[sel], np.full(len(sel), 0x123, np.uint32), [b"x"] * len(sel)
+                    )
                 )
         events.extend(engine.process(cols).events)
     assert [e.trigger_t_ns for e in events] == triggers

@@ -58,7 +58,7 @@ def test_fuzz_logs_candump_timestamp_beyond_int64_is_a_reported_line(tmp_path):
 
 def test_fuzz_logs_python_can_frames_out_of_range_are_reported(tmp_path):
     # Found by the fuzzer: python-can's TRC reader returns ids beyond 32 bits (and infinite
-    # times), which made chunk_from_messages raise OverflowError.
+    # times), which made frames_from_messages raise OverflowError.
     path = tmp_path / "odd.trc"
     path.write_text(
         ";$FILEVERSION=1.1\n"

@@ -10,9 +10,9 @@ import can
 import cantools
 import pytest
 
-from tcu.can.logs.decode import j1939_pgn
 from tcu.cli.main import main
 from tools.shared_data import shared_path
+from tcu.signals.decoder import j1939_pgn
 
 RAV4 = shared_path("can/logs/comma2k19_rav4_2017_seg40.log")
 PT_DBC = shared_path("can/dbc/toyota_new_mc_pt_flattened.dbc")

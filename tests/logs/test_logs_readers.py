@@ -9,9 +9,10 @@ import can
 import numpy as np
 import pytest
 
-from tcu.can.logs import concat_chunks, open_log
+from tcu.can.logs import open_log
 from tcu.errors import LogFormatError
 from tools.shared_data import shared_path
+from tcu.frames import concat_frames
 
 LOG_DIR = shared_path("can/logs")
 RAV4 = shared_path("can/logs/comma2k19_rav4_2017_seg40.log")
@@ -22,7 +23,7 @@ SHARED_LOGS = sorted(
 
 def _same_as_python_can(path: Path, chunk_frames: int = 65536) -> int:
     reader = open_log(path, chunk_frames=chunk_frames)
-    chunk = concat_chunks(reader)
+    chunk = concat_frames(reader)
     with can.LogReader(str(path)) as python_can_reader:
         expected = list(python_can_reader)
     assert len(chunk) == len(expected) == reader.stats.frames
@@ -33,6 +34,7 @@ def _same_as_python_can(path: Path, chunk_frames: int = 65536) -> int:
         assert chunk.is_remote[i] == msg.is_remote_frame, where
         assert chunk.is_error[i] == msg.is_error_frame, where
         assert chunk.is_fd[i] == msg.is_fd, where
+        assert chunk.bitrate_switch[i] == msg.bitrate_switch, where
         assert chunk.is_rx[i] == msg.is_rx, where
         assert chunk.dlc[i] == msg.dlc, where
         n = len(msg.data)
@@ -46,7 +48,7 @@ def _same_as_python_can(path: Path, chunk_frames: int = 65536) -> int:
 @pytest.mark.parametrize("path", SHARED_LOGS, ids=lambda p: p.name)
 def test_every_shared_log_reads_without_problems(path: Path) -> None:
     reader = open_log(path)
-    chunk = concat_chunks(reader)
+    chunk = concat_frames(reader)
     assert len(chunk) > 0
     assert reader.stats.bad_records == 0
     assert reader.stats.stopped_at is None
@@ -77,6 +79,7 @@ def _write_mixed_blf(path: Path, frames: int) -> None:
                     is_extended_id=kind == 2,
                     is_remote_frame=kind == 4,
                     is_fd=fd,
+                    bitrate_switch=fd and (i // 7) % 2 == 0,
                     is_error_frame=kind == 5,
                     data=None if kind == 4 else bytes(rng.integers(0, 256, length, dtype=np.uint8)),
                     dlc=3 if kind == 4 else length,
@@ -110,11 +113,12 @@ def test_candump_frame_kinds_and_corrupt_lines(tmp_path: Path) -> None:
         "(1436509053.4) vcan0 123#112233\n"
     )
     reader = open_log(path)
-    chunk = concat_chunks(reader)
+    chunk = concat_frames(reader)
     assert len(chunk) == 8
     assert chunk.t_ns[0] == 1436509052_249713000
     assert chunk.is_remote[1] and chunk.dlc[1] == 0 and chunk.is_remote[2] and chunk.dlc[2] == 4
     assert chunk.is_fd[3] and chunk.dlc[3] == 12 and chunk.arbitration_id[3] == 0x12345678
+    assert chunk.bitrate_switch[3] and not chunk.bitrate_switch[[0, 1, 2, 4, 5, 6, 7]].any()  # flags 1: BRS
     assert chunk.is_extended[4] and chunk.dlc[4] == 0
     assert chunk.channels[chunk.channel[5]] == "longchannelname0" and not chunk.is_rx[5]
     assert chunk.is_extended[6] and chunk.arbitration_id[6] == 0x123
@@ -130,7 +134,7 @@ def test_candump_truncated_last_line_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "cut.log"
     path.write_bytes(b"".join(lines[:-1]) + lines[-1][:25])
     reader = open_log(path)
-    chunk = concat_chunks(reader)
+    chunk = concat_frames(reader)
     assert len(chunk) == 999
     assert reader.stats.bad_records == 1
     assert reader.stats.stopped_at == "line 1000"
@@ -171,7 +175,7 @@ def test_blf_corrupt_container_is_reported_with_offset_and_skipped(tmp_path: Pat
     path = tmp_path / "corrupt.blf"
     path.write_bytes(bytes(data))
     reader = open_log(path)
-    chunk = concat_chunks(reader)
+    chunk = concat_frames(reader)
     assert reader.stats.bad_records >= 1
     assert reader.stats.problems[0].offset == victim
     assert 0 < len(chunk) < 20_000
@@ -187,8 +191,8 @@ def test_blf_truncated_file_decodes_what_is_readable(tmp_path: Path) -> None:
     path = tmp_path / "cut.blf"
     path.write_bytes(data[:cut])
     reader = open_log(path)
-    chunk = concat_chunks(reader)
-    full = concat_chunks(open_log(source))
+    chunk = concat_frames(reader)
+    full = concat_frames(open_log(source))
     assert reader.stats.stopped_at is not None and "byte" in reader.stats.stopped_at
     assert 0 < len(chunk) < len(full)
     n = len(chunk)
@@ -196,7 +200,7 @@ def test_blf_truncated_file_decodes_what_is_readable(tmp_path: Path) -> None:
     assert (chunk.data == full.data[:n]).all()
     # the partial third container contributed frames beyond the two complete ones
     (tmp_path / "two.blf").write_bytes(data[: offsets[2]])
-    assert len(chunk) > len(concat_chunks(open_log(tmp_path / "two.blf")))
+    assert len(chunk) > len(concat_frames(open_log(tmp_path / "two.blf")))
 
 
 def test_not_a_blf_file(tmp_path: Path) -> None:

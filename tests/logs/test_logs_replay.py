@@ -97,3 +97,59 @@ def test_receive_only_and_bad_options(tmp_path: Path) -> None:
         ReplayBus(_small_log(tmp_path), rate=0)
     with pytest.raises(LogFormatError, match="no such log file"):
         ReplayBus(tmp_path / "missing.log")
+
+
+def test_bus_reader_takes_the_replay_frames_as_columns_with_fd_flags(tmp_path: Path) -> None:
+    """The agent's reader gets FrameBatches from the replay bus (no can.Message), CAN FD flags kept."""
+    import asyncio
+
+    from tcu.can.bus import BusReader
+    from tcu.config import BusConfig
+    from tcu.frames import FrameBatch
+
+    path = tmp_path / "fd.log"
+    path.write_text(
+        "(1700000000.000100) can0 123#1122334455667788\n"
+        "(1700000000.000200) can0 12345678##1" + "AB" * 12 + "\n"  # FD with BRS, extended
+        "(1700000000.000300) can0 124##0" + "CD" * 16 + "\n"  # FD without BRS
+        "(1700000000.000400) can0 125#R\n"  # remote: counted, not delivered
+    )
+    recv_calls = 0
+    real_recv = ReplayBus.recv
+
+    def counting_recv(self: ReplayBus, timeout: float | None = None) -> can.Message | None:
+        nonlocal recv_calls
+        recv_calls += 1
+        return real_recv(self, timeout)
+
+    config = BusConfig(name="pt", interface="replay", channel=str(path), dbc=(), options={"rate": None})
+    reader = BusReader(config, batch_ms=50)
+
+    async def run() -> list[FrameBatch]:
+        queue: asyncio.Queue[FrameBatch | None] = asyncio.Queue()
+        task = asyncio.create_task(reader.run(queue))
+        got: list[FrameBatch] = []
+        while sum(len(b) for b in got) < 3:
+            batch = await asyncio.wait_for(queue.get(), 10)
+            assert batch is not None
+            got.append(batch)
+        reader.stop()
+        await task
+        return got
+
+    ReplayBus.recv = counting_recv  # type: ignore[method-assign]
+    try:
+        batches = asyncio.run(run())
+    finally:
+        ReplayBus.recv = real_recv  # type: ignore[method-assign]
+    assert recv_calls == 0
+    assert all(b.channels == ("pt",) for b in batches)
+    frames = batches[0] if len(batches) == 1 else None
+    assert frames is not None and len(frames) == 3
+    assert frames.t_ns.tolist() == [1700000000_000100000, 1700000000_000200000, 1700000000_000300000]
+    assert frames.is_fd.tolist() == [False, True, True]
+    assert frames.bitrate_switch.tolist() == [False, True, False]
+    assert frames.is_extended.tolist() == [False, True, False]
+    assert frames.dlc.tolist() == [8, 12, 16]
+    assert frames.payload(1) == b"\xab" * 12
+    assert reader.stats.frames == 3 and reader.stats.remote_frames == 1

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from loopback import free_port
 
 from tcu.pki import DevPki, PkiError
 from tcu.pki.mosquitto import (
@@ -46,13 +47,6 @@ class Broker:
     process: subprocess.Popen[bytes]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _wait_listening(port: int, process: subprocess.Popen[bytes], log_path: Path) -> None:
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline:
@@ -69,7 +63,7 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], log_path: Path)
 @contextlib.contextmanager
 def _mosquitto(pkis: Pkis, out: Path) -> Iterator[Broker]:
     """Start a real mosquitto for ``pkis.main`` on a free loopback port; stop it afterwards."""
-    port = _free_port()
+    port = free_port()
     conf, _ = write_mosquitto_config(
         pkis.main, out, port=port, run_as_user=getpass.getuser(), log_types=("all",)
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import cantools
@@ -22,13 +24,16 @@ FRAMES_PER_MESSAGE = 48
 
 
 @pytest.fixture(scope="module")
-def databases() -> list[tuple[Path, cantools.database.can.Database, DatabaseCodec]]:
-    logging.getLogger("tcu").setLevel(logging.ERROR)
+def databases() -> Iterator[list[tuple[Path, cantools.database.can.Database, DatabaseCodec]]]:
+    quiet = logging.getLogger("tcu")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # compiling every DBC warns a lot; put back for the tests after these
     out = []
     for path in ALL_DBCS:
         db = load_dbc(path)
         out.append((path, db, compile_database(db)))
-    return out
+    yield out
+    quiet.setLevel(level)
 
 
 def _set_raw(payload: bytearray, signal: cantools.database.can.Signal, raw: int, length: int) -> None:

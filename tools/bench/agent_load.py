@@ -323,18 +323,17 @@ def _agent_config(
 
 
 def _samples_stored(port: int, vehicle_id: str) -> int:
+    import asyncio
+
     import grpc
 
-    from tcu.api.v1 import fleet_pb2 as fleet_pb
-    from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
+    from tcu.fleet_client import query_series
 
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = fleet_grpc.FleetStub(channel)
-        return sum(
-            len(s.t_ns)
-            for update in stub.Query(fleet_pb.QueryRequest(vehicle_id=vehicle_id))
-            for s in update.series
-        )
+    async def count() -> int:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            return sum(len(s) for s in (await query_series(channel, vehicle_id)).values())
+
+    return asyncio.run(count())
 
 
 def _tcu(*args: str) -> list[str]:

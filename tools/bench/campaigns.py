@@ -65,7 +65,10 @@ def build_batches(seconds: float, seed: int) -> tuple[list[SignalColumns], int, 
         t = np.arange(int(rng.integers(0, period_ns)), duration_ns, period_ns, dtype=np.int64)
         t += rng.integers(0, 200_000, len(t))  # up to 0.2 ms jitter, still increasing
         frames += len(t)
-        values = [np.round(np.cumsum(rng.normal(0, 0.3, len(t))), 2) for _ in range(SIGNALS_PER_MESSAGE)]
+        values = [
+            np.asarray(np.round(np.cumsum(rng.normal(0, 0.3, len(t))), 2), np.float64)
+            for _ in range(SIGNALS_PER_MESSAGE)
+        ]
         per_message.append((t, values))
     batch_ns = BATCH_MS * MS
     n_batches = -(-duration_ns // batch_ns)

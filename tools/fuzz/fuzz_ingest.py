@@ -12,7 +12,7 @@ raise the protobuf library's ``DecodeError``; validation raises only
 :class:`tcu.errors.BatchRejected`.
 
 Quarantine contract (the ingest keeps a batch with malformed content instead of ending the
-stream): a plain ``BatchRejected`` (content) is only raised for a batch whose identity is
+stream): a ``BatchRejected`` (content) is only raised for a batch whose identity is
 usable (:func:`~tcu.ingest.validate.check_batch_identity` passes), so it can be stored and
 acked under ``(vehicle, boot_epoch, seq)``; :func:`tcu.ingest.servicer.read_upload_request`
 on the second message's bytes returns a ``RawUpload`` or raises ``DecodeError``, and an

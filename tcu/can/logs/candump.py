@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tcu.can.logs.chunk import ChannelTable, FrameChunk, ReadStats
+from tcu.can.logs.reading import ChannelTable, ReadStats
+from tcu.frames import FrameBatch
 
 __all__ = ["read_candump"]
 
@@ -51,7 +52,7 @@ _RTR_RE = re.compile(r"^[Rr](?P<len>\d{0,2})$")
 _FD_LENGTHS = frozenset((0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 20, 24, 32, 48, 64))
 
 
-def read_candump(path: str | Path, stats: ReadStats, *, chunk_frames: int = 65536) -> Iterator[FrameChunk]:
+def read_candump(path: str | Path, stats: ReadStats, *, chunk_frames: int = 65536) -> Iterator[FrameBatch]:
     """Yield the frames of a candump ``-L`` file in chunks of up to about ``chunk_frames``."""
     channels = ChannelTable(stats.path)
     block_bytes = max(1 << 16, min(_BLOCK_BYTES, chunk_frames * 48))
@@ -123,7 +124,7 @@ def _numbers(
 
 def _parse_block(
     block: bytes, line_base: int, channels: ChannelTable, stats: ReadStats, *, at_eof: bool
-) -> tuple[FrameChunk, int]:
+) -> tuple[FrameBatch, int]:
     arr = np.frombuffer(b"\0" * _PAD_BEFORE + block + b"\0" * _PAD_AFTER, dtype=np.uint8)
     sentinel = len(arr) - _PAD_AFTER  # first padding byte; reads up to +255 stay inside
     ends = np.flatnonzero(arr == 10).astype(np.int64)
@@ -188,6 +189,7 @@ def _parse_block(
     ext = id_len[good] == 8
     lengths = n_chars[good] // 2
     fd_g = fd[good]
+    brs_g = fd_g & ((_HEX[arr[hash1[good] + 2]] & 1) != 0)  # CANFD_BRS in the flags nibble
     width = 64 if bool(fd_g.any()) else 8
     data = np.zeros((len(good), width), dtype=np.uint8)
     g_start = data_start[good]
@@ -236,7 +238,7 @@ def _parse_block(
     keep = ~bad
     order_index = good[keep]
     t_ns, ident, ext, chan, lengths = t_ns[keep], ident[keep], ext[keep], chan[keep], lengths[keep]
-    data, fd_g, is_error, rx = data[keep], fd_g[keep], is_error[keep], rx[keep]
+    data, fd_g, brs_g, is_error, rx = data[keep], fd_g[keep], brs_g[keep], is_error[keep], rx[keep]
     remote = np.zeros(len(t_ns), dtype=np.bool_)
     if extra:
         if any(len(p[5]) > 8 for _, p in extra) and data.shape[1] < 64:
@@ -259,10 +261,11 @@ def _parse_block(
         lengths = merge(lengths, 4, np.int64)
         data = np.concatenate([data, ex_data])[order]
         fd_g = merge(fd_g, 6, np.bool_)
+        brs_g = merge(brs_g, 10, np.bool_)
         is_error = merge(is_error, 7, np.bool_)
         remote = merge(remote, 8, np.bool_)
         rx = merge(rx, 9, np.bool_)
-    chunk = FrameChunk(
+    chunk = FrameBatch(
         t_ns=t_ns.astype(np.int64),
         arbitration_id=ident.astype(np.uint32),
         is_extended=ext,
@@ -271,6 +274,7 @@ def _parse_block(
         dlc=lengths.astype(np.uint8),
         data=data,
         is_fd=fd_g,
+        bitrate_switch=brs_g,
         is_error=is_error,
         is_remote=remote,
         is_rx=rx,
@@ -282,13 +286,13 @@ def _channel_name(words: npt.NDArray[np.uint64]) -> str:
     return words.tobytes().rstrip(b"\0").decode("ascii", "replace")
 
 
-_Parsed = tuple[int, int, bool, str, int, bytes, bool, bool, bool, bool]
+_Parsed = tuple[int, int, bool, str, int, bytes, bool, bool, bool, bool, bool]
 
 
 def _parse_line(  # noqa: PLR0911 - one early return per kind of bad line
     raw: bytes, line_no: int, stats: ReadStats, *, is_last: bool
 ) -> _Parsed | None:
-    """One line the fast path did not take: (t_ns, id, ext, channel, len, data, fd, err, rtr, rx)."""
+    """One line the fast path did not take: (t_ns, id, ext, channel, len, data, fd, err, rtr, rx, brs)."""
     try:
         text = raw.decode("ascii").strip()
     except UnicodeDecodeError:
@@ -312,6 +316,7 @@ def _parse_line(  # noqa: PLR0911 - one early return per kind of bad line
     frame = match.group("frame")
     rx = (match.group("dir") or "R").upper() == "R"
     fd = False
+    brs = False
     remote = False
     payload = b""
     length = 0
@@ -321,6 +326,7 @@ def _parse_line(  # noqa: PLR0911 - one early return per kind of bad line
             _bad(stats, line_no, f"bad CAN FD payload {frame[:40]!r}", is_last=is_last)
             return None
         fd = True
+        brs = bool(int(fd_match.group("flags"), 16) & 1)  # CANFD_BRS
         payload = bytes.fromhex(fd_match.group("data"))
         length = len(payload)
         if length not in _FD_LENGTHS:
@@ -341,7 +347,7 @@ def _parse_line(  # noqa: PLR0911 - one early return per kind of bad line
         _bad(stats, line_no, f"bad payload {frame[:40]!r} (want up to 8 hex byte pairs)", is_last=is_last)
         return None
     error = ext and bool(ident & _CAN_ERR_FLAG)
-    return t_ns, ident & 0x1FFFFFFF, ext, match.group("chan"), length, payload, fd, error, remote, rx
+    return t_ns, ident & 0x1FFFFFFF, ext, match.group("chan"), length, payload, fd, error, remote, rx, brs
 
 
 def _bad(stats: ReadStats, line_no: int, problem: str, *, is_last: bool) -> None:

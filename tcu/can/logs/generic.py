@@ -1,6 +1,6 @@
 """Logs read through python-can's own readers (ASC, TRC, MF4 and any other it knows).
 
-Messages are gathered into :class:`FrameChunk` s. Warnings that python-can's readers log
+Messages are gathered into :class:`FrameBatch` s. Warnings that python-can's readers log
 about lines they skip (the TRC reader does) are counted as corrupt records; an exception
 from a reader ends the read and is recorded as where the file stopped. python-can's ASC
 reader skips lines it cannot parse without saying so; those are not counted. A file cut
@@ -18,8 +18,9 @@ from typing import Any
 
 import can
 
-from tcu.can.logs.chunk import ChannelTable, FrameChunk, ReadStats, chunk_from_messages
+from tcu.can.logs.reading import ChannelTable, ReadStats, frames_from_messages
 from tcu.errors import LogFormatError
+from tcu.frames import FrameBatch
 
 __all__ = ["read_with_python_can"]
 
@@ -38,7 +39,7 @@ _MAX_ABS_T_S = (2**63 - 1) // 1_000_000_000  # whole seconds that int64 nanoseco
 
 
 def _out_of_range(message: can.Message) -> str | None:
-    """Why ``message`` cannot be stored in a :class:`FrameChunk`, or None."""
+    """Why ``message`` cannot be stored in a :class:`FrameBatch`, or None."""
     if not 0 <= message.arbitration_id <= 0x1FFFFFFF:
         return f"arbitration_id {message.arbitration_id:#x} is beyond 29 bits"
     if not abs(message.timestamp) < _MAX_ABS_T_S:  # also NaN
@@ -59,7 +60,7 @@ class _CountingHandler(logging.Handler):
 
 def read_with_python_can(
     path: str | Path, stats: ReadStats, *, chunk_frames: int = 65536
-) -> Iterator[FrameChunk]:
+) -> Iterator[FrameBatch]:
     """Yield chunks of the messages python-can's reader for the file's suffix returns."""
     file = Path(path)
     reader_class = _READERS.get(file.suffix.lower())
@@ -97,11 +98,11 @@ def read_with_python_can(
             batch.append(message)
             if len(batch) >= chunk_frames:
                 stats.frames += len(batch)
-                yield chunk_from_messages(batch, channels)
+                yield frames_from_messages(batch, channels)
                 batch = []
         if batch:
             stats.frames += len(batch)
-            yield chunk_from_messages(batch, channels)
+            yield frames_from_messages(batch, channels)
     finally:
         can_log.removeHandler(handler)
         stop = getattr(reader, "stop", None)

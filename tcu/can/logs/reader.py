@@ -20,9 +20,10 @@ from pathlib import Path
 
 from tcu.can.logs.blf import read_blf
 from tcu.can.logs.candump import read_candump
-from tcu.can.logs.chunk import FrameChunk, ReadStats
 from tcu.can.logs.generic import read_with_python_can
+from tcu.can.logs.reading import ReadStats
 from tcu.errors import LogFormatError
+from tcu.frames import FrameBatch
 
 __all__ = ["FORMATS", "LogReader", "open_log"]
 
@@ -31,7 +32,7 @@ _SUFFIX = {".log": "candump", ".blf": "blf", ".asc": "asc", ".trc": "trc", ".mf4
 
 
 class LogReader:
-    """Iterate a log's frames as :class:`FrameChunk` s; ``stats`` fills in as it goes.
+    """Iterate a log's frames as :class:`FrameBatch` s; ``stats`` fills in as it goes.
 
     ``fmt`` overrides the suffix (one of :data:`FORMATS`). A missing file raises
     :class:`~tcu.errors.LogFormatError`; corrupt records are counted in ``stats``.
@@ -59,7 +60,7 @@ class LogReader:
         self.chunk_frames = chunk_frames
         self.stats = ReadStats(str(self.path))
 
-    def __iter__(self) -> Iterator[FrameChunk]:
+    def __iter__(self) -> Iterator[FrameBatch]:
         if self.fmt == "candump":
             return read_candump(self.path, self.stats, chunk_frames=self.chunk_frames)
         if self.fmt == "blf":

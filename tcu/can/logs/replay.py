@@ -15,6 +15,11 @@ The bus is receive-only: ``send()`` raises ``can.CanOperationError``. When the l
 finished (and ``loop`` is off) ``recv()`` returns ``None`` after its timeout and
 :attr:`ReplayBus.finished` is True. Reading the file happens in ``recv()`` (the caller's
 thread), like any python-can bus.
+
+Besides python-can's ``recv()``, :meth:`ReplayBus.recv_frames` hands out the frames that
+are due as one :class:`~tcu.frames.FrameBatch` (the log reader's columns, no
+``can.Message`` per frame): the agent's bus reader takes that path (``tcu replay``), with
+the same pacing, window, channel selection and timestamps.
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ from typing import Any
 
 import can
 import numpy as np
+import numpy.typing as npt
 
-from tcu.can.logs.chunk import FrameChunk
 from tcu.can.logs.reader import open_log
+from tcu.can.logs.reading import to_messages
+from tcu.frames import FrameBatch, empty_frames
 
 __all__ = ["ReplayBus"]
 
@@ -91,10 +98,10 @@ class ReplayBus(can.BusABC):
         self._pass_shift_ns = 0
         self._span_ns = 0
         self._window_first_ns: int | None = None  # first replayed frame of the first pass
-        self._pending: list[can.Message] = []
-        self._pending_t_ns: list[int] = []
+        self._pending: FrameBatch = empty_frames(())
+        self._pending_t_ns: npt.NDArray[np.int64] = np.zeros(0, np.int64)
         self._index = 0
-        self._frames: Iterator[FrameChunk] = self._open_pass()
+        self._frames: Iterator[FrameBatch] = self._open_pass()
         self._wall_start: float | None = None
         self._replay_start_ns: int | None = None
         super().__init__(channel=str(self.path), **kwargs)
@@ -105,43 +112,76 @@ class ReplayBus(can.BusABC):
         raise can.CanOperationError("the replay bus is receive-only")
 
     def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
+        frames = self.recv_frames(timeout, max_frames=1)
+        if frames is None:
+            return None, False
+        (msg,) = to_messages(frames)
+        return msg, False
+
+    def recv_frames(self, timeout: float | None, max_frames: int = 512) -> FrameBatch | None:
+        """The next frames that are due (at most ``max_frames``, at least one), or None after ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if self._index >= len(self._pending) and not self._refill():
-                if deadline is not None:
-                    time.sleep(max(0.0, deadline - time.monotonic()))
-                return None, False
-            t_ns = self._pending_t_ns[self._index]
-            if self._wall_start is None or self._replay_start_ns is None:
-                self._wall_start = time.monotonic()
-                self._replay_start_ns = t_ns
-            due = self._wall_start
-            if self.rate is not None:
-                due += (t_ns - self._replay_start_ns) / 1e9 / self.rate
-            wait = due - time.monotonic()
-            if wait > 0:
-                if deadline is not None and due > deadline:
-                    time.sleep(max(0.0, deadline - time.monotonic()))
-                    return None, False
-                time.sleep(wait)
-            msg = self._pending[self._index]
-            self._index += 1
-            if self.timestamps == "now":
-                msg.timestamp = time.time() - (time.monotonic() - due)
-            self.frames_sent += 1
-            return msg, False
+        if self._index >= len(self._pending) and not self._refill():
+            if deadline is not None:
+                time.sleep(max(0.0, deadline - time.monotonic()))
+            return None
+        first_ns = int(self._pending_t_ns[self._index])
+        if self._wall_start is None or self._replay_start_ns is None:
+            self._wall_start = time.monotonic()
+            self._replay_start_ns = first_ns
+        due = self._due(first_ns)
+        wait = due - time.monotonic()
+        if wait > 0:
+            if deadline is not None and due > deadline:
+                time.sleep(max(0.0, deadline - time.monotonic()))
+                return None
+            time.sleep(wait)
+        stop = min(len(self._pending), self._index + max(1, max_frames))
+        if self.rate is not None:  # only what is due by now
+            now_ns = self._replay_start_ns + (time.monotonic() - self._wall_start) * self.rate * 1e9
+            stop = max(self._index + 1, min(stop, int(np.searchsorted(self._pending_t_ns, now_ns, "right"))))
+        rows = np.arange(self._index, stop)
+        self._index = stop
+        frames = self._pending.select(rows)
+        t_ns = self._pending_t_ns[rows]
+        if self.timestamps == "now":
+            due_s = np.array([self._due(int(t)) for t in t_ns.tolist()])
+            wall = time.time() - time.monotonic()
+            t_ns = np.round((wall + due_s) * 1e9).astype(np.int64)
+        self.frames_sent += len(rows)
+        return FrameBatch(
+            t_ns,
+            frames.arbitration_id,
+            frames.is_extended,
+            frames.channel,
+            frames.channels,
+            frames.dlc,
+            frames.data,
+            frames.is_fd,
+            frames.bitrate_switch,
+            frames.is_error,
+            frames.is_remote,
+            frames.is_rx,
+        )
+
+    def _due(self, t_ns: int) -> float:
+        """The monotonic time at which the frame recorded at ``t_ns`` is due."""
+        assert self._wall_start is not None and self._replay_start_ns is not None
+        if self.rate is None:
+            return self._wall_start
+        return self._wall_start + (t_ns - self._replay_start_ns) / 1e9 / self.rate
 
     def shutdown(self) -> None:
         close = getattr(self._frames, "close", None)
         if close is not None:
             close()
-        self._pending = []
-        self._pending_t_ns = []
+        self._pending = empty_frames(())
+        self._pending_t_ns = np.zeros(0, np.int64)
         super().shutdown()
 
     # -- reading -------------------------------------------------------------------------
 
-    def _open_pass(self) -> Iterator[FrameChunk]:
+    def _open_pass(self) -> Iterator[FrameBatch]:
         return iter(open_log(self.path, fmt=self._log_format, chunk_frames=self._chunk_frames))
 
     def _refill(self) -> bool:
@@ -156,14 +196,15 @@ class ReplayBus(can.BusABC):
                 self._pass_shift_ns = self._pass * self._span_ns
                 self._frames = self._open_pass()
                 continue
-            messages, t_ns = self._select(chunk)
-            if messages:
-                self._pending, self._pending_t_ns, self._index = messages, t_ns, 0
+            frames, t_ns = self._select(chunk)
+            if len(frames):
+                self._pending, self._pending_t_ns, self._index = frames, t_ns, 0
                 return True
 
-    def _select(self, chunk: FrameChunk) -> tuple[list[can.Message], list[int]]:
+    def _select(self, chunk: FrameBatch) -> tuple[FrameBatch, npt.NDArray[np.int64]]:
+        """The chunk's frames in the window and channels, renamed, and their (shifted) times."""
         if len(chunk) == 0:
-            return [], []
+            return chunk, chunk.t_ns
         if self._first_ns is None:
             self._first_ns = int(chunk.t_ns[0])
         rel = chunk.t_ns - self._first_ns
@@ -175,17 +216,13 @@ class ReplayBus(can.BusABC):
             keep &= wanted[chunk.channel]
         selected = chunk.select(keep)
         if len(selected) == 0:
-            return [], []
+            return selected, selected.t_ns
         if self._pass == 0:
             if self._window_first_ns is None:
                 self._window_first_ns = int(selected.t_ns[0])
             last_gap = int(selected.t_ns[-1] - selected.t_ns[-2]) if len(selected) > 1 else 1_000_000
             self._span_ns = int(selected.t_ns[-1]) - self._window_first_ns + max(last_gap, 1)
-        shift = self._pass_shift_ns
-        messages = selected.messages()
-        t_ns = (selected.t_ns + shift).tolist()
-        for msg, t in zip(messages, t_ns, strict=True):
-            msg.timestamp = t / 1e9
-            if msg.channel in self.channel_map:
-                msg.channel = self.channel_map[msg.channel]
-        return messages, t_ns
+        t_ns = selected.t_ns + self._pass_shift_ns
+        if self.channel_map:
+            selected = selected.renamed(tuple(self.channel_map.get(c, c) for c in selected.channels))
+        return selected, t_ns
