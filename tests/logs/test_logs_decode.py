@@ -11,8 +11,8 @@ import cantools
 import pytest
 
 from tcu.cli.main import main
-from tools.shared_data import shared_path
 from tcu.signals.decoder import j1939_pgn
+from tools.shared_data import shared_path
 
 RAV4 = shared_path("can/logs/comma2k19_rav4_2017_seg40.log")
 PT_DBC = shared_path("can/dbc/toyota_new_mc_pt_flattened.dbc")

@@ -11,8 +11,8 @@ import pytest
 
 from tcu.can.logs import open_log
 from tcu.errors import LogFormatError
-from tools.shared_data import shared_path
 from tcu.frames import concat_frames
+from tools.shared_data import shared_path
 
 LOG_DIR = shared_path("can/logs")
 RAV4 = shared_path("can/logs/comma2k19_rav4_2017_seg40.log")

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -27,6 +28,8 @@ from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
 from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.api.v1 import ingest_pb2_grpc as ingest_grpc
 from tcu.api.v1 import telemetry_pb2 as telemetry_pb
+
+_AIO: Any = grpc.aio  # grpc-stubs lacks aio.EOF
 
 
 def _rss_mib(pid: int) -> int:
@@ -62,13 +65,14 @@ async def run(batches: int, subscribers: int) -> dict[str, object]:
         while not port_file.exists():  # noqa: ASYNC110 - another process writes it
             await asyncio.sleep(0.1)
         target = f"127.0.0.1:{int(port_file.read_text())}"
-        channels = [grpc.aio.insecure_channel(target) for _ in range(subscribers + 1)]
-        subs = [fleet_grpc.FleetStub(ch).Subscribe(fleet_pb.SubscribeRequest()) for ch in channels[1:]]
+        channels: list[Any] = [grpc.aio.insecure_channel(target) for _ in range(subscribers + 1)]
+        request = fleet_pb.SubscribeRequest()
+        subs: list[Any] = [fleet_grpc.FleetStub(ch).Subscribe(request) for ch in channels[1:]]
         await asyncio.sleep(1)
         before = peak = _rss_mib(proc.pid)
         catalog = telemetry_pb.SignalCatalog(catalog_id="c")
         catalog.signals.add(signal_id=1, name="Vehicle.Text", type=telemetry_pb.VALUE_TYPE_STRING)
-        call = ingest_grpc.IngestStub(channels[0]).Upload()
+        call: Any = ingest_grpc.IngestStub(channels[0]).Upload()
         hello = ingest_pb.Hello(vehicle_id="V1", boot_epoch=1, catalog=catalog)
         await call.write(ingest_pb.UploadRequest(hello=hello))
         started = time.monotonic()
@@ -88,7 +92,7 @@ async def run(batches: int, subscribers: int) -> dict[str, object]:
         ended: list[str] = []
         for sub in subs:
             try:
-                while await asyncio.wait_for(sub.read(), 5) is not grpc.aio.EOF:
+                while await asyncio.wait_for(sub.read(), 5) is not _AIO.EOF:
                     pass
                 ended.append("EOF")
             except grpc.aio.AioRpcError as exc:

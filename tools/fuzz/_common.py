@@ -170,7 +170,9 @@ def guard_trace_cmp(atheris: ModuleType) -> None:
     def trace_cmp(left: object, right: object, op: int, counter: int, is_const: bool) -> Any:
         if type(left) in _TRACED_TYPES and type(right) in _TRACED_TYPES:
             return native(left, right, op, counter, is_const)
-        return _COMPARE[op >> shift](left, right)
+        compare: Any = _COMPARE[op >> shift]
+        return compare(left, right)
 
     trace_cmp._tcu_guarded = True  # type: ignore[attr-defined]
-    atheris._trace_cmp = trace_cmp
+    module: Any = atheris
+    module._trace_cmp = trace_cmp
