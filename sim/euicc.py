@@ -21,20 +21,34 @@ next N ES10 commands), :meth:`inject_truncation` (the next N responses lose thei
 :attr:`SimulatedEuicc.mute` (the card stops answering: ``transmit`` raises ``TimeoutError``).
 
 :class:`EuiccTransport` is the in-process :class:`tcu.esim.session.ApduTransport` for unit
-tests. This module imports only the standard library and ``tcu``.
+tests. This module imports only the standard library, ``cryptography`` and ``tcu``.
+
+The card's identity (:class:`CardCredentials`) is a real certificate chain: a test CI, an
+EUM certificate signed by it and the eUICC certificate signed by the EUM, all ECDSA P-256
+(generated once per process unless given). EUICCInfo1/2 list the CI's 20-byte
+SubjectKeyIdentifier as the CI public key identifier for verification and signing, and
+notifications are signed with the eUICC key (SGP.22 ``r || s``).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import threading
 from dataclasses import dataclass, field
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import NameOID
+
 from tcu.errors import EsimError
 from tcu.esim import es10
-from tcu.esim.der import Tlv
+from tcu.esim.der import Tlv, encode_tlv
 from tcu.esim.session import ISDR_AID
 
-__all__ = ["EuiccConfig", "EuiccTransport", "ProfileSpec", "SimProfile", "SimulatedEuicc"]
+__all__ = ["CardCredentials", "EuiccConfig", "EuiccTransport", "ProfileSpec", "SimProfile", "SimulatedEuicc"]
 
 SW_OK = 0x9000
 SW_REFRESH_PENDING = 0x9110
@@ -64,6 +78,65 @@ class ProfileSpec:
     nickname: str | None = None
 
 
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tcu simulated eUICC (test only)"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CardCredentials:
+    """The eUICC's key and certificates (DER) and the CI public key identifier it trusts."""
+
+    ci_pkid: bytes
+    ci_certificate: bytes
+    eum_certificate: bytes
+    euicc_certificate: bytes
+    euicc_key: ec.EllipticCurvePrivateKey
+
+    @classmethod
+    def generate(cls, eid: str = "89049032001001234500012345678901") -> CardCredentials:
+        """A fresh test chain CI → EUM → eUICC (ECDSA P-256, valid for ten years)."""
+        now = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+        keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(3)]
+        names = [_name("Test CI"), _name("Test EUM"), _name(f"eUICC {eid}")]
+        skis = [x509.SubjectKeyIdentifier.from_public_key(k.public_key()) for k in keys]
+        certs: list[x509.Certificate] = []
+        for i in range(3):
+            issuer = max(i - 1, 0)
+            builder = (
+                x509.CertificateBuilder()
+                .subject_name(names[i])
+                .issuer_name(names[issuer])
+                .public_key(keys[i].public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now)
+                .not_valid_after(now + dt.timedelta(days=3650))
+                .add_extension(skis[i], critical=False)
+                .add_extension(
+                    x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(skis[issuer]),
+                    critical=False,
+                )
+                .add_extension(x509.BasicConstraints(ca=i < 2, path_length=None), critical=True)
+            )
+            certs.append(builder.sign(keys[issuer], hashes.SHA256()))
+        ders = [c.public_bytes(serialization.Encoding.DER) for c in certs]
+        return cls(skis[0].digest, ders[0], ders[1], ders[2], keys[2])
+
+    def sign(self, data: bytes) -> bytes:
+        """ECDSA P-256 / SHA-256 signature as SGP.22 carries it: ``r || s``, 32 bytes each."""
+        r, s = decode_dss_signature(self.euicc_key.sign(data, ec.ECDSA(hashes.SHA256())))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+@functools.cache
+def _default_credentials() -> CardCredentials:
+    return CardCredentials.generate()
+
+
 @dataclass(frozen=True, slots=True)
 class EuiccConfig:
     eid: str = "89049032001001234500012345678901"
@@ -71,6 +144,8 @@ class EuiccConfig:
     max_response_b: int = 256
     always_chain: bool = False
     notification_address: str = "smdp.example.com"
+    credentials: CardCredentials | None = None
+    """The card's certificates and key; ``None``: a test chain generated once per process."""
 
 
 @dataclass(slots=True)
@@ -112,6 +187,7 @@ class SimulatedEuicc:
             raise EsimError("simulated eUICC: more than one profile configured as enabled")
         self.config = config
         self.eid = bytes.fromhex(config.eid)
+        self.credentials = config.credentials or _default_credentials()
         self.profiles: list[SimProfile] = [
             SimProfile(
                 iccid=p.iccid,
@@ -387,6 +463,10 @@ class SimulatedEuicc:
             self.profiles.remove(profile)
         return es10.MemoryResetResult.ok
 
+    def _ci_pkid_list(self) -> bytes:
+        """SEQUENCE OF SubjectKeyIdentifier content: one OCTET STRING of 20 bytes."""
+        return encode_tlv(0x04, self.credentials.ci_pkid)
+
     def _euicc_info2(self) -> es10.EuiccInfo2:
         return es10.EuiccInfo2(
             items=(
@@ -396,8 +476,8 @@ class SimulatedEuicc:
                 Tlv(0x84, bytes.fromhex("810100820400062824830400001922")),
                 Tlv(0x85, bytes.fromhex("067F36C0")),
                 Tlv(0x88, bytes.fromhex("0490")),
-                Tlv(0xA9, bytes.fromhex("04148137")),
-                Tlv(0xAA, bytes.fromhex("04148137")),
+                Tlv(0xA9, self._ci_pkid_list()),
+                Tlv(0xAA, self._ci_pkid_list()),
                 Tlv(0x04, bytes([1, 0, 0])),
                 Tlv(0x0C, b"SIM-TCU-0001"),
             )
