@@ -13,8 +13,12 @@
 * ES10 processing keeps real card rules: exactly one profile is enabled at a time
   (enabling B while A is enabled disables A), result codes ``iccidOrAidNotFound``,
   ``profileNotInDisabledState``, ``profileNotInEnabledState``, ``catBusy`` (injectable),
-  notifications with rising sequence numbers on enable / disable / delete, nicknames and
-  eUICCMemoryReset. Enable/disable with refreshFlag TRUE answer ``9110`` (REFRESH pending).
+  notifications with rising sequence numbers on enable / disable / delete (listed, and
+  retrieved signed with RetrieveNotificationsList), nicknames, eUICCMemoryReset,
+  GetEuiccInfo1/2, GetEuiccChallenge, EuiccConfiguredAddresses, SetDefaultDpAddress and
+  GetRAT. Requests of the download family (AuthenticateServer, PrepareDownload, BPP)
+  are not implemented yet and answer ``6A80``. Enable/disable with refreshFlag TRUE answer
+  ``9110`` (REFRESH pending).
 
 Fault injection: :attr:`SimulatedEuicc.cat_busy`, :meth:`inject_sw` (e.g. ``6F00`` for the
 next N ES10 commands), :meth:`inject_truncation` (the next N responses lose their SW),
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 import threading
 from dataclasses import dataclass, field
 
@@ -64,6 +69,7 @@ SW_CHANNEL_NOT_SUPPORTED = 0x6881
 SW_TECHNICAL = 0x6F00
 
 _MAX_CHANNELS = 4
+_SVN = bytes([2, 2, 2])  # SGP.22 v2.2.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +150,12 @@ class EuiccConfig:
     max_response_b: int = 256
     always_chain: bool = False
     notification_address: str = "smdp.example.com"
+    default_dp_address: str | None = None
+    root_ds_address: str = "testrootsmds.example.com"
+    rat: tuple[es10.PprRule, ...] = (
+        es10.PprRule(frozenset({1, 2}), (bytes.fromhex("EEEEEE"),), consent_required=True),
+    )
+    """Rules Authorisation Table: by default PPR1/PPR2 for any operator (wildcard), with consent."""
     credentials: CardCredentials | None = None
     """The card's certificates and key; ``None``: a test chain generated once per process."""
 
@@ -188,6 +200,8 @@ class SimulatedEuicc:
         self.config = config
         self.eid = bytes.fromhex(config.eid)
         self.credentials = config.credentials or _default_credentials()
+        self.default_dp_address = config.default_dp_address
+        self.euicc_challenge: bytes | None = None
         self.profiles: list[SimProfile] = [
             SimProfile(
                 iccid=p.iccid,
@@ -393,13 +407,31 @@ class SimulatedEuicc:
             return es10.SetNicknameResponse(es10.SetNicknameResult.ok).encode(), sw
         if isinstance(request, es10.EuiccMemoryResetRequest):
             return es10.EuiccMemoryResetResponse(self._memory_reset(request)).encode(), sw
+        if isinstance(request, es10.GetEuiccInfo1Request):
+            pkids = (self.credentials.ci_pkid,)
+            return es10.EuiccInfo1(_SVN, pkids, pkids).encode(), sw
+        if isinstance(request, es10.GetEuiccChallengeRequest):
+            self.euicc_challenge = os.urandom(16)
+            return es10.GetEuiccChallengeResponse(self.euicc_challenge).encode(), sw
+        if isinstance(request, es10.EuiccConfiguredAddressesRequest):
+            addresses = es10.EuiccConfiguredAddressesResponse(
+                self.config.root_ds_address, self.default_dp_address
+            )
+            return addresses.encode(), sw
+        if isinstance(request, es10.SetDefaultDpAddressRequest):
+            self.default_dp_address = request.address or None
+            return es10.SetDefaultDpAddressResponse(es10.SetDefaultDpAddressResult.ok).encode(), sw
+        if isinstance(request, es10.GetRatRequest):
+            return es10.GetRatResponse(self.config.rat).encode(), sw
+        if isinstance(request, es10.RetrieveNotificationsListRequest):
+            return self._retrieve_notifications(request).encode(), sw
         if isinstance(request, es10.ListNotificationRequest):
             items = tuple(
                 n for n in self.notifications if request.events is None or n.event in request.events
             )
             return es10.ListNotificationResponse(notifications=items).encode(), sw
         if not isinstance(request, es10.NotificationSentRequest):
-            # Decodable, but this card implements only what the profile manager sends.
+            # Decodable, but not implemented by this card (none left today; kept for new requests).
             raise es10.Es10Error("ES10 request", f"{type(request).__name__} is not supported by this card")
         before = len(self.notifications)
         self.notifications = [n for n in self.notifications if n.seq != request.seq]
@@ -409,6 +441,27 @@ class SimulatedEuicc:
             else (es10.NotificationSentResult.nothingToDelete)
         )
         return es10.NotificationSentResponse(status).encode(), sw
+
+    def _retrieve_notifications(
+        self, request: es10.RetrieveNotificationsListRequest
+    ) -> es10.RetrieveNotificationsListResponse:
+        selected = [
+            n
+            for n in self.notifications
+            if (request.seq is None or n.seq == request.seq)
+            and (request.events is None or n.event in request.events)
+        ]
+        if request.seq is not None and not selected:
+            none = es10.RetrieveNotificationsError.noResultAvailable
+            return es10.RetrieveNotificationsListResponse(error=none)
+        creds = self.credentials
+        signed = tuple(
+            es10.other_signed_notification(
+                n, creds.sign(n.encode()), creds.euicc_certificate, creds.eum_certificate
+            )
+            for n in selected
+        )
+        return es10.RetrieveNotificationsListResponse(notifications=signed)
 
     def _enable(self, ref: es10.ProfileRef) -> es10.EnableResult:
         profile = self._find(ref)
@@ -457,10 +510,13 @@ class SimulatedEuicc:
             if (request.delete_operational and p.profile_class is es10.ProfileClass.operational)
             or (request.delete_field_loaded_test and p.profile_class is es10.ProfileClass.test)
         ]
-        if not doomed:
+        reset_dp = request.reset_default_smdp and self.default_dp_address is not None
+        if not doomed and not reset_dp:
             return es10.MemoryResetResult.nothingToDelete
         for profile in doomed:
             self.profiles.remove(profile)
+        if request.reset_default_smdp:
+            self.default_dp_address = None
         return es10.MemoryResetResult.ok
 
     def _ci_pkid_list(self) -> bytes:
@@ -471,7 +527,7 @@ class SimulatedEuicc:
         return es10.EuiccInfo2(
             items=(
                 Tlv(0x81, bytes([2, 3, 1])),
-                Tlv(0x82, bytes([2, 2, 2])),
+                Tlv(0x82, _SVN),
                 Tlv(0x83, bytes([1, 0, 0])),
                 Tlv(0x84, bytes.fromhex("810100820400062824830400001922")),
                 Tlv(0x85, bytes.fromhex("067F36C0")),

@@ -52,6 +52,24 @@ def strict_walk(data: bytes, path: str = "") -> int:
 CALLS: list[tuple[str, bytes, str]] = [
     ("GetEID", es10.GetEidRequest().encode(), "GetEuiccDataResponse"),
     ("GetEuiccInfo2", es10.GetEuiccInfo2Request().encode(), "EUICCInfo2"),
+    ("GetEuiccInfo1", es10.GetEuiccInfo1Request().encode(), "EUICCInfo1"),
+    ("GetEuiccChallenge", es10.GetEuiccChallengeRequest().encode(), "GetEuiccChallengeResponse"),
+    (
+        "EuiccConfiguredAddresses",
+        es10.EuiccConfiguredAddressesRequest().encode(),
+        "EuiccConfiguredAddressesResponse",
+    ),
+    (
+        "SetDefaultDpAddress",
+        es10.SetDefaultDpAddressRequest("smdp.example.org").encode(),
+        "SetDefaultDpAddressResponse",
+    ),
+    (
+        "EuiccConfiguredAddresses after set",
+        es10.EuiccConfiguredAddressesRequest().encode(),
+        "EuiccConfiguredAddressesResponse",
+    ),
+    ("GetRAT", es10.GetRatRequest().encode(), "GetRatResponse"),
     ("GetProfilesInfo", es10.GetProfilesInfoRequest().encode(), "ProfileInfoListResponse"),
     (
         "GetProfilesInfo by ICCID",
@@ -76,6 +94,26 @@ CALLS: list[tuple[str, bytes, str]] = [
     ("SetNickname", es10.SetNicknameRequest(B, "Österreich").encode(), "SetNicknameResponse"),
     ("DeleteProfile", es10.DeleteProfileRequest(es10.ProfileRef(iccid=B)).encode(), "DeleteProfileResponse"),
     ("ListNotification", es10.ListNotificationRequest().encode(), "ListNotificationResponse"),
+    (
+        "RetrieveNotificationsList",
+        es10.RetrieveNotificationsListRequest().encode(),
+        "RetrieveNotificationsListResponse",
+    ),
+    (
+        "RetrieveNotificationsList seq 2",
+        es10.RetrieveNotificationsListRequest(seq=2).encode(),
+        "RetrieveNotificationsListResponse",
+    ),
+    (
+        "RetrieveNotificationsList deletes",
+        es10.RetrieveNotificationsListRequest(events=frozenset({es10.NotificationEvent.delete})).encode(),
+        "RetrieveNotificationsListResponse",
+    ),
+    (
+        "RetrieveNotificationsList seq 99",
+        es10.RetrieveNotificationsListRequest(seq=99).encode(),
+        "RetrieveNotificationsListResponse",
+    ),
     ("NotificationSent", es10.NotificationSentRequest(1).encode(), "NotificationSentResponse"),
     ("NotificationSent again", es10.NotificationSentRequest(1).encode(), "NotificationSentResponse"),
     (
@@ -106,6 +144,17 @@ async def test_every_card_response_is_valid_der_under_sgp22() -> None:
     assert checked["EnableProfile"] == {"enableResult": 0}
     assert checked["EnableProfile again"] == {"enableResult": 2}
     assert checked["NotificationSent again"] == {"deleteNotificationStatus": 1}
+    assert checked["GetEuiccInfo1"]["euiccCiPKIdListForSigning"] == info2["euiccCiPKIdListForSigning"]
+    assert checked["EuiccConfiguredAddresses"] == {"rootDsAddress": "testrootsmds.example.com"}
+    assert checked["EuiccConfiguredAddresses after set"]["defaultDpAddress"] == "smdp.example.org"
+    assert checked["GetRAT"]["rat"], "the RAT has a rule"
+    pending = checked["RetrieveNotificationsList"][1]
+    # enable B (disable A, enable B), disable B, delete B
+    assert [p[1]["tbsOtherNotification"]["seqNumber"] for p in pending] == [1, 2, 3, 4]
+    (only,) = checked["RetrieveNotificationsList seq 2"][1]
+    assert only[1]["tbsOtherNotification"]["seqNumber"] == 2
+    assert len(checked["RetrieveNotificationsList deletes"][1]) == 1
+    assert checked["RetrieveNotificationsList seq 99"] == ("notificationsListResultError", 1)
 
 
 def test_strict_walk_catches_a_short_octet_string() -> None:
