@@ -67,6 +67,7 @@ if [[ -n $missing ]]; then
     # shellcheck disable=SC2086  # word splitting of the package list is intended
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
         say "installing $missing"
+        export DEBIAN_FRONTEND=noninteractive
         if ! { apt-get install -y --no-install-recommends $missing >&2 ||
             { apt-get update >&2 && apt-get install -y --no-install-recommends $missing >&2; }; }; then
             say "apt-get install $missing failed"
