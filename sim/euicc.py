@@ -13,28 +13,47 @@
 * ES10 processing keeps real card rules: exactly one profile is enabled at a time
   (enabling B while A is enabled disables A), result codes ``iccidOrAidNotFound``,
   ``profileNotInDisabledState``, ``profileNotInEnabledState``, ``catBusy`` (injectable),
-  notifications with rising sequence numbers on enable / disable / delete, nicknames and
-  eUICCMemoryReset. Enable/disable with refreshFlag TRUE answer ``9110`` (REFRESH pending).
+  notifications with rising sequence numbers on enable / disable / delete (listed, and
+  retrieved signed with RetrieveNotificationsList), nicknames, eUICCMemoryReset,
+  GetEuiccInfo1/2, GetEuiccChallenge, EuiccConfiguredAddresses, SetDefaultDpAddress and
+  GetRAT. Requests of the download family (AuthenticateServer, PrepareDownload, BPP)
+  are not implemented yet and answer ``6A80``. Enable/disable with refreshFlag TRUE answer
+  ``9110`` (REFRESH pending).
 
 Fault injection: :attr:`SimulatedEuicc.cat_busy`, :meth:`inject_sw` (e.g. ``6F00`` for the
 next N ES10 commands), :meth:`inject_truncation` (the next N responses lose their SW),
 :attr:`SimulatedEuicc.mute` (the card stops answering: ``transmit`` raises ``TimeoutError``).
 
 :class:`EuiccTransport` is the in-process :class:`tcu.esim.session.ApduTransport` for unit
-tests. This module imports only the standard library and ``tcu``.
+tests. This module imports only the standard library, ``cryptography`` and ``tcu``.
+
+The card's identity (:class:`CardCredentials`) is a real certificate chain: a test CI, an
+EUM certificate signed by it and the eUICC certificate signed by the EUM, all ECDSA P-256
+(generated once per process unless given). EUICCInfo1/2 list the CI's 20-byte
+SubjectKeyIdentifier as the CI public key identifier for verification and signing, and
+notifications are signed with the eUICC key (SGP.22 ``r || s``).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
+import os
 import threading
 from dataclasses import dataclass, field
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import NameOID
+
 from tcu.errors import EsimError
 from tcu.esim import es10
-from tcu.esim.der import Tlv
+from tcu.esim.der import Tlv, encode_tlv
 from tcu.esim.session import ISDR_AID
 
-__all__ = ["EuiccConfig", "EuiccTransport", "ProfileSpec", "SimProfile", "SimulatedEuicc"]
+__all__ = ["CardCredentials", "EuiccConfig", "EuiccTransport", "ProfileSpec", "SimProfile", "SimulatedEuicc"]
 
 SW_OK = 0x9000
 SW_REFRESH_PENDING = 0x9110
@@ -50,6 +69,7 @@ SW_CHANNEL_NOT_SUPPORTED = 0x6881
 SW_TECHNICAL = 0x6F00
 
 _MAX_CHANNELS = 4
+_SVN = bytes([2, 2, 2])  # SGP.22 v2.2.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +84,65 @@ class ProfileSpec:
     nickname: str | None = None
 
 
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tcu simulated eUICC (test only)"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CardCredentials:
+    """The eUICC's key and certificates (DER) and the CI public key identifier it trusts."""
+
+    ci_pkid: bytes
+    ci_certificate: bytes
+    eum_certificate: bytes
+    euicc_certificate: bytes
+    euicc_key: ec.EllipticCurvePrivateKey
+
+    @classmethod
+    def generate(cls, eid: str = "89049032001001234500012345678901") -> CardCredentials:
+        """A fresh test chain CI → EUM → eUICC (ECDSA P-256, valid for ten years)."""
+        now = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+        keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(3)]
+        names = [_name("Test CI"), _name("Test EUM"), _name(f"eUICC {eid}")]
+        skis = [x509.SubjectKeyIdentifier.from_public_key(k.public_key()) for k in keys]
+        certs: list[x509.Certificate] = []
+        for i in range(3):
+            issuer = max(i - 1, 0)
+            builder = (
+                x509.CertificateBuilder()
+                .subject_name(names[i])
+                .issuer_name(names[issuer])
+                .public_key(keys[i].public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now)
+                .not_valid_after(now + dt.timedelta(days=3650))
+                .add_extension(skis[i], critical=False)
+                .add_extension(
+                    x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(skis[issuer]),
+                    critical=False,
+                )
+                .add_extension(x509.BasicConstraints(ca=i < 2, path_length=None), critical=True)
+            )
+            certs.append(builder.sign(keys[issuer], hashes.SHA256()))
+        ders = [c.public_bytes(serialization.Encoding.DER) for c in certs]
+        return cls(skis[0].digest, ders[0], ders[1], ders[2], keys[2])
+
+    def sign(self, data: bytes) -> bytes:
+        """ECDSA P-256 / SHA-256 signature as SGP.22 carries it: ``r || s``, 32 bytes each."""
+        r, s = decode_dss_signature(self.euicc_key.sign(data, ec.ECDSA(hashes.SHA256())))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+@functools.cache
+def _default_credentials() -> CardCredentials:
+    return CardCredentials.generate()
+
+
 @dataclass(frozen=True, slots=True)
 class EuiccConfig:
     eid: str = "89049032001001234500012345678901"
@@ -71,6 +150,14 @@ class EuiccConfig:
     max_response_b: int = 256
     always_chain: bool = False
     notification_address: str = "smdp.example.com"
+    default_dp_address: str | None = None
+    root_ds_address: str = "testrootsmds.example.com"
+    rat: tuple[es10.PprRule, ...] = (
+        es10.PprRule(frozenset({1, 2}), (bytes.fromhex("EEEEEE"),), consent_required=True),
+    )
+    """Rules Authorisation Table: by default PPR1/PPR2 for any operator (wildcard), with consent."""
+    credentials: CardCredentials | None = None
+    """The card's certificates and key; ``None``: a test chain generated once per process."""
 
 
 @dataclass(slots=True)
@@ -112,6 +199,9 @@ class SimulatedEuicc:
             raise EsimError("simulated eUICC: more than one profile configured as enabled")
         self.config = config
         self.eid = bytes.fromhex(config.eid)
+        self.credentials = config.credentials or _default_credentials()
+        self.default_dp_address = config.default_dp_address
+        self.euicc_challenge: bytes | None = None
         self.profiles: list[SimProfile] = [
             SimProfile(
                 iccid=p.iccid,
@@ -317,13 +407,31 @@ class SimulatedEuicc:
             return es10.SetNicknameResponse(es10.SetNicknameResult.ok).encode(), sw
         if isinstance(request, es10.EuiccMemoryResetRequest):
             return es10.EuiccMemoryResetResponse(self._memory_reset(request)).encode(), sw
+        if isinstance(request, es10.GetEuiccInfo1Request):
+            pkids = (self.credentials.ci_pkid,)
+            return es10.EuiccInfo1(_SVN, pkids, pkids).encode(), sw
+        if isinstance(request, es10.GetEuiccChallengeRequest):
+            self.euicc_challenge = os.urandom(16)
+            return es10.GetEuiccChallengeResponse(self.euicc_challenge).encode(), sw
+        if isinstance(request, es10.EuiccConfiguredAddressesRequest):
+            addresses = es10.EuiccConfiguredAddressesResponse(
+                self.config.root_ds_address, self.default_dp_address
+            )
+            return addresses.encode(), sw
+        if isinstance(request, es10.SetDefaultDpAddressRequest):
+            self.default_dp_address = request.address or None
+            return es10.SetDefaultDpAddressResponse(es10.SetDefaultDpAddressResult.ok).encode(), sw
+        if isinstance(request, es10.GetRatRequest):
+            return es10.GetRatResponse(self.config.rat).encode(), sw
+        if isinstance(request, es10.RetrieveNotificationsListRequest):
+            return self._retrieve_notifications(request).encode(), sw
         if isinstance(request, es10.ListNotificationRequest):
             items = tuple(
                 n for n in self.notifications if request.events is None or n.event in request.events
             )
             return es10.ListNotificationResponse(notifications=items).encode(), sw
         if not isinstance(request, es10.NotificationSentRequest):
-            # Decodable, but this card implements only what the profile manager sends.
+            # Decodable, but not implemented by this card (none left today; kept for new requests).
             raise es10.Es10Error("ES10 request", f"{type(request).__name__} is not supported by this card")
         before = len(self.notifications)
         self.notifications = [n for n in self.notifications if n.seq != request.seq]
@@ -333,6 +441,27 @@ class SimulatedEuicc:
             else (es10.NotificationSentResult.nothingToDelete)
         )
         return es10.NotificationSentResponse(status).encode(), sw
+
+    def _retrieve_notifications(
+        self, request: es10.RetrieveNotificationsListRequest
+    ) -> es10.RetrieveNotificationsListResponse:
+        selected = [
+            n
+            for n in self.notifications
+            if (request.seq is None or n.seq == request.seq)
+            and (request.events is None or n.event in request.events)
+        ]
+        if request.seq is not None and not selected:
+            none = es10.RetrieveNotificationsError.noResultAvailable
+            return es10.RetrieveNotificationsListResponse(error=none)
+        creds = self.credentials
+        signed = tuple(
+            es10.other_signed_notification(
+                n, creds.sign(n.encode()), creds.euicc_certificate, creds.eum_certificate
+            )
+            for n in selected
+        )
+        return es10.RetrieveNotificationsListResponse(notifications=signed)
 
     def _enable(self, ref: es10.ProfileRef) -> es10.EnableResult:
         profile = self._find(ref)
@@ -381,23 +510,30 @@ class SimulatedEuicc:
             if (request.delete_operational and p.profile_class is es10.ProfileClass.operational)
             or (request.delete_field_loaded_test and p.profile_class is es10.ProfileClass.test)
         ]
-        if not doomed:
+        reset_dp = request.reset_default_smdp and self.default_dp_address is not None
+        if not doomed and not reset_dp:
             return es10.MemoryResetResult.nothingToDelete
         for profile in doomed:
             self.profiles.remove(profile)
+        if request.reset_default_smdp:
+            self.default_dp_address = None
         return es10.MemoryResetResult.ok
+
+    def _ci_pkid_list(self) -> bytes:
+        """SEQUENCE OF SubjectKeyIdentifier content: one OCTET STRING of 20 bytes."""
+        return encode_tlv(0x04, self.credentials.ci_pkid)
 
     def _euicc_info2(self) -> es10.EuiccInfo2:
         return es10.EuiccInfo2(
             items=(
                 Tlv(0x81, bytes([2, 3, 1])),
-                Tlv(0x82, bytes([2, 2, 2])),
+                Tlv(0x82, _SVN),
                 Tlv(0x83, bytes([1, 0, 0])),
                 Tlv(0x84, bytes.fromhex("810100820400062824830400001922")),
                 Tlv(0x85, bytes.fromhex("067F36C0")),
                 Tlv(0x88, bytes.fromhex("0490")),
-                Tlv(0xA9, bytes.fromhex("04148137")),
-                Tlv(0xAA, bytes.fromhex("04148137")),
+                Tlv(0xA9, self._ci_pkid_list()),
+                Tlv(0xAA, self._ci_pkid_list()),
                 Tlv(0x04, bytes([1, 0, 0])),
                 Tlv(0x0C, b"SIM-TCU-0001"),
             )

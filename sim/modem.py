@@ -7,7 +7,10 @@ thread reads command lines from the master side and answers them.
 Commands: ``AT``, ``ATE0/ATE1``, ``ATI``, ``AT+CGSN``, ``AT+CFUN?/=0|1|4``,
 ``AT+CEREG?/=n``, ``AT+CREG?``, ``AT+COPS?/=3,2``, ``AT+CSQ``, ``AT+CESQ``,
 ``AT+CCHO``/``AT+CGLA``/``AT+CCHC`` and ``AT+CSIM`` routed to a
-:class:`sim.euicc.SimulatedEuicc`. Unknown commands answer ``ERROR``.
+:class:`sim.euicc.SimulatedEuicc`, and the 3GPP TS 27.007 test forms (``AT+CMD=?``) of
+these as a real modem answers them (``OK``, or ``+CMD: (ranges)`` then ``OK``; ``AT+COPS=?``
+lists the networks of the country), which LPAs such as lpac probe before they start.
+Unknown commands, and read forms 27.007 does not define (``AT+CCHO?``), answer ``ERROR``.
 
 Registration follows a settable *country under the vehicle*: the modem serves on the
 enabled profile's home PLMN when that network exists in the country (``+CEREG`` stat 1),
@@ -55,6 +58,19 @@ DEFAULT_COUNTRIES: dict[str, tuple[str, ...]] = {
     "CH": ("22801", "22802"),
     "FR": ("20801", "20810"),
     "BR": ("72405", "72410"),
+}
+
+
+#: 3GPP TS 27.007 test forms (``AT+CMD=?``) this modem answers: the ranges it supports
+#: (an empty string: the command exists and has no parameters to list, just ``OK``).
+_TEST_FORMS: dict[str, str] = {
+    "+CFUN": "(0,1,4),(0-1)",
+    "+CEREG": "(0-2)",
+    "+CREG": "(0-2)",
+    "+CSQ": "(0-31,99),(0-7,99)",
+    "+CESQ": "(0-63,99),(0-7,99),(0-96,255),(0-49,255),(0-34,255),(0-97,255)",
+    "+CGSN": "",
+    "+CSIM": "",
 }
 
 
@@ -329,7 +345,25 @@ class SimulatedModem:
         except (ValueError, IndexError, KeyError):
             return ["+CME ERROR: 50"]
 
+    def _test_form(self, command: str) -> list[str]:
+        """``AT+CMD=?`` (3GPP TS 27.007 test command): the supported ranges, then ``OK``."""
+        if command in ("+CCHO", "+CCHC", "+CGLA"):
+            return ["OK"] if self.config.support_cgla else ["ERROR"]
+        if command == "+COPS":
+            target, _ = self._target()
+            networks = self.config.countries[self.country] if target != 0 and self.coverage else ()
+            found = "".join(
+                f'({2 if plmn == self._serving else 1},"","","{plmn}",7),' for plmn in networks
+            )
+            return [f"+COPS: {found},(0-4),(2)", "OK"]
+        ranges = _TEST_FORMS.get(command)
+        if ranges is None:
+            return ["ERROR"]
+        return [f"{command}: {ranges}", "OK"] if ranges else ["OK"]
+
     def _answer(self, line: str, upper: str) -> list[str] | None:  # noqa: PLR0911 - one per command
+        if upper.startswith("AT+") and upper.endswith("=?"):
+            return self._test_form(upper[2:-2])
         if upper in ("AT", "ATZ"):
             return ["OK"]
         if upper in ("ATE0", "ATE1"):
@@ -350,6 +384,8 @@ class SimulatedModem:
             return ["OK"]
         if upper == "AT+CREG?":
             return [f"+CREG: 0,{self._stat}", "OK"]
+        if upper.startswith("AT+CREG="):
+            return ["OK"] if upper.split("=", 1)[1] in ("0", "1", "2") else ["+CME ERROR: 50"]
         if upper.startswith("AT+COPS="):
             return ["OK"]
         if upper == "AT+COPS?":

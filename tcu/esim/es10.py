@@ -1,8 +1,9 @@
 """ES10 (SGP.22 v2.2.2) messages as typed values, each with ``encode()`` and ``decode()``.
 
-Only what a telematics unit needs for local profile management: GetEID, GetEuiccInfo2,
-GetProfilesInfo, Enable/Disable/Delete profile, SetNickname, ListNotification,
-NotificationSent and eUICCMemoryReset, requests and responses. Encodings follow the
+Local profile management: GetEID, GetEuiccInfo1/2, GetProfilesInfo, Enable/Disable/Delete
+profile, SetNickname, ListNotification, RetrieveNotificationsList, NotificationSent,
+eUICCMemoryReset, GetEuiccChallenge, EuiccConfiguredAddresses, SetDefaultDpAddress and
+GetRAT, requests and responses. Encodings follow the
 ASN.1 module (DER, AUTOMATIC TAGS); the tests compare them byte for byte with asn1tools.
 Deviations seen elsewhere are not repeated: refreshFlag is the context tag ``81`` with
 ``FF``/``00``, the nickname tag is ``90``, undefinedError is 127.
@@ -42,17 +43,21 @@ __all__ = [
     "EnableResult",
     "Es10Error",
     "EuiccConfiguredAddressesRequest",
+    "EuiccConfiguredAddressesResponse",
+    "EuiccInfo1",
     "EuiccInfo2",
     "EuiccMemoryResetRequest",
     "EuiccMemoryResetResponse",
     "GetEidRequest",
     "GetEidResponse",
     "GetEuiccChallengeRequest",
+    "GetEuiccChallengeResponse",
     "GetEuiccInfo1Request",
     "GetEuiccInfo2Request",
     "GetProfilesInfoRequest",
     "GetProfilesInfoResponse",
     "GetRatRequest",
+    "GetRatResponse",
     "ListNotificationError",
     "ListNotificationRequest",
     "ListNotificationResponse",
@@ -62,20 +67,26 @@ __all__ = [
     "NotificationSentRequest",
     "NotificationSentResponse",
     "NotificationSentResult",
+    "PprRule",
     "ProfileClass",
     "ProfileInfo",
     "ProfileInfoListError",
     "ProfileRef",
     "ProfileState",
     "Request",
+    "RetrieveNotificationsError",
     "RetrieveNotificationsListRequest",
+    "RetrieveNotificationsListResponse",
     "SetDefaultDpAddressRequest",
+    "SetDefaultDpAddressResponse",
+    "SetDefaultDpAddressResult",
     "SetNicknameRequest",
     "SetNicknameResponse",
     "SetNicknameResult",
     "decode_request",
     "iccid_from_bcd",
     "iccid_to_bcd",
+    "other_signed_notification",
 ]
 
 TAG_GET_EUICC_INFO2 = 0xBF22
@@ -874,6 +885,204 @@ class SetDefaultDpAddressRequest:
         return cls(address=_utf8(item.value, step, 255))
 
 
+# --- responses of the functions a standard LPA calls (lpac: chip info, notification process) --
+
+
+def _pkid_list(item: Tlv, step: str) -> tuple[bytes, ...]:
+    out = []
+    for tlv in _children(item, step):
+        if tlv.tag != 0x04:
+            raise Es10Error(step, f"unknown tag {tlv.tag:X} in CI key id list, expected 04")
+        out.append(tlv.value)
+    return tuple(out)
+
+
+def _encode_pkid_list(tag: int, pkids: tuple[bytes, ...]) -> bytes:
+    return encode_tlv(tag, b"".join(encode_tlv(0x04, p) for p in pkids))
+
+
+@dataclass(frozen=True, slots=True)
+class EuiccInfo1:
+    """EUICCInfo1: SVN and the CI public key identifiers (SubjectKeyIdentifiers)."""
+
+    TAG: ClassVar[int] = TAG_GET_EUICC_INFO1
+    svn: bytes
+    ci_pkids_verification: tuple[bytes, ...]
+    ci_pkids_signing: tuple[bytes, ...]
+
+    def encode(self) -> bytes:
+        body = encode_tlv(0x82, self.svn)
+        body += _encode_pkid_list(0xA9, self.ci_pkids_verification)
+        body += _encode_pkid_list(0xAA, self.ci_pkids_signing)
+        return encode_tlv(self.TAG, body)
+
+    @classmethod
+    def decode(cls, der: bytes) -> Self:
+        step = "GetEuiccInfo1 response"
+        items = _children(_top(der, cls.TAG, step), step)
+        svn, verification, signing = _expect(items, (0x82, 0xA9, 0xAA), step)
+        if len(svn.value) != 3:
+            raise Es10Error(step, f"svn of {len(svn.value)} bytes, expected 3")
+        return cls(svn.value, _pkid_list(verification, step), _pkid_list(signing, step))
+
+
+@dataclass(frozen=True, slots=True)
+class GetEuiccChallengeResponse:
+    TAG: ClassVar[int] = TAG_GET_EUICC_CHALLENGE
+    challenge: bytes
+
+    def encode(self) -> bytes:
+        return encode_tlv(self.TAG, encode_tlv(0x80, self.challenge))
+
+    @classmethod
+    def decode(cls, der: bytes) -> Self:
+        step = "GetEuiccChallenge response"
+        (item,) = _expect(_children(_top(der, cls.TAG, step), step), (0x80,), step)
+        if len(item.value) != 16:
+            raise Es10Error(step, f"euiccChallenge of {len(item.value)} bytes, expected 16")
+        return cls(item.value)
+
+
+@dataclass(frozen=True, slots=True)
+class EuiccConfiguredAddressesResponse:
+    """``BF3C { [80 defaultDpAddress] 81 rootDsAddress }`` (UTF8String FQDNs)."""
+
+    TAG: ClassVar[int] = TAG_CONFIGURED_ADDRESSES
+    root_ds_address: str
+    default_dp_address: str | None = None
+
+    def encode(self) -> bytes:
+        body = b"" if self.default_dp_address is None else encode_tlv(0x80, self.default_dp_address.encode())
+        return encode_tlv(self.TAG, body + encode_tlv(0x81, self.root_ds_address.encode()))
+
+    @classmethod
+    def decode(cls, der: bytes) -> Self:
+        step = "EuiccConfiguredAddresses response"
+        items = _children(_top(der, cls.TAG, step), step)
+        if len(items) == 2:
+            dp, ds = _expect(items, (0x80, 0x81), step)
+            return cls(_utf8(ds.value, step, 255), _utf8(dp.value, step, 255))
+        (ds,) = _expect(items, (0x81,), step)
+        return cls(_utf8(ds.value, step, 255))
+
+
+@dataclass(frozen=True, slots=True)
+class PprRule:
+    """ProfilePolicyAuthorisationRule: PPR bits, allowed operators (MCC+MNC, 3 bytes), consent."""
+
+    ppr_ids: frozenset[int]
+    mcc_mnc: tuple[bytes, ...]
+    consent_required: bool = False
+
+    def encode(self) -> bytes:
+        operators = b"".join(encode_tlv(0x30, encode_tlv(0x80, op)) for op in self.mcc_mnc)
+        body = encode_tlv(0x80, _bits_encode(self.ppr_ids)) + encode_tlv(0xA1, operators)
+        body += encode_tlv(0x82, _bits_encode(frozenset({0}) if self.consent_required else frozenset()))
+        return encode_tlv(0x30, body)
+
+    @classmethod
+    def from_tlv(cls, tlv: Tlv, step: str) -> PprRule:
+        if tlv.tag != 0x30:
+            raise Es10Error(step, f"unknown tag {tlv.tag:X} in RAT, expected 30")
+        ids, operators, flags = _expect(_children(tlv, step), (0x80, 0xA1, 0x82), step)
+        mcc_mnc = []
+        for operator in _children(operators, step):
+            if operator.tag != 0x30:
+                raise Es10Error(step, f"unknown tag {operator.tag:X} in allowedOperators, expected 30")
+            fields = _children(operator, step)
+            if not fields or fields[0].tag != 0x80 or len(fields[0].value) != 3:
+                raise Es10Error(step, "OperatorId without a 3-byte mccMnc")
+            mcc_mnc.append(fields[0].value)
+        return cls(_bits_decode(ids.value, step), tuple(mcc_mnc), 0 in _bits_decode(flags.value, step))
+
+
+@dataclass(frozen=True, slots=True)
+class GetRatResponse:
+    """``BF43 { A0 rat }``: the Rules Authorisation Table."""
+
+    TAG: ClassVar[int] = TAG_GET_RAT
+    rules: tuple[PprRule, ...] = ()
+
+    def encode(self) -> bytes:
+        return encode_tlv(self.TAG, encode_tlv(0xA0, b"".join(r.encode() for r in self.rules)))
+
+    @classmethod
+    def decode(cls, der: bytes) -> Self:
+        step = "GetRAT response"
+        (rat,) = _expect(_children(_top(der, cls.TAG, step), step), (0xA0,), step)
+        return cls(tuple(PprRule.from_tlv(t, step) for t in _children(rat, step)))
+
+
+class RetrieveNotificationsError(enum.IntEnum):
+    noResultAvailable = 1
+    undefinedError = 127
+
+
+_T_PENDING_INSTALL = 0xBF37
+_T_OTHER_SIGNED = 0x30
+
+
+def other_signed_notification(
+    metadata: NotificationMetadata, signature: bytes, euicc_certificate: bytes, eum_certificate: bytes
+) -> bytes:
+    """OtherSignedNotification DER: ``30 { BF2F metadata, 5F37 signature, eUICC cert, EUM cert }``.
+
+    ``signature`` is the eUICC's over ``metadata.encode()``; the certificates are DER.
+    """
+    body = metadata.encode() + encode_tlv(0x5F37, signature) + euicc_certificate + eum_certificate
+    return encode_tlv(_T_OTHER_SIGNED, body)
+
+
+@dataclass(frozen=True, slots=True)
+class RetrieveNotificationsListResponse:
+    """The pending notifications, each kept as its DER (an LPA forwards them unchanged).
+
+    Each is a ProfileInstallationResult (``BF37``) or an OtherSignedNotification (``30``);
+    :attr:`metadata` decodes the NotificationMetadata of the latter.
+    """
+
+    TAG: ClassVar[int] = TAG_RETRIEVE_NOTIFICATIONS
+    notifications: tuple[bytes, ...] = ()
+    error: RetrieveNotificationsError | None = None
+
+    def encode(self) -> bytes:
+        if self.error is not None:
+            return encode_tlv(self.TAG, encode_tlv(0x81, encode_int(self.error)))
+        return encode_tlv(self.TAG, encode_tlv(0xA0, b"".join(self.notifications)))
+
+    @classmethod
+    def decode(cls, der: bytes) -> Self:
+        step = "RetrieveNotificationsList response"
+        items = _children(_top(der, cls.TAG, step), step)
+        if len(items) != 1:
+            raise Es10Error(step, f"expected one CHOICE element, got {len(items)}")
+        if items[0].tag == 0x81:
+            return cls(error=_enum(RetrieveNotificationsError, _int(items[0].value, step), step))
+        if items[0].tag != 0xA0:
+            raise Es10Error(step, f"unknown tag {items[0].tag:X}, expected A0 or 81")
+        pending = _children(items[0], step)
+        for tlv in pending:
+            if tlv.tag not in (_T_PENDING_INSTALL, _T_OTHER_SIGNED):
+                raise Es10Error(step, f"unknown tag {tlv.tag:X} in notification list, expected BF37 or 30")
+            if tlv.tag == _T_OTHER_SIGNED:
+                _expect_other_signed(tlv, step)
+        return cls(notifications=tuple(t.encode() for t in pending))
+
+    def metadata(self) -> tuple[NotificationMetadata | None, ...]:
+        """The NotificationMetadata of each OtherSignedNotification (``None`` for BF37)."""
+        step = "RetrieveNotificationsList response"
+        out: list[NotificationMetadata | None] = []
+        for der in self.notifications:
+            tlv = _top(der, decode_one(der).tag, step)
+            out.append(_expect_other_signed(tlv, step) if tlv.tag == _T_OTHER_SIGNED else None)
+        return tuple(out)
+
+
+def _expect_other_signed(tlv: Tlv, step: str) -> NotificationMetadata:
+    items = _expect(_children(tlv, step), (_T_NOTIFICATION_METADATA, 0x5F37, 0x30, 0x30), step)
+    return NotificationMetadata.from_tlv(items[0], step)
+
+
 # --- single-result responses --------------------------------------------------------------
 
 
@@ -931,6 +1140,18 @@ class EuiccMemoryResetResponse(_ResultResponse):
     TAG: ClassVar[int] = TAG_MEMORY_RESET
     NAME: ClassVar[str] = "eUICCMemoryReset"
     RESULT: ClassVar[type[enum.IntEnum]] = MemoryResetResult
+
+
+class SetDefaultDpAddressResult(enum.IntEnum):
+    ok = 0
+    undefinedError = 127
+
+
+@dataclass(frozen=True, slots=True)
+class SetDefaultDpAddressResponse(_ResultResponse):
+    TAG: ClassVar[int] = TAG_SET_DEFAULT_DP
+    NAME: ClassVar[str] = "SetDefaultDpAddress"
+    RESULT: ClassVar[type[enum.IntEnum]] = SetDefaultDpAddressResult
 
 
 @dataclass(frozen=True, slots=True)

@@ -240,5 +240,39 @@ class IsdrSession:
             es10.NotificationSentRequest(seq), es10.NotificationSentResponse, f"NotificationSent {seq}"
         )
 
+    async def get_euicc_info1(self) -> es10.EuiccInfo1:
+        raw = await self.store_data(es10.GetEuiccInfo1Request().encode(), step="GetEuiccInfo1")
+        return es10.EuiccInfo1.decode(raw)
+
+    async def get_euicc_challenge(self) -> bytes:
+        raw = await self.store_data(es10.GetEuiccChallengeRequest().encode(), step="GetEuiccChallenge")
+        return es10.GetEuiccChallengeResponse.decode(raw).challenge
+
+    async def configured_addresses(self) -> es10.EuiccConfiguredAddressesResponse:
+        raw = await self.store_data(
+            es10.EuiccConfiguredAddressesRequest().encode(), step="EuiccConfiguredAddresses"
+        )
+        return es10.EuiccConfiguredAddressesResponse.decode(raw)
+
+    async def set_default_dp_address(self, address: str) -> None:
+        await self._result(
+            es10.SetDefaultDpAddressRequest(address),
+            es10.SetDefaultDpAddressResponse,
+            f"SetDefaultDpAddress {address}",
+        )
+
+    async def get_rat(self) -> tuple[es10.PprRule, ...]:
+        raw = await self.store_data(es10.GetRatRequest().encode(), step="GetRAT")
+        return es10.GetRatResponse.decode(raw).rules
+
+    async def retrieve_notifications(self, seq: int | None = None) -> es10.RetrieveNotificationsListResponse:
+        """The pending notifications, signed by the card (all, or the one numbered ``seq``)."""
+        step = "RetrieveNotificationsList" if seq is None else f"RetrieveNotificationsList seq {seq}"
+        raw = await self.store_data(es10.RetrieveNotificationsListRequest(seq=seq).encode(), step=step)
+        response = es10.RetrieveNotificationsListResponse.decode(raw)
+        if response.error is not None:
+            raise Es10ResultError(step, response.error)
+        return response
+
     async def memory_reset(self, request: es10.EuiccMemoryResetRequest) -> None:
         await self._result(request, es10.EuiccMemoryResetResponse, "eUICCMemoryReset")

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sim.euicc import CardCredentials
 from tcu.errors import EsimError
 from tcu.esim import der, es10
 from tools.shared_data import shared_path
@@ -49,7 +50,14 @@ OURS: dict[str, Any] = {
     "EuiccMemoryResetResponse": es10.EuiccMemoryResetResponse,
     "ListNotificationResponse": es10.ListNotificationResponse,
     "GetEuiccDataResponse": es10.GetEidResponse,
+    "EUICCInfo1": es10.EuiccInfo1,
+    "GetEuiccChallengeResponse": es10.GetEuiccChallengeResponse,
+    "EuiccConfiguredAddressesResponse": es10.EuiccConfiguredAddressesResponse,
+    "SetDefaultDpAddressResponse": es10.SetDefaultDpAddressResponse,
+    "GetRatResponse": es10.GetRatResponse,
+    "RetrieveNotificationsListResponse": es10.RetrieveNotificationsListResponse,
 }
+CREDS = CardCredentials.generate()
 
 
 def _bits(bits: frozenset[int]) -> tuple[bytes, int]:
@@ -135,6 +143,50 @@ def to_asn1(obj: Any) -> Any:  # noqa: PLR0911 - one return per message type
         return {"resetResult": int(obj.result)}
     if isinstance(obj, es10.NotificationSentResponse):
         return {"deleteNotificationStatus": int(obj.result)}
+    if isinstance(obj, es10.EuiccInfo1):
+        return {
+            "svn": obj.svn,
+            "euiccCiPKIdListForVerification": list(obj.ci_pkids_verification),
+            "euiccCiPKIdListForSigning": list(obj.ci_pkids_signing),
+        }
+    if isinstance(obj, es10.GetEuiccChallengeResponse):
+        return {"euiccChallenge": obj.challenge}
+    if isinstance(obj, es10.EuiccConfiguredAddressesResponse):
+        out = {"rootDsAddress": obj.root_ds_address}
+        if obj.default_dp_address is not None:
+            out["defaultDpAddress"] = obj.default_dp_address
+        return out
+    if isinstance(obj, es10.SetDefaultDpAddressResponse):
+        return {"setDefaultDpAddressResult": int(obj.result)}
+    if isinstance(obj, es10.GetRatResponse):
+        return {
+            "rat": [
+                {
+                    "pprIds": _bits(r.ppr_ids),
+                    "allowedOperators": [{"mccMnc": op} for op in r.mcc_mnc],
+                    "pprFlags": _bits(frozenset({0}) if r.consent_required else frozenset()),
+                }
+                for r in obj.rules
+            ]
+        }
+    if isinstance(obj, es10.RetrieveNotificationsListResponse):
+        if obj.error is not None:
+            return ("notificationsListResultError", int(obj.error))
+        pending = []
+        for raw in obj.notifications:
+            meta, sig, euicc, eum = der.decode_one(raw).children()
+            pending.append(
+                (
+                    "otherSignedNotification",
+                    {
+                        "tbsOtherNotification": _meta(es10.NotificationMetadata.from_tlv(meta, "test")),
+                        "euiccNotificationSignature": sig.value,
+                        "euiccCertificate": REF.decode("Certificate", euicc.encode()),
+                        "eumCertificate": REF.decode("Certificate", eum.encode()),
+                    },
+                )
+            )
+        return ("notificationList", pending)
     raise AssertionError(f"no mapping for {obj!r}")
 
 
@@ -321,6 +373,43 @@ messages = st.one_of(
     st.builds(es10.SetNicknameResponse, result=_enum_of(es10.SetNicknameResult)),
     st.builds(es10.EuiccMemoryResetResponse, result=_enum_of(es10.MemoryResetResult)),
     st.builds(es10.NotificationSentResponse, result=_enum_of(es10.NotificationSentResult)),
+    st.builds(
+        es10.EuiccInfo1,
+        svn=st.binary(min_size=3, max_size=3),
+        ci_pkids_verification=st.lists(st.binary(min_size=20, max_size=20), max_size=3).map(tuple),
+        ci_pkids_signing=st.lists(st.binary(min_size=20, max_size=20), max_size=3).map(tuple),
+    ),
+    st.builds(es10.GetEuiccChallengeResponse, challenge=st.binary(min_size=16, max_size=16)),
+    st.builds(
+        es10.EuiccConfiguredAddressesResponse, root_ds_address=texts, default_dp_address=st.none() | texts
+    ),
+    st.builds(es10.SetDefaultDpAddressResponse, result=_enum_of(es10.SetDefaultDpAddressResult)),
+    st.builds(
+        es10.GetRatResponse,
+        rules=st.lists(
+            st.builds(
+                es10.PprRule,
+                ppr_ids=st.frozensets(st.integers(0, 2)),
+                mcc_mnc=st.lists(st.binary(min_size=3, max_size=3), max_size=3).map(tuple),
+                consent_required=st.booleans(),
+            ),
+            max_size=3,
+        ).map(tuple),
+    ),
+    st.builds(es10.RetrieveNotificationsListResponse, error=_enum_of(es10.RetrieveNotificationsError)),
+    st.builds(
+        es10.RetrieveNotificationsListResponse,
+        notifications=st.lists(
+            st.builds(
+                es10.other_signed_notification,
+                metas,
+                st.binary(min_size=64, max_size=64),
+                st.just(CREDS.euicc_certificate),
+                st.just(CREDS.eum_certificate),
+            ),
+            max_size=3,
+        ).map(tuple),
+    ),
 )
 
 ASN1_NAME = {cls: name for name, cls in OURS.items()}

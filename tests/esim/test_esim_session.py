@@ -165,3 +165,22 @@ async def test_faults_are_named() -> None:
         card.mute = False
         assert await session.get_eid() == card.config.eid
     assert card.enabled_iccids == [A]
+
+
+async def test_session_lpa_functions() -> None:
+    card = make_card()
+    async with IsdrSession(EuiccTransport(card)) as session:
+        info1 = await session.get_euicc_info1()
+        assert info1.ci_pkids_signing == (card.credentials.ci_pkid,)
+        challenge = await session.get_euicc_challenge()
+        assert len(challenge) == 16 and challenge == card.euicc_challenge
+        assert (await session.configured_addresses()).default_dp_address is None
+        await session.set_default_dp_address("smdp.example.org")
+        assert (await session.configured_addresses()).default_dp_address == "smdp.example.org"
+        assert (await session.get_rat()) == card.config.rat
+        await session.enable_profile(es10.ProfileRef(iccid=B))
+        pending = await session.retrieve_notifications()
+        assert [m.seq for m in pending.metadata() if m is not None] == [1, 2]
+        assert len((await session.retrieve_notifications(seq=2)).notifications) == 1
+        with pytest.raises(Es10ResultError, match=r"List seq 9: noResultAvailable \(1\)"):
+            await session.retrieve_notifications(seq=9)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import select
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -302,3 +306,65 @@ async def test_gnss_fixes_from_nmea(at: AtChannel, sim_modem: SimulatedModem) ->
     assert last.lon_deg == pytest.approx(-11.4041, abs=1e-4) and last.valid
     assert any(f.sentence == "GGA" and f.satellites == 8 for f in seen)
     assert not any(f.lat_deg == pytest.approx(48.1173, abs=1e-4) for f in seen)  # bad checksum skipped
+
+
+# 3GPP TS 27.007 test forms (``=?``) and read forms (``?``), as lpac probes them at connect.
+TEST_FORMS = {
+    "AT+CCHO=?": [],
+    "AT+CCHC=?": [],
+    "AT+CGLA=?": [],
+    "AT+CSIM=?": [],
+    "AT+CGSN=?": [],
+    "AT+CFUN=?": ["+CFUN: (0,1,4),(0-1)"],
+    "AT+CEREG=?": ["+CEREG: (0-2)"],
+    "AT+CREG=?": ["+CREG: (0-2)"],
+    "AT+CSQ=?": ["+CSQ: (0-31,99),(0-7,99)"],
+    "AT+CESQ=?": ["+CESQ: (0-63,99),(0-7,99),(0-96,255),(0-49,255),(0-34,255),(0-97,255)"],
+}
+
+
+async def test_test_forms_answer_like_a_27007_modem(at: AtChannel) -> None:
+    for command, lines in TEST_FORMS.items():
+        assert await at.command(command) == lines, command
+    # read forms where 27.007 defines one
+    assert await at.command("AT+CFUN?") == ["+CFUN: 1"]
+    assert (await at.command("AT+CEREG?"))[0].startswith("+CEREG: 0,")
+    assert (await at.command("AT+CREG?"))[0].startswith("+CREG: 0,")
+    assert (await at.command("AT+COPS?"))[0].startswith("+COPS: 0")
+    # AT+CCHO, AT+CGLA, AT+CCHC and AT+CSIM have no read form in 27.007: ERROR, not a CME error
+    for command in ("AT+CCHO?", "AT+CGLA?", "AT+CCHC?", "AT+CSIM?", "AT+NOPE=?"):
+        with pytest.raises(AtCommandError, match="modem answered ERROR"):
+            await at.command(command)
+
+
+async def test_cops_test_form_lists_the_networks_of_the_country(at: AtChannel) -> None:
+    modem = Modem(at, modem_profile("generic"))
+    await modem.wait_registered(timeout_s=3)
+    (line,) = await at.command("AT+COPS=?")
+    assert line == '+COPS: (2,"","","26201",7),(1,"","","26202",7),(1,"","","26203",7),,(0-4),(2)'
+
+
+@pytest.mark.parametrize("sim_modem", [{"support_cgla": False}], indirect=True)
+async def test_a_modem_without_cgla_says_so_in_the_test_form(at: AtChannel) -> None:
+    for command in ("AT+CCHO=?", "AT+CCHC=?", "AT+CGLA=?"):
+        with pytest.raises(AtCommandError, match="modem answered ERROR"):
+            await at.command(command)
+    assert await at.command("AT+CSIM=?") == []
+
+
+def test_every_command_gets_a_final_result_line(sim_modem: SimulatedModem) -> None:
+    """lpac waits for a bare ``OK`` or ``ERROR``: every probe must end with one of them."""
+    fd = os.open(sim_modem.port, os.O_RDWR | os.O_NOCTTY)
+    try:
+        for command in [*TEST_FORMS, "AT+CCHO?", "AT+COPS=?"]:
+            os.write(fd, command.encode() + b"\r")
+            seen = b""
+            deadline = time.monotonic() + 3
+            while not re.search(rb"\r\n(OK|ERROR)\r\n$", seen):
+                assert time.monotonic() < deadline, f"{command}: no final result, got {seen!r}"
+                ready, _, _ = select.select([fd], [], [], 0.1)
+                if ready:
+                    seen += os.read(fd, 4096)
+            assert b"CME ERROR" not in seen, command
+    finally:
+        os.close(fd)
