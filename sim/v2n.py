@@ -1,0 +1,716 @@
+"""Several simulated vehicles on one road, for V2N (vehicle → network → vehicle) hazard warnings.
+
+The road is the A31 north of Metz between the Metz-Nord/Woippy and Maizières-lès-Metz
+junctions (:func:`sim.route.metz_luxembourg_trier`, a straight 6.9 km stretch heading 355°,
+limit 90 km/h). Every vehicle drives the :class:`~sim.vehicle.Vehicle` model at 90 km/h from
+the start and produces the CAN frames of ``sim/data/tcu_sim.dbc`` over its own socketcand
+server, so that each can run a real ``tcu agent``:
+
+* ``leader`` brakes hard (7.5 m/s²) at :data:`BRAKE_AT_S` down to a standstill, stands in its
+  lane with the hazard lights on for about 6 s, then drives on: an emergency electronic
+  brake light (EEBL) condition, then a stationary-vehicle condition, each ending;
+* ``follower-50``, ``follower-150``, ``follower-400`` follow 50, 150 and 400 m behind and
+  stop behind it (braking at 4.5, 3 and 2 m/s², below any hard-braking threshold);
+* ``ahead-150`` drives 150 m in front of the leader (the hazards are behind it);
+* ``far-5km`` drives 5 km behind (outside any relevance distance used here);
+* ``opposite`` drives the other carriageway towards the leader (600 m in front of it at
+  the start, passing it after the drive): close by, hazards ahead of it, opposite heading.
+
+Positions carry a lateral offset of 5 m to the right of each vehicle's direction of travel,
+so the two carriageways are 10 m apart.
+
+**Ground truth** (:func:`compute_truth`) says which vehicle must be warned of which event,
+from the encoded signals alone (what the agents decode), by rules given as data
+(:class:`Rules`): a trigger is a conjunction of comparisons on DBC signals, evaluated like the
+campaign engine (at every frame time of one of its signals, on the latest values; rising
+edge), and ends at the first frame at which it no longer holds (the cancellation). The event
+position and heading are the source's latest GNSS values at the trigger. A receiver must be
+warned when, within ``acceptance_window_s`` after the trigger, it is within the event's
+relevance distance, the event lies ahead of it (bearing within ``ahead_max_deg`` of its
+heading) and it travels the same way as the event (headings within ``heading_max_deg``).
+Decisions whose margin to a threshold is thin, that change within the acceptance window, or
+that turn relevant later during the event (a repetition would then warn the vehicle) are
+listed in ``ambiguous``: the scenario is built so that there are none. None of this uses
+``tcu.v2x``.
+
+``python -m sim.v2n`` runs the fleet; stdout carries the JSON protocol (one object a line)::
+
+    {"event": "ready", "vehicles": [{"name": ..., "station_id": ..., "vin": ..., "host": ...,
+     "port": P, "channel": "can0"}, ...], "dbc": ..., "mapping": ...}
+    {"event": "started", "start_us": T}
+    {"event": "done", "frames": {name: N}, "truth": PATH, "ground_truth": {name: PATH}, ...}
+
+The drive starts when every vehicle's socketcand client has opened its channel; all drives
+share one simulated start time (the wall clock then, so CAN time is wall time at
+``--speed 1``). The wall time at which each frame was handed to the socket is recorded per
+batch; the truth file gives it for every trigger and end frame (``trigger_wall_ns``), the
+start of the hazard latencies. After ``done`` the simulator idles until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import dataclasses
+import json
+import logging
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from sim.canbus import DEFAULT_DBC_PATH, DEFAULT_MAPPING_PATH, Drive, DriveConfig
+from sim.groundtruth import GroundTruth
+from sim.route import EARTH_RADIUS_M, Route, metz_luxembourg_trier
+from sim.socketcand import SocketcandConfig, SocketcandServer
+from sim.vehicle import ScriptedStop, VehicleConfig
+from tcu.errors import ConfigError, TcuError
+
+__all__ = [
+    "BRAKE_AT_S",
+    "DEFAULT_DURATION_S",
+    "DEFAULT_RULES",
+    "Comparison",
+    "FleetVehicle",
+    "Rules",
+    "TriggerRule",
+    "bearing_deg",
+    "compute_truth",
+    "distance_m",
+    "main",
+    "v2n_fleet",
+]
+
+log = logging.getLogger("sim.v2n")
+
+#: Where the leader is at t = 0: 9.9 km from Metz on the straight A31 (Woippy 3.8 km → Maizières 10.7 km).
+LEADER_START_M = 9_900.0
+CRUISE_KMH = 90.0
+#: When the leader brakes hard (simulated s): time for every agent to connect and subscribe first.
+BRAKE_AT_S = 5.0
+#: How long the leader stands after its standstill (hazard lights from 0.5 s after it until the end).
+LEADER_HOLD_S = 6.5
+DEFAULT_DURATION_S = 18.0
+LANE_OFFSET_M = 5.0
+FOLLOWER_HOLD_S = 3600.0  # followers stay behind the leader for the rest of the drive
+
+
+@dataclass(frozen=True, slots=True)
+class FleetVehicle:
+    """One vehicle of the fleet: who it is and how it drives."""
+
+    name: str
+    role: str
+    station_id: int
+    vin: str
+    route: Route
+    config: VehicleConfig
+
+
+def v2n_fleet(seed: int = 1) -> tuple[FleetVehicle, ...]:
+    """The V2N scenario's vehicles (see the module docstring); seeds ``seed``, ``seed + 1``, ..."""
+    base = metz_luxembourg_trier()
+    reverse = Route(tuple(reversed(base.waypoints)), name=f"{base.name} reversed")
+
+    def car(
+        i: int,
+        name: str,
+        role: str,
+        start_m: float,
+        *,
+        route: Route = base,
+        stops: Sequence[ScriptedStop] = (),
+    ) -> FleetVehicle:
+        config = VehicleConfig(
+            seed=seed + i,
+            park_s=0.0,
+            initial_speed_kmh=CRUISE_KMH,
+            cruise_kmh=CRUISE_KMH,
+            start_distance_m=start_m,
+            lateral_offset_m=LANE_OFFSET_M,
+            stops=tuple(stops),
+        )
+        return FleetVehicle(name, role, 1001 + i, f"WTCUV2N{i + 1:010d}", route, config)
+
+    lead = LEADER_START_M
+    return (
+        car(
+            0,
+            "leader",
+            "brakes hard, then stands with hazard lights",
+            lead,
+            stops=[ScriptedStop(BRAKE_AT_S, 7.5, LEADER_HOLD_S, hazard_lights=True)],
+        ),
+        car(1, "follower-50", "50 m behind", lead - 50.0, stops=[_follow(0.5, 4.5, 20.0)]),
+        car(2, "follower-150", "150 m behind", lead - 150.0, stops=[_follow(1.0, 3.0, 10.0)]),
+        car(3, "follower-400", "400 m behind", lead - 400.0, stops=[_follow(2.0, 2.0, 10.0)]),
+        car(4, "ahead-150", "150 m in front", lead + 150.0),
+        car(5, "far-5km", "5 km behind", lead - 5_000.0),
+        car(6, "opposite", "other carriageway, oncoming", reverse.length_m - (lead + 600.0), route=reverse),
+    )
+
+
+def _follow(reaction_s: float, decel_mps2: float, jerk_mps3: float) -> ScriptedStop:
+    return ScriptedStop(BRAKE_AT_S + reaction_s, decel_mps2, FOLLOWER_HOLD_S, jerk_mps3=jerk_mps3)
+
+
+# ---------------------------------------------------------------------------------- rules
+
+
+_OPS = {"<": float.__lt__, "<=": float.__le__, ">": float.__gt__, ">=": float.__ge__}
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """``<message>.<signal> <op> <value>`` on a DBC signal's physical value."""
+
+    message: str
+    signal: str
+    op: str
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.op not in _OPS:
+            raise ConfigError(f"unknown comparison {self.op!r}, use one of {sorted(_OPS)}", key="op")
+
+    def holds(self, x: float) -> bool:
+        return _OPS[self.op](float(x), float(self.value))
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerRule:
+    """An event kind: the conjunction of comparisons that triggers it, and its relevance distance."""
+
+    kind: str
+    all_of: tuple[Comparison, ...]
+    relevance_m: float
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What the agents are configured to do, as data (the demo writes it from the agents' config)."""
+
+    triggers: tuple[TriggerRule, ...]
+    ahead_max_deg: float = 60.0
+    heading_max_deg: float = 45.0
+    acceptance_window_s: float = 1.0
+    margin_fraction: float = 0.1  # a distance within 10 % of the limit is too close to call
+    margin_deg: float = 10.0
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Rules:
+        try:
+            triggers = tuple(
+                TriggerRule(
+                    kind=str(t["kind"]),
+                    all_of=tuple(
+                        Comparison(str(c["message"]), str(c["signal"]), str(c["op"]), float(c["value"]))
+                        for c in t["all"]
+                    ),
+                    relevance_m=float(t["relevance_m"]),
+                )
+                for t in data["triggers"]
+            )
+            extra = {
+                k: float(data[k])
+                for k in (
+                    "ahead_max_deg",
+                    "heading_max_deg",
+                    "acceptance_window_s",
+                    "margin_fraction",
+                    "margin_deg",
+                )
+                if k in data
+            }
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"bad V2N rules: {exc!r}", key="triggers") from exc
+        return cls(triggers, **extra)
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["triggers"] = [
+            {"kind": t.kind, "all": [dataclasses.asdict(c) for c in t.all_of], "relevance_m": t.relevance_m}
+            for t in self.triggers
+        ]
+        return out
+
+
+DEFAULT_RULES = Rules(
+    triggers=(
+        TriggerRule(
+            "eebl",
+            (
+                Comparison("ESP_Speed", "LongitudinalAccel", "<", -6.0),
+                Comparison("ESP_Speed", "VehicleSpeed", ">", 20.0),
+            ),
+            relevance_m=200.0,
+        ),
+        TriggerRule(
+            "stationary",
+            (
+                Comparison("ESP_Speed", "VehicleSpeed", "<", 1.0),
+                Comparison("BCM_Lights", "HazardLights", ">", 0.5),
+            ),
+            relevance_m=1000.0,
+        ),
+    )
+)
+"""Rules that match the scenario: EEBL relevant within 200 m, a stationary vehicle within 1 km."""
+
+
+# ------------------------------------------------------------------------------- geometry
+
+
+def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance (haversine, the simulator's Earth radius)."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2.0 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
+
+
+def bearing_deg(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Initial great-circle bearing from point 1 to point 2, clockwise from north in [0, 360)."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dl = math.radians(lon2 - lon1)
+    y = math.sin(dl) * math.cos(p2)
+    x = math.cos(p1) * math.sin(p2) - math.sin(p1) * math.cos(p2) * math.cos(dl)
+    return math.degrees(math.atan2(y, x)) % 360.0
+
+
+def _angle_off(a: float, b: float) -> float:
+    """Unsigned smallest angle between two headings, in [0, 180]."""
+    return abs((a - b + 180.0) % 360.0 - 180.0)
+
+
+# ---------------------------------------------------------------------------- ground truth
+
+
+class _Track:
+    """A vehicle's decoded signals as step functions of CAN time (latest value at or before t)."""
+
+    def __init__(self, gt: GroundTruth) -> None:
+        self.gt = gt
+        self._series: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
+
+    def series(self, message: str, signal: str) -> tuple[list[int], list[float]]:
+        key = (message, signal)
+        if key not in self._series:
+            t, v = self.gt.series(message, signal)
+            self._series[key] = (t.tolist(), v.tolist())
+        return self._series[key]
+
+    def at(self, message: str, signal: str, t_us: int) -> float | None:
+        t, v = self.series(message, signal)
+        i = bisect.bisect_right(t, t_us) - 1
+        return v[i] if i >= 0 else None
+
+    def pose(self, t_us: int) -> tuple[float, float, float] | None:
+        lat = self.at("GNSS_Position", "Latitude", t_us)
+        lon = self.at("GNSS_Position", "Longitude", t_us)
+        heading = self.at("GNSS_Status", "GnssHeading", t_us)
+        if lat is None or lon is None or heading is None:
+            return None
+        return lat, lon, heading
+
+    def gnss_times(self, lo_us: int, hi_us: int) -> list[int]:
+        t, _ = self.series("GNSS_Position", "Latitude")
+        return t[bisect.bisect_left(t, lo_us) : bisect.bisect_right(t, hi_us)]
+
+
+def _intervals(track: _Track, rule: TriggerRule) -> list[tuple[int, str, int | None, str | None]]:
+    """``(trigger_us, trigger message, end_us or None, end message)`` of each time the rule holds."""
+    times: dict[int, str] = {}
+    for c in rule.all_of:
+        for t in track.series(c.message, c.signal)[0]:
+            times.setdefault(t, c.message)
+    out: list[tuple[int, str, int | None, str | None]] = []
+    state = False
+    start: tuple[int, str] | None = None
+    for t in sorted(times):
+        values = [track.at(c.message, c.signal, t) for c in rule.all_of]
+        now = all(v is not None and c.holds(v) for c, v in zip(rule.all_of, values, strict=True))
+        if now and not state:
+            start = (t, times[t])
+        elif state and not now and start is not None:
+            out.append((start[0], start[1], t, times[t]))
+            start = None
+        state = now
+    if start is not None:
+        out.append((start[0], start[1], None, None))
+    return out
+
+
+def _wall_ns(batches: tuple[list[int], list[int]] | None, t_us: int | None) -> int | None:
+    """Wall time (ns) at which the batch holding the frame at ``t_us`` was handed to the socket."""
+    if batches is None or t_us is None:
+        return None
+    last_us, wall = batches
+    i = bisect.bisect_left(last_us, t_us)
+    return wall[i] if i < len(wall) else None
+
+
+def compute_truth(
+    vehicles: Sequence[FleetVehicle],
+    truths: Mapping[str, GroundTruth],
+    rules: Rules,
+    send_walls: Mapping[str, tuple[list[int], list[int]]] | None = None,
+) -> dict[str, Any]:
+    """Who must be warned of what: events from every vehicle's signals, relevance from geometry.
+
+    ``send_walls`` maps a vehicle to its batches' (last frame time in µs, wall ns when sent),
+    which gives the events' ``trigger_wall_ns`` / ``end_wall_ns``.
+    """
+    tracks = {v.name: _Track(truths[v.name]) for v in vehicles}
+    walls = send_walls or {}
+    end_us = max(gt.end_us for gt in truths.values())
+    window_us = round(rules.acceptance_window_s * 1e6)
+    events: list[dict[str, Any]] = []
+    ambiguous: list[str] = []
+    for source in vehicles:
+        track = tracks[source.name]
+        for rule in rules.triggers:
+            for n, (t0, msg0, t1, msg1) in enumerate(_intervals(track, rule), start=1):
+                pose = track.pose(t0)
+                event_id = f"{source.name}/{rule.kind}/{n}"
+                if pose is None:
+                    ambiguous.append(f"{event_id}: no GNSS position at the trigger")
+                    continue
+                lat, lon, heading = pose
+                receivers: dict[str, dict[str, Any]] = {}
+                for rx in vehicles:
+                    if rx.name == source.name:
+                        continue
+                    verdict = _judge(
+                        tracks[rx.name],
+                        (lat, lon, heading),
+                        rule,
+                        rules,
+                        t0=t0,
+                        t_end=t1 or end_us,
+                        window_us=window_us,
+                    )
+                    receivers[rx.name] = verdict
+                    if verdict["ambiguous"]:
+                        ambiguous.append(f"{event_id} → {rx.name}: {verdict['ambiguous']}")
+                events.append(
+                    {
+                        "id": event_id,
+                        "kind": rule.kind,
+                        "source": source.name,
+                        "station_id": source.station_id,
+                        "vin": source.vin,
+                        "trigger_us": t0,
+                        "trigger_message": msg0,
+                        "trigger_wall_ns": _wall_ns(walls.get(source.name), t0),
+                        "end_us": t1,
+                        "end_message": msg1,
+                        "end_wall_ns": _wall_ns(walls.get(source.name), t1),
+                        "latitude_deg": lat,
+                        "longitude_deg": lon,
+                        "heading_deg": heading,
+                        "relevance_m": rule.relevance_m,
+                        "must_warn": sorted(k for k, r in receivers.items() if r["warned"]),
+                        "must_not_warn": sorted(k for k, r in receivers.items() if not r["warned"]),
+                        "receivers": receivers,
+                    }
+                )
+    events.sort(key=lambda e: (e["trigger_us"], e["id"]))
+    return {
+        "version": 1,
+        "start_us": min(gt.start_us for gt in truths.values()),
+        "end_us": end_us,
+        "rules": rules.to_json(),
+        "vehicles": [
+            {
+                "name": v.name,
+                "role": v.role,
+                "station_id": v.station_id,
+                "vin": v.vin,
+                "frames": truths[v.name].frames,
+            }
+            for v in vehicles
+        ],
+        "events": events,
+        "ambiguous": ambiguous,
+    }
+
+
+def _relevance(
+    pose: tuple[float, float, float], event: tuple[float, float, float], relevance_m: float
+) -> tuple[float, float, float]:
+    """(distance m, angle of the event off the receiver's heading, angle between the headings)."""
+    lat, lon, heading = pose
+    e_lat, e_lon, e_heading = event
+    d = distance_m(lat, lon, e_lat, e_lon)
+    ahead = _angle_off(bearing_deg(lat, lon, e_lat, e_lon), heading) if d > 0.0 else 0.0
+    return d, ahead, _angle_off(e_heading, heading)
+
+
+def _judge(
+    track: _Track,
+    event: tuple[float, float, float],
+    rule: TriggerRule,
+    rules: Rules,
+    *,
+    t0: int,
+    t_end: int,
+    window_us: int,
+) -> dict[str, Any]:
+    def relevant(t: int) -> tuple[bool, str, tuple[float, float, float] | None]:
+        pose = track.pose(t)
+        if pose is None:
+            return False, "no GNSS position", None
+        d, ahead, same = _relevance(pose, event, rule.relevance_m)
+        if d > rule.relevance_m:
+            return False, f"{d:.0f} m away > {rule.relevance_m:.0f} m", (d, ahead, same)
+        if ahead > rules.ahead_max_deg:
+            return False, f"event {ahead:.0f}° off its heading (behind or beside it)", (d, ahead, same)
+        if same > rules.heading_max_deg:
+            return False, f"heading {same:.0f}° from the event's (other direction)", (d, ahead, same)
+        return True, f"{d:.0f} m ahead", (d, ahead, same)
+
+    times = [t0, *track.gnss_times(t0 + 1, t0 + window_us)]
+    decisions = [relevant(t) for t in times]
+    warned, reason, geo = decisions[0]
+    problem = ""
+    if any(d[0] != warned for d in decisions):
+        problem = "relevance changes within the acceptance window"
+    for _ok, _why, g in decisions:
+        if g is None:
+            continue
+        d, ahead, same = g
+        if abs(d - rule.relevance_m) < rules.margin_fraction * rule.relevance_m:
+            problem = problem or f"distance {d:.0f} m too close to the {rule.relevance_m:.0f} m limit"
+        if d > 20.0 and abs(ahead - rules.ahead_max_deg) < rules.margin_deg:
+            problem = problem or f"bearing {ahead:.0f}° too close to the {rules.ahead_max_deg:.0f}° limit"
+        if abs(same - rules.heading_max_deg) < rules.margin_deg:
+            problem = problem or f"heading {same:.0f}° too close to the {rules.heading_max_deg:.0f}° limit"
+    if not warned and not problem:
+        for t in track.gnss_times(t0 + window_us + 1, t_end):
+            if relevant(t)[0]:
+                problem = (
+                    f"turns relevant {(t - t0) / 1e6:.1f} s after the trigger (a repetition would warn it)"
+                )
+                break
+    out: dict[str, Any] = {"warned": warned, "reason": reason, "ambiguous": problem}
+    if geo is not None:
+        out.update(
+            distance_m=round(geo[0], 1), ahead_off_deg=round(geo[1], 1), heading_off_deg=round(geo[2], 1)
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+@dataclass(slots=True)
+class _Car:
+    spec: FleetVehicle
+    drive: Drive
+    server: SocketcandServer
+    batch_last_us: list[int] = field(default_factory=list)
+    batch_wall_ns: list[int] = field(default_factory=list)
+    error: str = ""
+
+
+def _emit(event: dict[str, object]) -> None:
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+def _drive_car(car: _Car, go: threading.Barrier, stop: threading.Event) -> None:
+    try:
+        go.wait()
+    except threading.BrokenBarrierError:
+        return
+    try:
+        for batch in car.drive.batches(stop):
+            wall = time.time_ns()  # before the write: latencies count the socket write too
+            car.server.send_frames(batch)
+            car.batch_last_us.append(round(batch[-1].timestamp * 1e6))
+            car.batch_wall_ns.append(wall)
+    except TcuError as exc:
+        if not stop.is_set():
+            car.error = str(exc)
+            log.error("%s: %s", car.spec.name, exc)
+
+
+def _speed(text: str) -> float | None:
+    if text == "max":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--speed must be 'max' or a positive number, got {text!r}"
+        ) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"--speed must be 'max' or a positive number, got {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m sim.v2n",
+        description="Seven simulated vehicles on the A31 (a leader that brakes hard and stops with hazard "
+        "lights, followers, one ahead, one far behind, one oncoming), each on its own socketcand server.",
+        epilog="example: python -m sim.v2n --out /tmp/v2n --rules rules.json",
+    )
+    p.add_argument("--out", type=Path, required=True, help="directory for the ground truth files")
+    p.add_argument(
+        "--duration", type=float, default=DEFAULT_DURATION_S, help="simulated seconds (default 18)"
+    )
+    p.add_argument("--speed", type=_speed, default=1.0, help="'max' or a factor of real time (default 1)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the first vehicle (default 1)")
+    p.add_argument(
+        "--rules", type=Path, help="JSON rules for the ground truth (default: sim.v2n.DEFAULT_RULES)"
+    )
+    p.add_argument("--client-timeout", type=float, default=120.0, help="wait this long for all clients (s)")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging on stderr")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s sim.v2n %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        rules = DEFAULT_RULES
+        if args.rules is not None:
+            rules = Rules.from_json(json.loads(args.rules.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TcuError) as exc:
+        log.error("--rules %s: %s", args.rules, exc)
+        return 2
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        fleet = v2n_fleet(args.seed)
+        cars = [
+            _Car(
+                spec,
+                Drive(
+                    DriveConfig(
+                        duration_s=args.duration,
+                        seed=spec.config.seed,
+                        speed=args.speed,
+                        route=spec.route,
+                        vehicle=spec.config,
+                    )
+                ),
+                SocketcandServer(SocketcandConfig()),
+            )
+            for spec in fleet
+        ]
+        ports = [car.server.start() for car in cars]
+    except (OSError, ValueError, TcuError) as exc:
+        log.error("%s", exc)
+        return 2
+    return _run(args, rules, fleet, cars, ports)
+
+
+def _run(
+    args: argparse.Namespace, rules: Rules, fleet: Sequence[FleetVehicle], cars: list[_Car], ports: list[int]
+) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+        for car in cars:
+            car.server.close()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    _emit(
+        {
+            "event": "ready",
+            "vehicles": [
+                {
+                    "name": c.spec.name,
+                    "role": c.spec.role,
+                    "station_id": c.spec.station_id,
+                    "vin": c.spec.vin,
+                    "host": c.server.config.host,
+                    "port": port,
+                    "channel": c.server.config.channel,
+                }
+                for c, port in zip(cars, ports, strict=True)
+            ],
+            "dbc": str(DEFAULT_DBC_PATH),
+            "mapping": str(DEFAULT_MAPPING_PATH),
+        }
+    )
+    deadline = time.monotonic() + args.client_timeout
+    for car in cars:
+        while not car.server.wait_for_client(0.5):
+            if stop.is_set():
+                return 0
+            if time.monotonic() > deadline:
+                log.error("%s: no socketcand client within %.0f s", car.spec.name, args.client_timeout)
+                return 1
+    start_us = (time.time_ns() + 500) // 1000
+    for car in cars:
+        car.drive.config = dataclasses.replace(car.drive.config, start_epoch_us=start_us)
+    go = threading.Barrier(len(cars))
+    threads = [
+        threading.Thread(
+            target=_drive_car, args=(car, go, stop), name=f"sim.v2n[{car.spec.name}]", daemon=True
+        )
+        for car in cars
+    ]
+    for t in threads:
+        t.start()
+    _emit({"event": "started", "start_us": start_us})
+    log.info("driving %d vehicles for %.1f s", len(cars), args.duration)
+    for t in threads:
+        t.join()
+    failed = [c.spec.name for c in cars if c.error]
+    truths = {c.spec.name: c.drive.ground_truth() for c in cars}
+    paths: dict[str, str] = {}
+    try:
+        for car in cars:
+            paths[car.spec.name] = str(
+                car.drive.save_ground_truth(args.out / f"{car.spec.name}.npz").resolve()
+            )
+        truth = compute_truth(
+            fleet, truths, rules, {c.spec.name: (c.batch_last_us, c.batch_wall_ns) for c in cars}
+        )
+        truth_path = (args.out / "v2n_truth.json").resolve()
+        truth_path.write_text(json.dumps(truth, indent=1) + "\n", encoding="utf-8")
+    except (OSError, TcuError) as exc:
+        log.error("%s", exc)
+        return 1
+    for problem in truth["ambiguous"]:
+        log.warning("ground truth: %s", problem)
+    _emit(
+        {
+            "event": "done",
+            "frames": {name: gt.frames for name, gt in truths.items()},
+            "ground_truth": paths,
+            "truth": str(truth_path),
+            "start_us": start_us,
+            "end_us": truth["end_us"],
+            "events": [e["id"] for e in truth["events"]],
+            "ambiguous": len(truth["ambiguous"]),
+            "interrupted": stop.is_set() or bool(failed),
+            "failed": failed,
+        }
+    )
+    if failed:
+        return 1
+    while not stop.wait(1.0):
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

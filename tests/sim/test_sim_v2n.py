@@ -1,0 +1,163 @@
+"""The V2N fleet scenario: vehicles on one road, and the ground truth of who must be warned."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import can
+import pytest
+
+from sim.canbus import Drive, DriveConfig
+from sim.groundtruth import GroundTruth
+from sim.groundtruth import load as load_ground_truth
+from sim.v2n import (
+    DEFAULT_RULES,
+    Comparison,
+    Rules,
+    TriggerRule,
+    bearing_deg,
+    compute_truth,
+    distance_m,
+    v2n_fleet,
+)
+
+START_US = 1_800_000_000_000_000
+DURATION_S = 18.0
+
+
+@pytest.fixture(scope="module")
+def truths() -> dict[str, GroundTruth]:
+    out = {}
+    for v in v2n_fleet(1):
+        drive = Drive(
+            DriveConfig(
+                duration_s=DURATION_S,
+                seed=v.config.seed,
+                speed=None,
+                route=v.route,
+                vehicle=v.config,
+                start_epoch_us=START_US,
+            )
+        )
+        for _ in drive.frames():
+            pass
+        out[v.name] = drive.ground_truth()
+    return out
+
+
+def test_distance_and_bearing_on_known_points() -> None:
+    # One minute of latitude is one nautical mile on the simulator's sphere (to 0.1 %).
+    assert distance_m(49.0, 6.0, 49.0 + 1 / 60, 6.0) == pytest.approx(1853.2, rel=1e-3)
+    assert bearing_deg(49.0, 6.0, 49.1, 6.0) == pytest.approx(0.0, abs=1e-9)
+    assert bearing_deg(49.0, 6.0, 48.9, 6.0) == pytest.approx(180.0, abs=1e-9)
+    assert bearing_deg(49.0, 6.0, 49.0, 6.1) == pytest.approx(90.0, abs=0.1)
+
+
+def test_the_leader_triggers_eebl_then_stationary_and_both_end(truths: dict[str, GroundTruth]) -> None:
+    truth = compute_truth(v2n_fleet(1), truths, DEFAULT_RULES)
+    assert truth["ambiguous"] == []
+    assert [e["id"] for e in truth["events"]] == ["leader/eebl/1", "leader/stationary/1"]
+    eebl, stationary = truth["events"]
+    # EEBL from the ESP_Speed frame where the deceleration passes 6 m/s² (braking starts at 5 s).
+    assert eebl["trigger_message"] == "ESP_Speed"
+    assert 5.0 < (eebl["trigger_us"] - START_US) / 1e6 < 5.5
+    assert eebl["end_us"] is not None and eebl["end_us"] < stationary["trigger_us"]
+    # Stationary vehicle from the BCM_Lights frame that first shows the hazard lights; ends when they go off.
+    assert stationary["trigger_message"] == "BCM_Lights"
+    assert stationary["end_message"] == "BCM_Lights"
+    assert 5.0 < (stationary["end_us"] - stationary["trigger_us"]) / 1e6 < 7.0
+    assert stationary["end_us"] < truth["end_us"]
+
+
+def test_who_must_be_warned(truths: dict[str, GroundTruth]) -> None:
+    eebl, stationary = compute_truth(v2n_fleet(1), truths, DEFAULT_RULES)["events"]
+    # EEBL reaches 200 m: the followers at 50 and 150 m, not the one at 400 m.
+    assert eebl["must_warn"] == ["follower-150", "follower-50"]
+    assert eebl["receivers"]["follower-400"]["reason"].endswith("> 200 m")
+    # A stationary vehicle reaches 1 km: all three followers.
+    assert stationary["must_warn"] == ["follower-150", "follower-400", "follower-50"]
+    for event in (eebl, stationary):
+        r = event["receivers"]
+        assert "leader" not in r  # its own message
+        assert "behind or beside" in r["ahead-150"]["reason"]
+        assert r["far-5km"]["distance_m"] > 4_500
+        assert r["opposite"]["heading_off_deg"] > 170  # other carriageway, oncoming
+    # Within the stationary vehicle's 1 km and ahead of it: only its heading rules the oncoming car out.
+    assert stationary["receivers"]["opposite"]["distance_m"] < 1000
+    assert stationary["receivers"]["opposite"]["ahead_off_deg"] < 10
+    assert "other direction" in stationary["receivers"]["opposite"]["reason"]
+
+
+def test_followers_stop_behind_the_leader(truths: dict[str, GroundTruth]) -> None:
+    def north(name: str) -> float:  # the road runs north (355°): latitude orders the cars
+        _, lat = truths[name].series("GNSS_Position", "Latitude")
+        return float(lat[-1])
+
+    order = ["follower-400", "follower-150", "follower-50", "leader", "ahead-150"]
+    final = [north(n) for n in order]
+    assert final == sorted(final)
+    gap = distance_m(north("follower-50"), 6.16, north("leader"), 6.16)
+    assert gap > 5.0
+    # None of the followers brakes hard enough for an EEBL of its own (checked by the events above);
+    # the two closest stand at the end, the one 400 m behind is still rolling slowly.
+    for name, at_most_kmh in (("follower-50", 0.0), ("follower-150", 0.0), ("follower-400", 20.0)):
+        _, speed = truths[name].series("ESP_Speed", "VehicleSpeed")
+        assert speed[-1] <= at_most_kmh
+
+
+def test_thin_margins_are_reported_as_ambiguous(truths: dict[str, GroundTruth]) -> None:
+    # With an EEBL reach of 400 m the follower 400 m behind is too close to call: the check must say so.
+    rule = dataclasses.replace(DEFAULT_RULES.triggers[0], relevance_m=400.0)
+    rules = dataclasses.replace(DEFAULT_RULES, triggers=(rule, DEFAULT_RULES.triggers[1]))
+    truth = compute_truth(v2n_fleet(1), truths, rules)
+    assert any("leader/eebl/1 → follower-400" in a for a in truth["ambiguous"])
+
+
+def test_rules_round_trip_through_json() -> None:
+    rules = Rules(
+        (TriggerRule("x", (Comparison("ESP_Speed", "VehicleSpeed", ">=", 3.0),), 500.0),), ahead_max_deg=45.0
+    )
+    assert Rules.from_json(json.loads(json.dumps(rules.to_json()))) == rules
+
+
+def test_fleet_serves_every_vehicle_over_socketcand(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sim.v2n", "--out", str(tmp_path), "--duration", "2", "--speed", "max"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    buses: list[can.BusABC] = []
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())
+        assert ready["event"] == "ready"
+        assert [v["name"] for v in ready["vehicles"]] == [v.name for v in v2n_fleet(1)]
+        assert (
+            len({v["station_id"] for v in ready["vehicles"]})
+            == len({v["port"] for v in ready["vehicles"]})
+            == 7
+        )
+        for v in ready["vehicles"]:
+            buses.append(
+                can.Bus(interface="socketcand", channel=v["channel"], host=v["host"], port=v["port"])
+            )
+        assert json.loads(proc.stdout.readline())["event"] == "started"
+        first = [bus.recv(5.0) for bus in buses]
+        assert all(m is not None for m in first)
+        done = json.loads(proc.stdout.readline())
+        assert done["event"] == "done" and not done["interrupted"]
+        truth = json.loads(Path(done["truth"]).read_text())
+        assert truth["events"] == []  # two seconds: nobody has braked yet
+        gt = load_ground_truth(done["ground_truth"]["leader"])
+        assert gt.frames == done["frames"]["leader"] > 0
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+        for bus in buses:
+            bus.shutdown()
+    assert proc.returncode == 0
