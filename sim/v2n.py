@@ -96,7 +96,7 @@ CRUISE_KMH = 90.0
 BRAKE_AT_S = 5.0
 #: How long the leader stands after its standstill (hazard lights from 0.5 s after it until the end).
 LEADER_HOLD_S = 6.5
-DEFAULT_DURATION_S = 18.0
+DEFAULT_DURATION_S = 20.0
 LANE_OFFSET_M = 5.0
 FOLLOWER_HOLD_S = 3600.0  # followers stay behind the leader for the rest of the drive
 
@@ -185,20 +185,33 @@ class Comparison:
 
 @dataclass(frozen=True, slots=True)
 class TriggerRule:
-    """An event kind: the conjunction of comparisons that triggers it, and its relevance distance."""
+    """An event kind: the conjunction of comparisons that triggers it, its reach and its timing.
+
+    As the agent's DENM originator: a new DENM once the condition has held for ``hold_s``,
+    its cancellation once it has been false for ``release_s``.
+    """
 
     kind: str
     all_of: tuple[Comparison, ...]
     relevance_m: float
+    hold_s: float = 0.0
+    release_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class Rules:
-    """What the agents are configured to do, as data (the demo writes it from the agents' config)."""
+    """What the agents are configured to do, as data (the demo writes it from the agents' config).
+
+    A receiver is warned when the event is within its relevance distance and, if the receiver's
+    heading is known, ahead of it (bearing within ``ahead_max_deg`` of its heading) and, if the
+    event's heading is known too, travelling the same way (within ``heading_max_deg``). Below
+    ``standstill_kmh`` a vehicle's heading counts as unknown (``None``: always known).
+    """
 
     triggers: tuple[TriggerRule, ...]
     ahead_max_deg: float = 60.0
-    heading_max_deg: float = 45.0
+    heading_max_deg: float = 60.0
+    standstill_kmh: float | None = None
     acceptance_window_s: float = 1.0
     margin_fraction: float = 0.1  # a distance within 10 % of the limit is too close to call
     margin_deg: float = 10.0
@@ -214,28 +227,35 @@ class Rules:
                         for c in t["all"]
                     ),
                     relevance_m=float(t["relevance_m"]),
+                    hold_s=float(t.get("hold_s", 0.0)),
+                    release_s=float(t.get("release_s", 0.0)),
                 )
                 for t in data["triggers"]
             )
-            extra = {
-                k: float(data[k])
-                for k in (
-                    "ahead_max_deg",
-                    "heading_max_deg",
-                    "acceptance_window_s",
-                    "margin_fraction",
-                    "margin_deg",
-                )
-                if k in data
-            }
-        except (KeyError, TypeError, ValueError) as exc:
+            names = (
+                "ahead_max_deg",
+                "heading_max_deg",
+                "acceptance_window_s",
+                "margin_fraction",
+                "margin_deg",
+            )
+            extra: dict[str, Any] = {k: float(data[k]) for k in names if k in data}
+            if data.get("standstill_kmh") is not None:
+                extra["standstill_kmh"] = float(data["standstill_kmh"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"bad V2N rules: {exc!r}", key="triggers") from exc
         return cls(triggers, **extra)
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["triggers"] = [
-            {"kind": t.kind, "all": [dataclasses.asdict(c) for c in t.all_of], "relevance_m": t.relevance_m}
+            {
+                "kind": t.kind,
+                "all": [dataclasses.asdict(c) for c in t.all_of],
+                "relevance_m": t.relevance_m,
+                "hold_s": t.hold_s,
+                "release_s": t.release_s,
+            }
             for t in self.triggers
         ]
         return out
@@ -250,6 +270,7 @@ DEFAULT_RULES = Rules(
                 Comparison("ESP_Speed", "VehicleSpeed", ">", 20.0),
             ),
             relevance_m=200.0,
+            release_s=1.0,
         ),
         TriggerRule(
             "stationary",
@@ -258,6 +279,8 @@ DEFAULT_RULES = Rules(
                 Comparison("BCM_Lights", "HazardLights", ">", 0.5),
             ),
             relevance_m=1000.0,
+            hold_s=1.0,
+            release_s=1.0,
         ),
     )
 )
@@ -291,12 +314,15 @@ def _angle_off(a: float, b: float) -> float:
 
 # ---------------------------------------------------------------------------- ground truth
 
+_Pose = tuple[float, float, float | None]  # latitude, longitude, heading (None: unknown)
+
 
 class _Track:
     """A vehicle's decoded signals as step functions of CAN time (latest value at or before t)."""
 
-    def __init__(self, gt: GroundTruth) -> None:
+    def __init__(self, gt: GroundTruth, standstill_kmh: float | None) -> None:
         self.gt = gt
+        self.standstill_kmh = standstill_kmh
         self._series: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
 
     def series(self, message: str, signal: str) -> tuple[list[int], list[float]]:
@@ -311,12 +337,16 @@ class _Track:
         i = bisect.bisect_right(t, t_us) - 1
         return v[i] if i >= 0 else None
 
-    def pose(self, t_us: int) -> tuple[float, float, float] | None:
+    def pose(self, t_us: int) -> _Pose | None:
         lat = self.at("GNSS_Position", "Latitude", t_us)
         lon = self.at("GNSS_Position", "Longitude", t_us)
         heading = self.at("GNSS_Status", "GnssHeading", t_us)
-        if lat is None or lon is None or heading is None:
+        if lat is None or lon is None:
             return None
+        if self.standstill_kmh is not None:
+            speed = self.at("ESP_Speed", "VehicleSpeed", t_us)
+            if speed is None or speed < self.standstill_kmh:
+                heading = None
         return lat, lon, heading
 
     def gnss_times(self, lo_us: int, hi_us: int) -> list[int]:
@@ -324,26 +354,50 @@ class _Track:
         return t[bisect.bisect_left(t, lo_us) : bisect.bisect_right(t, hi_us)]
 
 
-def _intervals(track: _Track, rule: TriggerRule) -> list[tuple[int, str, int | None, str | None]]:
-    """``(trigger_us, trigger message, end_us or None, end message)`` of each time the rule holds."""
-    times: dict[int, str] = {}
+@dataclass(frozen=True, slots=True)
+class _Occurrence:
+    """One event of a rule: when its condition turned true and false, and when the DENMs are due."""
+
+    on_us: int  # the frame at which the condition first held
+    on_message: str
+    new_us: int  # the frame at which it had held for hold_s: the new DENM
+    off_us: int | None  # the frame at which it stopped holding (None: still at the end)
+    cancel_us: int | None  # the frame at which it had been false for release_s: the cancellation
+
+
+def _occurrences(track: _Track, rule: TriggerRule) -> list[_Occurrence]:
+    """Every occurrence of the rule on this vehicle's frames, with the originator's hold and release."""
+    first: dict[int, str] = {}
     for c in rule.all_of:
         for t in track.series(c.message, c.signal)[0]:
-            times.setdefault(t, c.message)
-    out: list[tuple[int, str, int | None, str | None]] = []
-    state = False
-    start: tuple[int, str] | None = None
-    for t in sorted(times):
+            first.setdefault(t, c.message)
+    times = sorted(first)
+    truth = []
+    for t in times:
         values = [track.at(c.message, c.signal, t) for c in rule.all_of]
-        now = all(v is not None and c.holds(v) for c, v in zip(rule.all_of, values, strict=True))
-        if now and not state:
-            start = (t, times[t])
-        elif state and not now and start is not None:
-            out.append((start[0], start[1], t, times[t]))
-            start = None
-        state = now
-    if start is not None:
-        out.append((start[0], start[1], None, None))
+        truth.append(all(v is not None and c.holds(v) for c, v in zip(rule.all_of, values, strict=True)))
+    hold_us, release_us = round(rule.hold_s * 1e6), round(rule.release_s * 1e6)
+    out: list[_Occurrence] = []
+    on: tuple[int, str] | None = None  # start of the current true run
+    event: tuple[int, str, int] | None = None  # (on_us, message, new_us) of the open event
+    off: int | None = None  # when the open event's condition went false
+    for t, now in zip(times, truth, strict=True):
+        if now:
+            if on is None:
+                on = (t, first[t])
+            off = None
+            if event is None and t - on[0] >= hold_us:
+                event = (on[0], on[1], t)
+        else:
+            on = None
+            if event is not None:
+                if off is None:
+                    off = t
+                if t - off >= release_us:
+                    out.append(_Occurrence(event[0], event[1], event[2], off, t))
+                    event, off = None, None
+    if event is not None:
+        out.append(_Occurrence(event[0], event[1], event[2], off, None))
     return out
 
 
@@ -365,40 +419,41 @@ def compute_truth(
     """Who must be warned of what: events from every vehicle's signals, relevance from geometry.
 
     ``send_walls`` maps a vehicle to its batches' (last frame time in µs, wall ns when sent),
-    which gives the events' ``trigger_wall_ns`` / ``end_wall_ns``.
+    which gives the events' ``*_wall_ns`` (when the frame that made the DENM due was sent).
     """
-    tracks = {v.name: _Track(truths[v.name]) for v in vehicles}
+    tracks = {v.name: _Track(truths[v.name], rules.standstill_kmh) for v in vehicles}
     walls = send_walls or {}
     end_us = max(gt.end_us for gt in truths.values())
-    window_us = round(rules.acceptance_window_s * 1e6)
     events: list[dict[str, Any]] = []
     ambiguous: list[str] = []
     for source in vehicles:
         track = tracks[source.name]
         for rule in rules.triggers:
-            for n, (t0, msg0, t1, msg1) in enumerate(_intervals(track, rule), start=1):
-                pose = track.pose(t0)
+            for n, occ in enumerate(_occurrences(track, rule), start=1):
                 event_id = f"{source.name}/{rule.kind}/{n}"
+                pose = track.pose(occ.new_us)
                 if pose is None:
-                    ambiguous.append(f"{event_id}: no GNSS position at the trigger")
+                    ambiguous.append(f"{event_id}: no GNSS position when the DENM is due")
                     continue
-                lat, lon, heading = pose
+                if occ.cancel_us is None:
+                    ambiguous.append(f"{event_id}: not cancelled before the drive ends")
                 receivers: dict[str, dict[str, Any]] = {}
                 for rx in vehicles:
                     if rx.name == source.name:
                         continue
                     verdict = _judge(
                         tracks[rx.name],
-                        (lat, lon, heading),
+                        pose,
                         rule,
                         rules,
-                        t0=t0,
-                        t_end=t1 or end_us,
-                        window_us=window_us,
+                        source=track,
+                        t0=occ.new_us,
+                        t_end=occ.cancel_us or end_us,
                     )
                     receivers[rx.name] = verdict
                     if verdict["ambiguous"]:
                         ambiguous.append(f"{event_id} → {rx.name}: {verdict['ambiguous']}")
+                src_walls = walls.get(source.name)
                 events.append(
                     {
                         "id": event_id,
@@ -406,22 +461,23 @@ def compute_truth(
                         "source": source.name,
                         "station_id": source.station_id,
                         "vin": source.vin,
-                        "trigger_us": t0,
-                        "trigger_message": msg0,
-                        "trigger_wall_ns": _wall_ns(walls.get(source.name), t0),
-                        "end_us": t1,
-                        "end_message": msg1,
-                        "end_wall_ns": _wall_ns(walls.get(source.name), t1),
-                        "latitude_deg": lat,
-                        "longitude_deg": lon,
-                        "heading_deg": heading,
+                        "on_us": occ.on_us,
+                        "on_message": occ.on_message,
+                        "off_us": occ.off_us,
+                        "new_us": occ.new_us,
+                        "new_wall_ns": _wall_ns(src_walls, occ.new_us),
+                        "cancel_us": occ.cancel_us,
+                        "cancel_wall_ns": _wall_ns(src_walls, occ.cancel_us),
+                        "latitude_deg": pose[0],
+                        "longitude_deg": pose[1],
+                        "heading_deg": pose[2],
                         "relevance_m": rule.relevance_m,
                         "must_warn": sorted(k for k, r in receivers.items() if r["warned"]),
                         "must_not_warn": sorted(k for k, r in receivers.items() if not r["warned"]),
                         "receivers": receivers,
                     }
                 )
-    events.sort(key=lambda e: (e["trigger_us"], e["id"]))
+    events.sort(key=lambda e: (e["new_us"], e["id"]))
     return {
         "version": 1,
         "start_us": min(gt.start_us for gt in truths.values()),
@@ -442,68 +498,95 @@ def compute_truth(
     }
 
 
-def _relevance(
-    pose: tuple[float, float, float], event: tuple[float, float, float], relevance_m: float
-) -> tuple[float, float, float]:
-    """(distance m, angle of the event off the receiver's heading, angle between the headings)."""
-    lat, lon, heading = pose
+@dataclass(frozen=True, slots=True)
+class _Geometry:
+    distance_m: float
+    ahead_off_deg: float | None  # None: the receiver's heading is unknown
+    heading_off_deg: float | None  # None: a heading is unknown
+
+
+def _geometry(rx: _Pose, event: _Pose) -> _Geometry:
+    lat, lon, heading = rx
     e_lat, e_lon, e_heading = event
     d = distance_m(lat, lon, e_lat, e_lon)
-    ahead = _angle_off(bearing_deg(lat, lon, e_lat, e_lon), heading) if d > 0.0 else 0.0
-    return d, ahead, _angle_off(e_heading, heading)
+    if heading is None:
+        return _Geometry(d, None, None)
+    ahead = _angle_off(bearing_deg(lat, lon, e_lat, e_lon), heading) if d > 1.0 else 0.0
+    same = _angle_off(e_heading, heading) if e_heading is not None else None
+    return _Geometry(d, ahead, same)
+
+
+def _decide(g: _Geometry, rule: TriggerRule, rules: Rules) -> tuple[bool, str]:
+    if g.distance_m > rule.relevance_m:
+        return False, f"{g.distance_m:.0f} m away > {rule.relevance_m:.0f} m"
+    if g.ahead_off_deg is not None and g.ahead_off_deg > rules.ahead_max_deg:
+        return False, f"event {g.ahead_off_deg:.0f}° off its heading (behind or beside it)"
+    if g.heading_off_deg is not None and g.heading_off_deg > rules.heading_max_deg:
+        return False, f"heading {g.heading_off_deg:.0f}° from the event's (other direction)"
+    return True, f"{g.distance_m:.0f} m ahead" if g.ahead_off_deg is not None else f"{g.distance_m:.0f} m"
+
+
+def _thin(g: _Geometry, rule: TriggerRule, rules: Rules) -> str:
+    """Why this geometry is too close to a threshold to call ('' when it is not)."""
+    if abs(g.distance_m - rule.relevance_m) < rules.margin_fraction * rule.relevance_m:
+        return f"distance {g.distance_m:.0f} m too close to the {rule.relevance_m:.0f} m limit"
+    if g.distance_m > rule.relevance_m:
+        return ""  # out of reach: the angles do not matter
+    if (
+        g.ahead_off_deg is not None
+        and g.distance_m > 20.0
+        and abs(g.ahead_off_deg - rules.ahead_max_deg) < rules.margin_deg
+    ):
+        return f"bearing {g.ahead_off_deg:.0f}° too close to the {rules.ahead_max_deg:.0f}° limit"
+    if g.heading_off_deg is not None and abs(g.heading_off_deg - rules.heading_max_deg) < rules.margin_deg:
+        return f"heading {g.heading_off_deg:.0f}° too close to the {rules.heading_max_deg:.0f}° limit"
+    return ""
 
 
 def _judge(
     track: _Track,
-    event: tuple[float, float, float],
+    event: _Pose,
     rule: TriggerRule,
     rules: Rules,
     *,
+    source: _Track,
     t0: int,
     t_end: int,
-    window_us: int,
 ) -> dict[str, Any]:
-    def relevant(t: int) -> tuple[bool, str, tuple[float, float, float] | None]:
+    """Whether the receiver must accept the DENM due at ``t0``, and whether that is clear-cut."""
+    window_us = round(rules.acceptance_window_s * 1e6)
+    decisions: list[tuple[bool, str, _Geometry]] = []
+    for t in [t0, *track.gnss_times(t0 + 1, t0 + window_us)]:
         pose = track.pose(t)
         if pose is None:
-            return False, "no GNSS position", None
-        d, ahead, same = _relevance(pose, event, rule.relevance_m)
-        if d > rule.relevance_m:
-            return False, f"{d:.0f} m away > {rule.relevance_m:.0f} m", (d, ahead, same)
-        if ahead > rules.ahead_max_deg:
-            return False, f"event {ahead:.0f}° off its heading (behind or beside it)", (d, ahead, same)
-        if same > rules.heading_max_deg:
-            return False, f"heading {same:.0f}° from the event's (other direction)", (d, ahead, same)
-        return True, f"{d:.0f} m ahead", (d, ahead, same)
-
-    times = [t0, *track.gnss_times(t0 + 1, t0 + window_us)]
-    decisions = [relevant(t) for t in times]
+            decisions.append((False, "no GNSS position", _Geometry(math.inf, None, None)))
+            continue
+        g = _geometry(pose, event)
+        decisions.append((*_decide(g, rule, rules), g))
     warned, reason, geo = decisions[0]
     problem = ""
     if any(d[0] != warned for d in decisions):
         problem = "relevance changes within the acceptance window"
     for _ok, _why, g in decisions:
-        if g is None:
-            continue
-        d, ahead, same = g
-        if abs(d - rule.relevance_m) < rules.margin_fraction * rule.relevance_m:
-            problem = problem or f"distance {d:.0f} m too close to the {rule.relevance_m:.0f} m limit"
-        if d > 20.0 and abs(ahead - rules.ahead_max_deg) < rules.margin_deg:
-            problem = problem or f"bearing {ahead:.0f}° too close to the {rules.ahead_max_deg:.0f}° limit"
-        if abs(same - rules.heading_max_deg) < rules.margin_deg:
-            problem = problem or f"heading {same:.0f}° too close to the {rules.heading_max_deg:.0f}° limit"
+        problem = problem or _thin(g, rule, rules)
     if not warned and not problem:
+        # A later repetition (same position) or update (the source's position then) must not warn it either.
         for t in track.gnss_times(t0 + window_us + 1, t_end):
-            if relevant(t)[0]:
-                problem = (
-                    f"turns relevant {(t - t0) / 1e6:.1f} s after the trigger (a repetition would warn it)"
-                )
+            pose, now = track.pose(t), source.pose(t)
+            if pose is None:
+                continue
+            for where in (event, now):
+                if where is not None and _decide(_geometry(pose, where), rule, rules)[0]:
+                    problem = (
+                        f"turns relevant {(t - t0) / 1e6:.1f} s after the DENM (a later one would warn it)"
+                    )
+                    break
+            if problem:
                 break
     out: dict[str, Any] = {"warned": warned, "reason": reason, "ambiguous": problem}
-    if geo is not None:
-        out.update(
-            distance_m=round(geo[0], 1), ahead_off_deg=round(geo[1], 1), heading_off_deg=round(geo[2], 1)
-        )
+    out["distance_m"] = round(geo.distance_m, 1)
+    out["ahead_off_deg"] = None if geo.ahead_off_deg is None else round(geo.ahead_off_deg, 1)
+    out["heading_off_deg"] = None if geo.heading_off_deg is None else round(geo.heading_off_deg, 1)
     return out
 
 
@@ -565,7 +648,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="directory for the ground truth files")
     p.add_argument(
-        "--duration", type=float, default=DEFAULT_DURATION_S, help="simulated seconds (default 18)"
+        "--duration", type=float, default=DEFAULT_DURATION_S, help="simulated seconds (default 20)"
     )
     p.add_argument("--speed", type=_speed, default=1.0, help="'max' or a factor of real time (default 1)")
     p.add_argument("--seed", type=int, default=1, help="seed of the first vehicle (default 1)")

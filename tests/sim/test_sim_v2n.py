@@ -26,7 +26,7 @@ from sim.v2n import (
 )
 
 START_US = 1_800_000_000_000_000
-DURATION_S = 18.0
+DURATION_S = 20.0
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +62,18 @@ def test_the_leader_triggers_eebl_then_stationary_and_both_end(truths: dict[str,
     assert truth["ambiguous"] == []
     assert [e["id"] for e in truth["events"]] == ["leader/eebl/1", "leader/stationary/1"]
     eebl, stationary = truth["events"]
-    # EEBL from the ESP_Speed frame where the deceleration passes 6 m/s² (braking starts at 5 s).
-    assert eebl["trigger_message"] == "ESP_Speed"
-    assert 5.0 < (eebl["trigger_us"] - START_US) / 1e6 < 5.5
-    assert eebl["end_us"] is not None and eebl["end_us"] < stationary["trigger_us"]
-    # Stationary vehicle from the BCM_Lights frame that first shows the hazard lights; ends when they go off.
-    assert stationary["trigger_message"] == "BCM_Lights"
-    assert stationary["end_message"] == "BCM_Lights"
-    assert 5.0 < (stationary["end_us"] - stationary["trigger_us"]) / 1e6 < 7.0
-    assert stationary["end_us"] < truth["end_us"]
+    # EEBL from the ESP_Speed frame where the deceleration passes 6 m/s² (braking starts at 5 s), at once.
+    assert eebl["on_message"] == "ESP_Speed"
+    assert 5.0 < (eebl["on_us"] - START_US) / 1e6 < 5.5
+    assert eebl["new_us"] == eebl["on_us"]
+    # Cancelled 1 s (release) after the condition ended, before the stationary vehicle begins.
+    assert eebl["cancel_us"] - eebl["off_us"] >= 1_000_000
+    assert eebl["cancel_us"] < stationary["on_us"]
+    # Stationary vehicle from the BCM_Lights frame that first shows the hazard lights, due 1 s later (hold).
+    assert stationary["on_message"] == "BCM_Lights"
+    assert 1_000_000 <= stationary["new_us"] - stationary["on_us"] < 1_020_000
+    assert 5.0 < (stationary["off_us"] - stationary["on_us"]) / 1e6 < 7.0
+    assert stationary["off_us"] < stationary["cancel_us"] < truth["end_us"]
 
 
 def test_who_must_be_warned(truths: dict[str, GroundTruth]) -> None:
@@ -90,6 +93,18 @@ def test_who_must_be_warned(truths: dict[str, GroundTruth]) -> None:
     assert stationary["receivers"]["opposite"]["distance_m"] < 1000
     assert stationary["receivers"]["opposite"]["ahead_off_deg"] < 10
     assert "other direction" in stationary["receivers"]["opposite"]["reason"]
+
+
+def test_a_standing_vehicle_without_heading_changes_the_verdicts(truths: dict[str, GroundTruth]) -> None:
+    # If a standing vehicle's heading counts as unknown, the stationary leader's DENM carries no heading:
+    # nothing then tells the oncoming car that the event is on the other carriageway, so it is warned.
+    rules = dataclasses.replace(DEFAULT_RULES, standstill_kmh=1.0)
+    truth = compute_truth(v2n_fleet(1), truths, rules)
+    assert truth["ambiguous"] == []
+    _, stationary = truth["events"]
+    assert stationary["heading_deg"] is None
+    assert "opposite" in stationary["must_warn"]
+    assert "ahead-150" not in stationary["must_warn"]  # moving, so its heading still excludes it
 
 
 def test_followers_stop_behind_the_leader(truths: dict[str, GroundTruth]) -> None:
