@@ -1,4 +1,4 @@
-"""V2N: ETSI CAM and DENM over MQTT on geographic tiles (an adapter, like ``tcu.uplink``).
+r"""V2N: ETSI CAM and DENM over MQTT on geographic tiles (an adapter, like ``tcu.uplink``).
 
 Pure modules (no I/O, driven by time values):
 
@@ -11,11 +11,14 @@ Pure modules (no I/O, driven by time values):
 * :mod:`tcu.v2x.receive` — dedup, updates, cancellations, expiry, relevance (:class:`DenmReceiver`);
 * :mod:`tcu.v2x.geo` — distances and bearings.
 
-I/O: :mod:`tcu.v2x.client` (aiomqtt, MQTT v5) runs as named tasks in the caller's TaskGroup.
+I/O: :mod:`tcu.v2x.client` (aiomqtt, MQTT v5) runs as named tasks in the caller's TaskGroup;
+:mod:`tcu.v2x.station` (:class:`V2xStation`) puts the pure parts around one client: feed it
+:class:`VehicleState` and trigger conditions, receive :class:`StationWarning`\ s.
 This package imports no other adapter.
 """
 
 from tcu.v2x.cam_rules import CamDecision, CamGenerator, CamRules, Kinematics
+from tcu.v2x.client import Received, V2xClient, V2xClientConfig
 from tcu.v2x.denm import DEFAULT_TRIGGERS, DenmOriginator, DenmTrigger, Outgoing
 from tcu.v2x.errors import V2xDecodeError, V2xEncodeError, V2xError, V2xTopicError
 from tcu.v2x.messages import (
@@ -40,6 +43,7 @@ from tcu.v2x.messages import (
     unix_ns_from_its,
 )
 from tcu.v2x.receive import DenmReceiver, OwnState, ReceiverConfig, WarningChange
+from tcu.v2x.station import StationSettings, StationWarning, V2xStation, VehicleState
 from tcu.v2x.tiles import (
     ParsedTopic,
     TileSubscriptions,
@@ -73,13 +77,20 @@ __all__ = [
     "Outgoing",
     "OwnState",
     "ParsedTopic",
+    "Received",
     "ReceiverConfig",
     "StationPosition",
+    "StationSettings",
+    "StationWarning",
     "TileSubscriptions",
+    "V2xClient",
+    "V2xClientConfig",
     "V2xDecodeError",
     "V2xEncodeError",
     "V2xError",
+    "V2xStation",
     "V2xTopicError",
+    "VehicleState",
     "WarningChange",
     "decode_any",
     "decode_cam",

@@ -181,7 +181,7 @@ class V2xClient:
         client_factory: Callable[..., aiomqtt.Client] = aiomqtt.Client,
     ) -> None:
         self.config = config
-        self._on_message = on_message
+        self.on_message = on_message
         self._wall_ns = wall_ns
         self._client_factory = client_factory
         self._tls = tls_context(config)
@@ -466,10 +466,10 @@ class V2xClient:
             self._bad("station_mismatch", topic, f"station {decoded.station_id} in the message")
             return
         self.counters[f"rx_{expected}"] += 1
-        if self._on_message is None:
+        if self.on_message is None:
             return
         try:
-            self._on_message(Received(parsed, decoded, received, bytes(payload)))
+            self.on_message(Received(parsed, decoded, received, bytes(payload)))
         except Exception:  # a bug in the consumer must not stop the reader
             self.counters["rx_handler_errors"] += 1
             log.exception("V2N: the message handler failed on %s", topic)
