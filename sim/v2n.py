@@ -13,8 +13,9 @@ server, so that each can run a real ``tcu agent``:
   stop behind it (braking at 4.5, 3 and 2 m/s², below any hard-braking threshold);
 * ``ahead-150`` drives 150 m in front of the leader (the hazards are behind it);
 * ``far-5km`` drives 5 km behind (outside any relevance distance used here);
-* ``opposite`` drives the other carriageway towards the leader (600 m in front of it at
-  the start, passing it after the drive): close by, hazards ahead of it, opposite heading.
+* ``opposite`` drives the other carriageway towards the leader (350 m in front of it at
+  the start): about 100 m from the leader when it brakes, the braking ahead of it but on the
+  other carriageway (opposite heading); it has passed the leader when the leader stops.
 
 Positions carry a lateral offset of 5 m to the right of each vehicle's direction of travel,
 so the two carriageways are 10 m apart.
@@ -152,7 +153,7 @@ def v2n_fleet(seed: int = 1) -> tuple[FleetVehicle, ...]:
         car(3, "follower-400", "400 m behind", lead - 400.0, stops=[_follow(2.0, 2.0, 10.0)]),
         car(4, "ahead-150", "150 m in front", lead + 150.0),
         car(5, "far-5km", "5 km behind", lead - 5_000.0),
-        car(6, "opposite", "other carriageway, oncoming", reverse.length_m - (lead + 600.0), route=reverse),
+        car(6, "opposite", "other carriageway, oncoming", reverse.length_m - (lead + 350.0), route=reverse),
     )
 
 
@@ -282,9 +283,11 @@ DEFAULT_RULES = Rules(
             hold_s=1.0,
             release_s=1.0,
         ),
-    )
+    ),
+    standstill_kmh=1.8,
 )
-"""Rules that match the scenario: EEBL relevant within 200 m, a stationary vehicle within 1 km."""
+"""Rules that match the scenario: EEBL relevant within 200 m, a stationary vehicle within 1 km,
+no heading below 0.5 m/s (as :class:`tcu.v2x.station.StationSettings` defaults)."""
 
 
 # ------------------------------------------------------------------------------- geometry

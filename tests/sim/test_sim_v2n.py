@@ -81,30 +81,30 @@ def test_who_must_be_warned(truths: dict[str, GroundTruth]) -> None:
     # EEBL reaches 200 m: the followers at 50 and 150 m, not the one at 400 m.
     assert eebl["must_warn"] == ["follower-150", "follower-50"]
     assert eebl["receivers"]["follower-400"]["reason"].endswith("> 200 m")
-    # A stationary vehicle reaches 1 km: all three followers.
+    # The oncoming car is 100 m away with the braking ahead of it: only its heading rules it out.
+    opposite = eebl["receivers"]["opposite"]
+    assert opposite["distance_m"] < 150 and opposite["ahead_off_deg"] < 10
+    assert "other direction" in opposite["reason"]
+    # A stationary vehicle reaches 1 km: all three followers. It stands, so its DENM has no heading;
+    # the oncoming car has passed it by then.
     assert stationary["must_warn"] == ["follower-150", "follower-400", "follower-50"]
+    assert stationary["heading_deg"] is None
+    assert "behind or beside" in stationary["receivers"]["opposite"]["reason"]
     for event in (eebl, stationary):
         r = event["receivers"]
         assert "leader" not in r  # its own message
         assert "behind or beside" in r["ahead-150"]["reason"]
         assert r["far-5km"]["distance_m"] > 4_500
-        assert r["opposite"]["heading_off_deg"] > 170  # other carriageway, oncoming
-    # Within the stationary vehicle's 1 km and ahead of it: only its heading rules the oncoming car out.
-    assert stationary["receivers"]["opposite"]["distance_m"] < 1000
-    assert stationary["receivers"]["opposite"]["ahead_off_deg"] < 10
-    assert "other direction" in stationary["receivers"]["opposite"]["reason"]
 
 
-def test_a_standing_vehicle_without_heading_changes_the_verdicts(truths: dict[str, GroundTruth]) -> None:
-    # If a standing vehicle's heading counts as unknown, the stationary leader's DENM carries no heading:
-    # nothing then tells the oncoming car that the event is on the other carriageway, so it is warned.
-    rules = dataclasses.replace(DEFAULT_RULES, standstill_kmh=1.0)
-    truth = compute_truth(v2n_fleet(1), truths, rules)
+def test_without_the_standstill_rule_the_stationary_event_has_a_heading(
+    truths: dict[str, GroundTruth],
+) -> None:
+    truth = compute_truth(v2n_fleet(1), truths, dataclasses.replace(DEFAULT_RULES, standstill_kmh=None))
     assert truth["ambiguous"] == []
     _, stationary = truth["events"]
-    assert stationary["heading_deg"] is None
-    assert "opposite" in stationary["must_warn"]
-    assert "ahead-150" not in stationary["must_warn"]  # moving, so its heading still excludes it
+    assert stationary["heading_deg"] is not None
+    assert stationary["must_warn"] == ["follower-150", "follower-400", "follower-50"]
 
 
 def test_followers_stop_behind_the_leader(truths: dict[str, GroundTruth]) -> None:
