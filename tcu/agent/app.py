@@ -40,12 +40,13 @@ from tcu.errors import InputError
 from tcu.fsutil import write_atomic
 from tcu.signals.dbc import load_dbc
 from tcu.signals.decoder import SignalDecoder
-from tcu.signals.mapping import Catalog, build_catalog, load_mapping
+from tcu.signals.mapping import Catalog, ExtraSignal, build_catalog, load_mapping
 from tcu.spool import Spool, SpoolConfig, SpoolError
 from tcu.uplink import MemoryOutbox, Outbox, Uplink
 
 if TYPE_CHECKING:
     from tcu.agent.connectivity import ConnectivitySource
+    from tcu.agent.v2x import V2xTap
 
 __all__ = ["MAX_PREVIOUS_CATALOGS", "Agent", "AgentStats", "catalog_message", "open_outbox"]
 
@@ -74,6 +75,8 @@ class AgentStats:
     commands_executed: int = 0
     commands_rejected: int = 0
     stopped: bool = False
+    v2x: dict[str, Any] | None = None
+    """The V2N client and station counters (``[v2x]`` only)."""
 
 
 def catalog_message(catalog: Catalog) -> telemetry_pb.SignalCatalog:
@@ -154,12 +157,22 @@ class Agent:
         if isinstance(self.outbox, SpoolOutbox):
             self.sources.append(SpoolHealth(self.outbox))
         databases: dict[str, list[Any]] = {bus.name: [load_dbc(p) for p in bus.dbc] for bus in config.buses}
+        v2x_signals: list[ExtraSignal] = []
+        if config.v2x is not None:
+            from tcu.agent.v2x import V2X_SIGNALS
+
+            v2x_signals = list(V2X_SIGNALS)
         self.catalog = build_catalog(
             load_mapping(config.mapping),
             databases,
             mapping_path=config.mapping,
-            extra=[sig for source in self.sources for sig in source.signals],
+            extra=[*(sig for source in self.sources for sig in source.signals), *v2x_signals],
         )
+        self.v2x: V2xTap | None = None
+        if config.v2x is not None:
+            from tcu.agent.v2x import V2xTap
+
+            self.v2x = V2xTap(config.v2x, self.catalog)
         self.decoder = SignalDecoder(self.catalog, databases)
         self.sampler = PeriodicSampler(self.catalog)
         self.builder = BatchBuilder(
@@ -319,6 +332,7 @@ class Agent:
             events_captured=self.campaigns.events_captured if self.campaigns is not None else 0,
             commands_executed=self.commands.executed if self.commands is not None else 0,
             commands_rejected=self.commands.rejected if self.commands is not None else 0,
+            v2x=self.v2x.stats() if self.v2x is not None else None,
         )
 
     async def run(self, stop: asyncio.Event) -> AgentStats:
@@ -334,6 +348,11 @@ class Agent:
                 tg.create_task(source.run(self.emitter), name=f"tcu.agent.source[{source.name}]")
                 for source in self.sources
             ]
+            v2x = (
+                tg.create_task(self.v2x.run(self.emitter), name="tcu.agent.v2x")
+                if self.v2x is not None
+                else None
+            )
             stop_wait = tg.create_task(stop.wait(), name="tcu.agent.stop")
             await asyncio.wait([stop_wait, pipeline, *readers], return_when=asyncio.FIRST_COMPLETED)
             log.info("agent: stopping: closing buses")
@@ -345,6 +364,14 @@ class Agent:
             await asyncio.gather(*readers, return_exceptions=True)
             await frames.put(None)
             await pipeline
+            if v2x is not None and self.v2x is not None:
+                # Queued CAMs/DENMs get the client's drain time; warnings emitted meanwhile are flushed.
+                self.v2x.stop()
+                done, _ = await asyncio.wait([v2x], timeout=self.v2x.settings.drain_timeout_s + 2.0)
+                if not done:
+                    log.warning("agent: the V2N client did not stop in time")
+                    v2x.cancel()
+                await self._flush()
             log.info(
                 "agent: waiting up to %.0f s for %d unacked batches",
                 self.config.uplink.drain_timeout_s,
@@ -383,6 +410,8 @@ class Agent:
             columns = self.decoder.decode(
                 batch.bus, batch.t_ns, batch.arbitration_id, batch.is_extended, batch.data
             )
+            if self.v2x is not None:
+                self.v2x.feed(columns)  # hazards before sampling and batching; never blocks
             selected = self.sampler.sample(columns) if self.default_periodic else []
             if self.campaigns is not None:
                 engine = self.campaigns.engine

@@ -193,7 +193,8 @@ class V2xClient:
         self.tiles = TileSubscriptions(level=config.subscribe_level, margin_m=config.tile_margin_m)
         self._broker_filters: set[str] = set()
         self.counters: Counter[str] = Counter()
-        self.publish_latency = _Latency()
+        self.publish_latency = {"cam": _Latency(), "denm": _Latency()}
+        """Source time of the triggering frame → PUBACK, per message type (only for source times given)."""
         self._ratelog = RateLimitedLog(log, burst=5, interval_s=60.0)
         self._task: asyncio.Task[None] | None = None
         # One MQTT session per client object: resumed on every reconnect, never inherited by a
@@ -268,7 +269,7 @@ class V2xClient:
             "queued": len(self._queue),
             "tiles": self.tiles.centre,
             "counters": dict(self.counters),
-            "publish_latency": self.publish_latency.summary(),
+            "publish_latency": {kind: lat.summary() for kind, lat in self.publish_latency.items()},
         }
 
     # ------------------------------------------------------------ queue
@@ -429,7 +430,7 @@ class V2xClient:
                 raise
             self.counters[f"{item.kind}_published"] += 1
             if item.source_ns is not None:
-                self.publish_latency.add(self._wall_ns() - item.source_ns)
+                self.publish_latency[item.kind].add(self._wall_ns() - item.source_ns)
 
     async def _reader(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
