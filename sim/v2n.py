@@ -9,11 +9,11 @@ server, so that each can run a real ``tcu agent``:
 * ``leader`` brakes hard (7.5 m/s²) at :data:`BRAKE_AT_S` down to a standstill, stands in its
   lane with the hazard lights on for about 6 s, then drives on: an emergency electronic
   brake light (EEBL) condition, then a stationary-vehicle condition, each ending;
-* ``follower-50``, ``follower-150``, ``follower-400`` follow 50, 150 and 400 m behind and
-  stop behind it (braking at 4.5, 3 and 2 m/s², below any hard-braking threshold);
+* ``follower-50``, ``follower-150``, ``follower-700`` follow 50, 150 and 700 m behind and
+  stop behind it (braking at 4.5, 3 and 2.5 m/s², below any hard-braking threshold);
 * ``ahead-150`` drives 150 m in front of the leader (the hazards are behind it);
 * ``far-5km`` drives 5 km behind (outside any relevance distance used here);
-* ``opposite`` drives the other carriageway towards the leader (350 m in front of it at
+* ``opposite`` drives the other carriageway towards the leader (400 m in front of it at
   the start): about 100 m from the leader when it brakes, the braking ahead of it but on the
   other carriageway (opposite heading); it has passed the leader when the leader stops.
 
@@ -38,6 +38,7 @@ listed in ``ambiguous``: the scenario is built so that there are none. None of t
 
     {"event": "ready", "vehicles": [{"name": ..., "station_id": ..., "vin": ..., "host": ...,
      "port": P, "channel": "can0"}, ...], "dbc": ..., "mapping": ...}
+    {"event": "clients", "clients": 7}                  (with --wait-go: then SIGUSR1 starts the drive)
     {"event": "started", "start_us": T}
     {"event": "done", "frames": {name: N}, "truth": PATH, "ground_truth": {name: PATH}, ...}
 
@@ -94,10 +95,10 @@ log = logging.getLogger("sim.v2n")
 LEADER_START_M = 9_900.0
 CRUISE_KMH = 90.0
 #: When the leader brakes hard (simulated s): time for every agent to connect and subscribe first.
-BRAKE_AT_S = 5.0
+BRAKE_AT_S = 6.0
 #: How long the leader stands after its standstill (hazard lights from 0.5 s after it until the end).
 LEADER_HOLD_S = 6.5
-DEFAULT_DURATION_S = 20.0
+DEFAULT_DURATION_S = 21.0
 LANE_OFFSET_M = 5.0
 FOLLOWER_HOLD_S = 3600.0  # followers stay behind the leader for the rest of the drive
 
@@ -150,10 +151,10 @@ def v2n_fleet(seed: int = 1) -> tuple[FleetVehicle, ...]:
         ),
         car(1, "follower-50", "50 m behind", lead - 50.0, stops=[_follow(0.5, 4.5, 20.0)]),
         car(2, "follower-150", "150 m behind", lead - 150.0, stops=[_follow(1.0, 3.0, 10.0)]),
-        car(3, "follower-400", "400 m behind", lead - 400.0, stops=[_follow(2.0, 2.0, 10.0)]),
+        car(3, "follower-700", "700 m behind", lead - 700.0, stops=[_follow(2.0, 2.5, 10.0)]),
         car(4, "ahead-150", "150 m in front", lead + 150.0),
         car(5, "far-5km", "5 km behind", lead - 5_000.0),
-        car(6, "opposite", "other carriageway, oncoming", reverse.length_m - (lead + 350.0), route=reverse),
+        car(6, "opposite", "other carriageway, oncoming", reverse.length_m - (lead + 400.0), route=reverse),
     )
 
 
@@ -270,7 +271,7 @@ DEFAULT_RULES = Rules(
                 Comparison("ESP_Speed", "LongitudinalAccel", "<", -6.0),
                 Comparison("ESP_Speed", "VehicleSpeed", ">", 20.0),
             ),
-            relevance_m=200.0,
+            relevance_m=500.0,
             release_s=1.0,
         ),
         TriggerRule(
@@ -286,7 +287,7 @@ DEFAULT_RULES = Rules(
     ),
     standstill_kmh=1.8,
 )
-"""Rules that match the scenario: EEBL relevant within 200 m, a stationary vehicle within 1 km,
+"""Rules that match the scenario: EEBL relevant within 500 m, a stationary vehicle within 1 km,
 no heading below 0.5 m/s (as :class:`tcu.v2x.station.StationSettings` defaults)."""
 
 
@@ -651,7 +652,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="directory for the ground truth files")
     p.add_argument(
-        "--duration", type=float, default=DEFAULT_DURATION_S, help="simulated seconds (default 20)"
+        "--duration", type=float, default=DEFAULT_DURATION_S, help="simulated seconds (default 21)"
     )
     p.add_argument("--speed", type=_speed, default=1.0, help="'max' or a factor of real time (default 1)")
     p.add_argument("--seed", type=int, default=1, help="seed of the first vehicle (default 1)")
@@ -659,6 +660,11 @@ def _parser() -> argparse.ArgumentParser:
         "--rules", type=Path, help="JSON rules for the ground truth (default: sim.v2n.DEFAULT_RULES)"
     )
     p.add_argument("--client-timeout", type=float, default=120.0, help="wait this long for all clients (s)")
+    p.add_argument(
+        "--wait-go",
+        action="store_true",
+        help="once every client is there, say so and start the drive on SIGUSR1 (a warmed-up fleet)",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging on stderr")
     return p
 
@@ -703,6 +709,29 @@ def main(argv: list[str] | None = None) -> int:
     return _run(args, rules, fleet, cars, ports)
 
 
+def _wait_clients(
+    cars: list[_Car], args: argparse.Namespace, stop: threading.Event, go_signal: threading.Event
+) -> int | None:
+    """Until every car has its client (and, with --wait-go, SIGUSR1 came); an exit status if not."""
+    deadline = time.monotonic() + args.client_timeout
+    for car in cars:
+        while not car.server.wait_for_client(0.5):
+            if stop.is_set():
+                return 0
+            if time.monotonic() > deadline:
+                log.error("%s: no socketcand client within %.0f s", car.spec.name, args.client_timeout)
+                return 1
+    if args.wait_go:
+        _emit({"event": "clients", "clients": len(cars)})
+        while not go_signal.wait(0.5):
+            if stop.is_set():
+                return 0
+            if time.monotonic() > deadline:
+                log.error("no SIGUSR1 within %.0f s", args.client_timeout)
+                return 1
+    return None
+
+
 def _run(
     args: argparse.Namespace, rules: Rules, fleet: Sequence[FleetVehicle], cars: list[_Car], ports: list[int]
 ) -> int:
@@ -716,6 +745,8 @@ def _run(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    go_signal = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda _n, _f: go_signal.set())
     _emit(
         {
             "event": "ready",
@@ -735,14 +766,9 @@ def _run(
             "mapping": str(DEFAULT_MAPPING_PATH),
         }
     )
-    deadline = time.monotonic() + args.client_timeout
-    for car in cars:
-        while not car.server.wait_for_client(0.5):
-            if stop.is_set():
-                return 0
-            if time.monotonic() > deadline:
-                log.error("%s: no socketcand client within %.0f s", car.spec.name, args.client_timeout)
-                return 1
+    failed_start = _wait_clients(cars, args, stop, go_signal)
+    if failed_start is not None:
+        return failed_start
     start_us = (time.time_ns() + 500) // 1000
     for car in cars:
         car.drive.config = dataclasses.replace(car.drive.config, start_epoch_us=start_us)

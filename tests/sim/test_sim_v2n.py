@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from sim.v2n import (
 )
 
 START_US = 1_800_000_000_000_000
-DURATION_S = 20.0
+DURATION_S = 21.0
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +63,9 @@ def test_the_leader_triggers_eebl_then_stationary_and_both_end(truths: dict[str,
     assert truth["ambiguous"] == []
     assert [e["id"] for e in truth["events"]] == ["leader/eebl/1", "leader/stationary/1"]
     eebl, stationary = truth["events"]
-    # EEBL from the ESP_Speed frame where the deceleration passes 6 m/s² (braking starts at 5 s), at once.
+    # EEBL from the ESP_Speed frame where the deceleration passes 6 m/s² (braking starts at 6 s), at once.
     assert eebl["on_message"] == "ESP_Speed"
-    assert 5.0 < (eebl["on_us"] - START_US) / 1e6 < 5.5
+    assert 6.0 < (eebl["on_us"] - START_US) / 1e6 < 6.5
     assert eebl["new_us"] == eebl["on_us"]
     # Cancelled 1 s (release) after the condition ended, before the stationary vehicle begins.
     assert eebl["cancel_us"] - eebl["off_us"] >= 1_000_000
@@ -78,16 +79,16 @@ def test_the_leader_triggers_eebl_then_stationary_and_both_end(truths: dict[str,
 
 def test_who_must_be_warned(truths: dict[str, GroundTruth]) -> None:
     eebl, stationary = compute_truth(v2n_fleet(1), truths, DEFAULT_RULES)["events"]
-    # EEBL reaches 200 m: the followers at 50 and 150 m, not the one at 400 m.
+    # EEBL reaches 500 m: the followers at 50 and 150 m, not the one at 700 m.
     assert eebl["must_warn"] == ["follower-150", "follower-50"]
-    assert eebl["receivers"]["follower-400"]["reason"].endswith("> 200 m")
+    assert eebl["receivers"]["follower-700"]["reason"].endswith("> 500 m")
     # The oncoming car is 100 m away with the braking ahead of it: only its heading rules it out.
     opposite = eebl["receivers"]["opposite"]
     assert opposite["distance_m"] < 150 and opposite["ahead_off_deg"] < 10
     assert "other direction" in opposite["reason"]
     # A stationary vehicle reaches 1 km: all three followers. It stands, so its DENM has no heading;
     # the oncoming car has passed it by then.
-    assert stationary["must_warn"] == ["follower-150", "follower-400", "follower-50"]
+    assert stationary["must_warn"] == ["follower-150", "follower-50", "follower-700"]
     assert stationary["heading_deg"] is None
     assert "behind or beside" in stationary["receivers"]["opposite"]["reason"]
     for event in (eebl, stationary):
@@ -104,7 +105,7 @@ def test_without_the_standstill_rule_the_stationary_event_has_a_heading(
     assert truth["ambiguous"] == []
     _, stationary = truth["events"]
     assert stationary["heading_deg"] is not None
-    assert stationary["must_warn"] == ["follower-150", "follower-400", "follower-50"]
+    assert stationary["must_warn"] == ["follower-150", "follower-50", "follower-700"]
 
 
 def test_followers_stop_behind_the_leader(truths: dict[str, GroundTruth]) -> None:
@@ -112,24 +113,24 @@ def test_followers_stop_behind_the_leader(truths: dict[str, GroundTruth]) -> Non
         _, lat = truths[name].series("GNSS_Position", "Latitude")
         return float(lat[-1])
 
-    order = ["follower-400", "follower-150", "follower-50", "leader", "ahead-150"]
+    order = ["follower-700", "follower-150", "follower-50", "leader", "ahead-150"]
     final = [north(n) for n in order]
     assert final == sorted(final)
     gap = distance_m(north("follower-50"), 6.16, north("leader"), 6.16)
     assert gap > 5.0
     # None of the followers brakes hard enough for an EEBL of its own (checked by the events above);
-    # the two closest stand at the end, the one 400 m behind is still rolling slowly.
-    for name, at_most_kmh in (("follower-50", 0.0), ("follower-150", 0.0), ("follower-400", 20.0)):
+    # and all three stand at the end.
+    for name, at_most_kmh in (("follower-50", 0.0), ("follower-150", 0.0), ("follower-700", 0.0)):
         _, speed = truths[name].series("ESP_Speed", "VehicleSpeed")
         assert speed[-1] <= at_most_kmh
 
 
 def test_thin_margins_are_reported_as_ambiguous(truths: dict[str, GroundTruth]) -> None:
-    # With an EEBL reach of 400 m the follower 400 m behind is too close to call: the check must say so.
-    rule = dataclasses.replace(DEFAULT_RULES.triggers[0], relevance_m=400.0)
+    # With an EEBL reach of 700 m the follower 700 m behind is too close to call: the check must say so.
+    rule = dataclasses.replace(DEFAULT_RULES.triggers[0], relevance_m=700.0)
     rules = dataclasses.replace(DEFAULT_RULES, triggers=(rule, DEFAULT_RULES.triggers[1]))
     truth = compute_truth(v2n_fleet(1), truths, rules)
-    assert any("leader/eebl/1 → follower-400" in a for a in truth["ambiguous"])
+    assert any("leader/eebl/1 → follower-700" in a for a in truth["ambiguous"])
 
 
 def test_rules_round_trip_through_json() -> None:
@@ -141,7 +142,18 @@ def test_rules_round_trip_through_json() -> None:
 
 def test_fleet_serves_every_vehicle_over_socketcand(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sim.v2n", "--out", str(tmp_path), "--duration", "2", "--speed", "max"],
+        [
+            sys.executable,
+            "-m",
+            "sim.v2n",
+            "--out",
+            str(tmp_path),
+            "--duration",
+            "2",
+            "--speed",
+            "max",
+            "--wait-go",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -161,6 +173,9 @@ def test_fleet_serves_every_vehicle_over_socketcand(tmp_path: Path) -> None:
             buses.append(
                 can.Bus(interface="socketcand", channel=v["channel"], host=v["host"], port=v["port"])
             )
+        # Every vehicle has its client: the fleet says so and waits for the go (SIGUSR1).
+        assert json.loads(proc.stdout.readline()) == {"event": "clients", "clients": 7}
+        proc.send_signal(signal.SIGUSR1)
         assert json.loads(proc.stdout.readline())["event"] == "started"
         first = [bus.recv(5.0) for bus in buses]
         assert all(m is not None for m in first)
