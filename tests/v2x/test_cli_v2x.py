@@ -1,0 +1,171 @@
+"""``tcu v2x decode | publish | watch`` against files and a real Mosquitto."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from v2x_broker import BACKEND, BACKEND_STATION, V2xBroker
+
+from tcu.cli.main import main
+from tcu.v2x.messages import ActionId, Cam, Denm, StationPosition, encode_cam, encode_denm, its_time_ms
+from tcu.v2x.tiles import quadkey, topic_for
+
+NOW = its_time_ms(time.time_ns())
+DENM = Denm(
+    station_id=101,
+    action_id=ActionId(101, 5),
+    detection_time_ms=NOW,
+    reference_time_ms=NOW,
+    event_position=StationPosition(49.15, 6.17),
+    relevance_distance_m=500.0,
+    validity_s=20,
+    cause_code=99,
+    sub_cause_code=1,
+)
+CAM = Cam(station_id=101, station_type=5, generation_delta_time_ms=7, position=StationPosition(49.15, 6.17))
+
+
+def test_decode_binary_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "denm.uper"
+    path.write_bytes(encode_denm(DENM))
+    assert main(["v2x", "decode", str(path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["type"] == "DENM" and out["action_id"] == {"station_id": 101, "sequence_number": 5}
+    assert out["cause_code"] == 99 and out["event_position"]["latitude_deg"] == 49.15
+
+
+def test_decode_mosquitto_sub_lines_from_stdin(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = quadkey(49.15, 6.17, 18)
+    lines = [
+        f"{topic_for('v2x', 'denm', 101, key)} {encode_denm(DENM).hex()}",
+        f"{topic_for('v2x', 'cam', 101, key)} {encode_cam(CAM).hex()}",
+        f"{topic_for('v2x', 'cam', 101, key)} 0102ff",  # too short
+        "v2x/denm/101/9 " + encode_denm(DENM).hex(),  # a tile digit 9: wrong topic shape
+    ]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("\n".join(lines).encode())))
+    assert main(["v2x", "decode", "-"]) == 1  # two bad lines
+    captured = capsys.readouterr()
+    out = [json.loads(line) for line in captured.out.splitlines()]
+    assert [o["type"] for o in out] == ["DENM", "CAM"] and out[0]["quadkey"] == key
+    assert "-:3: empty:" in captured.err and "-:4: topic:" in captured.err
+
+
+def test_decode_raw_tree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "cam.hex"
+    path.write_text(encode_cam(CAM).hex() + "\n")
+    assert main(["v2x", "decode", str(path), "--raw"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["asn1"]["header"] == {"protocolVersion": 1, "messageID": 2, "stationID": 101}
+
+
+def test_decode_missing_file_names_it(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["v2x", "decode", "/nonexistent/x.uper"]) == 1
+    assert "/nonexistent/x.uper: cannot read" in capsys.readouterr().err
+
+
+def test_publish_and_watch_through_the_broker(
+    v2x_broker: V2xBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pki = str(v2x_broker.pki.directory)
+    broker = f"127.0.0.1:{v2x_broker.port}"
+    watch = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tcu.cli.main",
+            "v2x",
+            "watch",
+            "--broker",
+            broker,
+            "--pki",
+            pki,
+            "--vehicle",
+            "WDD2050461A000103",
+            "--lat",
+            "49.15",
+            "--lon",
+            "6.17",
+            "--types",
+            "denm",
+            "--json",
+            "--count",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while (
+            f"{'WDD2050461A000103'}-cli" not in v2x_broker.log()
+            or "Received SUBSCRIBE" not in v2x_broker.log()
+        ):
+            assert watch.poll() is None, watch.stderr.read() if watch.stderr else ""
+            assert time.monotonic() < deadline, "watch did not subscribe"
+            time.sleep(0.1)
+        time.sleep(0.5)  # the nine tile subscriptions
+        common = [
+            "v2x",
+            "publish",
+            "--broker",
+            broker,
+            "--pki",
+            pki,
+            "--backend",
+            BACKEND,
+            "--station",
+            str(BACKEND_STATION),
+            "--lat",
+            "49.1502",
+            "--lon",
+            "6.1701",
+        ]
+        assert main([*common, "--cause", "roadworks", "--seq", "17", "--validity-s", "3600"]) == 0
+        assert main([*common, "--seq", "17", "--cancel"]) == 0
+        published = capsys.readouterr().out
+        assert f"published DENM {BACKEND_STATION}#17 (cause 3/0) on v2x/denm/{BACKEND_STATION}/" in published
+        out, err = watch.communicate(timeout=30)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+    got = [json.loads(line) for line in out.decode().splitlines()]
+    assert [(g["type"], g["cause_code"], g["termination"]) for g in got] == [
+        ("DENM", 3, None),
+        ("DENM", None, "isCancellation"),
+    ], err.decode()
+    assert got[0]["station_id"] == BACKEND_STATION and got[0]["validity_s"] == 3600
+
+
+def test_publish_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    args = [
+        "v2x",
+        "publish",
+        "--broker",
+        "127.0.0.1:1",
+        "--ca",
+        "x",
+        "--cert",
+        "y",
+        "--key",
+        "z",
+        "--station",
+        "1",
+        "--lat",
+        "1",
+        "--lon",
+        "1",
+    ]
+    assert main([*args, "--cause", "meteor"]) == 1
+    assert "unknown cause 'meteor'" in capsys.readouterr().err
+    assert main([*args, "--cancel"]) == 1
+    assert "--cancel needs the --seq" in capsys.readouterr().err
