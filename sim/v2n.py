@@ -85,6 +85,7 @@ __all__ = [
     "bearing_deg",
     "compute_truth",
     "distance_m",
+    "drive_config",
     "main",
     "v2n_fleet",
 ]
@@ -101,6 +102,10 @@ LEADER_HOLD_S = 6.5
 DEFAULT_DURATION_S = 21.0
 LANE_OFFSET_M = 5.0
 FOLLOWER_HOLD_S = 3600.0  # followers stay behind the leader for the rest of the drive
+#: The 100 Hz chassis messages (wheel speeds, drive, steering) are left out: 120 instead of 420
+#: frames/s per vehicle keeps seven agents in real time on a small machine. V2N needs ESP_Speed,
+#: BCM_Lights, GNSS_Position and GNSS_Status; the rest is ordinary telemetry.
+LEFT_OUT = frozenset({"ESP_WheelSpeeds", "VCU_Drive", "EPS_Steering"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +160,19 @@ def v2n_fleet(seed: int = 1) -> tuple[FleetVehicle, ...]:
         car(4, "ahead-150", "150 m in front", lead + 150.0),
         car(5, "far-5km", "5 km behind", lead - 5_000.0),
         car(6, "opposite", "other carriageway, oncoming", reverse.length_m - (lead + 400.0), route=reverse),
+    )
+
+
+def drive_config(vehicle: FleetVehicle, duration_s: float, speed: float | None, **kw: Any) -> DriveConfig:
+    """The :class:`~sim.canbus.DriveConfig` of one fleet vehicle (without the 100 Hz chassis messages)."""
+    return DriveConfig(
+        duration_s=duration_s,
+        seed=vehicle.config.seed,
+        speed=speed,
+        route=vehicle.route,
+        vehicle=vehicle.config,
+        skip_messages=LEFT_OUT,
+        **kw,
     )
 
 
@@ -689,15 +707,7 @@ def main(argv: list[str] | None = None) -> int:
         cars = [
             _Car(
                 spec,
-                Drive(
-                    DriveConfig(
-                        duration_s=args.duration,
-                        seed=spec.config.seed,
-                        speed=args.speed,
-                        route=spec.route,
-                        vehicle=spec.config,
-                    )
-                ),
+                Drive(drive_config(spec, args.duration, args.speed)),
                 SocketcandServer(SocketcandConfig()),
             )
             for spec in fleet

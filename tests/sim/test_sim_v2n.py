@@ -23,8 +23,10 @@ from sim.v2n import (
     bearing_deg,
     compute_truth,
     distance_m,
+    drive_config,
     v2n_fleet,
 )
+from tcu.errors import ConfigError
 
 START_US = 1_800_000_000_000_000
 DURATION_S = 21.0
@@ -34,16 +36,7 @@ DURATION_S = 21.0
 def truths() -> dict[str, GroundTruth]:
     out = {}
     for v in v2n_fleet(1):
-        drive = Drive(
-            DriveConfig(
-                duration_s=DURATION_S,
-                seed=v.config.seed,
-                speed=None,
-                route=v.route,
-                vehicle=v.config,
-                start_epoch_us=START_US,
-            )
-        )
+        drive = Drive(drive_config(v, DURATION_S, None, start_epoch_us=START_US))
         for _ in drive.frames():
             pass
         out[v.name] = drive.ground_truth()
@@ -191,3 +184,13 @@ def test_fleet_serves_every_vehicle_over_socketcand(tmp_path: Path) -> None:
         for bus in buses:
             bus.shutdown()
     assert proc.returncode == 0
+
+
+def test_fleet_vehicles_leave_out_the_100_hz_chassis_messages(truths: dict[str, GroundTruth]) -> None:
+    gt = truths["leader"]
+    sent = {key[0] for key in sorted(gt.keys())}
+    assert sent.isdisjoint({"ESP_WheelSpeeds", "VCU_Drive", "EPS_Steering"})
+    assert {"ESP_Speed", "BCM_Lights", "GNSS_Position", "GNSS_Status", "BMS_PackStatus"} <= sent
+    assert 115 * DURATION_S <= gt.frames <= 125 * DURATION_S  # 120 frames/s instead of 420
+    with pytest.raises(ConfigError, match="NoSuchMessage"):
+        Drive(DriveConfig(skip_messages=frozenset({"NoSuchMessage"})))
