@@ -19,7 +19,8 @@ milliseconds (:func:`its_time_ms`). ``None`` means "unavailable" on the wire.
 Every decoding problem raises :class:`~tcu.v2x.errors.V2xDecodeError` with a ``reason``:
 ``oversize``, ``empty``, ``version`` (protocolVersion not 1 or 2), ``unknown_type``
 (messageID neither CAM nor DENM), ``malformed`` (UPER that does not decode), ``position``
-(latitude/longitude unavailable or outside the globe), ``time`` (impossible timestamps).
+(latitude/longitude unavailable or outside the globe), ``time`` (impossible timestamps),
+``constraint`` (a value outside its ASN.1 range, e.g. a validity over 86400 s).
 """
 
 from __future__ import annotations
@@ -142,6 +143,9 @@ _VEHICLE_ROLES: Final = (
     "military",
     "roadOperator",
     "taxi",
+    "reserved1",
+    "reserved2",
+    "reserved3",
 )
 
 ASN1_FILES: Final[Mapping[int, tuple[str, str, str]]] = {
@@ -480,7 +484,19 @@ def message_header(payload: bytes) -> tuple[int, int]:
     return payload[0], payload[1]
 
 
-_DECODE_ERRORS = (asn1tools.Error, ValueError, IndexError, KeyError, TypeError, OverflowError, AttributeError)
+# asn1tools raises more than its own errors on hostile bytes (NotImplementedError for an
+# extension bitmap "normally small length" over 64, found by tools/fuzz/fuzz_v2x.py).
+_DECODE_ERRORS = (
+    asn1tools.Error,
+    ValueError,
+    IndexError,
+    KeyError,
+    TypeError,
+    OverflowError,
+    AttributeError,
+    NotImplementedError,
+    RecursionError,
+)
 
 
 def _decode(payload: bytes, expected: int | None) -> tuple[int, int, dict[str, Any]]:
@@ -495,7 +511,13 @@ def _decode(payload: bytes, expected: int | None) -> tuple[int, int, dict[str, A
     type_name = "CAM" if message_id == MESSAGE_ID_CAM else "DENM"
     spec = compile_release(version)
     try:
-        decoded = spec.decode(type_name, payload)
+        # asn1tools' UPER decoder does not check value ranges by itself (a validityDuration of
+        # 114752 decoded; found by tools/fuzz/fuzz_v2x.py): check the ASN.1 constraints.
+        decoded = spec.decode(type_name, payload, check_constraints=True)
+    except asn1tools.ConstraintsError as exc:
+        raise V2xDecodeError(
+            f"{type_name} (release {version}) has a value outside its ASN.1 range: {exc}", reason="constraint"
+        ) from exc
     except _DECODE_ERRORS as exc:  # untrusted bytes: asn1tools raises more than its own errors
         raise V2xDecodeError(f"malformed {type_name} (release {version}): {exc}", reason="malformed") from exc
     if not isinstance(decoded, dict):
@@ -608,13 +630,16 @@ def _decode_denm_body(version: int, decoded: Mapping[str, Any]) -> Denm:
     if direction is not None and direction in _R2_TRAFFIC_DIRECTIONS:
         direction = RELEVANCE_TRAFFIC_DIRECTIONS[_R2_TRAFFIC_DIRECTIONS.index(direction)]
     kwargs: dict[str, Any] = {}
-    situation = body.get("situation")
+    termination = management.get("termination")
+    # A termination ends the event: only its management counts. (Release 1 allows a situation
+    # beside it, release 2 does not; found by tools/fuzz/fuzz_v2x.py.)
+    situation = body.get("situation") if termination is None else None
     if situation is not None:
         cause, sub = _cause_from_choice(situation["eventType"])
         kwargs.update(
             cause_code=cause, sub_cause_code=sub, information_quality=int(situation["informationQuality"])
         )
-    location = body.get("location")
+    location = body.get("location") if termination is None else None
     if location is not None:
         speed = location.get("eventSpeed")
         if speed is not None:
@@ -622,7 +647,6 @@ def _decode_denm_body(version: int, decoded: Mapping[str, Any]) -> Denm:
         heading = location.get("eventPositionHeading")
         if heading is not None:
             kwargs["event_heading_deg"] = _heading_deg(int(_pick(heading, "headingValue", "value")))
-    termination = management.get("termination")
     if termination is None and situation is None:
         raise V2xDecodeError("DENM without a situation that is not a termination", reason="malformed")
     interval = management.get("transmissionInterval")
