@@ -244,6 +244,15 @@ async def test_hard_braking_frames_become_a_denm_and_warnings_become_telemetry(
     assert abs(accepted.denm.reference_time_ms - its_time_ms(int(marks["brake"] * 1e9))) <= 1
     assert accepted.latency_ms is not None and accepted.latency_ms < 1000
     v2x = final.v2x
+    # The figures the README quotes (run with -s): frame → PUBACK at the agent, frame → follower.
+    print(
+        json.dumps(
+            {
+                "publish_latency": v2x and v2x["publish_latency"],
+                "follower_latency_ms": [w.latency_ms for w in follower_w],
+            }
+        )
+    )
     assert v2x is not None and v2x["denm_sent"]["new"] == 1 and v2x["denm_sent"]["cancellation"] == 1
     assert v2x["counters"]["cam_published"] >= 3  # first, then about once a second and on the speed change
     assert v2x["publish_latency"]["denm"]["max_ms"] < 1000

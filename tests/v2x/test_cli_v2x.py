@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -169,3 +170,80 @@ def test_publish_refuses_bad_arguments(capsys: pytest.CaptureFixture[str]) -> No
     assert "unknown cause 'meteor'" in capsys.readouterr().err
     assert main([*args, "--cancel"]) == 1
     assert "--cancel needs the --seq" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_sub") is None, reason="mosquitto_sub is not installed")
+def test_mosquitto_sub_shows_the_documented_topics_and_decode_turns_them_into_json(
+    v2x_broker: V2xBroker, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pki = v2x_broker.pki
+    cert, key = pki.backend(BACKEND)
+    sub = subprocess.Popen(
+        [
+            "mosquitto_sub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(v2x_broker.port),
+            "--cafile",
+            str(pki.ca_cert),
+            "--cert",
+            str(cert),
+            "--key",
+            str(key),
+            "-t",
+            "v2x/#",
+            "-F",
+            "%t %x",
+            "-C",
+            "1",
+            "-W",
+            "30",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while v2x_broker.log().count("Received SUBSCRIBE") < 1 or "v2x/#" not in v2x_broker.log():
+            assert sub.poll() is None, sub.stderr.read() if sub.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert (
+            main(
+                [
+                    "v2x",
+                    "publish",
+                    "--broker",
+                    f"127.0.0.1:{v2x_broker.port}",
+                    "--pki",
+                    str(pki.directory),
+                    "--backend",
+                    BACKEND,
+                    "--station",
+                    str(BACKEND_STATION),
+                    "--cause",
+                    "accident",
+                    "--lat",
+                    "49.15",
+                    "--lon",
+                    "6.17",
+                    "--seq",
+                    "3",
+                ]
+            )
+            == 0
+        )
+        out, _ = sub.communicate(timeout=30)
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+    line = out.decode().strip()
+    key18 = quadkey(49.15, 6.17, 18)
+    assert line.startswith(f"v2x/denm/{BACKEND_STATION}/" + "/".join(key18) + " ")
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(out)))
+    assert main(["v2x", "decode", "-"]) == 0
+    decoded = json.loads(capsys.readouterr().out)
+    assert decoded["type"] == "DENM" and decoded["cause_code"] == 2 and decoded["quadkey"] == key18
+    assert decoded["action_id"] == {"station_id": BACKEND_STATION, "sequence_number": 3}
