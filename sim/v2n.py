@@ -6,7 +6,7 @@ limit 90 km/h). Every vehicle drives the :class:`~sim.vehicle.Vehicle` model at 
 the start and produces the CAN frames of ``sim/data/tcu_sim.dbc`` over its own socketcand
 server, so that each can run a real ``tcu agent``:
 
-* ``leader`` brakes hard (7.5 m/s²) at :data:`BRAKE_AT_S` down to a standstill, stands in its
+* ``leader`` brakes hard (7.5 m/s²) :data:`BRAKE_AT_S` after the start down to a standstill, stands in its
   lane with the hazard lights on for about 6 s, then drives on: an emergency electronic
   brake light (EEBL) condition, then a stationary-vehicle condition, each ending;
 * ``follower-50``, ``follower-150``, ``follower-700`` follow 50, 150 and 700 m behind and
@@ -38,15 +38,19 @@ listed in ``ambiguous``: the scenario is built so that there are none. None of t
 
     {"event": "ready", "vehicles": [{"name": ..., "station_id": ..., "vin": ..., "host": ...,
      "port": P, "channel": "can0"}, ...], "dbc": ..., "mapping": ...}
-    {"event": "clients", "clients": 7}                  (with --wait-go: then SIGUSR1 starts the drive)
-    {"event": "started", "start_us": T}
+    {"event": "clients", "clients": 7, "start_us": T}       (with --wait-go)
+    {"event": "started", "start_us": T, "go_us": G}
     {"event": "done", "frames": {name: N}, "truth": PATH, "ground_truth": {name: PATH}, ...}
 
 The drive starts when every vehicle's socketcand client has opened its channel; all drives
 share one simulated start time (the wall clock then, so CAN time is wall time at
-``--speed 1``). The wall time at which each frame was handed to the socket is recorded per
-batch; the truth file gives it for every trigger and end frame (``trigger_wall_ns``), the
-start of the hazard latencies. After ``done`` the simulator idles until SIGTERM.
+``--speed 1``). With ``--wait-go`` the cars first stand parked where the scenario starts
+(GNSS, CAN traffic, no movement) until SIGUSR1, so that every agent can connect, subscribe
+and send its first CAM before anything happens; then all set off at 90 km/h at one simulated
+time (``go_us``) and ``--duration`` counts from there (:func:`launch`). The wall time at which
+each frame was handed to the socket is recorded per batch; the truth file gives it for the
+frames that made each DENM and its cancellation due (``new_wall_ns``, ``cancel_wall_ns``),
+the start of the hazard latencies. After ``done`` the simulator idles until SIGTERM.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ from sim.canbus import DEFAULT_DBC_PATH, DEFAULT_MAPPING_PATH, Drive, DriveConfi
 from sim.groundtruth import GroundTruth
 from sim.route import EARTH_RADIUS_M, Route, metz_luxembourg_trier
 from sim.socketcand import SocketcandConfig, SocketcandServer
-from sim.vehicle import ScriptedStop, VehicleConfig
+from sim.vehicle import ScriptedStop, Vehicle, VehicleConfig
 from tcu.errors import ConfigError, TcuError
 
 __all__ = [
@@ -86,7 +90,9 @@ __all__ = [
     "compute_truth",
     "distance_m",
     "drive_config",
+    "launch",
     "main",
+    "scripted_stops",
     "v2n_fleet",
 ]
 
@@ -120,47 +126,60 @@ class FleetVehicle:
     config: VehicleConfig
 
 
-def v2n_fleet(seed: int = 1) -> tuple[FleetVehicle, ...]:
-    """The V2N scenario's vehicles (see the module docstring); seeds ``seed``, ``seed + 1``, ..."""
+def v2n_fleet(seed: int = 1, *, parked: bool = False) -> tuple[FleetVehicle, ...]:
+    """The V2N scenario's vehicles (see the module docstring); seeds ``seed``, ``seed + 1``, ...
+
+    Driving at 90 km/h from t = 0 with the leader braking at :data:`BRAKE_AT_S`, or ``parked``
+    at the same places until :func:`launch` sets them going (``python -m sim.v2n --wait-go``).
+    """
     base = metz_luxembourg_trier()
     reverse = Route(tuple(reversed(base.waypoints)), name=f"{base.name} reversed")
-
-    def car(
-        i: int,
-        name: str,
-        role: str,
-        start_m: float,
-        *,
-        route: Route = base,
-        stops: Sequence[ScriptedStop] = (),
-    ) -> FleetVehicle:
+    stops = scripted_stops(BRAKE_AT_S)
+    lead = LEADER_START_M
+    cars = (
+        ("leader", "brakes hard, then stands with hazard lights", lead, base),
+        ("follower-50", "50 m behind", lead - 50.0, base),
+        ("follower-150", "150 m behind", lead - 150.0, base),
+        ("follower-700", "700 m behind", lead - 700.0, base),
+        ("ahead-150", "150 m in front", lead + 150.0, base),
+        ("far-5km", "5 km behind", lead - 5_000.0, base),
+        ("opposite", "other carriageway, oncoming", reverse.length_m - (lead + 400.0), reverse),
+    )
+    out = []
+    for i, (name, role, start_m, route) in enumerate(cars):
         config = VehicleConfig(
             seed=seed + i,
-            park_s=0.0,
-            initial_speed_kmh=CRUISE_KMH,
+            park_s=_PARKED_S if parked else 0.0,
+            initial_speed_kmh=0.0 if parked else CRUISE_KMH,
             cruise_kmh=CRUISE_KMH,
             start_distance_m=start_m,
             lateral_offset_m=LANE_OFFSET_M,
-            stops=tuple(stops),
+            stops=() if parked else stops.get(name, ()),
         )
-        return FleetVehicle(name, role, 1001 + i, f"WTCUV2N{i + 1:010d}", route, config)
+        out.append(FleetVehicle(name, role, 1001 + i, f"WTCUV2N{i + 1:010d}", route, config))
+    return tuple(out)
 
-    lead = LEADER_START_M
-    return (
-        car(
-            0,
-            "leader",
-            "brakes hard, then stands with hazard lights",
-            lead,
-            stops=[ScriptedStop(BRAKE_AT_S, 7.5, LEADER_HOLD_S, hazard_lights=True)],
-        ),
-        car(1, "follower-50", "50 m behind", lead - 50.0, stops=[_follow(0.5, 4.5, 20.0)]),
-        car(2, "follower-150", "150 m behind", lead - 150.0, stops=[_follow(1.0, 3.0, 10.0)]),
-        car(3, "follower-700", "700 m behind", lead - 700.0, stops=[_follow(2.0, 2.5, 10.0)]),
-        car(4, "ahead-150", "150 m in front", lead + 150.0),
-        car(5, "far-5km", "5 km behind", lead - 5_000.0),
-        car(6, "opposite", "other carriageway, oncoming", reverse.length_m - (lead + 400.0), route=reverse),
-    )
+
+_PARKED_S = 1e9  # "parked until launched"
+
+
+def scripted_stops(brake_at_s: float) -> dict[str, tuple[ScriptedStop, ...]]:
+    """The leader's hard braking at ``brake_at_s`` (simulated s) and the followers' stops behind it."""
+
+    def follow(reaction_s: float, decel_mps2: float, jerk_mps3: float) -> tuple[ScriptedStop, ...]:
+        return (ScriptedStop(brake_at_s + reaction_s, decel_mps2, FOLLOWER_HOLD_S, jerk_mps3=jerk_mps3),)
+
+    return {
+        "leader": (ScriptedStop(brake_at_s, 7.5, LEADER_HOLD_S, hazard_lights=True),),
+        "follower-50": follow(0.5, 4.5, 20.0),
+        "follower-150": follow(1.0, 3.0, 10.0),
+        "follower-700": follow(2.0, 2.5, 10.0),
+    }
+
+
+def launch(vehicle: Vehicle, name: str, go_s: float) -> None:
+    """Set a parked fleet vehicle going at ``go_s`` (90 km/h), its scripted stops relative to that."""
+    vehicle.launch_at(go_s, CRUISE_KMH, scripted_stops(go_s + BRAKE_AT_S).get(name, ()))
 
 
 def drive_config(vehicle: FleetVehicle, duration_s: float, speed: float | None, **kw: Any) -> DriveConfig:
@@ -174,10 +193,6 @@ def drive_config(vehicle: FleetVehicle, duration_s: float, speed: float | None, 
         skip_messages=LEFT_OUT,
         **kw,
     )
-
-
-def _follow(reaction_s: float, decel_mps2: float, jerk_mps3: float) -> ScriptedStop:
-    return ScriptedStop(BRAKE_AT_S + reaction_s, decel_mps2, FOLLOWER_HOLD_S, jerk_mps3=jerk_mps3)
 
 
 # ---------------------------------------------------------------------------------- rules
@@ -623,6 +638,34 @@ class _Car:
     batch_last_us: list[int] = field(default_factory=list)
     batch_wall_ns: list[int] = field(default_factory=list)
     error: str = ""
+    stop: threading.Event = field(default_factory=threading.Event)
+    launched: bool = False
+
+
+@dataclass(slots=True)
+class _Go:
+    """``--wait-go``: the parked fleet's launch, decided once for all cars (simulated s from the start)."""
+
+    duration_s: float
+    start_us: int = 0
+    requested: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    go_s: float | None = None
+    end_us: int | None = None
+
+    def decide(self, t_s: float) -> None:
+        with self.lock:
+            if self.go_s is None:
+                go_s = math.ceil((t_s + 0.5) * 100.0) / 100.0  # half a second ahead, on the 10 ms step
+                self.end_us = self.start_us + round((go_s + self.duration_s) * 1e6)
+                self.go_s = go_s
+                _emit(
+                    {
+                        "event": "started",
+                        "start_us": self.start_us,
+                        "go_us": self.start_us + round(go_s * 1e6),
+                    }
+                )
 
 
 def _emit(event: dict[str, object]) -> None:
@@ -630,19 +673,30 @@ def _emit(event: dict[str, object]) -> None:
     sys.stdout.flush()
 
 
-def _drive_car(car: _Car, go: threading.Barrier, stop: threading.Event) -> None:
+def _drive_car(car: _Car, barrier: threading.Barrier, go: _Go | None) -> None:
     try:
-        go.wait()
+        barrier.wait()
     except threading.BrokenBarrierError:
         return
     try:
-        for batch in car.drive.batches(stop):
+        for batch in car.drive.batches(car.stop):
             wall = time.time_ns()  # before the write: latencies count the socket write too
             car.server.send_frames(batch)
-            car.batch_last_us.append(round(batch[-1].timestamp * 1e6))
+            last_us = round(batch[-1].timestamp * 1e6)
+            car.batch_last_us.append(last_us)
             car.batch_wall_ns.append(wall)
+            vehicle = car.drive.vehicle
+            if go is None or vehicle is None:
+                continue
+            if go.requested.is_set() and go.go_s is None:
+                go.decide(vehicle.t_s)
+            if go.go_s is not None and not car.launched:
+                launch(vehicle, car.spec.name, go.go_s)
+                car.launched = True
+            if go.end_us is not None and last_us >= go.end_us:
+                car.stop.set()
     except TcuError as exc:
-        if not stop.is_set():
+        if not car.stop.is_set():
             car.error = str(exc)
             log.error("%s: %s", car.spec.name, exc)
 
@@ -681,7 +735,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--wait-go",
         action="store_true",
-        help="once every client is there, say so and start the drive on SIGUSR1 (a warmed-up fleet)",
+        help="park the fleet once every client is there (say so), set it going on SIGUSR1 "
+        "(--duration counts from then): agents warm up before anything happens",
     )
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging on stderr")
     return p
@@ -703,11 +758,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         args.out.mkdir(parents=True, exist_ok=True)
-        fleet = v2n_fleet(args.seed)
+        fleet = v2n_fleet(args.seed, parked=args.wait_go)
         cars = [
             _Car(
                 spec,
-                Drive(drive_config(spec, args.duration, args.speed)),
+                # parked until the go: the drive may last until the client timeout, then the duration
+                Drive(
+                    drive_config(
+                        spec, args.duration + (args.client_timeout if args.wait_go else 0.0), args.speed
+                    )
+                ),
                 SocketcandServer(SocketcandConfig()),
             )
             for spec in fleet
@@ -719,10 +779,8 @@ def main(argv: list[str] | None = None) -> int:
     return _run(args, rules, fleet, cars, ports)
 
 
-def _wait_clients(
-    cars: list[_Car], args: argparse.Namespace, stop: threading.Event, go_signal: threading.Event
-) -> int | None:
-    """Until every car has its client (and, with --wait-go, SIGUSR1 came); an exit status if not."""
+def _wait_clients(cars: list[_Car], args: argparse.Namespace, stop: threading.Event) -> int | None:
+    """Until every car has its client; an exit status if that does not happen."""
     deadline = time.monotonic() + args.client_timeout
     for car in cars:
         while not car.server.wait_for_client(0.5):
@@ -730,14 +788,6 @@ def _wait_clients(
                 return 0
             if time.monotonic() > deadline:
                 log.error("%s: no socketcand client within %.0f s", car.spec.name, args.client_timeout)
-                return 1
-    if args.wait_go:
-        _emit({"event": "clients", "clients": len(cars)})
-        while not go_signal.wait(0.5):
-            if stop.is_set():
-                return 0
-            if time.monotonic() > deadline:
-                log.error("no SIGUSR1 within %.0f s", args.client_timeout)
                 return 1
     return None
 
@@ -751,12 +801,14 @@ def _run(
         log.info("signal %d: stopping", signum)
         stop.set()
         for car in cars:
+            car.stop.set()
             car.server.close()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    go_signal = threading.Event()
-    signal.signal(signal.SIGUSR1, lambda _n, _f: go_signal.set())
+    go = _Go(args.duration) if args.wait_go else None
+    if go is not None:
+        signal.signal(signal.SIGUSR1, lambda _n, _f: go.requested.set())
     _emit(
         {
             "event": "ready",
@@ -776,23 +828,28 @@ def _run(
             "mapping": str(DEFAULT_MAPPING_PATH),
         }
     )
-    failed_start = _wait_clients(cars, args, stop, go_signal)
+    failed_start = _wait_clients(cars, args, stop)
     if failed_start is not None:
         return failed_start
     start_us = (time.time_ns() + 500) // 1000
     for car in cars:
         car.drive.config = dataclasses.replace(car.drive.config, start_epoch_us=start_us)
-    go = threading.Barrier(len(cars))
+    barrier = threading.Barrier(len(cars))
     threads = [
         threading.Thread(
-            target=_drive_car, args=(car, go, stop), name=f"sim.v2n[{car.spec.name}]", daemon=True
+            target=_drive_car, args=(car, barrier, go), name=f"sim.v2n[{car.spec.name}]", daemon=True
         )
         for car in cars
     ]
     for t in threads:
         t.start()
-    _emit({"event": "started", "start_us": start_us})
-    log.info("driving %d vehicles for %.1f s", len(cars), args.duration)
+    if go is None:
+        _emit({"event": "started", "start_us": start_us, "go_us": start_us})
+        log.info("driving %d vehicles for %.1f s", len(cars), args.duration)
+    else:
+        go.start_us = start_us
+        _emit({"event": "clients", "clients": len(cars), "start_us": start_us})
+        log.info("%d vehicles parked until SIGUSR1, then driving %.1f s", len(cars), args.duration)
     for t in threads:
         t.join()
     failed = [c.spec.name for c in cars if c.error]
@@ -820,10 +877,11 @@ def _run(
             "ground_truth": paths,
             "truth": str(truth_path),
             "start_us": start_us,
+            "go_us": start_us if go is None else go.start_us + round((go.go_s or 0.0) * 1e6),
             "end_us": truth["end_us"],
             "events": [e["id"] for e in truth["events"]],
             "ambiguous": len(truth["ambiguous"]),
-            "interrupted": stop.is_set() or bool(failed),
+            "interrupted": stop.is_set() or bool(failed) or (go is not None and go.go_s is None),
             "failed": failed,
         }
     )

@@ -23,6 +23,7 @@ P, unlocks, and the driver's door opens 3 s later.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -140,6 +141,7 @@ class Vehicle:
         self._stop_next = 0
         self._stop_phase = ""
         self._stop_still_t_s = 0.0
+        self._launch: tuple[float, float, tuple[ScriptedStop, ...]] | None = None
         self._noise = [0.0] * _N_NOISE
         # per-vehicle constants drawn once
         rng = self._rng
@@ -196,13 +198,30 @@ class Vehicle:
         remaining = route.length_m - s
         return min(target, math.sqrt(2.0 * b * max(0.0, remaining - 2.0)))
 
+    def launch_at(self, t_s: float, speed_kmh: float, stops: tuple[ScriptedStop, ...] = ()) -> None:
+        """From the first step at or after ``t_s``: drive at ``speed_kmh`` at once, with ``stops``.
+
+        For a car that stood parked (``park_s`` beyond any drive) while something else got
+        ready: the multi-vehicle scenario (:mod:`sim.v2n`) parks its cars until every agent
+        is up, then sets them all going at the same simulated time. Safe to call from another
+        thread than the one stepping (one attribute is replaced).
+        """
+        self._launch = (t_s, speed_kmh, tuple(stops))
+
     def step(self) -> None:
         """Advance the model by one step of ``step_ms``."""
-        cfg, dt = self.config, self._dt
         noise = self._rng.standard_normal(_N_NOISE).tolist()
         self._noise = noise
         self.steps += 1
-        self.t_s = self.steps * dt
+        self.t_s = self.steps * self._dt
+        launch = self._launch
+        if launch is not None and self.t_s >= launch[0] - 1e-9:
+            self._launch = None
+            self.speed_mps = launch[1] / 3.6
+            self.config = dataclasses.replace(
+                self.config, park_s=self.t_s, initial_speed_kmh=launch[1], stops=launch[2]
+            )
+        cfg, dt = self.config, self._dt
         v = self.speed_mps
         # driver: speed factor wanders around 1 (Ornstein-Uhlenbeck, ~1.5 % std, 30 s)
         self._speed_factor_dev += (

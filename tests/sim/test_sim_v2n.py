@@ -24,6 +24,7 @@ from sim.v2n import (
     compute_truth,
     distance_m,
     drive_config,
+    launch,
     v2n_fleet,
 )
 from tcu.errors import ConfigError
@@ -143,8 +144,6 @@ def test_fleet_serves_every_vehicle_over_socketcand(tmp_path: Path) -> None:
             str(tmp_path),
             "--duration",
             "2",
-            "--speed",
-            "max",
             "--wait-go",
         ],
         stdout=subprocess.PIPE,
@@ -166,16 +165,19 @@ def test_fleet_serves_every_vehicle_over_socketcand(tmp_path: Path) -> None:
             buses.append(
                 can.Bus(interface="socketcand", channel=v["channel"], host=v["host"], port=v["port"])
             )
-        # Every vehicle has its client: the fleet says so and waits for the go (SIGUSR1).
-        assert json.loads(proc.stdout.readline()) == {"event": "clients", "clients": 7}
-        proc.send_signal(signal.SIGUSR1)
-        assert json.loads(proc.stdout.readline())["event"] == "started"
+        # Every vehicle has its client: the fleet stands parked, sending, until the go (SIGUSR1).
+        clients = json.loads(proc.stdout.readline())
+        assert (clients["event"], clients["clients"]) == ("clients", 7)
         first = [bus.recv(5.0) for bus in buses]
         assert all(m is not None for m in first)
+        proc.send_signal(signal.SIGUSR1)
+        started = json.loads(proc.stdout.readline())
+        assert started["event"] == "started" and started["go_us"] > clients["start_us"]
         done = json.loads(proc.stdout.readline())
         assert done["event"] == "done" and not done["interrupted"]
         truth = json.loads(Path(done["truth"]).read_text())
-        assert truth["events"] == []  # two seconds: nobody has braked yet
+        assert truth["events"] == []  # two seconds after the go: nobody has braked yet
+        assert done["go_us"] == started["go_us"] and done["end_us"] >= done["go_us"] + 1_900_000
         gt = load_ground_truth(done["ground_truth"]["leader"])
         assert gt.frames == done["frames"]["leader"] > 0
     finally:
@@ -194,3 +196,27 @@ def test_fleet_vehicles_leave_out_the_100_hz_chassis_messages(truths: dict[str, 
     assert 115 * DURATION_S <= gt.frames <= 125 * DURATION_S  # 120 frames/s instead of 420
     with pytest.raises(ConfigError, match="NoSuchMessage"):
         Drive(DriveConfig(skip_messages=frozenset({"NoSuchMessage"})))
+
+
+def test_a_parked_fleet_set_going_later_gives_the_same_warnings() -> None:
+    # python -m sim.v2n --wait-go: parked until the go, then the same scenario from there.
+    go_s = 3.0
+    fleet = v2n_fleet(1, parked=True)
+    truths = {}
+    for v in fleet:
+        drive = Drive(drive_config(v, go_s + DURATION_S, None, start_epoch_us=START_US))
+        for _ in drive.frames():
+            if drive.vehicle is not None and drive.vehicle.t_s == 0.0:
+                launch(drive.vehicle, v.name, go_s)
+        truths[v.name] = drive.ground_truth()
+    _, speed = truths["leader"].series("ESP_Speed", "VehicleSpeed")
+    t, _ = truths["leader"].series("ESP_Speed", "VehicleSpeed")
+    assert set(speed[(t - START_US) < go_s * 1e6 - 20_000].tolist()) == {0.0}  # parked before the go
+    truth = compute_truth(fleet, truths, DEFAULT_RULES)
+    assert truth["ambiguous"] == []
+    assert [e["id"] for e in truth["events"]] == ["leader/eebl/1", "leader/stationary/1"]
+    assert [e["must_warn"] for e in truth["events"]] == [
+        ["follower-150", "follower-50"],
+        ["follower-150", "follower-50", "follower-700"],
+    ]
+    assert go_s + 6.0 < (truth["events"][0]["on_us"] - START_US) / 1e6 < go_s + 6.5
