@@ -17,7 +17,9 @@ both and the supervisor reconnects with jittered exponential backoff.
 * **Bounded outgoing queue** (``queue_size``): a CAM is state, so at most one CAM waits (a new
   one replaces the queued one: ``cam_superseded``); when the queue is full the oldest CAM goes
   first (``cam_dropped``), and only when no CAM is left the oldest DENM (``denm_dropped``,
-  logged at WARNING). A publish that fails with the connection is put back at the head.
+  logged at WARNING). Up to ``max_inflight`` publishes await their PUBACK at once (a cellular
+  round trip does not cap the rate); one that fails with the connection is put back at the
+  head. The incoming queue is bounded too (``max_queued_incoming``; aiomqtt logs a drop).
 * **Bad input** (topics of the wrong shape, oversize or malformed UPER, unknown types,
   impossible values) is counted per reason in :attr:`V2xClient.counters` (``rx_bad_<reason>``)
   and logged rate-limited (:class:`tcu.logutil.RateLimitedLog`); it never stops the client.
@@ -99,6 +101,8 @@ class V2xClientConfig:
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
     drain_timeout_s: float = 2.0
+    max_inflight: int = 16
+    max_queued_incoming: int = 4096
 
     def __post_init__(self) -> None:
         check_prefix(self.prefix)
@@ -110,6 +114,8 @@ class V2xClientConfig:
             raise ValueError(f"subscribe_types must be among {MESSAGE_TYPES}")
         if self.queue_size < 2:
             raise ValueError("queue_size must be at least 2")
+        if self.max_inflight < 1 or self.max_queued_incoming < 1:
+            raise ValueError("max_inflight and max_queued_incoming must be positive")
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together")
 
@@ -309,6 +315,9 @@ class V2xClient:
             tls_context=self._tls,
             keepalive=self.config.keepalive_s,
             timeout=self.config.connect_timeout_s,
+            # Bounded: aiomqtt drops what does not fit and logs "Message queue is full" (WARNING);
+            # the reader drains it with a synchronous handler, so it fills only if the loop stalls.
+            max_queued_incoming_messages=self.config.max_queued_incoming,
         )
 
     async def run(self) -> None:
@@ -376,15 +385,16 @@ class V2xClient:
             return
         self._subs_changed.clear()
         wanted = set(self.wanted_filters())
-        for stale in sorted(self._broker_filters - wanted):
-            await client.unsubscribe(stale)
-            self._broker_filters.discard(stale)
-            self.counters["unsubscribed"] += 1
+        # New tiles first, then the old ones go: no moment without the tiles the vehicle is in.
         for new in sorted(wanted):
             await client.subscribe(new, qos=1)  # re-sent on every connect: idempotent at the broker
             if new not in self._broker_filters:
                 self._broker_filters.add(new)
                 self.counters["subscribed"] += 1
+        for stale in sorted(self._broker_filters - wanted):
+            await client.unsubscribe(stale)
+            self._broker_filters.discard(stale)
+            self.counters["unsubscribed"] += 1
 
     async def _subscriber(self, client: aiomqtt.Client) -> None:
         while True:
@@ -392,45 +402,73 @@ class V2xClient:
             await self._sync_subscriptions(client)
 
     async def _writer(self, client: aiomqtt.Client) -> None:
+        """Send the queue, up to ``max_inflight`` publishes awaiting their PUBACK at once.
+
+        A publish that fails (or is cancelled with the connection) goes back to the head of
+        the queue; QoS 1 is at least once anyway and receivers deduplicate.
+        """
+        window = asyncio.Semaphore(self.config.max_inflight)
         drain_deadline: float | None = None
-        while True:
-            if self._stopping.is_set():
-                if drain_deadline is None:
-                    drain_deadline = time.monotonic() + self.config.drain_timeout_s
-                if not self._queue or time.monotonic() >= drain_deadline:
-                    return
-            if not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            item = self._queue.popleft()
-            now = self._wall_ns()
-            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            if item.expires_ns is not None:
-                remaining_s = (item.expires_ns - now) / 1e9
-                if remaining_s <= 0:
-                    self.counters[f"{item.kind}_expired_unsent"] += 1
-                    self._ratelog.log(
-                        "expired",
-                        logging.WARNING,
-                        "V2N: not sending an expired %s on %s",
-                        item.kind,
-                        item.topic,
-                    )
+        async with asyncio.TaskGroup() as publishes:
+            while True:
+                if self._stopping.is_set():
+                    if drain_deadline is None:
+                        drain_deadline = time.monotonic() + self.config.drain_timeout_s
+                    if not self._queue or time.monotonic() >= drain_deadline:
+                        break
+                if not self._queue:
+                    self._wake.clear()
+                    await self._wake.wait()
                     continue
-                properties.MessageExpiryInterval = max(1, math.ceil(remaining_s))
-            else:
-                properties.MessageExpiryInterval = self.config.cam_expiry_s
-            try:
+                await window.acquire()
+                if not self._queue:  # taken while we waited for the window (cannot happen today)
+                    window.release()
+                    continue
+                item = self._queue.popleft()
+                properties = self._properties(item)
+                if properties is None:
+                    window.release()
+                    continue
                 timeout = None if drain_deadline is None else max(0.01, drain_deadline - time.monotonic())
-                await client.publish(item.topic, item.payload, qos=1, properties=properties, timeout=timeout)
-            except aiomqtt.MqttError:
-                self._queue.appendleft(item)  # sent again after the reconnect (unless expired by then)
-                self.counters["publish_retried"] += 1
-                raise
-            self.counters[f"{item.kind}_published"] += 1
-            if item.source_ns is not None:
-                self.publish_latency[item.kind].add(self._wall_ns() - item.source_ns)
+                publishes.create_task(
+                    self._publish_one(client, item, properties, window, timeout), name="tcu.v2x.publish"
+                )
+
+    def _properties(self, item: _Item) -> Properties | None:
+        """The PUBLISH properties (message expiry), or None for a DENM whose validity has ended."""
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if item.expires_ns is None:
+            properties.MessageExpiryInterval = self.config.cam_expiry_s
+            return properties
+        remaining_s = (item.expires_ns - self._wall_ns()) / 1e9
+        if remaining_s <= 0:
+            self.counters[f"{item.kind}_expired_unsent"] += 1
+            self._ratelog.log(
+                "expired", logging.WARNING, "V2N: not sending an expired %s on %s", item.kind, item.topic
+            )
+            return None
+        properties.MessageExpiryInterval = max(1, math.ceil(remaining_s))
+        return properties
+
+    async def _publish_one(
+        self,
+        client: aiomqtt.Client,
+        item: _Item,
+        properties: Properties,
+        window: asyncio.Semaphore,
+        wait_s: float | None,
+    ) -> None:
+        try:
+            await client.publish(item.topic, item.payload, qos=1, properties=properties, timeout=wait_s)
+        except (aiomqtt.MqttError, asyncio.CancelledError):
+            self._queue.appendleft(item)  # sent again after the reconnect (unless expired by then)
+            self.counters["publish_retried"] += 1
+            raise
+        finally:
+            window.release()
+        self.counters[f"{item.kind}_published"] += 1
+        if item.source_ns is not None:
+            self.publish_latency[item.kind].add(self._wall_ns() - item.source_ns)
 
     async def _reader(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

@@ -152,7 +152,10 @@ async def test_tile_subscriptions_follow_the_vehicle(v2x_broker: V2xBroker) -> N
         )
         # The vehicle drives 30 km north: the 3x3 block moves, the old tiles are unsubscribed.
         assert listener.set_position(FAR.latitude_deg, FAR.longitude_deg)
-        await _until(lambda: listener.counters["unsubscribed"] == 9, "unsubscriptions")
+        await _until(
+            lambda: listener.counters["subscribed"] == 18 and listener.counters["unsubscribed"] == 9,
+            "new subscriptions, then unsubscriptions",
+        )
         sender.publish_denm(_denm(station, 11))  # back at HERE: no longer heard
         sender.publish_denm(_denm(station, 12, FAR))  # same publisher, so it arrives after 11
         await _until(lambda: len(received) >= 2, "DENM in the new tile")
