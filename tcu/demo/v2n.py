@@ -4,9 +4,10 @@ Processes, all on loopback: Mosquitto with the project's PKI (mTLS, the ACL bind
 vehicle's certificate to its ITS station id, written by :func:`tcu.pki.mosquitto.write_mosquitto_config`,
 what ``tcu pki mosquitto`` runs), ``tcu ingest``, the simulator's fleet (``python -m sim.v2n``:
 seven vehicles on the A31, each on its own socketcand server) and one ``tcu agent`` per vehicle
-with a ``[v2x]`` section. The drive runs at real time (20 s): the leader brakes hard (an EEBL
-DENM, cancelled when the braking ends), then stands with its hazard lights on (a stationary
-vehicle DENM, cancelled when they go off).
+with a ``[v2x]`` section. The cars stand parked (their CAN traffic flowing) until every agent is
+connected to the broker and the broker has carried a CAM from each (``warmup_s``), then drive
+21 s at real time: the leader brakes hard (an EEBL DENM, cancelled when the braking ends), then
+stands with its hazard lights on (a stationary vehicle DENM, cancelled when they go off).
 
 Ground truth: the simulator computes from the signals it encoded and from geometry alone
 (:mod:`sim.v2n`, which does not use :mod:`tcu.v2x`) which vehicle must be warned of which
@@ -94,6 +95,7 @@ class _Observer:
 
     denms: list[dict[str, Any]] = field(default_factory=list)
     cams: int = 0
+    cam_stations: set[int] = field(default_factory=set)
     undecodable: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -118,6 +120,7 @@ class _Observer:
                     continue
                 if isinstance(decoded, Cam):
                     self.cams += 1
+                    self.cam_stations.add(decoded.station_id)
                 elif isinstance(decoded, Denm):
                     self.denms.append(
                         {
@@ -360,11 +363,13 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoResult:
                 stdout=asyncio.subprocess.PIPE,
             )  # fmt: skip
             procs.append(v.agent)
-        say(f"{len(vehicles)} agents started; the drive starts once all have their bus and the broker")
+        say(f"{len(vehicles)} agents started; the cars stand parked until every agent has sent a CAM")
         clients = await read_json_line(sim, options.startup_timeout_s)
         if clients.get("event") != "clients":
             raise sim.failed(f"sent {clients} instead of a clients event")
-        await _wait_agents_connected(vehicles, options.startup_timeout_s)
+        parked_at = time.monotonic()
+        await _wait_agents_warm(vehicles, observer, options.startup_timeout_s)
+        warmup_s = round(time.monotonic() - parked_at, 2)
         cpu_at_go = _cpu_seconds(procs)
         sim.proc.send_signal(signal.SIGUSR1)
         started_line = await read_json_line(sim, options.startup_timeout_s)
@@ -384,7 +389,7 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoResult:
             if v.agent.proc.returncode != 0:
                 raise v.agent.failed(f"exited with status {v.agent.proc.returncode}")
         truth = json.loads(await asyncio.to_thread(Path(done["truth"]).read_text, encoding="utf-8"))
-        extra = {"cpu_s_during_drive": cpu_drive, "cpu_s_before_drive": cpu_at_go}
+        extra = {"warmup_s": warmup_s, "cpu_s_during_drive": cpu_drive, "cpu_s_before_drive": cpu_at_go}
         extra |= await _summarize(
             vehicles, truth=truth, observer=observer, security=security, target=target, say=say
         )
@@ -474,8 +479,12 @@ def _v2x_toml(vehicle: _Vehicle, broker_port: int, pki: DevPki) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def _wait_agents_connected(vehicles: list[_Vehicle], timeout_s: float) -> None:
-    """Until every agent's stats file says its V2N client is connected to the broker."""
+async def _wait_agents_warm(vehicles: list[_Vehicle], observer: _Observer, timeout_s: float) -> None:
+    """Until every agent is connected to the broker and the broker has carried a CAM of each.
+
+    The fleet stands parked meanwhile: an agent that is still starting (imports, the ASN.1
+    compile on its first message, its first subscriptions) must not meet the scenario late.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
         waiting = []
@@ -484,12 +493,17 @@ async def _wait_agents_connected(vehicles: list[_Vehicle], timeout_s: float) -> 
             if v.agent.proc.returncode is not None:
                 raise v.agent.failed(f"exited with status {v.agent.proc.returncode} while starting")
             v2x = read_stats(v.stats_path).get("v2x")
-            if not (isinstance(v2x, dict) and v2x.get("connected")):
+            if (
+                not (isinstance(v2x, dict) and v2x.get("connected"))
+                or v.station_id not in observer.cam_stations
+            ):
                 waiting.append(v.name)
         if not waiting:
             return
         if time.monotonic() > deadline:
-            raise DemoError(f"the agents of {waiting} did not connect to the broker within {timeout_s:.0f} s")
+            raise DemoError(
+                f"the agents of {waiting} did not connect and send a CAM within {timeout_s:.0f} s"
+            )
         await asyncio.sleep(0.1)
 
 
