@@ -5,11 +5,11 @@ Processes, as in a deployment:
 * the broker: ``mosquitto`` on a free 127.0.0.1 port (plain TCP, anonymous: the broker's TLS
   and ACL are tested elsewhere; this measures what the software adds);
 * ``--procs`` worker processes (this script with ``--worker I``), each running its share of
-  the stations in one asyncio loop. Every station is what the agent runs for V2N: its own
-  :class:`tcu.v2x.client.V2xClient` (one MQTT v5 connection, QoS 1, a 3x3 block of level-14
-  tiles followed with hysteresis), a :class:`~tcu.v2x.cam_rules.CamGenerator` fed with its
-  kinematics every 50 ms (so the ETSI rules give 1 Hz at 4 m/s up to 10 Hz at 40 m/s), a
-  :class:`~tcu.v2x.denm.DenmOriginator` and a :class:`~tcu.v2x.receive.DenmReceiver`;
+  the stations in one asyncio loop. Every station is what the agent's V2N tap drives: a
+  :class:`tcu.v2x.station.V2xStation` (CAM rules, DENM originator, DENM receiver) around its
+  own :class:`tcu.v2x.client.V2xClient` (one MQTT v5 connection, QoS 1, a 3x3 block of
+  level-14 tiles followed with hysteresis), fed with the station's state every 50 ms like the
+  agent feeds it decoded signals (so the ETSI rules give 1 Hz at 4 m/s up to 10 Hz at 40 m/s);
 * this script, which lays out the fleet, starts everything, probes the broker and checks.
 
 Layout (seeded): a 40 km x 40 km grid of north-south and east-west roads every 2 km around
@@ -19,15 +19,16 @@ oncoming 250 m ahead on the other carriageway. Each leader brakes hard once (the
 ``hard_braking`` condition holds for 0.3 s: an EEBL DENM, relevance 500 m, then its
 cancellation 1 s later).
 
-Latency: when a leader's condition turns true its worker takes the wall clock (the moment
-the triggering frame would have been decoded: ``trigger_ns``) and steps the originator; the
-DENM is encoded and published through the client. Each receiving station handles it on its
-client's receive path (topic check, UPER decode, :meth:`DenmReceiver.receive`: dedup,
-relevance); ``accept_ns`` is taken when that returns "accepted". End to end is
-``accept_ns - trigger_ns`` (one machine, one clock). ``broker_ms``: a probe client publishes
-a small message every 20 ms to a topic it subscribes to, under the same load (publish →
-delivery through the broker, both ends in this process). CPU: each process's CPU time over
-the measured window (``time.process_time`` in the workers, ``/proc`` for the broker).
+Latency: the worker takes the wall clock for each station right before it feeds the station
+its state (the moment a decoded frame would reach it); when a leader's condition turns true
+there, that time is ``trigger_ns`` and the station publishes the DENM through its client. Each
+receiving station handles it on the adapter's receive path (topic check, UPER decode,
+dedup, relevance in :class:`~tcu.v2x.receive.DenmReceiver`); ``accept_ns`` is taken when the
+station reports the warning as accepted. End to end is ``accept_ns - trigger_ns`` (one
+machine, one clock). ``broker_ms``: a probe client publishes a small message every 20 ms to a
+topic it subscribes to, under the same load (publish → delivery through the broker, both ends
+in this process). CPU: each process's CPU time over the measured window
+(``time.process_time`` in the workers, ``/proc`` for the broker).
 
 Checks (exit status 1 when one fails): every station the geometry says must be warned of a
 hazard (within 500 m, the event ahead within 60° of its heading, headings within 60°, both
@@ -59,7 +60,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,18 +73,15 @@ import aiomqtt  # noqa: E402
 
 from tcu.v2x import (  # noqa: E402
     DEFAULT_TRIGGERS,
-    Cam,
-    CamGenerator,
     Denm,
-    DenmOriginator,
-    DenmReceiver,
-    Kinematics,
-    OwnState,
     ReceiverConfig,
-    StationPosition,
-    its_time_ms,
+    StationSettings,
+    StationWarning,
+    V2xStation,
+    VehicleState,
 )
 from tcu.v2x.client import Received, V2xClient, V2xClientConfig  # noqa: E402
+from tcu.v2x.denm import Outgoing  # noqa: E402
 from tcu.v2x.geo import angle_difference_deg, bearing_deg, destination, distance_m  # noqa: E402
 from tcu.v2x.messages import compile_release  # noqa: E402
 
@@ -224,10 +223,7 @@ def expected_receivers(stations: list[Station], leader: Station, at_s: float) ->
 @dataclass(slots=True)
 class _Live:
     spec: Station
-    client: V2xClient
-    cam: CamGenerator = field(default_factory=CamGenerator)
-    origin: DenmOriginator | None = None
-    rx: DenmReceiver | None = None
+    station: V2xStation
     hazard_from_s: float | None = None  # when this worker first saw the hazard's time come
 
 
@@ -235,26 +231,37 @@ class _Worker:
     def __init__(self, plan: dict[str, Any], index: int) -> None:
         self.plan, self.index = plan, index
         self.t0_ns = 0
-        self.records: list[list[Any]] = []  # [kind, station, action_station, seq, t_ns, extra]
+        self.records: list[list[Any]] = []  # [kind, station, action_station, seq, t_ns, received_ns]
         self.dropped = 0
         self.late_ticks: list[float] = []
         self.stations: list[_Live] = []
+        self._tick_ns = 0
 
-    def on_message(self, live: _Live, rec: Received) -> None:
-        if not isinstance(rec.message, Denm) or live.rx is None:
-            return
+    def _warned(self, spec: Station, warning: StationWarning) -> None:
+        a = warning.denm.action_id
+        self.records.append(
+            [warning.kind, spec.id, a.station_id, a.sequence_number, time.time_ns(), warning.received_ns]
+        )
+
+    def _sent(self, spec: Station, out: Outgoing) -> None:
+        a = out.denm.action_id
+        self.records.append(
+            [f"sent_{out.kind}", spec.id, a.station_id, a.sequence_number, self._tick_ns, None]
+        )
+
+    def _dropping(self, spec: Station, handler: Callable[[Received], None]) -> Callable[[Received], None]:
+        """--drop-one: this station's receive path never sees one hazard's DENMs."""
         drop = self.plan.get("drop")
-        if drop and drop == [live.spec.id, rec.message.action_id.station_id]:
-            self.dropped += 1  # --drop-one: this hazard's DENMs never reach this station's receive path
-            return
-        lat, lon = live.spec.pose((rec.received_ns - self.t0_ns) / 1e9)
-        own = OwnState(lat, lon, live.spec.heading)
-        change = live.rx.receive(rec.message, its_time_ms(rec.received_ns), own)
-        if change is not None:
-            a = change.denm.action_id
-            self.records.append(
-                [change.kind, live.spec.id, a.station_id, a.sequence_number, time.time_ns(), rec.received_ns]
-            )
+        if not drop or drop[0] != spec.id:
+            return handler
+
+        def filtered(rec: Received) -> None:
+            if isinstance(rec.message, Denm) and rec.message.action_id.station_id == drop[1]:
+                self.dropped += 1
+                return
+            handler(rec)
+
+        return filtered
 
     async def run(self) -> None:
         plan = self.plan
@@ -262,25 +269,29 @@ class _Worker:
         await asyncio.to_thread(compile_release, 1)  # before the clock starts: compiling takes ~1 s
         async with asyncio.TaskGroup() as tg:
             for spec in specs:
-                cfg = V2xClientConfig(
-                    host="127.0.0.1",
-                    port=plan["port"],
-                    client_id=f"bench-{spec.id}",
-                    subscribe_types=("denm",),
-                    queue_size=64,
-                    connect_timeout_s=30.0,
-                    session_expiry_s=60,
+                client = V2xClient(
+                    V2xClientConfig(
+                        host="127.0.0.1",
+                        port=plan["port"],
+                        client_id=f"bench-{spec.id}",
+                        subscribe_types=("denm",),
+                        queue_size=64,
+                        connect_timeout_s=30.0,
+                        session_expiry_s=60,
+                    )
                 )
-                holder: list[_Live] = []
-                client = V2xClient(cfg, on_message=lambda rec, h=holder: self.on_message(h[0], rec))
-                live = _Live(spec, client, rx=DenmReceiver(ReceiverConfig(own_station_id=spec.id)))
-                holder.append(live)
-                if spec.hazard_at_s is not None:
-                    live.origin = DenmOriginator(spec.id, (TRIGGER,))
-                live.client.set_position(spec.lat0, spec.lon0)
-                live.client.start(tg, name=f"bench.station[{spec.id}]")
-                self.stations.append(live)
-            await asyncio.gather(*(s.client.wait_connected(120.0) for s in self.stations))
+                station = V2xStation(
+                    StationSettings(station_id=spec.id, length_m=4.5, width_m=1.8, triggers=(TRIGGER,)),
+                    client,
+                    on_warning=lambda w, spec=spec: self._warned(spec, w),
+                    on_sent=lambda o, spec=spec: self._sent(spec, o),
+                )
+                if client.on_message is not None:
+                    client.on_message = self._dropping(spec, client.on_message)
+                client.set_position(spec.lat0, spec.lon0)
+                client.start(tg, name=f"bench.station[{spec.id}]")
+                self.stations.append(_Live(spec, station))
+            await asyncio.gather(*(s.station.client.wait_connected(120.0) for s in self.stations))
             _say({"event": "ready", "worker": self.index, "stations": len(self.stations)})
             line = await asyncio.to_thread(sys.stdin.readline)
             self.t0_ns = int(json.loads(line)["t0_ns"])
@@ -291,10 +302,11 @@ class _Worker:
             wall = time.monotonic() - wall0
             await asyncio.sleep(plan["grace_s"])  # messages in flight at the end
             for s in self.stations:
-                s.client.stop()
+                s.station.client.stop()
         counters: Counter[str] = Counter()
         for s in self.stations:
-            counters.update(s.client.counters)
+            counters.update(s.station.client.counters)
+            counters.update({f"rx_{k}": v for k, v in s.station.receiver.counters.items()})
         _say(
             {
                 "event": "done",
@@ -326,46 +338,20 @@ class _Worker:
             for i, s in enumerate(self.stations):
                 if i % 25 == 24:
                     await asyncio.sleep(0)  # let the clients' writers and readers run between stations
-                now = time.time_ns()
+                now = time.time_ns()  # this station's "frame": its state and its trigger now
+                self._tick_ns = now
                 t = (now - self.t0_ns) / 1e9
                 spec = s.spec
                 lat, lon = spec.pose(t)
-                s.client.set_position(lat, lon)
-                if s.origin is not None and spec.hazard_at_s is not None:
+                active = False
+                if spec.hazard_at_s is not None:
                     if s.hazard_from_s is None and t >= spec.hazard_at_s:
                         s.hazard_from_s = t  # a late tick must not skip the hazard
                     active = s.hazard_from_s is not None and t < s.hazard_from_s + HAZARD_HOLD_S
-                    trigger_ns = time.time_ns()
-                    for out in s.origin.step(
-                        trigger_ns,
-                        {TRIGGER.name: active},
-                        StationPosition(lat, lon),
-                        spec.heading,
-                        spec.speed,
-                    ):
-                        s.client.publish_denm(out.denm, source_ns=trigger_ns)
-                        a = out.denm.action_id
-                        self.records.append(
-                            [f"sent_{out.kind}", spec.id, a.station_id, a.sequence_number, trigger_ns, None]
-                        )
-                decision = s.cam.step(Kinematics(now, lat, lon, spec.heading, spec.speed))
-                if decision is not None:
-                    s.client.publish_cam(
-                        Cam(
-                            station_id=spec.id,
-                            station_type=5,
-                            generation_delta_time_ms=its_time_ms(now) % 65536,
-                            position=StationPosition(lat, lon, None),
-                            heading_deg=spec.heading,
-                            speed_mps=spec.speed,
-                            length_m=4.5,
-                            width_m=1.8,
-                            longitudinal_acceleration_mps2=0.0,
-                            yaw_rate_dps=0.0,
-                            vehicle_role="default" if decision.include_low_frequency else None,
-                        ),
-                        source_ns=now,
-                    )
+                s.station.update(
+                    VehicleState(now, lat, lon, spec.heading, spec.speed, 0.0, 0.0),
+                    {TRIGGER.name: active},
+                )
 
 
 def _say(obj: dict[str, Any]) -> None:
