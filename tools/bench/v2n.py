@@ -572,6 +572,8 @@ def _check(
     published = counters.get("cam_published", 0) + counters.get("denm_published", 0)
     seconds = args.seconds
     return {
+        "loadavg_1m": round(os.getloadavg()[0], 2),  # the machine's load: others' work shares the cores
+        "cores": os.cpu_count(),
         "stations": len(stations),
         "procs": args.procs,
         "seconds": seconds,
