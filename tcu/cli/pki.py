@@ -20,7 +20,7 @@ examples:
   tcu pki backend ./pki acme                           client cert URI SAN urn:tcu:backend:acme
   tcu pki revoke ./pki WDD2050461A000001               add the vehicle's certificate to the CRL
   tcu pki show ./pki                                   list certificates, expiry and revocation
-  tcu pki mosquitto ./pki ./broker --port 8884         mosquitto.conf + ACL for the V2N broker
+  tcu pki mosquitto ./pki ./broker --port 8884 --stations stations.toml   mosquitto.conf + ACL (V2N)
 """
 
 
@@ -105,7 +105,8 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser(
         "mosquitto",
         help="write mosquitto.conf and an ACL (mTLS, identity as user name, per-vehicle topics)",
-        epilog="example: tcu pki mosquitto ./pki ./broker --port 8884; mosquitto -c broker/mosquitto.conf",
+        epilog="example: tcu pki mosquitto ./pki ./broker --port 8884 --stations stations.toml; "
+        "mosquitto -c broker/mosquitto.conf",
     )
     p.add_argument("directory", metavar="DIR", help="PKI directory")
     p.add_argument("out", metavar="OUT_DIR", help="where mosquitto.conf and acl are written")
