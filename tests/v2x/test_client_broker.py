@@ -273,3 +273,21 @@ async def test_broker_restart_reconnects_and_the_persistent_session_keeps_qos1(v
     assert sender.counters["connects"] == 2 and listener.counters["connects"] == 2
     assert sender.counters["denm_expired_unsent"] == 1
     assert [r.message.action_id.sequence_number for r in received if isinstance(r.message, Denm)] == [60, 61]
+
+
+async def test_pipelined_publishes_arrive_complete_and_in_order(v2x_broker: V2xBroker) -> None:
+    received: list[Received] = []
+    listener = V2xClient(
+        v2x_broker.client_config(C, fixed_filters=("v2x/denm/#",)), on_message=received.append
+    )
+    sender = V2xClient(v2x_broker.client_config(A, max_inflight=4))
+    station = v2x_broker.vehicles[A]
+    async with running(listener, sender):
+        await _until(lambda: listener.counters["subscribed"] == 1, "subscription")
+        for seq in range(100, 160):
+            sender.publish_denm(_denm(station, seq))
+        await _until(lambda: len(received) >= 60, "all DENMs")
+    assert [r.message.action_id.sequence_number for r in received if isinstance(r.message, Denm)] == list(
+        range(100, 160)
+    )
+    assert sender.counters["denm_published"] == 60 and sender.counters["publish_retried"] == 0
