@@ -12,6 +12,8 @@ in :attr:`DenmReceiver.counters` (one key per reason; nothing is dropped without
 ``not_relevant``   too far (beyond its relevance distance), behind the vehicle, or on the other
                    carriageway (event heading not within ``same_direction_deg`` of ours)
 ``cancel_unknown`` a termination for an event this vehicle never accepted
+``after_end``      a copy of an event that arrives after its termination (a delayed retry); the
+                   termination's own repetitions count as ``duplicate``
 ``evicted``        the table of held events was full; the one expiring first was dropped
 ``accepted`` / ``updated`` / ``cancelled`` / ``expired_held``   changes reported to the caller
 
@@ -68,6 +70,8 @@ class DenmReceiver:
     config: ReceiverConfig
     counters: Counter[str] = field(default_factory=Counter)
     _held: dict[ActionId, Denm] = field(default_factory=dict)
+    _ended: dict[ActionId, tuple[int, int]] = field(default_factory=dict)
+    """Terminated events: actionId → (referenceTime of the termination, ITS ms to forget it)."""
 
     @property
     def held(self) -> dict[ActionId, Denm]:
@@ -110,6 +114,11 @@ class DenmReceiver:
         if denm.reference_time_ms > now_ms + self.config.max_future_ms:
             self.counters["future"] += 1
             return None
+        ended = self._ended.get(denm.action_id)
+        if ended is not None and denm.reference_time_ms <= ended[0]:
+            # A copy that was delayed past the end of its event (or the end's own repetition).
+            self.counters["duplicate" if denm.reference_time_ms == ended[0] else "after_end"] += 1
+            return None
         held = self._held.get(denm.action_id)
         if held is not None:
             if denm.reference_time_ms == held.reference_time_ms:
@@ -120,6 +129,7 @@ class DenmReceiver:
                 return None
             if denm.termination is not None:
                 del self._held[denm.action_id]
+                self._remember_end(denm, held)
                 self.counters["cancelled"] += 1
                 return WarningChange("cancelled", denm)
         if denm.termination is not None:
@@ -145,8 +155,16 @@ class DenmReceiver:
         self.counters["accepted"] += 1
         return WarningChange("accepted", denm, dist)
 
+    def _remember_end(self, termination: Denm, held: Denm) -> None:
+        forget_at = max(held.expires_at_ms, termination.expires_at_ms)
+        self._ended[termination.action_id] = (termination.reference_time_ms, forget_at)
+        while len(self._ended) > self.config.max_events:
+            del self._ended[next(iter(self._ended))]  # the oldest end first (insertion order)
+
     def expire(self, now_ms: int) -> list[WarningChange]:
         """Drop held events whose validity has run out; each becomes an ``expired`` change."""
+        for action in [a for a, (_, forget_at) in self._ended.items() if forget_at <= now_ms]:
+            del self._ended[action]
         gone = [d for d in self._held.values() if d.expires_at_ms <= now_ms]
         for denm in gone:
             del self._held[denm.action_id]

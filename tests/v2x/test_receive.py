@@ -45,14 +45,9 @@ def test_accept_dedup_update_cancel() -> None:
     done = rx.receive(cancel, NOW + 6050, ME)
     assert done is not None and done.kind == "cancelled" and rx.held == {}
     assert rx.receive(cancel, NOW + 6100, ME) is None
-    assert dict(rx.counters) == {
-        "accepted": 1,
-        "duplicate": 1,
-        "updated": 1,
-        "stale": 1,
-        "cancelled": 1,
-        "cancel_unknown": 1,
-    }
+    assert dict(rx.counters) == {"accepted": 1, "duplicate": 2, "updated": 1, "stale": 1, "cancelled": 1}
+    assert rx.receive(replace(cancel, action_id=ActionId(7, 99)), NOW + 6200, ME) is None
+    assert rx.counters["cancel_unknown"] == 1
 
 
 def test_own_future_and_expired() -> None:
@@ -99,3 +94,20 @@ def test_table_is_bounded_and_evictions_counted() -> None:
     for seq in range(3):
         assert rx.receive(_denm(action_id=ActionId(7, seq), validity_s=10 + seq), NOW, ME) is not None
     assert len(rx.held) == 2 and rx.counters["evicted"] == 1 and ActionId(7, 0) not in rx.held
+
+
+def test_a_late_copy_after_the_cancellation_does_not_warn_again() -> None:
+    rx = DenmReceiver(ReceiverConfig(own_station_id=1))
+    new = _denm()
+    assert rx.receive(new, NOW, ME) is not None
+    cancel = replace(new, termination="isCancellation", reference_time_ms=NOW + 3000, cause_code=None)
+    done = rx.receive(cancel, NOW + 3050, ME)
+    assert done is not None and done.kind == "cancelled"
+    # A repetition of the original that was delayed (a retry after a reconnect) arrives afterwards.
+    assert rx.receive(new, NOW + 3100, ME) is None
+    assert rx.receive(cancel, NOW + 4000, ME) is None  # the cancellation's own repetition
+    assert rx.counters["after_end"] == 1 and rx.counters["duplicate"] == 1
+    # A later update under the same actionId (referenceTime after the end) is a new warning again.
+    revived = replace(new, reference_time_ms=NOW + 5000, detection_time_ms=NOW + 5000)
+    again = rx.receive(revived, NOW + 5050, ME)
+    assert again is not None and again.kind == "accepted"
