@@ -8,8 +8,8 @@ Processes, as in a deployment:
   the stations in one asyncio loop. Every station is what the agent's V2N tap drives: a
   :class:`tcu.v2x.station.V2xStation` (CAM rules, DENM originator, DENM receiver) around its
   own :class:`tcu.v2x.client.V2xClient` (one MQTT v5 connection, QoS 1, a 3x3 block of
-  level-14 tiles followed with hysteresis), fed with the station's state every 50 ms like the
-  agent feeds it decoded signals (so the ETSI rules give 1 Hz at 4 m/s up to 10 Hz at 40 m/s);
+  level-14 tiles followed with hysteresis), fed with the station's state every 100 ms (the
+  simulator's GNSS rate), so the ETSI rules give 1 Hz at 4 m/s up to 10 Hz at 40 m/s;
 * this script, which lays out the fleet, starts everything, probes the broker and checks.
 
 Layout (seeded): a 40 km x 40 km grid of north-south and east-west roads every 2 km around
@@ -88,7 +88,7 @@ from tcu.v2x.messages import compile_release  # noqa: E402
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 CENTRE = (49.12, 6.18)  # Metz
 GRID_KM, ROAD_SPACING_KM = 40.0, 2.0
-TICK_S = 0.05
+TICK_S = 0.1  # the stations' state updates: the simulator's GNSS rate
 HAZARD_HOLD_S = 0.3
 GROUP = (
     ("leader", 0.0, 1),
