@@ -41,7 +41,7 @@ import secrets
 import ssl
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,6 +214,16 @@ class V2xClient:
         """Run the client as task ``name`` in ``tg`` until :meth:`stop`."""
         self._task = tg.create_task(self.run(), name=name)
         return self._task
+
+    @contextlib.asynccontextmanager
+    async def running(self, tg: asyncio.TaskGroup, *, name: str = "tcu.v2x") -> AsyncIterator[V2xClient]:
+        """``async with client.running(tg):`` start in ``tg``; on exit stop and wait for the drain."""
+        task = self.start(tg, name=name)
+        try:
+            yield self
+        finally:
+            self.stop()
+            await asyncio.wait([task], timeout=self.config.drain_timeout_s + self.config.connect_timeout_s)
 
     def stop(self) -> None:
         """Ask the client to drain its queue (at most ``drain_timeout_s``) and disconnect."""

@@ -291,3 +291,22 @@ async def test_pipelined_publishes_arrive_complete_and_in_order(v2x_broker: V2xB
         range(100, 160)
     )
     assert sender.counters["denm_published"] == 60 and sender.counters["publish_retried"] == 0
+
+
+async def test_running_context_drains_the_queue_on_exit(v2x_broker: V2xBroker) -> None:
+    received: list[Received] = []
+    listener = V2xClient(
+        v2x_broker.client_config(C, fixed_filters=("v2x/denm/#",)), on_message=received.append
+    )
+    sender = V2xClient(v2x_broker.client_config(A))
+    station = v2x_broker.vehicles[A]
+    async with asyncio.TaskGroup() as tg, listener.running(tg, name="test.listener"):
+        await listener.wait_connected(WAIT_S)
+        await _until(lambda: listener.counters["subscribed"] == 1, "subscription")
+        async with sender.running(tg, name="test.sender"):
+            await sender.wait_connected(WAIT_S)
+            for seq in range(200, 205):
+                sender.publish_denm(_denm(station, seq))
+        # leaving the block sent what was queued
+        assert sender.counters["denm_published"] == 5 and sender.queued == 0
+        await _until(lambda: len(received) >= 5, "the DENMs")
