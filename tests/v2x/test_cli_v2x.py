@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -78,43 +78,36 @@ def test_publish_and_watch_through_the_broker(
 ) -> None:
     pki = str(v2x_broker.pki.directory)
     broker = f"127.0.0.1:{v2x_broker.port}"
-    watch = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tcu.cli.main",
-            "v2x",
-            "watch",
-            "--broker",
-            broker,
-            "--pki",
-            pki,
-            "--vehicle",
-            "WDD2050461A000103",
-            "--lat",
-            "49.15",
-            "--lon",
-            "6.17",
-            "--types",
-            "denm",
-            "--json",
-            "--count",
-            "2",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    watcher = "WDD2050461A000103"
+    watch_args = [
+        "v2x",
+        "watch",
+        "--broker",
+        broker,
+        "--pki",
+        pki,
+        "--vehicle",
+        watcher,
+        "--lat",
+        "49.15",
+        "--lon",
+        "6.17",
+        "--types",
+        "denm",
+        "--json",
+        "--count",
+        "2",
+    ]
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(main(watch_args)), name="tcu v2x watch")
+    thread.start()
     try:
         deadline = time.monotonic() + 30
-        while (
-            f"{'WDD2050461A000103'}-cli" not in v2x_broker.log()
-            or "Received SUBSCRIBE" not in v2x_broker.log()
-        ):
-            assert watch.poll() is None, watch.stderr.read() if watch.stderr else ""
+        # its own tile and the 8 around it
+        while v2x_broker.log().count(f"Received SUBSCRIBE from {watcher}-cli") < 9:
+            assert thread.is_alive(), "watch ended early"
             assert time.monotonic() < deadline, "watch did not subscribe"
-            time.sleep(0.1)
-        time.sleep(0.5)  # the nine tile subscriptions
+            time.sleep(0.05)
         common = [
             "v2x",
             "publish",
@@ -133,17 +126,16 @@ def test_publish_and_watch_through_the_broker(
         ]
         assert main([*common, "--cause", "roadworks", "--seq", "17", "--validity-s", "3600"]) == 0
         assert main([*common, "--seq", "17", "--cancel"]) == 0
-        published = capsys.readouterr().out
-        assert f"published DENM {BACKEND_STATION}#17 (cause 3/0) on v2x/denm/{BACKEND_STATION}/" in published
-        out, err = watch.communicate(timeout=30)
     finally:
-        if watch.poll() is None:
-            watch.kill()
-    got = [json.loads(line) for line in out.decode().splitlines()]
+        thread.join(timeout=30)
+    assert result == [0]
+    out = capsys.readouterr().out
+    assert f"published DENM {BACKEND_STATION}#17 (cause 3/0) on v2x/denm/{BACKEND_STATION}/" in out
+    got = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert [(g["type"], g["cause_code"], g["termination"]) for g in got] == [
         ("DENM", 3, None),
         ("DENM", None, "isCancellation"),
-    ], err.decode()
+    ]
     assert got[0]["station_id"] == BACKEND_STATION and got[0]["validity_s"] == 3600
 
 
