@@ -101,6 +101,7 @@ GROUP = (
 TRIGGER = DEFAULT_TRIGGERS[0]  # hard_braking: EEBL, relevance 500 m, release 1 s, repetition 1 s
 RX = ReceiverConfig(own_station_id=0)  # the rules (ahead_deg, same_direction_deg) every station uses
 MARGIN_FRACTION, MARGIN_DEG = 0.05, 5.0
+STOP_TIMEOUT_S = 15.0  # a client still running this long after stop() is counted and cancelled
 
 
 def _free_port() -> int:
@@ -267,42 +268,46 @@ class _Worker:
         plan = self.plan
         specs = [Station(**s) for s in plan["stations"] if s["worker"] == self.index]
         await asyncio.to_thread(compile_release, 1)  # before the clock starts: compiling takes ~1 s
-        async with asyncio.TaskGroup() as tg:
-            for spec in specs:
-                client = V2xClient(
-                    V2xClientConfig(
-                        host="127.0.0.1",
-                        port=plan["port"],
-                        client_id=f"bench-{spec.id}",
-                        subscribe_types=("denm",),
-                        queue_size=64,
-                        connect_timeout_s=30.0,
-                        session_expiry_s=60,
-                    )
+        tasks: list[asyncio.Task[None]] = []
+        for spec in specs:
+            client = V2xClient(
+                V2xClientConfig(
+                    host="127.0.0.1",
+                    port=plan["port"],
+                    client_id=f"bench-{spec.id}",
+                    subscribe_types=("denm",),
+                    queue_size=64,
+                    connect_timeout_s=30.0,
+                    session_expiry_s=60,
                 )
-                station = V2xStation(
-                    StationSettings(station_id=spec.id, length_m=4.5, width_m=1.8, triggers=(TRIGGER,)),
-                    client,
-                    on_warning=lambda w, spec=spec: self._warned(spec, w),
-                    on_sent=lambda o, spec=spec: self._sent(spec, o),
-                )
-                if client.on_message is not None:
-                    client.on_message = self._dropping(spec, client.on_message)
-                client.set_position(spec.lat0, spec.lon0)
-                client.start(tg, name=f"bench.station[{spec.id}]")
-                self.stations.append(_Live(spec, station))
-            await asyncio.gather(*(s.station.client.wait_connected(120.0) for s in self.stations))
-            _say({"event": "ready", "worker": self.index, "stations": len(self.stations)})
-            line = await asyncio.to_thread(sys.stdin.readline)
-            self.t0_ns = int(json.loads(line)["t0_ns"])
-            await asyncio.sleep(max(0.0, (self.t0_ns - time.time_ns()) / 1e9))
-            cpu0, wall0 = time.process_time(), time.monotonic()
-            await self.drive(plan["seconds"])
-            cpu = time.process_time() - cpu0
-            wall = time.monotonic() - wall0
-            await asyncio.sleep(plan["grace_s"])  # messages in flight at the end
-            for s in self.stations:
-                s.station.client.stop()
+            )
+            station = V2xStation(
+                StationSettings(station_id=spec.id, length_m=4.5, width_m=1.8, triggers=(TRIGGER,)),
+                client,
+                on_warning=lambda w, spec=spec: self._warned(spec, w),
+                on_sent=lambda o, spec=spec: self._sent(spec, o),
+            )
+            if client.on_message is not None:
+                client.on_message = self._dropping(spec, client.on_message)
+            client.set_position(spec.lat0, spec.lon0)
+            tasks.append(asyncio.create_task(client.run(), name=f"bench.station[{spec.id}]"))
+            self.stations.append(_Live(spec, station))
+        await asyncio.gather(*(s.station.client.wait_connected(120.0) for s in self.stations))
+        _say({"event": "ready", "worker": self.index, "stations": len(self.stations)})
+        line = await asyncio.to_thread(sys.stdin.readline)
+        self.t0_ns = int(json.loads(line)["t0_ns"])
+        await asyncio.sleep(max(0.0, (self.t0_ns - time.time_ns()) / 1e9))
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        await self.drive(plan["seconds"])
+        cpu = time.process_time() - cpu0
+        wall = time.monotonic() - wall0
+        await asyncio.sleep(plan["grace_s"])  # messages in flight at the end
+        for s in self.stations:
+            s.station.client.stop()
+        _done, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)  # bounded: a hung client is counted
+        for task in stuck:
+            task.cancel()
+        failed = [t for t in _done if not t.cancelled() and t.exception() is not None]
         counters: Counter[str] = Counter()
         for s in self.stations:
             counters.update(s.station.client.counters)
@@ -317,6 +322,8 @@ class _Worker:
                 "wall_s": wall,
                 "dropped_on_purpose": self.dropped,
                 "tick_late_ms": _pct(self.late_ticks),
+                "clients_not_stopped": len(stuck),
+                "clients_failed": [repr(t.exception()) for t in failed][:5],
             }
         )
 
@@ -479,7 +486,10 @@ async def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         broker_cpu = _proc_cpu_s(broker.pid) - broker_cpu0
         stop.set()
         await probe
-        results = [await _read_json(w, f"worker {i}") for i, w in enumerate(workers)]
+        deadline_s = args.seconds + 2.0 + STOP_TIMEOUT_S + 30.0
+        results = [
+            await asyncio.wait_for(_read_json(w, f"worker {i}"), deadline_s) for i, w in enumerate(workers)
+        ]
     finally:
         for p in [*workers, broker]:
             if p.returncode is None:
@@ -563,6 +573,12 @@ def _check(
                 for kind, sid, a_sid, seq, t, _ in records
                 if kind == "cancelled" and (a_sid, seq) == key
             )
+    for r in results:
+        if r["clients_not_stopped"] or r["clients_failed"]:
+            problems.append(
+                f"worker {r['worker']}: {r['clients_not_stopped']} clients did not stop within "
+                f"{STOP_TIMEOUT_S:g} s, failed: {r['clients_failed']}"
+            )
     for name in ("denm_dropped", "denm_expired_unsent", "rx_handler_errors"):
         if counters.get(name):
             problems.append(f"{name}: {counters[name]}")
@@ -625,15 +641,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker is not None:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         worker = _Worker(json.loads(args.plan.read_text()), args.worker)
-        if os.environ.get("TCU_BENCH_PROFILE"):  # a cProfile of each worker, for looking into the bench
+        if os.environ.get("TCU_BENCH_PROFILE"):  # a CPU-time cProfile of each worker, to look into it
             import cProfile
 
-            cProfile.runctx(
-                "asyncio.run(worker.run())",
-                globals(),
-                {"worker": worker},
-                f"{os.environ['TCU_BENCH_PROFILE']}/worker{args.worker}.prof",
-            )
+            profile = cProfile.Profile(time.process_time)
+            profile.runcall(asyncio.run, worker.run())
+            profile.dump_stats(f"{os.environ['TCU_BENCH_PROFILE']}/worker{args.worker}.prof")
         else:
             asyncio.run(worker.run())
         return 0
@@ -646,6 +659,9 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     try:
         result = asyncio.run(_run(args, work))
+    except (RuntimeError, TimeoutError, OSError) as exc:  # a process that did not start or report
+        print(f"tools/bench/v2n.py: {exc or type(exc).__name__} (work directory: {work})", file=sys.stderr)
+        return 1
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
