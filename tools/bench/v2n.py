@@ -645,8 +645,10 @@ def main(argv: list[str] | None = None) -> int:
             import cProfile
 
             profile = cProfile.Profile(time.process_time)
-            profile.runcall(asyncio.run, worker.run())
-            profile.dump_stats(f"{os.environ['TCU_BENCH_PROFILE']}/worker{args.worker}.prof")
+            try:
+                profile.runcall(asyncio.run, worker.run())
+            finally:  # also when the parent's SIGTERM ends the worker
+                profile.dump_stats(f"{os.environ['TCU_BENCH_PROFILE']}/worker{args.worker}.prof")
         else:
             asyncio.run(worker.run())
         return 0
