@@ -1,13 +1,13 @@
 """``tcu demo --scenario v2n``: seven vehicles warn each other of hazards over MQTT, end to end.
 
 Processes, all on loopback: Mosquitto with the project's PKI (mTLS, the ACL binding each
-vehicle's certificate to its ITS station id, written by :func:`tcu.pki.mosquitto.write_mosquitto_config`,
-what ``tcu pki mosquitto`` runs), ``tcu ingest``, the simulator's fleet (``python -m sim.v2n``:
-seven vehicles on the A31, each on its own socketcand server) and one ``tcu agent`` per vehicle
-with a ``[v2x]`` section. The cars stand parked (their CAN traffic flowing) until every agent is
-connected to the broker and the broker has carried a CAM from each (``warmup_s``), then drive
-21 s at real time: the leader brakes hard (an EEBL DENM, cancelled when the braking ends), then
-stands with its hazard lights on (a stationary vehicle DENM, cancelled when they go off).
+vehicle's certificate to its ITS station id, written by ``tcu pki mosquitto`` from a stations
+file), ``tcu ingest``, the simulator's fleet (``python -m sim.v2n``: seven vehicles on the A31,
+each on its own socketcand server) and one ``tcu agent`` per vehicle with a ``[v2x]`` section.
+The cars stand parked (their CAN traffic flowing) until every agent is connected to the broker
+and the broker has carried a CAM from each (``warmup_s``), then drive 21 s at real time: the
+leader brakes hard (an EEBL DENM, cancelled when the braking ends), then stands with its hazard
+lights on (a stationary vehicle DENM, cancelled when they go off).
 
 Ground truth: the simulator computes from the signals it encoded and from geometry alone
 (:mod:`sim.v2n`, which does not use :mod:`tcu.v2x`) which vehicle must be warned of which
@@ -56,7 +56,7 @@ from tcu.demo.run import DemoOptions, DemoResult, _agent_config, _fetch_stored, 
 from tcu.demo.scenario import Scenario, register
 from tcu.demo.verify import expected_samples, load_ground_truth, verify_store
 from tcu.pki import DevPki
-from tcu.pki.mosquitto import StationMap, mqtt_tls_context, write_mosquitto_config
+from tcu.pki.mosquitto import mqtt_tls_context
 from tcu.signals.dbc import load_dbc
 from tcu.signals.mapping import Catalog, build_catalog, load_mapping
 
@@ -315,17 +315,26 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoResult:
         await asyncio.to_thread(_issue, pki, [v.vin for v in vehicles])
         security = _Security(pki, BACKEND)
         broker_port = _free_port()
-        conf, _acl = await asyncio.to_thread(
-            write_mosquitto_config,
-            pki,
-            workdir / "broker",
-            port=broker_port,
-            run_as_user=getpass.getuser(),
-            root=PREFIX,
-            stations=StationMap(
-                vehicles={v.vin: v.station_id for v in vehicles}, backends={BACKEND: BACKEND_STATION}
-            ),
+        # The broker's configuration as a user writes it: tcu pki mosquitto with a stations file.
+        stations = workdir / "stations.toml"
+        stations.write_text(
+            "[vehicles]\n"
+            + "".join(f"{v.vin} = {v.station_id}\n" for v in vehicles)
+            + f"\n[backends]\n{BACKEND} = {BACKEND_STATION}\n",
+            encoding="utf-8",
         )
+        pki_cli = await spawn(
+            "pki-mosquitto",
+            [
+                sys.executable, "-m", "tcu.cli.main", "pki", "mosquitto", str(pki.directory),
+                str(workdir / "broker"), "--port", str(broker_port), "--stations", str(stations),
+                "--user", getpass.getuser(), "--prefix", PREFIX,
+            ],
+            workdir,
+        )  # fmt: skip
+        if await pki_cli.proc.wait() != 0:
+            raise pki_cli.failed(f"exited with status {pki_cli.proc.returncode}")
+        conf = workdir / "broker" / "mosquitto.conf"
         broker = await spawn("mosquitto", [MOSQUITTO, "-c", str(conf)], workdir)
         procs.append(broker)
         await _wait_listening(broker_port, broker, options.startup_timeout_s)
@@ -389,7 +398,17 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoResult:
             if v.agent.proc.returncode != 0:
                 raise v.agent.failed(f"exited with status {v.agent.proc.returncode}")
         truth = json.loads(await asyncio.to_thread(Path(done["truth"]).read_text, encoding="utf-8"))
-        extra = {"warmup_s": warmup_s, "cpu_s_during_drive": cpu_drive, "cpu_s_before_drive": cpu_at_go}
+        extra: dict[str, Any] = {
+            "warmup_s": warmup_s,
+            "cpu_s_during_drive": cpu_drive,
+            "cpu_s_before_drive": cpu_at_go,
+            # the sources' own figure: PUBACK from the broker minus the triggering frame's CAN time
+            "agent_denm_puback_ms": {
+                v.name: lat
+                for v in vehicles
+                if (lat := (v.final.get("v2x") or {}).get("publish_latency", {}).get("denm"))
+            },
+        }
         extra |= await _summarize(
             vehicles, truth=truth, observer=observer, security=security, target=target, say=say
         )
