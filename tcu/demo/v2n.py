@@ -241,6 +241,15 @@ class V2nScenario(Scenario):
         return await _run(options, say)
 
 
+def _check_observer(observer: _Observer, task: asyncio.Task[None], broker: Proc) -> None:
+    """The backend subscriber must be subscribed and still running (it sees every DENM)."""
+    if task.done():
+        exc = None if task.cancelled() else task.exception()
+        raise broker.failed(f"refused or dropped the demo's backend subscriber ({exc!r})")
+    if not observer.ready.is_set():
+        raise broker.failed("did not let the demo's backend subscriber subscribe in time")
+
+
 async def _wait_listening(port: int, proc: Proc, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -340,8 +349,12 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoResult:
         await _wait_listening(broker_port, broker, options.startup_timeout_s)
         say(f"mosquitto on 127.0.0.1:{broker_port} (mTLS, ACL by station id)")
         observer_task = asyncio.create_task(observer.run(broker_port, pki), name="tcu.demo.v2n-observer")
-        async with asyncio.timeout(options.startup_timeout_s):
-            await observer.ready.wait()
+        ready_task = asyncio.create_task(observer.ready.wait(), name="tcu.demo.v2n-observer-ready")
+        await asyncio.wait(
+            {observer_task, ready_task}, timeout=options.startup_timeout_s, return_when="FIRST_COMPLETED"
+        )
+        ready_task.cancel()
+        _check_observer(observer, observer_task, broker)
 
         ingest = await spawn(
             "ingest",
@@ -378,6 +391,7 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoResult:
             raise sim.failed(f"sent {clients} instead of a clients event")
         parked_at = time.monotonic()
         await _wait_agents_warm(vehicles, observer, options.startup_timeout_s)
+        _check_observer(observer, observer_task, broker)
         warmup_s = round(time.monotonic() - parked_at, 2)
         cpu_at_go = _cpu_seconds(procs)
         sim.proc.send_signal(signal.SIGUSR1)
@@ -397,6 +411,7 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoResult:
             await v.agent.proc.wait()
             if v.agent.proc.returncode != 0:
                 raise v.agent.failed(f"exited with status {v.agent.proc.returncode}")
+        _check_observer(observer, observer_task, broker)
         truth = json.loads(await asyncio.to_thread(Path(done["truth"]).read_text, encoding="utf-8"))
         extra: dict[str, Any] = {
             "warmup_s": warmup_s,
