@@ -511,6 +511,9 @@ def compute_truth(
                         "relevance_m": rule.relevance_m,
                         "must_warn": sorted(k for k, r in receivers.items() if r["warned"]),
                         "must_not_warn": sorted(k for k, r in receivers.items() if not r["warned"]),
+                        # a warned vehicle must hear the end too (an update or cancellation of an
+                        # accepted event is delivered whatever the geometry then)
+                        "must_hear_cancellation": sorted(k for k, r in receivers.items() if r["warned"]),
                         "receivers": receivers,
                     }
                 )

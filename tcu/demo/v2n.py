@@ -699,6 +699,7 @@ async def _summarize(
             must = name in event["must_warn"]
             if must:
                 expected += 1
+            if name in event["must_hear_cancellation"]:
                 cancels_expected += 1
             if must and len(acc) != 1:
                 problems.append(f"{event['id']}: {name} was warned {len(acc)} times, expected once")

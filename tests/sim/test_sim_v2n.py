@@ -83,6 +83,7 @@ def test_who_must_be_warned(truths: dict[str, GroundTruth]) -> None:
     # A stationary vehicle reaches 1 km: all three followers. It stands, so its DENM has no heading;
     # the oncoming car has passed it by then.
     assert stationary["must_warn"] == ["follower-150", "follower-50", "follower-700"]
+    assert stationary["must_hear_cancellation"] == stationary["must_warn"]
     assert stationary["heading_deg"] is None
     assert "behind or beside" in stationary["receivers"]["opposite"]["reason"]
     for event in (eebl, stationary):
