@@ -101,7 +101,9 @@ GROUP = (
 TRIGGER = DEFAULT_TRIGGERS[0]  # hard_braking: EEBL, relevance 500 m, release 1 s, repetition 1 s
 RX = ReceiverConfig(own_station_id=0)  # the rules (ahead_deg, same_direction_deg) every station uses
 MARGIN_FRACTION, MARGIN_DEG = 0.05, 5.0
-STOP_TIMEOUT_S = 15.0  # a client still running this long after stop() is counted and cancelled
+# A client still running this long after stop() is counted and cancelled: its drain takes up
+# to 2 s and aiomqtt's disconnect waits up to the connect timeout (30 s here) for the broker.
+STOP_TIMEOUT_S = 40.0
 
 
 def _free_port() -> int:
