@@ -65,6 +65,7 @@ class DriveConfig:
     channel: str = "can0"
     route: Route | None = None
     vehicle: VehicleConfig | None = None
+    skip_messages: frozenset[str] = frozenset()  # DBC messages not to send (default: send every cyclic one)
 
     def __post_init__(self) -> None:
         if not self.duration_s > 0:
@@ -180,6 +181,13 @@ class Drive:
     def __init__(self, config: DriveConfig | None = None) -> None:
         self.config = config = config or DriveConfig()
         self.database, self._plans = _load_plans(config.dbc_path)
+        if config.skip_messages:
+            unknown = config.skip_messages - {p.message.name for p in self._plans}
+            if unknown:
+                raise ConfigError(
+                    f"no cyclic messages {sorted(unknown)} in {config.dbc_path}", key="skip_messages"
+                )
+            self._plans = [p for p in self._plans if p.message.name not in config.skip_messages]
         self.route = config.route or metz_luxembourg_trier()
         self._started = False
         self._recorder: GroundTruthRecorder | None = None

@@ -23,6 +23,7 @@ P, unlocks, and the driver's door opens 3 s later.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -30,7 +31,7 @@ import numpy as np
 
 from sim.route import Route
 
-__all__ = ["SIGNAL_NAMES", "Vehicle", "VehicleConfig"]
+__all__ = ["SIGNAL_NAMES", "ScriptedStop", "Vehicle", "VehicleConfig"]
 
 _G = 9.81
 _N_NOISE = 12
@@ -57,6 +58,29 @@ SIGNAL_NAMES: tuple[str, ...] = (
 """Every signal :meth:`Vehicle.signals` returns (all DBC signals but the TPMS multiplexer)."""
 
 GEAR_P, GEAR_D = 0, 3
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptedStop:
+    """Brake from ``at_s`` (simulated s) at ``decel_mps2`` down to a standstill, then stand.
+
+    The deceleration builds up at ``jerk_mps3``. Standing lasts ``hold_s`` (then the driver
+    model drives on); with ``hazard_lights`` the hazard lights are on from ``hazard_after_s``
+    after the standstill until the end of the hold. The multi-vehicle V2N scenario
+    (:mod:`sim.v2n`) uses it for a leader that brakes hard and stops with hazard lights, and
+    for followers that stop behind it.
+    """
+
+    at_s: float
+    decel_mps2: float
+    hold_s: float
+    hazard_lights: bool = False
+    hazard_after_s: float = 0.5
+    jerk_mps3: float = 40.0
+
+    def __post_init__(self) -> None:
+        if not (self.decel_mps2 > 0 and self.jerk_mps3 > 0 and self.hold_s >= 0 and self.hazard_after_s >= 0):
+            raise ValueError(f"invalid scripted stop: {self}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +115,12 @@ class VehicleConfig:
     hard_brakes_s: tuple[float, ...] = ()  # scripted emergency braking: start times (simulated s)
     hard_brake_mps2: float = 7.5  # deceleration of a scripted hard braking
     hard_brake_duration_s: float = 1.5
+    # Multi-vehicle scenarios (sim.v2n); the defaults keep the single-car drive as it was.
+    initial_speed_kmh: float = 0.0  # > 0: the car is already moving at t = 0 (use with park_s = 0)
+    start_distance_m: float = 0.0  # where on the route the car is at t = 0
+    cruise_kmh: float | None = None  # target speed instead of the segment's limit (corners still apply)
+    lateral_offset_m: float = 0.0  # GNSS position this far to the right of the route's centreline
+    stops: tuple[ScriptedStop, ...] = ()  # scripted stops, in time order
 
 
 class Vehicle:
@@ -103,10 +133,15 @@ class Vehicle:
         self._dt = cfg.step_ms / 1000.0
         self.steps = 0
         self.t_s = 0.0
-        self.distance_m = 0.0
-        self.speed_mps = 0.0
+        self.distance_m = cfg.start_distance_m
+        self.speed_mps = cfg.initial_speed_kmh / 3.6
         self.accel_mps2 = 0.0
         self.arrived_t_s: float | None = None
+        # scripted stops: index of the next one, phase ("" / "braking" / "holding"), times
+        self._stop_next = 0
+        self._stop_phase = ""
+        self._stop_still_t_s = 0.0
+        self._launch: tuple[float, float, tuple[ScriptedStop, ...]] | None = None
         self._noise = [0.0] * _N_NOISE
         # per-vehicle constants drawn once
         rng = self._rng
@@ -136,7 +171,7 @@ class Vehicle:
         self._gnss_err = [0.0, 0.0, 0.0]  # north m, east m, up m
         self._sats = 10.0
         self._hdop = 1.0
-        self._gnss_heading_deg = route.pose_at(0.0).heading_deg
+        self._gnss_heading_deg = route.pose_at(cfg.start_distance_m).heading_deg
         self._cache_step = -1
         self._cache: dict[str, float] = {}
 
@@ -149,7 +184,8 @@ class Vehicle:
         b = cfg.comfort_decel_mps2
         factor = 1.0 + self._speed_factor_dev
         pose_seg = route.segment_at(s)
-        target = route.waypoints[pose_seg].limit_kmh / 3.6 * factor
+        limit = route.waypoints[pose_seg].limit_kmh if cfg.cruise_kmh is None else cfg.cruise_kmh
+        target = limit / 3.6 * factor
         horizon = v * v / (2.0 * b) + 300.0
         for ahead, limit_kmh in route.limits_ahead(s, horizon):
             allowed = math.sqrt((limit_kmh / 3.6) ** 2 + 2.0 * b * max(0.0, ahead - 40.0))
@@ -162,20 +198,40 @@ class Vehicle:
         remaining = route.length_m - s
         return min(target, math.sqrt(2.0 * b * max(0.0, remaining - 2.0)))
 
+    def launch_at(self, t_s: float, speed_kmh: float, stops: tuple[ScriptedStop, ...] = ()) -> None:
+        """From the first step at or after ``t_s``: drive at ``speed_kmh`` at once, with ``stops``.
+
+        For a car that stood parked (``park_s`` beyond any drive) while something else got
+        ready: the multi-vehicle scenario (:mod:`sim.v2n`) parks its cars until every agent
+        is up, then sets them all going at the same simulated time. Safe to call from another
+        thread than the one stepping (one attribute is replaced).
+        """
+        self._launch = (t_s, speed_kmh, tuple(stops))
+
     def step(self) -> None:
         """Advance the model by one step of ``step_ms``."""
-        cfg, dt = self.config, self._dt
         noise = self._rng.standard_normal(_N_NOISE).tolist()
         self._noise = noise
         self.steps += 1
-        self.t_s = self.steps * dt
+        self.t_s = self.steps * self._dt
+        launch = self._launch
+        if launch is not None and self.t_s >= launch[0] - 1e-9:
+            self._launch = None
+            self.speed_mps = launch[1] / 3.6
+            self.config = dataclasses.replace(
+                self.config, park_s=self.t_s, initial_speed_kmh=launch[1], stops=launch[2]
+            )
+        cfg, dt = self.config, self._dt
         v = self.speed_mps
         # driver: speed factor wanders around 1 (Ornstein-Uhlenbeck, ~1.5 % std, 30 s)
         self._speed_factor_dev += (
             -self._speed_factor_dev * dt / 30.0 + 0.015 * math.sqrt(2 * dt / 30.0) * noise[0]
         )
         driving = self.t_s >= cfg.park_s and self.arrived_t_s is None
-        if driving:
+        stop = self._scripted_stop() if driving and cfg.stops else None
+        if stop is not None and self._stop_phase == "holding":
+            self.accel_mps2, self.speed_mps = 0.0, 0.0  # standing still (gear D, brake pressed)
+        elif driving:
             target = self._target_speed_mps()
             a_cmd = 0.45 * (target - v)
             a_max = min(2.5, cfg.motor_max_power_kw * 1000.0 * 0.9 / (cfg.mass_kg * max(v, 1.0)))
@@ -183,6 +239,8 @@ class Vehicle:
             jerk = 2.0 * dt
             if v > 2.0 and any(t0 <= self.t_s < t0 + cfg.hard_brake_duration_s for t0 in cfg.hard_brakes_s):
                 a_cmd, jerk = -cfg.hard_brake_mps2, 40.0 * dt  # emergency stop: full brake, fast build-up
+            if stop is not None:
+                a_cmd, jerk = -stop.decel_mps2, stop.jerk_mps3 * dt
             a = self.accel_mps2 + max(-jerk, min(jerk, a_cmd - self.accel_mps2))
             v_new = v + a * dt
             remaining = self.route.length_m - self.distance_m
@@ -191,6 +249,8 @@ class Vehicle:
                 v_new = 0.0
                 if remaining < 3.0:
                     self.arrived_t_s = self.t_s
+                if stop is not None:
+                    self._stop_phase, self._stop_still_t_s = "holding", self.t_s
             self.distance_m = min(self.route.length_m, self.distance_m + 0.5 * (v + v_new) * dt)
             self.accel_mps2, self.speed_mps = a, v_new
         else:
@@ -225,6 +285,8 @@ class Vehicle:
             )
         if not driving and self.t_s >= cfg.park_s - 1.0 and self.arrived_t_s is None:
             self._brake_pedal = 30.0  # foot on the brake to shift into D
+        if self._stop_phase == "holding":
+            self._brake_pedal = 30.0  # standing in a lane, foot on the brake
         self._motor_torque_nm = f_motor * cfg.wheel_radius_m / cfg.gear_ratio
         p_mech = f_motor * v
         self._motor_power_w = p_mech
@@ -254,6 +316,23 @@ class Vehicle:
             g[i] += -g[i] * dt / tau + sigma * math.sqrt(2 * dt / tau) * noise[1 + i]
         self._sats = min(14.0, max(7.0, self._sats + 0.05 * noise[4] * math.sqrt(dt)))
         self._hdop = min(1.6, max(0.7, self._hdop + 0.02 * noise[5] * math.sqrt(dt)))
+
+    def _scripted_stop(self) -> ScriptedStop | None:
+        """The scripted stop in progress (braking or holding) at this step, if any."""
+        stops = self.config.stops
+        if self._stop_phase == "holding" and self.t_s >= self._stop_still_t_s + stops[self._stop_next].hold_s:
+            self._stop_phase = ""  # the hold is over: drive on
+            self._stop_next += 1
+        if not self._stop_phase and self._stop_next < len(stops) and self.t_s >= stops[self._stop_next].at_s:
+            self._stop_phase = "braking" if self.speed_mps > 0.0 else "holding"
+            self._stop_still_t_s = self.t_s
+        return stops[self._stop_next] if self._stop_phase else None
+
+    def _hazard_lights(self) -> bool:
+        if self._stop_phase != "holding":
+            return False
+        stop = self.config.stops[self._stop_next]
+        return stop.hazard_lights and self.t_s >= self._stop_still_t_s + stop.hazard_after_s
 
     def _ambient_c(self) -> float:
         return self._ambient_base_c + 0.8 * math.sin(2.0 * math.pi * self.t_s / 1800.0)
@@ -288,7 +367,7 @@ class Vehicle:
         lat_acc = -k * v * v
         # indicators
         left = right = False
-        if driving and cfg.park_s <= self.t_s < cfg.park_s + 3.0:
+        if driving and cfg.park_s <= self.t_s < cfg.park_s + 3.0 and cfg.initial_speed_kmh == 0.0:
             left = True
         for ahead, turn_rad, _length in self.route.corner_ahead(self.distance_m, 250.0):
             if ahead < 250.0 and abs(math.degrees(turn_rad)) >= 12.0 and v > 0:
@@ -296,7 +375,8 @@ class Vehicle:
                 break
         blink_on = (self.t_s % 0.8) < 0.4
         dark = self._is_dark()
-        door_fl = 1.0 if (self.t_s < 1.5 or (arrived and t_stop >= 3.0)) else 0.0
+        parked_at_start = self.t_s < 1.5 and cfg.initial_speed_kmh == 0.0
+        door_fl = 1.0 if (parked_at_start or (arrived and t_stop >= 3.0)) else 0.0
         locked = 1.0 if (self.distance_m > 50.0 and not (arrived and t_stop >= 2.0)) else 0.0
         brake_pressed = self._brake_pedal > 1.0
         soc_pct = min(100.0, max(0.0, self._soc * 100.0))
@@ -314,6 +394,10 @@ class Vehicle:
             tyres += [p + 0.05 * noise[10], t_c]
         # GNSS
         n_err, e_err, u_err = self._gnss_err
+        if cfg.lateral_offset_m:  # to the right of the direction of travel
+            to_right = math.radians(pose.heading_deg + 90.0)
+            n_err += cfg.lateral_offset_m * math.cos(to_right)
+            e_err += cfg.lateral_offset_m * math.sin(to_right)
         lat = pose.lat_deg + n_err / 111_195.0
         lon = pose.lon_deg + e_err / (111_195.0 * math.cos(math.radians(pose.lat_deg)))
         if v > 1.0:
@@ -362,7 +446,7 @@ class Vehicle:
             "HighBeam": float(dark and kmh > 90.0),
             "IndicatorLeft": float(left and blink_on),
             "IndicatorRight": float(right and blink_on),
-            "HazardLights": 0.0,
+            "HazardLights": float(self._hazard_lights()),
             "BrakeLight": float(brake_pressed or a < -1.3),
             "FogLightRear": 0.0,
             "TirePressureFL": tyres[0],

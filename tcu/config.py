@@ -152,6 +152,94 @@ class CommandSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class V2xTriggerSettings:
+    """``[[v2x.trigger]]``: a DENM from a condition over decoded signals (campaign expression syntax)."""
+
+    name: str
+    condition: str
+    cause_code: int
+    sub_cause_code: int = 0
+    validity_s: int = 60
+    relevance_m: float = 500.0
+    traffic_direction: str = "upstreamTraffic"
+    hold_ms: int = 0
+    release_ms: int = 1000
+    repetition_ms: int = 1000
+    update_s: float = 20.0
+    information_quality: int = 3
+
+
+DEFAULT_V2X_TRIGGERS: tuple[V2xTriggerSettings, ...] = (
+    # Emergency electronic brake lights: dangerousSituation(99) / emergencyElectronicBrakeEngaged(1).
+    V2xTriggerSettings(
+        "hard_braking",
+        "Vehicle.Acceleration.Longitudinal < -6",
+        99,
+        1,
+        validity_s=20,
+        relevance_m=500.0,
+        release_ms=1000,
+        update_s=10.0,
+    ),
+    # Stationary vehicle with hazard lights: stationaryVehicle(94).
+    V2xTriggerSettings(
+        "stationary_hazard",
+        "Vehicle.Speed < 1 and Vehicle.Body.Lights.Hazard.IsSignaling == 1",
+        94,
+        0,
+        validity_s=120,
+        relevance_m=1000.0,
+        hold_ms=2000,
+        release_ms=2000,
+        update_s=30.0,
+    ),
+    # Adverse road condition, adhesion(6), from ESP/traction control activity.
+    V2xTriggerSettings(
+        "low_adhesion",
+        "Vehicle.ADAS.ESC.IsEngaged == 1 or Vehicle.ADAS.TCS.IsEngaged == 1",
+        6,
+        0,
+        validity_s=600,
+        relevance_m=1000.0,
+        release_ms=5000,
+        update_s=120.0,
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class V2xSettings:
+    """``[v2x]``: V2N over MQTT (broker, mTLS files, station, tiles, CAM rate, DENM triggers)."""
+
+    host: str
+    port: int
+    station_id: int
+    tls: TlsConfig | None
+    client_id: str
+    station_type: int = 5
+    vehicle_role: str = "default"
+    length_m: float | None = None
+    width_m: float | None = None
+    prefix: str = "v2x"
+    publish_level: int = 18
+    subscribe_level: int = 14
+    subscribe: tuple[str, ...] = ("denm",)
+    cam: bool = True
+    cam_min_interval_ms: int = 100
+    cam_max_interval_ms: int = 1000
+    standstill_kmh: float = 2.0
+    ahead_deg: float = 60.0
+    same_direction_deg: float = 60.0
+    session_expiry_s: int = 300
+    queue_size: int = 256
+    reconnect_max_s: float = 30.0
+    drain_timeout_s: float = 2.0
+    triggers: tuple[V2xTriggerSettings, ...] = DEFAULT_V2X_TRIGGERS
+    triggers_configured: bool = False
+    """False: the built-in triggers, each used only when the catalog has its signals."""
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     vehicle_id: str
     buses: tuple[BusConfig, ...]
@@ -167,6 +255,7 @@ class AgentConfig:
     connectivity: Mapping[str, Any] | None = None
     """The raw ``[connectivity]`` table (modem, eSIM roaming), checked by :mod:`tcu.agent.connectivity`."""
     source: Path | None = None
+    v2x: V2xSettings | None = None
 
 
 CONNECTIVITY_KEYS: Mapping[str, type] = {
@@ -224,9 +313,52 @@ KNOWN_KEYS: Mapping[str, Mapping[str, type]] = {
     "campaigns": {"file": str, "memory_budget_bytes": int, "default_periodic": bool},
     "commands": {"verify_key": str, "nonce_store": str, "max_skew_s": float},
     "connectivity": CONNECTIVITY_KEYS,
+    "v2x": {
+        "broker": str,
+        "station_id": int,
+        "tls": dict,
+        "client_id": str,
+        "station_type": int,
+        "vehicle_role": str,
+        "length_m": float,
+        "width_m": float,
+        "prefix": str,
+        "publish_level": int,
+        "subscribe_level": int,
+        "subscribe": list,
+        "cam": bool,
+        "cam_min_interval_ms": int,
+        "cam_max_interval_ms": int,
+        "standstill_kmh": float,
+        "ahead_deg": float,
+        "same_direction_deg": float,
+        "session_expiry_s": int,
+        "queue_size": int,
+        "reconnect_max_s": float,
+        "drain_timeout_s": float,
+        "trigger": list,
+    },
+    "v2x.tls": {"ca_cert": str, "cert": str, "key": str},
 }
 """Every key the agent file may hold, per table (``uplink.tls`` is a subtable; ``bus`` is
 ``[[bus]]``, a list of tables). A key that is not here is refused by :func:`check_keys`."""
+
+V2X_TRIGGER_KEYS: dict[str, type] = {
+    "name": str,
+    "condition": str,
+    "cause": int,
+    "sub_cause": int,
+    "validity_s": float,
+    "relevance_m": float,
+    "traffic_direction": str,
+    "hold_ms": int,
+    "release_ms": int,
+    "repetition_ms": int,
+    "update_s": float,
+    "information_quality": int,
+}
+"""Keys of a ``[[v2x.trigger]]`` table (a list of tables: not settable from the environment)."""
+
 
 SECTIONS: tuple[str, ...] = tuple(k for k in KNOWN_KEYS if "." not in k)
 
@@ -581,4 +713,149 @@ def _build(doc: dict[str, Any], base: Path, source: Path, env: Mapping[str, str]
         commands=commands,
         connectivity=connectivity,
         source=source,
+        v2x=_v2x(_get(doc, "v2x", "v2x", dict, None), base, vehicle_id),
     )
+
+
+_V2X_ROLES = {
+    "default",
+    "publicTransport",
+    "specialTransport",
+    "dangerousGoods",
+    "roadWork",
+    "rescue",
+    "emergency",
+    "safetyCar",
+    "agriculture",
+    "commercial",
+    "military",
+    "roadOperator",
+    "taxi",
+}
+_TRAFFIC_DIRECTIONS = {"allTrafficDirections", "upstreamTraffic", "downstreamTraffic", "oppositeTraffic"}
+
+
+def _check_range(value: float, low: float, high: float, key: str) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"must be between {low:g} and {high:g}, got {value!r}", key=key)
+
+
+def _v2x_trigger(raw: Any, where: str) -> V2xTriggerSettings:
+    if not isinstance(raw, dict):
+        raise ConfigError("must be a table", key=where)
+    check_keys(raw, V2X_TRIGGER_KEYS, where)
+    d = V2xTriggerSettings("", "", 0)
+    condition = _get(raw, "condition", f"{where}.condition", str)  # compiled by the agent (tcu.agent.v2x)
+    t = V2xTriggerSettings(
+        name=_get(raw, "name", f"{where}.name", str),
+        condition=condition,
+        cause_code=_get(raw, "cause", f"{where}.cause", int),
+        sub_cause_code=_get(raw, "sub_cause", f"{where}.sub_cause", int, 0),
+        validity_s=_get(raw, "validity_s", f"{where}.validity_s", int, d.validity_s),
+        relevance_m=_get(raw, "relevance_m", f"{where}.relevance_m", float, d.relevance_m),
+        traffic_direction=_get(
+            raw, "traffic_direction", f"{where}.traffic_direction", str, d.traffic_direction
+        ),
+        hold_ms=_get(raw, "hold_ms", f"{where}.hold_ms", int, d.hold_ms),
+        release_ms=_get(raw, "release_ms", f"{where}.release_ms", int, d.release_ms),
+        repetition_ms=_get(raw, "repetition_ms", f"{where}.repetition_ms", int, d.repetition_ms),
+        update_s=_get(raw, "update_s", f"{where}.update_s", float, d.update_s),
+        information_quality=_get(raw, "information_quality", f"{where}.information_quality", int, 3),
+    )
+    if not t.name.strip():
+        raise ConfigError("must not be empty", key=f"{where}.name")
+    _check_range(t.cause_code, 0, 255, f"{where}.cause")
+    _check_range(t.sub_cause_code, 0, 255, f"{where}.sub_cause")
+    _check_range(t.validity_s, 1, 86400, f"{where}.validity_s")
+    _check_range(t.relevance_m, 1, 100_000, f"{where}.relevance_m")
+    _check_range(t.hold_ms, 0, 3_600_000, f"{where}.hold_ms")
+    _check_range(t.release_ms, 0, 3_600_000, f"{where}.release_ms")
+    _check_range(t.repetition_ms, 100, 10_000, f"{where}.repetition_ms")
+    _check_range(t.information_quality, 0, 7, f"{where}.information_quality")
+    if not 0 < t.update_s < t.validity_s:
+        raise ConfigError(
+            "must be positive and shorter than validity_s (so the event never lapses)",
+            key=f"{where}.update_s",
+        )
+    if t.traffic_direction not in _TRAFFIC_DIRECTIONS:
+        raise ConfigError(f"must be one of {sorted(_TRAFFIC_DIRECTIONS)}", key=f"{where}.traffic_direction")
+    return t
+
+
+def _v2x(raw: dict[str, Any] | None, base: Path, vehicle_id: str) -> V2xSettings | None:
+    if raw is None:
+        return None
+    check_keys(raw, KNOWN_KEYS["v2x"], "v2x")
+    broker = _get(raw, "broker", "v2x.broker", str)
+    host, sep, port_text = broker.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"must be host:port, got {broker!r}", key="v2x.broker")
+    tls_raw = _get(raw, "tls", "v2x.tls", dict, None)
+    tls = None
+    if tls_raw is not None:
+        check_keys(tls_raw, KNOWN_KEYS["v2x.tls"], "v2x.tls")
+        tls = TlsConfig(
+            ca_cert=_path(base, _get(tls_raw, "ca_cert", "v2x.tls.ca_cert", str)),
+            cert=_path(base, _get(tls_raw, "cert", "v2x.tls.cert", str)),
+            key=_path(base, _get(tls_raw, "key", "v2x.tls.key", str)),
+        )
+    d = V2xSettings(host="", port=1, station_id=0, tls=None, client_id="")
+    subscribe = _get(raw, "subscribe", "v2x.subscribe", list, list(d.subscribe))
+    if not subscribe or any(t not in ("cam", "denm") for t in subscribe):
+        raise ConfigError('must be a non-empty list of "cam" and "denm"', key="v2x.subscribe")
+    length = _get(raw, "length_m", "v2x.length_m", float, None)
+    width = _get(raw, "width_m", "v2x.width_m", float, None)
+    raw_triggers = _get(raw, "trigger", "v2x.trigger", list, None)
+    triggers = d.triggers
+    if raw_triggers is not None:
+        triggers = tuple(_v2x_trigger(t, f"v2x.trigger[{i}]") for i, t in enumerate(raw_triggers))
+        names = [t.name for t in triggers]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"trigger names must be unique, got {names}", key="v2x.trigger")
+    settings = V2xSettings(
+        host=host,
+        port=int(port_text),
+        station_id=_get(raw, "station_id", "v2x.station_id", int),
+        tls=tls,
+        client_id=_get(raw, "client_id", "v2x.client_id", str, vehicle_id),
+        station_type=_get(raw, "station_type", "v2x.station_type", int, d.station_type),
+        vehicle_role=_get(raw, "vehicle_role", "v2x.vehicle_role", str, d.vehicle_role),
+        length_m=length,
+        width_m=width,
+        prefix=_get(raw, "prefix", "v2x.prefix", str, d.prefix),
+        publish_level=_get(raw, "publish_level", "v2x.publish_level", int, d.publish_level),
+        subscribe_level=_get(raw, "subscribe_level", "v2x.subscribe_level", int, d.subscribe_level),
+        subscribe=tuple(subscribe),
+        cam=_get(raw, "cam", "v2x.cam", bool, d.cam),
+        cam_min_interval_ms=_get(raw, "cam_min_interval_ms", "v2x.cam_min_interval_ms", int, 100),
+        cam_max_interval_ms=_get(raw, "cam_max_interval_ms", "v2x.cam_max_interval_ms", int, 1000),
+        standstill_kmh=_get(raw, "standstill_kmh", "v2x.standstill_kmh", float, d.standstill_kmh),
+        ahead_deg=_get(raw, "ahead_deg", "v2x.ahead_deg", float, d.ahead_deg),
+        same_direction_deg=_get(raw, "same_direction_deg", "v2x.same_direction_deg", float, 60.0),
+        session_expiry_s=_get(raw, "session_expiry_s", "v2x.session_expiry_s", int, d.session_expiry_s),
+        queue_size=_get(raw, "queue_size", "v2x.queue_size", int, d.queue_size),
+        reconnect_max_s=_get(raw, "reconnect_max_s", "v2x.reconnect_max_s", float, d.reconnect_max_s),
+        drain_timeout_s=_get(raw, "drain_timeout_s", "v2x.drain_timeout_s", float, d.drain_timeout_s),
+        triggers=triggers,
+        triggers_configured=raw_triggers is not None,
+    )
+    _check_range(settings.station_id, 0, 0xFFFFFFFF, "v2x.station_id")
+    _check_range(settings.station_type, 0, 255, "v2x.station_type")
+    if settings.vehicle_role not in _V2X_ROLES:
+        raise ConfigError(f"must be one of {sorted(_V2X_ROLES)}", key="v2x.vehicle_role")
+    if length is not None:
+        _check_range(length, 0.1, 102.2, "v2x.length_m")
+    if width is not None:
+        _check_range(width, 0.1, 6.1, "v2x.width_m")
+    if not 1 <= settings.subscribe_level <= settings.publish_level <= 23:
+        raise ConfigError("need 1 <= subscribe_level <= publish_level <= 23", key="v2x.subscribe_level")
+    if not 100 <= settings.cam_min_interval_ms <= settings.cam_max_interval_ms <= 1000:
+        raise ConfigError(
+            "need 100 <= cam_min_interval_ms <= cam_max_interval_ms <= 1000 (ETSI T_GenCamMin/Max)",
+            key="v2x.cam_min_interval_ms",
+        )
+    if any(c in settings.prefix for c in "+#") or not settings.prefix or settings.prefix.startswith("$"):
+        raise ConfigError("must be topic levels without wildcards", key="v2x.prefix")
+    _check_range(settings.queue_size, 2, 1_000_000, "v2x.queue_size")
+    _check_range(settings.session_expiry_s, 0, 0xFFFFFFFF, "v2x.session_expiry_s")
+    return settings

@@ -42,12 +42,13 @@ from tcu.frames import FrameBatch
 from tcu.fsutil import write_atomic
 from tcu.signals.dbc import load_dbc
 from tcu.signals.decoder import SignalDecoder, compile_codecs
-from tcu.signals.mapping import Catalog, build_catalog, load_mapping
+from tcu.signals.mapping import Catalog, ExtraSignal, build_catalog, load_mapping
 from tcu.spool import Spool, SpoolConfig
 from tcu.uplink import MemoryOutbox, Outbox, Uplink
 
 if TYPE_CHECKING:
     from tcu.agent.connectivity import ConnectivitySource
+    from tcu.agent.v2x import V2xTap
 
 __all__ = ["MAX_PREVIOUS_CATALOGS", "Agent", "AgentStats", "catalog_message", "open_outbox"]
 
@@ -84,6 +85,8 @@ class AgentStats:
     frames_lost_at_stop: int = 0
     """Frames read but not decoded then."""
     stopped: bool = False
+    v2x: dict[str, Any] | None = None
+    """The V2N client and station counters (``[v2x]`` only)."""
 
 
 def catalog_message(catalog: Catalog) -> telemetry_pb.SignalCatalog:
@@ -170,12 +173,22 @@ class Agent:
         if isinstance(self.outbox, SpoolOutbox):
             self.sources.append(SpoolHealth(self.outbox))
         databases: dict[str, list[Any]] = {bus.name: [load_dbc(p) for p in bus.dbc] for bus in config.buses}
+        v2x_signals: list[ExtraSignal] = []
+        if config.v2x is not None:
+            from tcu.agent.v2x import V2X_SIGNALS
+
+            v2x_signals = list(V2X_SIGNALS)
         self.catalog = build_catalog(
             load_mapping(config.mapping),
             databases,
             mapping_path=config.mapping,
-            extra=[sig for source in self.sources for sig in source.signals],
+            extra=[*(sig for source in self.sources for sig in source.signals), *v2x_signals],
         )
+        self.v2x: V2xTap | None = None
+        if config.v2x is not None:
+            from tcu.agent.v2x import V2xTap
+
+            self.v2x = V2xTap(config.v2x, self.catalog)
         codecs = compile_codecs(databases)
         self.decoder = SignalDecoder(
             self.catalog, codecs, j1939=[bus.name for bus in config.buses if bus.j1939]
@@ -245,6 +258,8 @@ class Agent:
             self._append_batch,
             event_batch=self._event_batch,
             notify=self.uplink.notify,
+            # V2N sees hazards as they are decoded, before sampling and batching (never blocks).
+            on_decoded=[self.v2x.feed] if self.v2x is not None else [],
         )
         log.info(
             "agent %s: %d buses, %d mapped signals, catalog %s, boot epoch %d",
@@ -357,6 +372,7 @@ class Agent:
             bus_open_failures=sum(r.stats.open_failures for r in self.readers),
             samples_lost_at_stop=self.unspooled_at_stop,
             frames_lost_at_stop=self.unspooled_frames_at_stop,
+            v2x=self.v2x.stats() if self.v2x is not None else None,
         )
 
     async def run(self, stop: asyncio.Event) -> AgentStats:
@@ -372,6 +388,11 @@ class Agent:
                 tg.create_task(source.run(self.emitter), name=f"tcu.agent.source[{source.name}]")
                 for source in self.sources
             ]
+            v2x = (
+                tg.create_task(self.v2x.run(self.emitter), name="tcu.agent.v2x")
+                if self.v2x is not None
+                else None
+            )
             stop_wait = tg.create_task(stop.wait(), name="tcu.agent.stop")
             await asyncio.wait([stop_wait, pipeline, *readers], return_when=asyncio.FIRST_COMPLETED)
             log.info("agent: stopping: closing buses")
@@ -389,6 +410,20 @@ class Agent:
                 await asyncio.wait_for(self._finish_pipeline(frames, pipeline), timeout=drain_s)
             except TimeoutError:
                 self._log_unspooled(frames, drain_s)
+            if v2x is not None and self.v2x is not None:
+                # Queued CAMs/DENMs get the client's drain time; warnings emitted meanwhile are flushed.
+                self.v2x.stop()
+                done, _ = await asyncio.wait([v2x], timeout=self.v2x.settings.drain_timeout_s + 2.0)
+                if not done:
+                    log.warning("agent: the V2N client did not stop in time")
+                    v2x.cancel()
+                remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+                try:
+                    await asyncio.wait_for(self.pipeline.flush(), timeout=max(remaining, 0.1))
+                except TimeoutError:
+                    lost = self.builder.samples + self.pipeline.handing_on_samples
+                    self.unspooled_at_stop += lost
+                    log.error("agent: lost at shutdown, not spooled: the last batch's %d samples", lost)
             remaining = max(0.0, deadline - asyncio.get_running_loop().time())
             log.info("agent: waiting up to %.1f s for %d unacked batches", remaining, self.outbox.unacked())
             drained = await self.uplink.wait_drained(remaining)

@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--scenario",
         default="drive",
         choices=sorted(load_scenarios()),
-        help="what to show: drive (default), hard-brake (condition campaign), border (eSIM roaming)",
+        help="what to show: drive (default), hard-brake (condition campaign), border (eSIM roaming), "
+        "v2n (seven vehicles warn each other of hazards over MQTT)",
     )
     p.add_argument(
         "--insecure", action="store_true", help="plain TCP instead of mTLS with a dev PKI (default: mTLS)"

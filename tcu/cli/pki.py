@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import sys
 from typing import Any
 
 from tcu.pki import DevPki
@@ -19,7 +20,7 @@ examples:
   tcu pki backend ./pki acme                           client cert URI SAN urn:tcu:backend:acme
   tcu pki revoke ./pki WDD2050461A000001               add the vehicle's certificate to the CRL
   tcu pki show ./pki                                   list certificates, expiry and revocation
-  tcu pki mosquitto ./pki ./broker --port 8884         mosquitto.conf + ACL for the V2N broker
+  tcu pki mosquitto ./pki ./broker --port 8884 --stations stations.toml   mosquitto.conf + ACL (V2N)
 """
 
 
@@ -104,13 +105,27 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser(
         "mosquitto",
         help="write mosquitto.conf and an ACL (mTLS, identity as user name, per-vehicle topics)",
-        epilog="example: tcu pki mosquitto ./pki ./broker --port 8884; mosquitto -c broker/mosquitto.conf",
+        epilog="example: tcu pki mosquitto ./pki ./broker --port 8884 --stations stations.toml; "
+        "mosquitto -c broker/mosquitto.conf",
     )
     p.add_argument("directory", metavar="DIR", help="PKI directory")
     p.add_argument("out", metavar="OUT_DIR", help="where mosquitto.conf and acl are written")
     p.add_argument("--port", type=int, required=True, help="TLS listener port")
     p.add_argument("--bind", default="127.0.0.1", help="listener address (default: 127.0.0.1)")
-    p.add_argument("--user", default=None, help="user mosquitto switches to when started as root")
+    p.add_argument(
+        "--user",
+        default=None,
+        help="user mosquitto switches to when started as root (default: mosquitto's own, 'mosquitto');"
+        " the output folder and its copies of the certificates are handed to that user",
+    )
+    p.add_argument(
+        "--stations",
+        metavar="FILE",
+        default=None,
+        help="TOML binding identities to ITS station ids ([vehicles] VIN = 1001, [backends] name = 900001);"
+        " only identities with a station id may publish",
+    )
+    p.add_argument("--prefix", default="v2x", help="V2N topic prefix (default: v2x)")
     p.set_defaults(func=_mosquitto)
 
 
@@ -164,10 +179,22 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _mosquitto(args: argparse.Namespace) -> int:
-    from tcu.pki.mosquitto import write_mosquitto_config
+    from tcu.pki.mosquitto import load_station_map, write_mosquitto_config
 
+    stations = load_station_map(args.stations) if args.stations is not None else None
+    pki = DevPki(args.directory)
     conf, acl = write_mosquitto_config(
-        DevPki(args.directory), args.out, port=args.port, bind_address=args.bind, run_as_user=args.user
+        pki,
+        args.out,
+        port=args.port,
+        bind_address=args.bind,
+        run_as_user=args.user,
+        stations=stations,
+        root=args.prefix,
     )
     print(f"{conf}\n{acl}")
+    bound = set() if stations is None else {*stations.vehicles, *stations.backends}
+    unbound = [n for n in [*pki.vehicles(), *pki.backends()] if n not in bound]
+    if unbound:
+        print(f"without a station id (may only read): {', '.join(unbound)}", file=sys.stderr)
     return 0

@@ -154,6 +154,8 @@ def _agent_config(
 
 async def run_demo(options: DemoOptions, progress: Callable[[str], None] | None = None) -> DemoResult:
     say = progress or (lambda _m: None)
+    if options.scenario.runs_itself:
+        return await options.scenario.run(options, say)
     started = time.monotonic()
     workdir = options.workdir or Path(tempfile.mkdtemp(prefix="tcu-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,9 @@
 A scenario may add simulator arguments, sections of the agent's config, route the
 agent's uplink elsewhere than straight to the ingest (the border scenario's simulated
 cellular data path), and, after the drive, its own checks, whose keys join the summary.
-The plain drive (``drive``) adds nothing. Scenarios register themselves in
+The plain drive (``drive``) adds nothing. A scenario with processes of its own (the V2N
+scenario: seven vehicles, seven agents and a broker) runs the whole demo itself
+(``runs_itself``). Scenarios register themselves in
 :data:`SCENARIOS` (see :func:`register`); the CLI offers every registered name.
 """
 
@@ -14,11 +16,14 @@ import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from tcu.signals.mapping import Catalog
+
+if TYPE_CHECKING:
+    from tcu.demo.run import DemoOptions, DemoResult
 
 __all__ = ["SCENARIOS", "Scenario", "ScenarioContext", "load_scenarios", "register"]
 
@@ -46,6 +51,13 @@ class Scenario:
     duration_s: float | None = None  # overrides --duration when set
     speed: str | None = None  # overrides --speed when set
     sim_args: list[str] = field(default_factory=list)
+    #: A scenario with processes of its own (several vehicles, a broker) runs itself: :meth:`run`
+    #: replaces the one-vehicle run and the hooks below are not used.
+    runs_itself: bool = False
+
+    async def run(self, options: DemoOptions, say: Callable[[str], None]) -> DemoResult:
+        """The whole demo, for a scenario with ``runs_itself``."""
+        raise NotImplementedError(f"scenario {self.name} does not run itself")
 
     def prepare(self, workdir: Path) -> None:
         """Write files the scenario needs (campaigns, policies) before anything starts."""

@@ -41,9 +41,9 @@ from tcu.pki.grpc_tls import (
 from tcu.pki.identity import PeerIdentity, PeerKind, identity_from_certificate
 from tcu.pki.mosquitto import (
     MosquittoConfig,
-    hazard_topic,
+    StationMap,
+    load_station_map,
     mqtt_tls_context,
-    warning_topic,
     write_mosquitto_config,
 )
 
@@ -64,18 +64,18 @@ __all__ = [
     "PeerKind",
     "PkiError",
     "RevocationChecker",
+    "StationMap",
     "bound_vehicle_id",
     "channel_credentials",
-    "hazard_topic",
     "identity_from_certificate",
     "load_certificate",
     "load_crl",
     "load_signing_key",
+    "load_station_map",
     "load_verify_key",
     "mqtt_tls_context",
     "peer_identity",
     "server_credentials",
     "sign_command",
-    "warning_topic",
     "write_mosquitto_config",
 ]

@@ -6,17 +6,31 @@ true`` makes the certificate's CN (the VIN, or the backend name) the MQTT user n
 ``crlfile`` refuses revoked certificates, and the ACL file gives each identity its
 topics. A client whose user name has no ACL entry may do nothing.
 
-Topic scheme (``<root>`` is ``v2x`` by default; ``<tile>`` is one topic level naming
-a geographic tile, for example a quadkey, chosen by the v2x module)::
+Topic scheme (:mod:`tcu.v2x.tiles`; ``<prefix>`` is ``v2x`` by default)::
 
-    <root>/tiles/<tile>/hazard/<VIN>       a vehicle's hazard reports; only <VIN> may publish
-    <root>/tiles/<tile>/warning/<backend>  warnings issued by a backend into a tile
-    <root>/tiles/#                         vehicles may subscribe to any tiles (usually their
-                                           own and neighbouring ones: <root>/tiles/<tile>/#)
+    <prefix>/<msgtype>/<station>/<q1>/<q2>/.../<qn>     msgtype cam or denm, one level per quadkey digit
 
-A backend may read everything under ``<root>/`` and publish only its own warnings.
-A vehicle can therefore neither impersonate another vehicle nor forge a backend
-warning; Mosquitto drops a denied PUBLISH silently (the publisher is not told).
+A message's originator is named by its ITS station id, not by the VIN (the VIN is personal
+data and must not be broadcast). A :class:`StationMap` binds each certificate identity to the
+one station id it may publish under; the ACL then gives::
+
+    user <VIN>          topic write <prefix>/cam/<station>/#   and   <prefix>/denm/<station>/#
+                        topic read  <prefix>/#
+    user <backend>      topic write <prefix>/denm/<station>/#  (road-operator warnings)
+                        topic read  <prefix>/#
+
+An identity without a station id may only read. A vehicle can therefore neither impersonate
+another station nor forge a backend warning; Mosquitto drops a denied PUBLISH silently (the
+publisher is not told; the broker logs ``Denied PUBLISH``). Two identities with one station id
+are refused. This is what the broker's ACL gives instead of ETSI TS 103 097 message signing,
+which is not done: a receiver trusts the broker, not the message.
+
+When Mosquitto is started as root it drops privileges to ``run_as_user`` (its default
+``mosquitto``) *before* it opens the ACL file, the certificates and its persistence file.
+:func:`write_mosquitto_config` therefore copies the server certificate, key, CA and CRL into
+the output folder and, when run as root, hands that folder and the copies to that user (the
+key stays 0600). Persistence (``persistence true``, ``<out>/data/``) keeps persistent sessions
+and their QoS 1 messages across a broker restart.
 
 Generating a configuration is pure; :func:`write_mosquitto_config` writes the files
 for a :class:`~tcu.pki.DevPki` (revoked vehicles are left out of the ACL).
@@ -24,10 +38,15 @@ for a :class:`~tcu.pki.DevPki` (revoked vehicles are left out of the ACL).
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
+import shutil
 import ssl
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import stat
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tcu.pki._errors import PkiError
@@ -36,23 +55,65 @@ from tcu.pki.identity import check_name
 
 __all__ = [
     "MosquittoConfig",
-    "hazard_topic",
+    "StationMap",
+    "load_station_map",
     "mqtt_tls_context",
     "render_acl",
     "render_mosquitto_conf",
-    "warning_topic",
     "write_mosquitto_config",
 ]
 
-
-def hazard_topic(tile: str, vin: str, *, root: str = "v2x") -> str:
-    """The topic on which vehicle ``vin`` publishes hazards for ``tile``."""
-    return f"{root}/tiles/{check_name(tile, what='tile')}/hazard/{check_name(vin, what='vehicle id')}"
+_MAX_STATION_ID = 0xFFFFFFFF
 
 
-def warning_topic(tile: str, backend: str, *, root: str = "v2x") -> str:
-    """The topic on which ``backend`` publishes warnings into ``tile``."""
-    return f"{root}/tiles/{check_name(tile, what='tile')}/warning/{check_name(backend, what='backend name')}"
+@dataclass(frozen=True, slots=True)
+class StationMap:
+    """Which ITS station id each certificate identity (VIN or backend name) publishes under."""
+
+    vehicles: Mapping[str, int] = field(default_factory=dict)
+    backends: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        seen: dict[int, str] = {}
+        for kind, table in (("vehicle", self.vehicles), ("backend", self.backends)):
+            for name, station in table.items():
+                check_name(name, what=f"{kind} id")
+                if (
+                    isinstance(station, bool)
+                    or not isinstance(station, int)
+                    or not 0 <= station <= _MAX_STATION_ID
+                ):
+                    raise PkiError(
+                        f"{kind} {name}: station id {station!r} is not an integer in 0..{_MAX_STATION_ID}"
+                    )
+                if station in seen:
+                    raise PkiError(f"station id {station} is given to both {seen[station]} and {name}")
+                seen[station] = name
+
+
+def load_station_map(path: str | os.PathLike[str]) -> StationMap:
+    """Read a TOML file ``[vehicles] VIN = station`` and ``[backends] name = station``."""
+    where = os.fspath(path)
+    try:
+        with open(where, "rb") as file:
+            doc = tomllib.load(file)
+    except OSError as exc:
+        raise PkiError(f"cannot read the station map: {exc.strerror}", path=where) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise PkiError(f"not valid TOML: {exc}", path=where) from exc
+    unknown = set(doc) - {"vehicles", "backends"}
+    if unknown:
+        raise PkiError(f"unknown tables {sorted(unknown)} (expected [vehicles] and [backends])", path=where)
+    tables: dict[str, dict[str, int]] = {}
+    for key in ("vehicles", "backends"):
+        table = doc.get(key, {})
+        if not isinstance(table, dict):
+            raise PkiError(f"{key} must be a table", path=where)
+        tables[key] = table
+    try:
+        return StationMap(vehicles=tables["vehicles"], backends=tables["backends"])
+    except PkiError as exc:
+        raise PkiError(str(exc), path=where) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +133,7 @@ class MosquittoConfig:
     bind_address: str = "127.0.0.1"
     run_as_user: str | None = None
     log_types: Sequence[str] = ("error", "warning", "notice", "information")
+    persistence_dir: Path | None = None
 
 
 def _value(text: str | os.PathLike[str], what: str) -> str:
@@ -89,7 +151,17 @@ def render_mosquitto_conf(config: MosquittoConfig) -> str:
         "# Generated by tcu.pki.mosquitto: mutual TLS, identity from the certificate CN, per-identity ACL.",
         "per_listener_settings false",
         "allow_anonymous false",
-        "persistence false",
+        *(
+            [
+                "persistence true",
+                "persistence_location "
+                + _value(str(config.persistence_dir).rstrip("/") + "/", "persistence location"),
+                "autosave_interval 60",
+            ]
+            if config.persistence_dir is not None
+            else ["persistence false"]
+        ),
+        "max_queued_messages 1000",
         "log_dest stderr",
         *(f"log_type {_value(t, 'log type')}" for t in config.log_types),
         "connection_messages true",
@@ -110,27 +182,75 @@ def render_mosquitto_conf(config: MosquittoConfig) -> str:
     return "\n".join(lines)
 
 
-def render_acl(vehicles: Iterable[str], backends: Iterable[str] = (), *, root: str = "v2x") -> str:
-    """The text of a Mosquitto ACL file giving each vehicle and backend its topics."""
-    check_name(root, what="topic root")
+def render_acl(
+    vehicles: Iterable[str],
+    backends: Iterable[str] = (),
+    *,
+    stations: StationMap | None = None,
+    root: str = "v2x",
+) -> str:
+    """The text of a Mosquitto ACL file giving each vehicle and backend its topics.
+
+    ``root`` is the topic prefix (one or more levels). Identities without a station id in
+    ``stations`` may only read.
+    """
+    for level in root.split("/"):
+        check_name(level, what="topic root")
+    stations = stations or StationMap()
     lines = ["# Generated by tcu.pki.mosquitto. Identities without an entry may do nothing.", ""]
     for vin in sorted(set(vehicles)):
         check_name(vin, what="vehicle id")
-        lines += [
-            f"user {vin}",
-            f"topic write {root}/tiles/+/hazard/{vin}",
-            f"topic read {root}/tiles/#",
-            "",
-        ]
+        lines.append(f"user {vin}")
+        station = stations.vehicles.get(vin)
+        if station is not None:
+            lines += [f"topic write {root}/cam/{station}/#", f"topic write {root}/denm/{station}/#"]
+        lines += [f"topic read {root}/#", ""]
     for name in sorted(set(backends)):
         check_name(name, what="backend name")
-        lines += [
-            f"user {name}",
-            f"topic write {root}/tiles/+/warning/{name}",
-            f"topic read {root}/#",
-            "",
-        ]
+        lines.append(f"user {name}")
+        station = stations.backends.get(name)
+        if station is not None:
+            lines.append(f"topic write {root}/denm/{station}/#")
+        lines += [f"topic read {root}/#", ""]
     return "\n".join(lines)
+
+
+def _broker_user(run_as_user: str | None) -> pwd.struct_passwd | None:
+    """The account Mosquitto will run as when started by us as root (None: no switch happens)."""
+    if os.geteuid() != 0:
+        return None
+    name = run_as_user or "mosquitto"  # Mosquitto 2's default when started as root
+    try:
+        account = pwd.getpwnam(name)
+    except KeyError as exc:
+        raise PkiError(
+            f"mosquitto would switch to user {name!r}, which does not exist (pass run_as_user / --user)"
+        ) from exc
+    return None if account.pw_uid == 0 else account
+
+
+def _check_reachable(directory: Path, account: pwd.struct_passwd) -> None:
+    """Refuse an output folder the broker's user could not even reach (a 0700 parent of root's)."""
+    groups = {account.pw_gid, *(g.gr_gid for g in grp.getgrall() if account.pw_name in g.gr_mem)}
+    for parent in [*reversed(directory.parents)]:
+        st = parent.stat()
+        if st.st_uid == account.pw_uid:
+            ok = bool(st.st_mode & stat.S_IXUSR)
+        elif st.st_gid in groups:
+            ok = bool(st.st_mode & stat.S_IXGRP)
+        else:
+            ok = bool(st.st_mode & stat.S_IXOTH)
+        if not ok:
+            raise PkiError(
+                f"mosquitto drops to user {account.pw_name!r} and could not reach {directory}: "
+                f"{parent} is mode {stat.S_IMODE(st.st_mode):o}; write the broker files elsewhere "
+                "or run the broker as that folder's owner (--user)"
+            )
+
+
+def _give(path: Path, account: pwd.struct_passwd | None) -> None:
+    if account is not None:
+        os.chown(path, account.pw_uid, account.pw_gid)
 
 
 def write_mosquitto_config(
@@ -142,17 +262,23 @@ def write_mosquitto_config(
     run_as_user: str | None = None,
     log_types: Sequence[str] = ("error", "warning", "notice", "information"),
     root: str = "v2x",
+    stations: StationMap | None = None,
 ) -> tuple[Path, Path]:
     """Write ``mosquitto.conf`` and ``acl`` for ``pki`` into ``out_dir``; returns both paths.
 
-    The broker uses the PKI's server certificate and CRL; vehicles and backends whose
-    current certificate is revoked get no ACL entry. Paths in the configuration are
+    The broker uses copies (in ``<out>/tls/``) of the PKI's server certificate, key, CA and
+    CRL, readable by the user Mosquitto runs as (see the module docstring); vehicles and
+    backends whose current certificate is revoked get no ACL entry; ``stations`` binds
+    identities to the station ids they may publish under. Paths in the configuration are
     absolute. After issuing or revoking certificates, rerun it and send the broker SIGHUP:
     Mosquitto 2.0.11 then applies the new ACL and CRL to new connections (tested; what
     happens to a revoked client's open connection is not tested here).
     """
     out = Path(out_dir).resolve()
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    account = _broker_user(run_as_user)
+    if account is not None:
+        _check_reachable(out, account)
     revoked = pki.revoked_serials()
 
     def current(names: list[str], paths: Iterable[Path]) -> list[str]:
@@ -164,29 +290,53 @@ def write_mosquitto_config(
     backends = pki.backends()
     acl = out / "acl"
     conf = out / "mosquitto.conf"
-    acl.write_text(
+    tls_dir = out / "tls"
+    data_dir = out / "data"
+    for folder in (tls_dir, data_dir):
+        folder.mkdir(mode=0o700, exist_ok=True)
+    copies = {}
+    for label, source in (
+        ("ca.pem", pki.ca_cert),
+        ("server.pem", pki.server_cert),
+        ("server.key", pki.server_key),
+        ("crl.pem", pki.crl),
+    ):
+        target = tls_dir / label
+        tmp = target.with_suffix(target.suffix + ".tmp")
+        shutil.copyfile(source, tmp)
+        os.chmod(tmp, 0o600 if label.endswith(".key") else 0o644)
+        _give(tmp, account)
+        os.replace(tmp, target)  # a reload (SIGHUP) never sees a half-written file
+        copies[label] = target
+    acl_tmp = out / "acl.tmp"
+    acl_tmp.write_text(
         render_acl(
             current(vehicles, (pki.vehicle(v)[0] for v in vehicles)),
             current(backends, (pki.backend(b)[0] for b in backends)),
+            stations=stations,
             root=root,
         )
     )
-    directory = pki.directory.resolve()
+    os.chmod(acl_tmp, 0o644)
+    os.replace(acl_tmp, acl)
     conf.write_text(
         render_mosquitto_conf(
             MosquittoConfig(
                 port=port,
-                cafile=directory / pki.ca_cert.name,
-                certfile=directory / pki.server_cert.name,
-                keyfile=directory / pki.server_key.name,
-                crlfile=directory / pki.crl.name,
+                cafile=copies["ca.pem"],
+                certfile=copies["server.pem"],
+                keyfile=copies["server.key"],
+                crlfile=copies["crl.pem"],
                 acl_file=acl,
                 bind_address=bind_address,
                 run_as_user=run_as_user,
                 log_types=log_types,
+                persistence_dir=data_dir,
             )
         )
     )
+    for path in (out, tls_dir, data_dir, acl, conf):
+        _give(path, account)
     return conf, acl
 
 

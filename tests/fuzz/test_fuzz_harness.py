@@ -48,7 +48,7 @@ def test_fuzz_harness_mutate_ops():
 
 
 def test_fuzz_harness_every_target_is_registered_and_has_seeds():
-    assert sorted(TARGETS) == ["campaign", "commands", "dbc", "es10", "ingest", "logs", "modem"]
+    assert sorted(TARGETS) == ["campaign", "commands", "dbc", "es10", "ingest", "logs", "modem", "v2x"]
     for name in TARGETS:
         harness = load(name)
         assert name == harness.NAME

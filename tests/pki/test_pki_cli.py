@@ -91,11 +91,24 @@ def test_mosquitto_files(tmp_path: Path) -> None:
     d = tmp_path / "pki"
     assert main(["pki", "init", str(d)]) == 0
     assert main(["pki", "vehicle", str(d), VIN]) == 0
-    assert main(["pki", "mosquitto", str(d), str(tmp_path / "broker"), "--port", "18884"]) == 0
+    stations = tmp_path / "stations.toml"
+    stations.write_text(f"[vehicles]\n{VIN} = 1001\n")
+    # --user root: the broker would keep root's rights, so pytest's 0700 folder is fine here.
+    args = [
+        "pki",
+        "mosquitto",
+        str(d),
+        str(tmp_path / "broker"),
+        "--port",
+        "18884",
+        "--stations",
+        str(stations),
+    ]
+    assert main([*args, "--user", "root"]) == 0
     conf = (tmp_path / "broker" / "mosquitto.conf").read_text()
     assert "listener 18884 127.0.0.1" in conf and "require_certificate true" in conf
-    assert f"crlfile {d.resolve() / 'crl.pem'}" in conf
-    assert f"topic write v2x/tiles/+/hazard/{VIN}" in (tmp_path / "broker" / "acl").read_text()
+    assert f"crlfile {(tmp_path / 'broker' / 'tls' / 'crl.pem').resolve()}" in conf
+    assert "topic write v2x/denm/1001/#" in (tmp_path / "broker" / "acl").read_text()
 
 
 def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:

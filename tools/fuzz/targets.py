@@ -15,6 +15,7 @@ TARGETS: dict[str, str] = {
     "ingest": "tools.fuzz.fuzz_ingest",
     "commands": "tools.fuzz.fuzz_commands",
     "campaign": "tools.fuzz.fuzz_campaign",
+    "v2x": "tools.fuzz.fuzz_v2x",
 }
 
 
