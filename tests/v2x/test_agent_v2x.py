@@ -347,26 +347,29 @@ update_s = 10
     assert config.v2x.client_id == A and config.v2x.cam_min_interval_ms == 500
     assert [t.name for t in config.v2x.triggers] == ["brake"] and config.v2x.triggers_configured
     for extra, key in (
-        ('[v2x]\nbroker = "h:1"\nstation_id = 1\nbrokr = 2\n', "v2x"),
+        ('[v2x]\nbroker = "h:1"\nstation_id = 1\nbrokr = 2\n', "v2x.brokr"),
         ('[v2x]\nbroker = "nohost"\nstation_id = 1\n', "v2x.broker"),
         ('[v2x]\nbroker = "h:1"\nstation_id = 1\ncam_min_interval_ms = 50\n', "v2x.cam_min_interval_ms"),
-        (
-            TRIG + 'condition = "Vehicle.Speed >"\ncause = 1\n',
-            "v2x.trigger[0].condition",
-        ),
         (
             TRIG + 'condition = "Vehicle.Speed > 1"\ncause = 1\nvalidity_s = 5\nupdate_s = 10\n',
             "v2x.trigger[0].update_s",
         ),
         (
             TRIG + 'condition = "Vehicle.Speed > 1"\ncause = 1\nmystery = 1\n',
-            "v2x.trigger[0]",
+            "v2x.trigger[0].mystery",
         ),
     ):
         path.write_text(base + extra)
         with pytest.raises(ConfigError) as info:
             load_agent_config(path)
         assert f"agent.toml: {key}: " in str(info.value), (extra, str(info.value))  # file and key named
+
+
+def test_a_trigger_condition_that_does_not_parse_is_refused_at_start() -> None:
+    """tcu.config stays a leaf: the agent compiles the condition when it starts, naming the key."""
+    bad = V2xTriggerSettings("brake", "Vehicle.Speed >", 6)
+    with pytest.raises(ConfigError, match=r"v2x\.trigger brake: condition"):
+        Agent(_config("unused", 1, _v2x(None, triggers=(bad,), triggers_configured=True)))
 
 
 def test_configured_trigger_on_an_unmapped_signal_is_refused() -> None:
