@@ -28,6 +28,7 @@ from tcu.agent.campaigns import CampaignRuntime, merge_columns
 from tcu.agent.catalogs import CatalogFileError, CatalogFiles
 from tcu.agent.commands import CommandHandler
 from tcu.agent.health import SpoolHealth
+from tcu.agent.notify import AgentNotify
 from tcu.agent.outbox import SpoolOutbox
 from tcu.agent.sources import Emitter, SignalSource
 from tcu.api.v1 import ingest_pb2 as ingest_pb
@@ -38,6 +39,7 @@ from tcu.collect.engine import CapturedEvent
 from tcu.config import AgentConfig, BusConfig, CampaignSettings
 from tcu.errors import InputError
 from tcu.fsutil import write_atomic
+from tcu.sdnotify import Heartbeat, Notifier
 from tcu.signals.dbc import load_dbc
 from tcu.signals.decoder import SignalDecoder
 from tcu.signals.mapping import Catalog, build_catalog, load_mapping
@@ -153,8 +155,12 @@ class Agent:
         stats_path: Path | None = None,
         sources: Sequence[SignalSource] = (),
         opener: Callable[[BusConfig], can.BusABC] = open_bus,
+        notifier: Notifier | None = None,
     ):
         self.config = config
+        self.heartbeat = Heartbeat()
+        """The pipeline's progress, which the systemd watchdog pings follow (:mod:`tcu.agent.notify`)."""
+        self.notify = AgentNotify(self, notifier, self.heartbeat) if notifier is not None else None
         self.stats_path = stats_path
         self._stats_write_failed = False
         self.sources = list(sources)
@@ -353,6 +359,7 @@ class Agent:
             pipeline = tg.create_task(self._pipeline(frames), name="tcu.agent.pipeline")
             uplink = tg.create_task(self.uplink.run(), name="tcu.agent.uplink")
             stats = tg.create_task(self._stats_loop(), name="tcu.agent.stats")
+            notify = tg.create_task(self.notify.run(uplink), name="tcu.agent.notify") if self.notify else None
             source_tasks = [
                 tg.create_task(source.run(self.emitter), name=f"tcu.agent.source[{source.name}]")
                 for source in self.sources
@@ -360,6 +367,8 @@ class Agent:
             stop_wait = tg.create_task(stop.wait(), name="tcu.agent.stop")
             await asyncio.wait([stop_wait, pipeline, *readers], return_when=asyncio.FIRST_COMPLETED)
             log.info("agent: stopping: closing buses")
+            if self.notify is not None:
+                self.notify.stopping()
             for task in source_tasks:
                 task.cancel()
             await asyncio.gather(*source_tasks, return_exceptions=True)
@@ -381,6 +390,8 @@ class Agent:
                 log.warning("agent: %d batches still unacked at shutdown", self.outbox.unacked())
             uplink.cancel()
             stats.cancel()
+            if notify is not None:
+                notify.cancel()
             stop_wait.cancel()
         final = self.stats()
         final.stopped = True
@@ -420,12 +431,15 @@ class Agent:
             timeout = 0.5
             if self.builder.samples:
                 timeout = min(timeout, max(0.0, self.builder.max_age_s - self.builder.age_s()))
+            self.heartbeat.waiting("frames")
             try:
                 batch = await asyncio.wait_for(frames.get(), timeout=timeout)
             except TimeoutError:
+                self.heartbeat.beat()
                 if self.builder.due():
                     await self._flush()
                 continue
+            self.heartbeat.beat()
             if batch is None:
                 if self.campaigns is not None:
                     await self._spool_events(self.campaigns.engine.flush())
@@ -457,7 +471,9 @@ class Agent:
     async def _append(self, payload: bytes, *, priority: int) -> None:
         """Hand one batch to the outbox, waiting for acks while it is full (its stated policy)."""
         while self.outbox.space() <= 0:
+            self.heartbeat.waiting("outbox room")  # the uplink's condition, not a stalled pipeline
             await self.uplink.wait_acked()
+        self.heartbeat.beat()
         self._save_catalog()
         self.outbox.append(payload, priority=max(0, min(255, priority)), created_ns=time.time_ns())
         self._batches_built += 1

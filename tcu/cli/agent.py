@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tcu.agent import Agent, AgentStats
 from tcu.config import load_agent_config
+from tcu.sdnotify import Notifier, notify_settings
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,12 @@ def run(args: argparse.Namespace) -> int:
     if args.target:
         overrides["uplink.target"] = args.target
     config = load_agent_config(args.config, env=os.environ, overrides=overrides)
-    agent = Agent(config, stats_path=args.stats_file)
-    stats = asyncio.run(_main(agent))
+    notifier = Notifier(notify_settings(os.environ))  # a no-op outside systemd (no $NOTIFY_SOCKET)
+    agent = Agent(config, stats_path=args.stats_file, notifier=notifier if notifier.enabled else None)
+    try:
+        stats = asyncio.run(_main(agent))
+    finally:
+        notifier.close()
     print(json.dumps({"event": "stopped", **asdict(stats)}), flush=True)
     return 0
 

@@ -248,5 +248,11 @@ def run(args: argparse.Namespace) -> int:
             f"tcu ingest: listening on {host}:{port} (database {config.db_path})", file=sys.stderr, flush=True
         )
 
-    asyncio.run(serve(config, on_listening=on_listening))
+    from tcu.sdnotify import Notifier, notify_settings
+
+    notifier = Notifier(notify_settings(os.environ))  # a no-op outside systemd (no $NOTIFY_SOCKET)
+    try:
+        asyncio.run(serve(config, on_listening=on_listening, notifier=notifier if notifier.enabled else None))
+    finally:
+        notifier.close()
     return 0

@@ -26,6 +26,7 @@ from tcu.ingest.servicer import Identity, IngestService, add_to_server, no_ident
 from tcu.ingest.store import Sink, SqliteSink
 from tcu.ingest.validate import Limits
 from tcu.pki import INGEST_POLICY, MtlsInterceptor, RevocationChecker, peer_identity, server_credentials
+from tcu.sdnotify import Notifier
 
 __all__ = ["SERVICE_NAMES", "IngestServer", "serve"]
 
@@ -242,10 +243,13 @@ async def serve(
     *,
     on_listening: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
+    notifier: Notifier | None = None,
 ) -> None:
     """Run the ingest until SIGTERM or SIGINT (or ``stop`` is set), then stop cleanly.
 
     ``on_listening(port)`` runs once the server listens (the CLI writes its port file there).
+    With ``notifier`` (systemd), READY=1 follows, the watchdog follows the database writer
+    and STOPPING=1 precedes the stop (:mod:`tcu.ingest.notify`).
     """
     server = IngestServer(config)
     stop_event = stop if stop is not None else asyncio.Event()
@@ -255,13 +259,23 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, stop_event.set)
             installed.append(signum)
+    notify_task: asyncio.Task[None] | None = None
     try:
         port = await server.start()
         if on_listening is not None:
             on_listening(port)
+        if notifier is not None:
+            from tcu.ingest.notify import IngestNotify, status_line
+
+            notifier.ready(status_line(server, 0.0))
+            notify_task = asyncio.create_task(IngestNotify(server, notifier).run(), name="tcu.ingest.notify")
         await stop_event.wait()
         log.info("stopping the ingest (grace %.1f s)", config.grace_s)
+        if notifier is not None:
+            notifier.stopping(f"stopping (grace {config.grace_s:.1f} s)")
     finally:
+        if notify_task is not None:
+            notify_task.cancel()
         for signum in installed:
             loop.remove_signal_handler(signum)
         await server.stop(config.grace_s)
