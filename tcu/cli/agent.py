@@ -30,6 +30,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--vehicle-id", help="override [vehicle] id")
     p.add_argument("--target", help="override [uplink] target (host:port)")
     p.add_argument("--stats-file", type=Path, help="write live counters as JSON to this file")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the config and everything it names (DBCs, mapping, campaigns, TLS files and dates,"
+        " state directories, target), print a summary and exit: 1 with every problem listed",
+    )
     p.set_defaults(func=run)
 
 
@@ -39,6 +45,14 @@ def run(args: argparse.Namespace) -> int:
         overrides["vehicle.id"] = args.vehicle_id
     if args.target:
         overrides["uplink.target"] = args.target
+    if args.check:
+        from tcu.agent.check import check_agent
+
+        report, _ = check_agent(args.config, os.environ, overrides)
+        for line in report.lines():
+            print(line)
+        print(report.summary(f"tcu agent --check {args.config}"))
+        return 1 if report.problems else 0
     config = load_agent_config(args.config, env=os.environ, overrides=overrides)
     notifier = Notifier(notify_settings(os.environ))  # a no-op outside systemd (no $NOTIFY_SOCKET)
     agent = Agent(config, stats_path=args.stats_file, notifier=notifier if notifier.enabled else None)

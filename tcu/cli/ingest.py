@@ -100,6 +100,12 @@ def register(subparsers: Any) -> None:
         metavar="SECONDS",
         help="drain deadline when stopping (default: 5)",
     )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the TLS files and their dates, the database and the listen port, print a summary"
+        " and exit: 1 with every problem listed",
+    )
     parser.set_defaults(func=run)
     sub = parser.add_subparsers(title="commands", metavar="{quarantine}")
     quarantine = sub.add_parser(
@@ -218,10 +224,30 @@ def _write_port_file(path: Path, port: int) -> None:
     tmp.replace(path)
 
 
+def _check(args: argparse.Namespace) -> int:
+    from tcu.errors import TcuError
+    from tcu.ingest.check import check_ingest
+
+    tls, tls_error = None, None
+    try:
+        tls = _tls(args)
+    except TcuError as exc:
+        tls_error = str(exc)
+    report = check_ingest(
+        listen=args.listen, db_path=args.db, tls=tls, tls_error=tls_error, insecure=args.insecure
+    )
+    for line in report.lines():
+        print(line)
+    print(report.summary("tcu ingest --check"))
+    return 1 if report.problems else 0
+
+
 def run(args: argparse.Namespace) -> int:
     from tcu.errors import ConfigError
     from tcu.ingest import IngestConfig, serve
 
+    if args.check:
+        return _check(args)
     if args.db is None:
         raise ConfigError("the ingest needs a database: give --db PATH", key="--db")
     config = IngestConfig(
