@@ -101,6 +101,11 @@ def register(subparsers: Any) -> None:
         help="drain deadline when stopping (default: 5)",
     )
     parser.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics and /healthz here (e.g. 127.0.0.1:9109; default: off)",
+    )
+    parser.add_argument(
         "--check",
         action="store_true",
         help="validate the TLS files and their dates, the database and the listen port, print a summary"
@@ -278,7 +283,14 @@ def run(args: argparse.Namespace) -> int:
 
     notifier = Notifier(notify_settings(os.environ))  # a no-op outside systemd (no $NOTIFY_SOCKET)
     try:
-        asyncio.run(serve(config, on_listening=on_listening, notifier=notifier if notifier.enabled else None))
+        asyncio.run(
+            serve(
+                config,
+                on_listening=on_listening,
+                notifier=notifier if notifier.enabled else None,
+                metrics_listen=args.metrics_listen,
+            )
+        )
     finally:
         notifier.close()
     return 0
