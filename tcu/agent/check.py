@@ -13,41 +13,25 @@ problems of the other keys and files are found in the same run.
 
 from __future__ import annotations
 
-import datetime
-import os
-import socket
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tcu.checks import (
+    CheckReport,
+    check_certificate,
+    check_listen,
+    check_private_key,
+    check_target,
+    check_writable_dir,
+)
 from tcu.config import AgentConfig, _apply_env, _build, state_directory
 from tcu.errors import ConfigError, TcuError
 
-__all__ = ["CheckReport", "check_agent", "check_certificate", "check_writable_dir"]
+__all__ = ["check_agent", "load_config_all_problems"]
 
-EXPIRY_WARNING_DAYS = 30
 _MAX_ROUNDS = 64
-
-
-@dataclass
-class CheckReport:
-    ok: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    def lines(self) -> list[str]:
-        return (
-            [f"ok: {line}" for line in self.ok]
-            + [f"warning: {line}" for line in self.warnings]
-            + [f"problem: {line}" for line in self.problems]
-        )
-
-    def summary(self, what: str) -> str:
-        if self.problems:
-            return f"{what}: {len(self.problems)} problem(s), {len(self.warnings)} warning(s)"
-        return f"{what}: OK ({len(self.ok)} checks, {len(self.warnings)} warning(s))"
 
 
 def _drop(doc: dict[str, Any], key: str) -> bool:
@@ -131,75 +115,6 @@ def _copy(value: Any) -> Any:
     return value
 
 
-def check_certificate(
-    path: Path, what: str, report: CheckReport, now: datetime.datetime | None = None
-) -> None:
-    from tcu.pki.ca import load_certificate
-
-    try:
-        cert = load_certificate(path)
-    except TcuError as exc:
-        report.problems.append(f"{what}: {exc}")
-        return
-    now = now or datetime.datetime.now(datetime.UTC)
-    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-    dates = f"valid {start:%Y-%m-%d} to {end:%Y-%m-%d}"
-    if now < start:
-        report.problems.append(f"{what}: {path}: not valid yet ({dates})")
-    elif now > end:
-        report.problems.append(f"{what}: {path}: expired ({dates})")
-    elif end - now < datetime.timedelta(days=EXPIRY_WARNING_DAYS):
-        report.warnings.append(f"{what}: {path}: expires in {(end - now).days} days ({dates})")
-        report.ok.append(f"{what}: {path}: {cert.subject.rfc4514_string()}, {dates}")
-    else:
-        report.ok.append(f"{what}: {path}: {cert.subject.rfc4514_string()}, {dates}")
-
-
-def check_private_key(path: Path, what: str, report: CheckReport) -> None:
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    try:
-        load_pem_private_key(path.read_bytes(), password=None)
-    except OSError as exc:
-        report.problems.append(f"{what}: {path}: cannot read: {exc.strerror}")
-    except (ValueError, TypeError) as exc:
-        report.problems.append(f"{what}: {path}: not an unencrypted PEM private key: {exc}")
-    else:
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            report.warnings.append(f"{what}: {path}: readable by others (mode {mode:o}); use 0600")
-        report.ok.append(f"{what}: {path}: loads")
-
-
-def check_writable_dir(path: Path, what: str, report: CheckReport) -> None:
-    """``path`` is a writable directory, or could be created (its nearest existing parent is writable)."""
-    probe = path
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        report.problems.append(f"{what}: {path}: {probe} is not a directory")
-    elif not os.access(probe, os.W_OK | os.X_OK):
-        report.problems.append(f"{what}: {path}: {probe} is not writable by this user (uid {os.geteuid()})")
-    else:
-        report.ok.append(
-            f"{what}: {path} is writable" + ("" if probe == path else f" (to be created in {probe})")
-        )
-
-
-def check_target(target: str, what: str, report: CheckReport) -> None:
-    host, sep, port = target.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not port.isdigit() or not host:
-        report.problems.append(f"{what}: expected host:port, got {target!r}")
-        return
-    try:
-        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
-        report.problems.append(f"{what}: {target}: the name does not resolve: {exc}")
-        return
-    report.ok.append(f"{what}: {target} resolves to {', '.join(sorted({str(i[4][0]) for i in infos}))}")
-
-
 def check_agent(
     path: Path, env: Mapping[str, str], overrides: Mapping[str, Any] | None = None
 ) -> tuple[CheckReport, AgentConfig | None]:
@@ -264,6 +179,8 @@ def check_agent(
             check_writable_dir(store.parent, "commands.nonce_store", report)
     else:
         check_writable_dir(state_directory(env), "state directory", report)
+    if config.metrics_listen is not None:
+        check_listen(config.metrics_listen, report, key="metrics.listen")
     if config.connectivity is not None:
         try:
             from tcu.agent.connectivity import build_connectivity_source

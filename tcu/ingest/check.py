@@ -7,36 +7,13 @@ be created), and the listen address (the port is free to bind on this host).
 
 from __future__ import annotations
 
-import socket
 import sqlite3
 from pathlib import Path
 
-from tcu.agent.check import CheckReport, check_certificate, check_private_key, check_writable_dir
+from tcu.checks import CheckReport, check_certificate, check_listen, check_private_key, check_writable_dir
 from tcu.ingest.config import IngestTls
 
 __all__ = ["check_ingest"]
-
-
-def check_listen(listen: str, report: CheckReport) -> None:
-    host, sep, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        report.problems.append(f"--listen: expected host:port, got {listen!r}")
-        return
-    try:
-        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (OSError, UnicodeError) as exc:
-        report.problems.append(f"--listen: {listen}: the host does not resolve: {exc}")
-        return
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds it
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            report.problems.append(f"--listen: cannot bind {listen}: {exc.strerror}")
-            return
-    report.ok.append(f"--listen: {listen} is free to bind")
 
 
 def check_database(path: Path, report: CheckReport) -> None:

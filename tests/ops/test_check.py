@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tcu.agent.check import CheckReport, check_agent, check_certificate
+from tcu.agent.check import check_agent
+from tcu.checks import CheckReport, check_certificate
 from tcu.pki import DevPki
 
 DBC = (
