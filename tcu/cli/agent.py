@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from tcu.agent import Agent, AgentStats
-from tcu.config import AgentConfig, load_agent_config
+from tcu.config import DEFAULT_METRICS_LISTEN, AgentConfig, load_agent_config
 from tcu.sdnotify import Notifier, notify_settings
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--status",
         action="store_true",
-        help="ask the running agent (on its [metrics] port) for its health; exit 1 when unhealthy",
+        help="ask the running agent for its health on its metrics port ([metrics] listen, else"
+        f" {DEFAULT_METRICS_LISTEN}); exit 1 when unhealthy",
     )
     p.add_argument(
         "--check",
@@ -109,11 +110,8 @@ def _status(config: AgentConfig) -> int:
 
     from tcu.errors import ConfigError
 
-    if config.metrics_listen is None:
-        raise ConfigError(
-            "--status asks the running agent on its metrics port: add [metrics] listen", key="metrics"
-        )
-    host, _, port = config.metrics_listen.rpartition(":")
+    listen = config.metrics_listen or DEFAULT_METRICS_LISTEN  # the shipped unit's --metrics-listen
+    host, _, port = listen.rpartition(":")
     if host in ("0.0.0.0", "::", "[::]"):
         host = "127.0.0.1"
     url = f"http://{host}:{port}/healthz"
