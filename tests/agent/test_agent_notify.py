@@ -154,3 +154,38 @@ async def test_ready_after_set_up_watchdog_follows_the_pipeline_and_stopping(
     stopping = [text for _, text in abstract_socket.messages if "STOPPING=1" in text]
     assert len(stopping) == 1 and "unacked batches" in stopping[0]
     notifier.close()
+
+
+def test_tcu_agent_process_notifies_systemd(
+    abstract_socket: NotifySocket, tmp_path: Path, small_dbc: Path, small_mapping: Path
+) -> None:
+    """The CLI reads $NOTIFY_SOCKET and $WATCHDOG_USEC: READY=1, WATCHDOG=1, STOPPING=1 (a process)."""
+    import subprocess
+    import sys
+
+    from test_agent_cli import _closed_port, _stop, _write_config
+
+    config = _write_config(
+        tmp_path, small_dbc, small_mapping, port=_closed_port(), drain_s=1.0, missing_bus=False
+    )
+    env = {**os.environ, "NOTIFY_SOCKET": abstract_socket.address, "WATCHDOG_USEC": "1000000"}
+    env.pop("WATCHDOG_PID", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tcu.cli.main", "agent", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert wait_for(
+            lambda: abstract_socket.lines("READY") and len(abstract_socket.lines("WATCHDOG")) >= 2, 60
+        )
+        _out, stderr, _took = _stop(proc, [])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    assert abstract_socket.lines("STOPPING") == ["STOPPING=1"]
+    assert "READY=1 sent to systemd" in stderr
