@@ -108,7 +108,10 @@ class AgentNotify:
                         stalled = True
             if self.ready and now - last_status >= STATUS_PERIOD_S:
                 current = self.agent.stats().frames
-                self.notifier.status(status_line(self.agent, (current - frames) / (now - last_status)))
+                try:
+                    self.notifier.status(status_line(self.agent, (current - frames) / (now - last_status)))
+                except Exception:  # a bug in the status text must not end the agent's TaskGroup
+                    log.exception("agent: cannot build the systemd STATUS= line")
                 frames, last_status = current, now
             await asyncio.sleep(tick)
 
