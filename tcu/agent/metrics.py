@@ -25,6 +25,8 @@ Metric names (all prefixed ``tcu_agent_``; counters end in ``_total``):
 ``uplink_connects_total``                  counter  Upload streams opened
 ``batches_quarantined_total``              counter  acks reporting a batch kept in quarantine
 ``connectivity_errors_total``              counter  modem / eUICC errors ([connectivity] only)
+``esim_profile_info{iccid,plmn,...}``      gauge    1; labels: profile, PLMN, registration, RAT
+``modem_signal_dbm``, ``modem_roaming``    gauge    signal strength; 1 while roaming
 ``watchdog_missed_total``                  counter  watchdog pings withheld: the pipeline stalled
 =========================================  =======  ==============================================
 """
@@ -100,11 +102,35 @@ def agent_snapshot(agent: Agent) -> Iterable[Family]:
     yield c("uplink_connects", "Upload streams opened").add(u.connects)
     yield c("batches_quarantined", "Acks reporting a batch kept in quarantine").add(u.quarantined)
     if agent.connectivity is not None:
-        yield c("connectivity_errors", "Modem and eUICC errors").add(agent.connectivity.errors)
+        yield from connectivity_families(agent.connectivity)
     if agent.notify is not None:
         yield c("watchdog_missed", "Watchdog pings withheld because the pipeline stalled").add(
             agent.notify.watchdog_missed
         )
+
+
+def connectivity_families(source: Any) -> Iterable[Family]:
+    """Modem and eSIM state from the connectivity source (its ``errors`` and ``state``)."""
+    state = source.state
+    yield Family(_P + "connectivity_errors", "counter", "Modem and eUICC errors").add(source.errors)
+    yield Family(
+        _P + "esim_profile_info",
+        "gauge",
+        "The enabled profile and the registration (1; the labels carry the state)",
+        ("iccid", "plmn", "registration", "access_technology"),
+    ).add(
+        1,
+        str(state.get("Iccid", "")),
+        str(state.get("Plmn", "")),
+        str(state.get("RegistrationStatus", "")),
+        str(state.get("AccessTechnology", "")),
+    )
+    if isinstance(state.get("SignalStrength"), float):
+        yield Family(_P + "modem_signal_dbm", "gauge", "Signal strength (LTE RSRP, else RSSI)").add(
+            float(state["SignalStrength"])
+        )
+    if isinstance(state.get("IsRoaming"), float):
+        yield Family(_P + "modem_roaming", "gauge", "1 while roaming").add(float(state["IsRoaming"]))
 
 
 def agent_health(agent: Agent, max_stall_s: float = 30.0) -> dict[str, Any]:
@@ -150,5 +176,9 @@ def agent_health(agent: Agent, max_stall_s: float = 30.0) -> dict[str, Any]:
         "pipeline": pipeline,
     }
     if agent.connectivity is not None:
-        out["modem"] = {"errors": agent.connectivity.errors, "reopens": agent.connectivity.reopens}
+        out["modem"] = {
+            "errors": agent.connectivity.errors,
+            "reopens": agent.connectivity.reopens,
+            **agent.connectivity.state,
+        }
     return out

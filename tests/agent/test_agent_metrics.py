@@ -105,3 +105,43 @@ async def test_scrape_and_health_while_running(
         if not run.done():
             await asyncio.wait_for(run, 20)
         metrics.stop()
+
+
+def test_modem_and_esim_state_as_metrics() -> None:
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from tcu.agent.metrics import connectivity_families
+
+    source = SimpleNamespace(
+        errors=2,
+        state={
+            "Iccid": "89330100001234567801",
+            "Plmn": "208-01",
+            "RegistrationStatus": "home",
+            "AccessTechnology": "eutran",
+            "SignalStrength": -95.0,
+            "IsRoaming": 0.0,
+        },
+    )
+    families = [f.metric() for f in connectivity_families(source)]
+
+    class Fixed:
+        def collect(self) -> list[object]:
+            return families  # type: ignore[return-value]
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Fixed())  # type: ignore[arg-type]
+    text = generate_latest(registry).decode()
+    assert _value(text, "tcu_agent_connectivity_errors_total") == 2
+    assert (
+        _value(
+            text,
+            'tcu_agent_esim_profile_info{access_technology="eutran",iccid="89330100001234567801",'
+            'plmn="208-01",registration="home"}',
+        )
+        == 1
+    )
+    assert _value(text, "tcu_agent_modem_signal_dbm") == -95
+    assert _value(text, "tcu_agent_modem_roaming") == 0
