@@ -86,6 +86,15 @@ def _tcu(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    """The subcommand run in this process (its parser and function, without the logging set-up)."""
+    from tcu.cli.main import build_parser
+
+    args = build_parser().parse_args(argv)
+    code = args.func(args)
+    return code, capsys.readouterr().out
+
+
 def test_a_good_agent_config_passes(tmp_path: Path, pki: DevPki) -> None:
     report, config = check_agent(_good(tmp_path, pki), {})
     assert report.problems == [], report.lines()
@@ -133,8 +142,11 @@ def test_certificate_dates_are_checked(pki: DevPki) -> None:
     assert report.problems and "expired (valid " in report.problems[0]
 
 
-def test_ingest_check_good_and_broken(tmp_path: Path, pki: DevPki) -> None:
-    good = _tcu(
+def test_ingest_check_good_and_broken(
+    tmp_path: Path, pki: DevPki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, good = _cli(
+        capsys,
         "ingest",
         "--check",
         "--listen",
@@ -144,16 +156,17 @@ def test_ingest_check_good_and_broken(tmp_path: Path, pki: DevPki) -> None:
         "--pki",
         str(pki.directory),
     )
-    assert good.returncode == 0, good.stdout + good.stderr
-    assert "--tls-cert: " in good.stdout and "--listen: 127.0.0.1:0 is free" in good.stdout
-    assert good.stdout.splitlines()[-1].startswith("tcu ingest --check: OK")
+    assert code == 0, good
+    assert "--tls-cert: " in good and "--listen: 127.0.0.1:0 is free" in good
+    assert good.splitlines()[-1].startswith("tcu ingest --check: OK")
 
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     (tmp_path / "bad.db").write_text("not sqlite at all, but long enough to be read as a header......")
     try:
-        bad = _tcu(
+        bad_code, bad = _cli(
+            capsys,
             "ingest",
             "--check",
             "--listen",
@@ -169,12 +182,12 @@ def test_ingest_check_good_and_broken(tmp_path: Path, pki: DevPki) -> None:
         )
     finally:
         busy.close()
-    assert bad.returncode == 1
-    problems = [line for line in bad.stdout.splitlines() if line.startswith("problem: ")]
-    assert any("--tls-cert" in p and "nope.pem" in p for p in problems), bad.stdout
-    assert any("--tls-key" in p and "private key" in p for p in problems), bad.stdout
-    assert any("--db" in p and "bad.db" in p for p in problems), bad.stdout
-    assert any("--listen: cannot bind" in p for p in problems), bad.stdout
+    assert bad_code == 1
+    problems = [line for line in bad.splitlines() if line.startswith("problem: ")]
+    assert any("--tls-cert" in p and "nope.pem" in p for p in problems), bad
+    assert any("--tls-key" in p and "private key" in p for p in problems), bad
+    assert any("--db" in p and "bad.db" in p for p in problems), bad
+    assert any("--listen: cannot bind" in p for p in problems), bad
     assert len(problems) == 4, problems
 
 
@@ -203,8 +216,9 @@ def test_the_demos_generated_agent_config_passes(tmp_path: Path, scenario: str) 
     ) + chosen.agent_toml(tmp_path, ready)
     path = tmp_path / "agent.toml"
     path.write_text(text)
-    result = _tcu("agent", "--config", str(path), "--check")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "67 signals" in result.stdout
+    report, _ = check_agent(path, {})
+    text = "\n".join(report.lines())
+    assert report.problems == [], text
+    assert "67 signals" in text
     if scenario == "border":
-        assert "connectivity: settings and roaming policy load" in result.stdout
+        assert "connectivity: settings and roaming policy load" in text
