@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup system-deps lint typecheck protos clean
+.PHONY: demo test setup system-deps lint typecheck protos clean install
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version' 
@@ -38,6 +38,17 @@ lint: $(STAMP)
 
 protos: $(STAMP)
 	$(VENV)/bin/python tools/gen_protos.py
+
+# A service install (as root): tcu in its own venv under PREFIX, the systemd units and the tcu user.
+# Then: systemd-sysusers && systemctl daemon-reload && systemctl enable --now tcu-agent (or tcu-ingest).
+PREFIX ?= /opt/tcu
+SYSTEMD_DIR ?= /etc/systemd/system
+SYSUSERS_DIR ?= /usr/lib/sysusers.d
+install:
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version'
+	test -d $(PREFIX) || $(PYTHON) -m venv $(PREFIX)
+	$(PREFIX)/bin/pip install --quiet .
+	$(PREFIX)/bin/tcu units --install $(DESTDIR)$(SYSTEMD_DIR) --sysusers $(DESTDIR)$(SYSUSERS_DIR)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -256,6 +256,8 @@ class AgentConfig:
     """The raw ``[connectivity]`` table (modem, eSIM roaming), checked by :mod:`tcu.agent.connectivity`."""
     source: Path | None = None
     v2x: V2xSettings | None = None
+    metrics_listen: str | None = None
+    """``[metrics] listen``: ``host:port`` of the Prometheus endpoint and ``/healthz`` (off without it)."""
 
 
 CONNECTIVITY_KEYS: Mapping[str, type] = {
@@ -339,6 +341,7 @@ KNOWN_KEYS: Mapping[str, Mapping[str, type]] = {
         "trigger": list,
     },
     "v2x.tls": {"ca_cert": str, "cert": str, "key": str},
+    "metrics": {"listen": str},
 }
 """Every key the agent file may hold, per table (``uplink.tls`` is a subtable; ``bus`` is
 ``[[bus]]``, a list of tables). A key that is not here is refused by :func:`check_keys`."""
@@ -359,6 +362,8 @@ V2X_TRIGGER_KEYS: dict[str, type] = {
 }
 """Keys of a ``[[v2x.trigger]]`` table (a list of tables: not settable from the environment)."""
 
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9108"
+"""``[metrics] listen`` when the section is there without it: loopback only."""
 
 SECTIONS: tuple[str, ...] = tuple(k for k in KNOWN_KEYS if "." not in k)
 
@@ -702,6 +707,14 @@ def _build(doc: dict[str, Any], base: Path, source: Path, env: Mapping[str, str]
     connectivity = _get(doc, "connectivity", "connectivity", dict, None)
     if connectivity is not None:
         check_keys(connectivity, CONNECTIVITY_KEYS, "connectivity")
+    metrics_listen = None
+    mt = _get(doc, "metrics", "metrics", dict, None)
+    if mt is not None:
+        check_keys(mt, KNOWN_KEYS["metrics"], "metrics")
+        metrics_listen = _get(mt, "listen", "metrics.listen", str, DEFAULT_METRICS_LISTEN)
+        host, sep, port = metrics_listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"expected host:port, got {metrics_listen!r}", key="metrics.listen")
     return AgentConfig(
         vehicle_id=vehicle_id,
         buses=tuple(buses),
@@ -714,6 +727,7 @@ def _build(doc: dict[str, Any], base: Path, source: Path, env: Mapping[str, str]
         connectivity=connectivity,
         source=source,
         v2x=_v2x(_get(doc, "v2x", "v2x", dict, None), base, vehicle_id),
+        metrics_listen=metrics_listen,
     )
 
 

@@ -28,6 +28,7 @@ from tcu.agent.campaigns import CampaignRuntime
 from tcu.agent.catalogs import CatalogFileError, CatalogFiles
 from tcu.agent.commands import CommandHandler
 from tcu.agent.health import SpoolHealth
+from tcu.agent.notify import AgentNotify
 from tcu.agent.outbox import SpoolOutbox
 from tcu.agent.pipeline import Pipeline
 from tcu.agent.sources import Emitter, SignalSource
@@ -40,6 +41,7 @@ from tcu.config import AgentConfig, BusConfig, CampaignSettings
 from tcu.errors import InputError
 from tcu.frames import FrameBatch
 from tcu.fsutil import write_atomic
+from tcu.sdnotify import Heartbeat, Notifier
 from tcu.signals.dbc import load_dbc
 from tcu.signals.decoder import SignalDecoder, compile_codecs
 from tcu.signals.mapping import Catalog, ExtraSignal, build_catalog, load_mapping
@@ -158,8 +160,12 @@ class Agent:
         stats_path: Path | None = None,
         sources: Sequence[SignalSource] = (),
         opener: Callable[[BusConfig], can.BusABC] = open_bus,
+        notifier: Notifier | None = None,
     ):
         self.config = config
+        self.heartbeat = Heartbeat()
+        """The pipeline's progress, which the systemd watchdog pings follow (:mod:`tcu.agent.notify`)."""
+        self.notify = AgentNotify(self, notifier, self.heartbeat) if notifier is not None else None
         self.stats_path = stats_path
         self._stats_write_failed = False
         self.sources = list(sources)
@@ -384,6 +390,7 @@ class Agent:
             pipeline = tg.create_task(self._pipeline(frames), name="tcu.agent.pipeline")
             uplink = tg.create_task(self.uplink.run(), name="tcu.agent.uplink")
             stats = tg.create_task(self._stats_loop(), name="tcu.agent.stats")
+            notify = tg.create_task(self.notify.run(uplink), name="tcu.agent.notify") if self.notify else None
             source_tasks = [
                 tg.create_task(source.run(self.emitter), name=f"tcu.agent.source[{source.name}]")
                 for source in self.sources
@@ -396,6 +403,8 @@ class Agent:
             stop_wait = tg.create_task(stop.wait(), name="tcu.agent.stop")
             await asyncio.wait([stop_wait, pipeline, *readers], return_when=asyncio.FIRST_COMPLETED)
             log.info("agent: stopping: closing buses")
+            if self.notify is not None:
+                self.notify.stopping()
             for task in source_tasks:
                 task.cancel()
             await asyncio.gather(*source_tasks, return_exceptions=True)
@@ -431,6 +440,8 @@ class Agent:
                 log.warning("agent: %d batches still unacked at shutdown", self.outbox.unacked())
             uplink.cancel()
             stats.cancel()
+            if notify is not None:
+                notify.cancel()
             stop_wait.cancel()
         final = self.stats()
         final.stopped = True
@@ -469,11 +480,14 @@ class Agent:
         pipeline = self.pipeline
         while True:
             # Sources add samples between frames: look at the batch at least twice a second.
+            self.heartbeat.waiting("frames")
             try:
                 batch = await asyncio.wait_for(frames.get(), timeout=pipeline.wait_s())
             except TimeoutError:
+                self.heartbeat.beat()
                 await pipeline.flush_due()
                 continue
+            self.heartbeat.beat()
             if batch is None:
                 await pipeline.close()
                 return
@@ -485,7 +499,9 @@ class Agent:
     async def _append(self, payload: bytes, *, priority: int) -> None:
         """Hand one batch to the outbox, waiting for acks while it is full (its stated policy)."""
         while self.outbox.space() <= 0:
+            self.heartbeat.waiting("outbox room")  # the uplink's condition, not a stalled pipeline
             await self.uplink.wait_acked()
+        self.heartbeat.beat()
         self._save_catalog()
         self.outbox.append(payload, priority=max(0, min(255, priority)), created_ns=time.time_ns())
         self._batches_built += 1

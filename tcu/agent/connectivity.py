@@ -334,6 +334,11 @@ class ConnectivitySource:
         self._order: _QueuedOrder | None = None
         self._last_error: str | None = None
 
+    @property
+    def state(self) -> dict[str, float | str]:
+        """The latest ``Vehicle.Connectivity.*`` values, by name without the prefix (``Iccid``, ...)."""
+        return {name.removeprefix(_P): value for name, value in self._last.items()}
+
     # --- orders ---------------------------------------------------------------------------
 
     @property

@@ -147,6 +147,17 @@ def register(subparsers: Any) -> None:
         metavar="SECONDS",
         help="drain deadline when stopping (default: 5)",
     )
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics and /healthz here (e.g. 127.0.0.1:9109; default: off)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the TLS files and their dates, the database and the listen port, print a summary"
+        " and exit: 1 with every problem listed",
+    )
     parser.set_defaults(func=run)
     sub = parser.add_subparsers(title="commands", metavar="{quarantine}")
     quarantine = sub.add_parser(
@@ -265,10 +276,30 @@ def _write_port_file(path: Path, port: int) -> None:
     tmp.replace(path)
 
 
+def _check(args: argparse.Namespace) -> int:
+    from tcu.errors import TcuError
+    from tcu.ingest.check import check_ingest
+
+    tls, tls_error = None, None
+    try:
+        tls = _tls(args)
+    except TcuError as exc:
+        tls_error = str(exc)
+    report = check_ingest(
+        listen=args.listen, db_path=args.db, tls=tls, tls_error=tls_error, insecure=args.insecure
+    )
+    for line in report.lines():
+        print(line)
+    print(report.summary("tcu ingest --check"))
+    return 1 if report.problems else 0
+
+
 def run(args: argparse.Namespace) -> int:
     from tcu.errors import ConfigError
     from tcu.ingest import serve
 
+    if args.check:
+        return _check(args)
     if args.db is None:
         raise ConfigError("the ingest needs a database: give --db PATH", key="--db")
     config = IngestConfig(
@@ -297,5 +328,18 @@ def run(args: argparse.Namespace) -> int:
             f"tcu ingest: listening on {host}:{port} (database {config.db_path})", file=sys.stderr, flush=True
         )
 
-    asyncio.run(serve(config, on_listening=on_listening))
+    from tcu.sdnotify import Notifier, notify_settings
+
+    notifier = Notifier(notify_settings(os.environ))  # a no-op outside systemd (no $NOTIFY_SOCKET)
+    try:
+        asyncio.run(
+            serve(
+                config,
+                on_listening=on_listening,
+                notifier=notifier if notifier.enabled else None,
+                metrics_listen=args.metrics_listen,
+            )
+        )
+    finally:
+        notifier.close()
     return 0

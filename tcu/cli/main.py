@@ -17,14 +17,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import tcu.cli
 from tcu import __version__
 from tcu.errors import TcuError
+from tcu.logfmt import FORMATS, TextFormatter, journal_stream, make_formatter
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tcu {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("--log-level", default="INFO", help="log level (default: INFO)")
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="text",
+        help="text, or json: one object per line with ts, level, logger, msg and extras (default: text)",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(tcu.cli.__path__), key=lambda m: m.name):
         if info.name == "main" or info.name.startswith("_"):
@@ -56,22 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class OneLineFormatter(logging.Formatter):
-    """Renders a record's exception as ``[Type: message; ...]`` on the same line, no traceback."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        if not record.exc_info and not record.stack_info:
-            return super().format(record)
-        saved = record.exc_info, record.exc_text, record.stack_info
-        exc = record.exc_info[1] if record.exc_info else None
-        record.exc_info, record.exc_text, record.stack_info = None, None, None
-        try:
-            text = super().format(record)
-        finally:
-            record.exc_info, record.exc_text, record.stack_info = saved
-        if exc is not None:
-            text += f" [{type(exc).__name__}: {exc}; {_HINT}]"
-        return text
+OneLineFormatter = TextFormatter
+"""The text format without ``--debug`` (kept under its old name; see :mod:`tcu.logfmt`)."""
 
 
 def _thread_excepthook(hook: threading.ExceptHookArgs) -> None:
@@ -82,11 +76,16 @@ def _thread_excepthook(hook: threading.ExceptHookArgs) -> None:
     logging.getLogger("tcu").error("thread %s ended with an exception", name, exc_info=exc_info)
 
 
-def configure_logging(level: str, debug: bool) -> None:
-    """Log to stderr; without ``debug`` no record prints a traceback (see :class:`OneLineFormatter`)."""
+def configure_logging(
+    level: str, debug: bool, fmt: str = "text", env: Mapping[str, str] | None = None
+) -> None:
+    """Log to stderr in ``fmt`` (:mod:`tcu.logfmt`); without ``debug`` no record prints a traceback.
+
+    Under systemd (``$JOURNAL_STREAM`` is stderr) lines carry ``<N>`` priorities and no timestamp.
+    """
     handler = logging.StreamHandler(sys.stderr)
-    fmt = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-    handler.setFormatter(logging.Formatter(fmt) if debug else OneLineFormatter(fmt))
+    journal = journal_stream(os.environ if env is None else env, sys.stderr)
+    handler.setFormatter(make_formatter(fmt, debug=debug, journal=journal))
     logging.basicConfig(
         level=logging.DEBUG if debug else getattr(logging, level.upper(), logging.INFO),
         handlers=[handler],
@@ -121,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    configure_logging(args.log_level, args.debug)
+    configure_logging(args.log_level, args.debug, args.log_format)
     try:
         result: int = args.func(args)
     except KeyboardInterrupt:

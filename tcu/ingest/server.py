@@ -8,7 +8,7 @@ import errno
 import logging
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -29,6 +29,7 @@ from tcu.ingest.store import Sink, SqliteSink
 from tcu.ingest.streams import StreamLimiter
 from tcu.ingest.validate import Limits
 from tcu.pki import INGEST_POLICY, MtlsInterceptor, RevocationChecker, peer_identity, server_credentials
+from tcu.sdnotify import Notifier
 
 __all__ = ["SERVICE_NAMES", "IngestServer", "serve"]
 
@@ -67,11 +68,15 @@ class IngestServer:
         server_credentials: grpc.ServerCredentials | None = None,
         identity: Identity = no_identity,
         sink: Sink | None = None,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),  # type: ignore[type-arg]
+        store_check_s: float = 1.0,
     ) -> None:
         self._config = config
-        self._interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
         self._revocation: RevocationChecker | None = None
         self._crl_watch: asyncio.Task[None] | None = None
+        self._interceptors: list[grpc.aio.ServerInterceptor] = list(interceptors)  # type: ignore[type-arg]
+        self._store_check_s = store_check_s
+        self._store_task: asyncio.Task[None] | None = None
         if config.tls is not None and server_credentials is None:
             server_credentials = make_server_credentials(config)
             revocation = (
@@ -198,6 +203,7 @@ class IngestServer:
             self._crl_watch = asyncio.create_task(self._revocation.watch(), name="tcu-ingest-crl-watch")
         for name in ("", INGEST_SERVICE, FLEET_SERVICE):
             await self._health.set(name, health_pb.HealthCheckResponse.SERVING)
+        self._store_task = asyncio.create_task(self._watch_store(), name="tcu.ingest.store-health")
         log.info("ingest listening on %s (port %d), database %s", config.listen, port, config.db_path)
         return port
 
@@ -208,11 +214,36 @@ class IngestServer:
             self._stop_task = asyncio.create_task(self._stop(grace), name="tcu-ingest-stop")
         await asyncio.shield(self._stop_task)
 
+    async def _watch_store(self) -> None:
+        """gRPC health follows the store: NOT_SERVING while it cannot commit (logged on each change)."""
+        from tcu.ingest.metrics import ingest_health
+
+        serving = True
+        while True:
+            await asyncio.sleep(self._store_check_s)
+            health = ingest_health(self)
+            if health["healthy"] == serving or self._health is None:
+                continue
+            serving = bool(health["healthy"])
+            status = (
+                health_pb.HealthCheckResponse.SERVING
+                if serving
+                else health_pb.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", INGEST_SERVICE):
+                await self._health.set(name, status)
+            if serving:
+                log.warning("ingest: the store commits again: health SERVING")
+            else:
+                log.error("ingest: the store cannot commit (%s): health NOT_SERVING", health["store"])
+
     async def _stop(self, grace_s: float) -> None:
         if self._crl_watch is not None:
             self._crl_watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._crl_watch
+        if self._store_task is not None:
+            self._store_task.cancel()
         if self._health is not None:
             await self._health.shutdown()
         if self._ingest is not None:
@@ -302,12 +333,21 @@ async def serve(
     *,
     on_listening: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
+    notifier: Notifier | None = None,
+    metrics_listen: str | None = None,
 ) -> None:
     """Run the ingest until SIGTERM or SIGINT (or ``stop`` is set), then stop cleanly.
 
     ``on_listening(port)`` runs once the server listens (the CLI writes its port file there).
+    With ``notifier`` (systemd), READY=1 follows, the watchdog follows the database writer
+    and STOPPING=1 precedes the stop (:mod:`tcu.ingest.notify`). With ``metrics_listen``,
+    Prometheus ``/metrics`` and ``/healthz`` are served there (:mod:`tcu.ingest.metrics`).
     """
-    server = IngestServer(config)
+    from tcu.ingest.metrics import RpcCounter
+
+    rpcs = RpcCounter()
+    server = IngestServer(config, interceptors=[rpcs] if metrics_listen else ())
+    metrics: Any = None
     stop_event = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
@@ -315,13 +355,36 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, stop_event.set)
             installed.append(signum)
+    notify_task: asyncio.Task[None] | None = None
     try:
         port = await server.start()
+        if metrics_listen is not None:
+            from tcu.ingest.metrics import ingest_health, ingest_snapshot
+            from tcu.metrics import MetricsServer
+
+            metrics = MetricsServer(
+                metrics_listen,
+                key="--metrics-listen",
+                loop=asyncio.get_running_loop(),
+                snapshot=lambda: ingest_snapshot(server, rpcs),
+                health=lambda: ingest_health(server),
+            ).start()
         if on_listening is not None:
             on_listening(port)
+        if notifier is not None:
+            from tcu.ingest.notify import IngestNotify, status_line
+
+            notifier.ready(status_line(server, 0.0))
+            notify_task = asyncio.create_task(IngestNotify(server, notifier).run(), name="tcu.ingest.notify")
         await stop_event.wait()
         log.info("stopping the ingest (grace %.1f s)", config.grace_s)
+        if notifier is not None:
+            notifier.stopping(f"stopping (grace {config.grace_s:.1f} s)")
     finally:
+        if notify_task is not None:
+            notify_task.cancel()
+        if metrics is not None:
+            metrics.stop()
         for signum in installed:
             loop.remove_signal_handler(signum)
         await server.stop(config.grace_s)

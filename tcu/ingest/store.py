@@ -305,6 +305,12 @@ class WriterStats:
     largest_group: int = 0
     quarantined: int = 0
     """Batches newly kept in quarantine (included in ``batches``)."""
+    failed_groups: int = 0
+    """Transactions that failed (their batches were answered with an error, not acked)."""
+    last_error: str = ""
+    """The error of the latest failed transaction; cleared by the next commit that works."""
+    commit_seconds: float = 0.0
+    """Time spent in transactions that committed, all together (with ``groups``: the mean)."""
 
 
 @dataclass(slots=True)
@@ -453,6 +459,11 @@ class SqliteSink:
         return self._path
 
     @property
+    def writer_alive(self) -> bool:
+        """The writer thread runs (it ends only when the sink is closed)."""
+        return self._writer is not None and self._writer.is_alive()
+
+    @property
     def queued(self) -> int:
         """Batches handed to the writer and not yet taken into a transaction."""
         return self._jobs.qsize()
@@ -530,8 +541,11 @@ class SqliteSink:
 
     def _commit(self, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
         outcome: list[StoreResult | BaseException] | BaseException
+        started = time.perf_counter()
         try:
             outcome = self._write_group(conn, [job.batch for job in jobs])
+            self.stats.commit_seconds += time.perf_counter() - started
+            self.stats.last_error = ""
         except sqlite3.Error as exc:
             self._failures.log(
                 "group",
@@ -555,6 +569,9 @@ class SqliteSink:
                 log.debug("the writer's failure", exc_info=True)
             outcome = IngestError(f"{self._path}: storing {len(jobs)} batches failed: {exc!r}")
             outcome.__cause__ = exc
+        if isinstance(outcome, BaseException):
+            self.stats.failed_groups += 1
+            self.stats.last_error = str(outcome)
         for index, job in enumerate(jobs):
             result = outcome if isinstance(outcome, BaseException) else outcome[index]
             with contextlib.suppress(RuntimeError):  # the event loop is gone
