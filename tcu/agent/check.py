@@ -197,18 +197,20 @@ def _check_campaigns(
 ) -> None:
     from tcu.collect.buffer import frame_rates_from_dbc, plan_buffers, rates_from_dbc
     from tcu.collect.campaign import Condition, load_campaigns, validate
+    from tcu.signals.decoder import compile_codecs
 
     assert config.campaigns is not None and config.campaigns.file is not None
     try:
         campaigns = load_campaigns(config.campaigns.file)
         if catalog is not None:
             validate(campaigns, catalog)
+            codecs = compile_codecs(databases)  # the rates come from the codecs' cycle times
             plan = plan_buffers(
                 campaigns,
                 catalog,
-                rates_from_dbc(catalog, databases),
+                rates_from_dbc(catalog, codecs),
                 config.campaigns.memory_budget_bytes,
-                frame_rate_hz=frame_rates_from_dbc(databases),
+                frame_rate_hz=frame_rates_from_dbc(codecs),
             )
             memory = f", ring buffers {plan.total_bytes} of {config.campaigns.memory_budget_bytes} bytes"
         else:

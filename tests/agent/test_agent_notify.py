@@ -128,7 +128,7 @@ async def test_ready_after_set_up_watchdog_follows_the_pipeline_and_stopping(
             async def stalled_flush() -> None:
                 await stuck.wait()
 
-            agent._flush = stalled_flush  # type: ignore[method-assign]
+            agent.pipeline.flush = stalled_flush  # type: ignore[method-assign]
             sender.send(can.Message(arbitration_id=256, is_extended_id=False, data=bytes(8)))
             await wait_until(lambda: agent.heartbeat.waiting_for is None and agent.heartbeat.age_s() > 0.5)
             await asyncio.sleep(0.6)  # pings that were due before the stall was seen have gone out
@@ -140,7 +140,7 @@ async def test_ready_after_set_up_watchdog_follows_the_pipeline_and_stopping(
 
             # Unstick it: the pings resume.
             stuck.set()
-            del agent._flush  # the next flush is the real one again
+            del agent.pipeline.flush  # the next flush is the real one again
             resumed = time.monotonic()
             await wait_until(lambda: abstract_socket.lines("WATCHDOG", since=resumed), 5)
         finally:
