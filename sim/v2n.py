@@ -6,14 +6,14 @@ limit 90 km/h). Every vehicle drives the :class:`~sim.vehicle.Vehicle` model at 
 the start and produces the CAN frames of ``sim/data/tcu_sim.dbc`` over its own socketcand
 server, so that each can run a real ``tcu agent``:
 
-* ``leader`` brakes hard (7.5 m/s²) :data:`BRAKE_AT_S` after the start down to a standstill, stands in its
-  lane with the hazard lights on for about 6 s, then drives on: an emergency electronic
+* ``leader`` brakes hard (7.5 m/s²) :data:`BRAKE_AT_S` after the start down to a standstill,
+  stands in its lane with the hazard lights on for 4 s, then drives on: an emergency electronic
   brake light (EEBL) condition, then a stationary-vehicle condition, each ending;
 * ``follower-50``, ``follower-150``, ``follower-700`` follow 50, 150 and 700 m behind and
-  stop behind it (braking at 4.5, 3 and 2.5 m/s², below any hard-braking threshold);
+  stop behind it (braking at 4.5, 3 and 3 m/s², below any hard-braking threshold);
 * ``ahead-150`` drives 150 m in front of the leader (the hazards are behind it);
 * ``far-5km`` drives 5 km behind (outside any relevance distance used here);
-* ``opposite`` drives the other carriageway towards the leader (400 m in front of it at
+* ``opposite`` drives the other carriageway towards the leader (260 m in front of it at
   the start): about 100 m from the leader when it brakes, the braking ahead of it but on the
   other carriageway (opposite heading); it has passed the leader when the leader stops.
 
@@ -102,10 +102,10 @@ log = logging.getLogger("sim.v2n")
 LEADER_START_M = 9_900.0
 CRUISE_KMH = 90.0
 #: When the leader brakes hard (simulated s): time for every agent to connect and subscribe first.
-BRAKE_AT_S = 6.0
+BRAKE_AT_S = 3.0
 #: How long the leader stands after its standstill (hazard lights from 0.5 s after it until the end).
-LEADER_HOLD_S = 6.5
-DEFAULT_DURATION_S = 21.0
+LEADER_HOLD_S = 4.5
+DEFAULT_DURATION_S = 14.0
 LANE_OFFSET_M = 5.0
 FOLLOWER_HOLD_S = 3600.0  # followers stay behind the leader for the rest of the drive
 #: The 100 Hz chassis messages (wheel speeds, drive, steering) are left out: 120 instead of 420
@@ -143,7 +143,7 @@ def v2n_fleet(seed: int = 1, *, parked: bool = False) -> tuple[FleetVehicle, ...
         ("follower-700", "700 m behind", lead - 700.0, base),
         ("ahead-150", "150 m in front", lead + 150.0, base),
         ("far-5km", "5 km behind", lead - 5_000.0, base),
-        ("opposite", "other carriageway, oncoming", reverse.length_m - (lead + 400.0), reverse),
+        ("opposite", "other carriageway, oncoming", reverse.length_m - (lead + 260.0), reverse),
     )
     out = []
     for i, (name, role, start_m, route) in enumerate(cars):
@@ -173,7 +173,7 @@ def scripted_stops(brake_at_s: float) -> dict[str, tuple[ScriptedStop, ...]]:
         "leader": (ScriptedStop(brake_at_s, 7.5, LEADER_HOLD_S, hazard_lights=True),),
         "follower-50": follow(0.5, 4.5, 20.0),
         "follower-150": follow(1.0, 3.0, 10.0),
-        "follower-700": follow(2.0, 2.5, 10.0),
+        "follower-700": follow(2.0, 3.0, 10.0),
     }
 
 
@@ -727,7 +727,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="directory for the ground truth files")
     p.add_argument(
-        "--duration", type=float, default=DEFAULT_DURATION_S, help="simulated seconds (default 21)"
+        "--duration", type=float, default=DEFAULT_DURATION_S, help="simulated seconds (default 14)"
     )
     p.add_argument("--speed", type=_speed, default=1.0, help="'max' or a factor of real time (default 1)")
     p.add_argument("--seed", type=int, default=1, help="seed of the first vehicle (default 1)")

@@ -5,7 +5,7 @@ vehicle's certificate to its ITS station id, written by ``tcu pki mosquitto`` fr
 file), ``tcu ingest``, the simulator's fleet (``python -m sim.v2n``: seven vehicles on the A31,
 each on its own socketcand server) and one ``tcu agent`` per vehicle with a ``[v2x]`` section.
 The cars stand parked (their CAN traffic flowing) until every agent is connected to the broker
-and the broker has carried a CAM from each (``warmup_s``), then drive 21 s at real time: the
+and the broker has carried a CAM from each (``warmup_s``), then drive 14 s at real time: the
 leader brakes hard (an EEBL DENM, cancelled when the braking ends), then stands with its hazard
 lights on (a stationary vehicle DENM, cancelled when they go off).
 
@@ -66,7 +66,7 @@ BACKEND = "tcu-demo"
 BACKEND_STATION = 9_000_001
 PREFIX = "v2x"
 MOSQUITTO = "/usr/sbin/mosquitto"
-DRIVE_S = 21.0
+DRIVE_S = 14.0
 STANDSTILL_KMH = 2.0  # below it the agents take a vehicle's heading as unknown ([v2x] standstill_kmh)
 SETTLE_S = 1.5  # after the last frame: the agents are done when nothing changes for this long
 

@@ -12,7 +12,7 @@ import pytest
 pytestmark = pytest.mark.skipif(not Path("/usr/sbin/mosquitto").exists(), reason="mosquitto is not installed")
 
 
-@pytest.mark.slow  # a 21 s drive at real time after seven agents started: about 40 s on an idle machine
+@pytest.mark.slow  # a 14 s drive at real time after seven agents started
 def test_every_vehicle_that_must_be_warned_is_warned_once_and_no_other(tmp_path: Path) -> None:
     result = subprocess.run(
         [

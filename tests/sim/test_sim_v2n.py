@@ -30,7 +30,7 @@ from sim.v2n import (
 from tcu.errors import ConfigError
 
 START_US = 1_800_000_000_000_000
-DURATION_S = 21.0
+DURATION_S = 14.0
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +57,9 @@ def test_the_leader_triggers_eebl_then_stationary_and_both_end(truths: dict[str,
     assert truth["ambiguous"] == []
     assert [e["id"] for e in truth["events"]] == ["leader/eebl/1", "leader/stationary/1"]
     eebl, stationary = truth["events"]
-    # EEBL from the ESP_Speed frame where the deceleration passes 6 m/s² (braking starts at 6 s), at once.
+    # EEBL from the ESP_Speed frame where the deceleration passes 6 m/s² (braking starts at 3 s), at once.
     assert eebl["on_message"] == "ESP_Speed"
-    assert 6.0 < (eebl["on_us"] - START_US) / 1e6 < 6.5
+    assert 3.0 < (eebl["on_us"] - START_US) / 1e6 < 3.5
     assert eebl["new_us"] == eebl["on_us"]
     # Cancelled 1 s (release) after the condition ended, before the stationary vehicle begins.
     assert eebl["cancel_us"] - eebl["off_us"] >= 1_000_000
@@ -67,7 +67,7 @@ def test_the_leader_triggers_eebl_then_stationary_and_both_end(truths: dict[str,
     # Stationary vehicle from the BCM_Lights frame that first shows the hazard lights, due 1 s later (hold).
     assert stationary["on_message"] == "BCM_Lights"
     assert 1_000_000 <= stationary["new_us"] - stationary["on_us"] < 1_020_000
-    assert 5.0 < (stationary["off_us"] - stationary["on_us"]) / 1e6 < 7.0
+    assert 3.5 < (stationary["off_us"] - stationary["on_us"]) / 1e6 < 4.5
     assert stationary["off_us"] < stationary["cancel_us"] < truth["end_us"]
 
 
@@ -220,4 +220,4 @@ def test_a_parked_fleet_set_going_later_gives_the_same_warnings() -> None:
         ["follower-150", "follower-50"],
         ["follower-150", "follower-50", "follower-700"],
     ]
-    assert go_s + 6.0 < (truth["events"][0]["on_us"] - START_US) / 1e6 < go_s + 6.5
+    assert go_s + 3.0 < (truth["events"][0]["on_us"] - START_US) / 1e6 < go_s + 3.5
