@@ -143,7 +143,8 @@ async def test_fleet_command_signs_and_reports_the_outcome(stored: Any, pki: Dev
     port, _ = stored
     common = ("--target", f"127.0.0.1:{port}", "--pki", str(pki.directory))
     code, out, err = await _tcu(
-        "fleet", "command", VIN, "esim.enable", "--payload", "89490200001234567803", *common, "--timeout", "0.5",
+        "fleet", "command", VIN, "esim.enable", "--payload", "89490200001234567803", *common,
+        "--timeout", "0.5",
         "--json",
     )  # fmt: skip
     assert code == 1, err  # the vehicle is not connected: not executed
