@@ -424,8 +424,4 @@ def run(args: argparse.Namespace) -> int:
     if args.fleet_action == "subscribe":
         return run_subscribe(args)
     action = {"vehicles": _vehicles, "query": _query, "command": _command}[args.fleet_action]
-    try:
-        return asyncio.run(action(args))
-    except BrokenPipeError:  # `tcu fleet query ... | head`
-        sys.stderr.close()
-        return 0
+    return asyncio.run(action(args))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 import threading
@@ -32,6 +33,9 @@ EXIT_ERROR = 1
 """A :class:`TcuError` (bad input, configuration, unreachable resource) or an ``OSError``."""
 EXIT_INTERNAL = 70
 """Any other exception: a bug (``EX_SOFTWARE``)."""
+
+EXIT_BROKEN_PIPE = 141
+"""The reader of stdout went away (128 + SIGPIPE, what a C tool killed by the signal returns)."""
 
 _HINT = "run with --debug for the traceback"
 
@@ -154,6 +158,7 @@ def configure_logging(level: str, debug: bool) -> None:
     )
     if not debug:
         threading.excepthook = _thread_excepthook
+        logging.getLogger("numexpr").setLevel(logging.WARNING)  # its import says how many threads
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -185,8 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level, args.debug)
     try:
         result: int = args.func(args)
+        sys.stdout.flush()
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `tcu ... | head`: the reader has gone, as for can-utils
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return EXIT_BROKEN_PIPE
     except SystemExit:
         raise
     except BaseException as exc:
