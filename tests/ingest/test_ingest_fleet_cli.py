@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -154,3 +155,36 @@ async def test_fleet_command_signs_and_reports_the_outcome(stored: Any, pki: Dev
         "status": "NOT_CONNECTED",
         "reason": f"vehicle '{VIN}' had no open Upload stream within 0.5 s",
     }
+
+
+async def test_fleet_subscribe_json_prints_each_stored_sample(stored: Any, pki: DevPki, kit: Any) -> None:
+    port, _ = stored
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tcu.cli.main", "fleet", "subscribe", "--target", f"127.0.0.1:{port}",
+        "--pki", str(pki.directory), "--signal", "Vehicle.Speed", "--count", "1", "--json",
+        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    from tcu.api.v1 import ingest_pb2_grpc as ingest_grpc
+
+    cert, key = pki.vehicle(VIN)
+    creds = channel_credentials(pki.ca_cert, cert, key)
+    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds) as ch:
+        call = ingest_grpc.IngestStub(ch).Upload(timeout=60)
+        await call.write(kit.hello(VIN, boot_epoch=2))
+        seq = 0
+        while proc.returncode is None and seq < 100:  # until the subscriber (started meanwhile) got one
+            seq += 1
+            await call.write(kit.batch(VIN, seq, boot_epoch=2, speed=[(seq, float(seq))], soc=[(seq, 1.0)]))
+            await kit.ack_of(call)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 0.5)
+        await call.done_writing()
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    (line,) = out.decode().splitlines()  # --count 1: one update, one Speed sample in it
+    row = json.loads(line)
+    n = row["seq"]
+    assert row == {
+        "vehicle_id": VIN, "boot_epoch": 2, "seq": n, "signal": "Vehicle.Speed", "unit": "km/h",
+        "t_ns": kit.base_ns + n, "value": float(n),
+    }  # fmt: skip
