@@ -59,10 +59,8 @@ import atexit
 import itertools
 import json
 import logging
-import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -114,7 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the vehicle model (default 0)")
     p.add_argument("--socketcand-port", type=int, default=0, help="TCP port on 127.0.0.1 (default 0: any)")
     p.add_argument("--channel", default="can0", help="channel name the client must open (default can0)")
-    p.add_argument("--ground-truth", type=Path, default=None, help="where to write the .npz ground truth")
+    p.add_argument(
+        "--ground-truth", type=Path, default=None, help="where to write the .npz ground truth (default: none)"
+    )
     p.add_argument(
         "--modem",
         action="store_true",
@@ -341,23 +341,20 @@ def main(argv: list[str] | None = None) -> int:
         if not stop.is_set():
             log.error("%s", exc)
             failed = True
-    gt_path = args.ground_truth
-    if gt_path is None:
-        fd, name = tempfile.mkstemp(prefix="tcu-sim-", suffix=".npz")
-        os.close(fd)
-        gt_path = Path(name)
-    gt_path = gt_path.resolve()
+    # Without --ground-truth none is written (it used to go to a temporary file nobody removed).
+    gt_path = args.ground_truth.resolve() if args.ground_truth is not None else None
     summary = drive.summary(interrupted=stop.is_set() or failed)
-    try:
-        drive.save_ground_truth(gt_path)
-    except TcuError as exc:
-        log.error("%s", exc)
-        server.close()
-        return 1
+    if gt_path is not None:
+        try:
+            drive.save_ground_truth(gt_path)
+        except TcuError as exc:
+            log.error("%s", exc)
+            server.close()
+            return 1
     done: dict[str, object] = {
         "event": "done",
         "frames": summary.frames,
-        "ground_truth": str(gt_path),
+        "ground_truth": str(gt_path) if gt_path is not None else None,
         "start_us": summary.start_us,
         "end_us": summary.end_us,
         "interrupted": summary.interrupted,
@@ -369,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         done["dropped"] = relay.dropped
         done["frames_last_client"] = relay.frames_written - relay.frames_at_connect
     _emit(done)
-    log.info("drove %d frames; ground truth in %s", summary.frames, gt_path)
+    log.info("drove %d frames; ground truth in %s", summary.frames, gt_path or "no file (no --ground-truth)")
     if failed:
         server.close()
         return 1

@@ -723,7 +723,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m sim.v2n",
         description="Seven simulated vehicles on the A31 (a leader that brakes hard and stops with hazard "
         "lights, followers, one ahead, one far behind, one oncoming), each on its own socketcand server.",
-        epilog="example: python -m sim.v2n --out /tmp/v2n --rules rules.json",
+        epilog="example: python -m sim.v2n --out v2n-truth --rules rules.json",
     )
     p.add_argument("--out", type=Path, required=True, help="directory for the ground truth files")
     p.add_argument(

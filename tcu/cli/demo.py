@@ -28,8 +28,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--speed", default="max", help="'max' (as fast as possible) or a real-time factor such as 10"
     )
     p.add_argument("--seed", type=int, default=1, help="simulator seed (default 1)")
-    p.add_argument("--workdir", type=Path, help="keep databases, logs and ground truth in this directory")
-    p.add_argument("--keep", action="store_true", help="keep the temporary work directory")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep databases, logs and ground truth in this directory (what a previous run left there is"
+        " replaced)",
+    )
+    p.add_argument(
+        "--keep", action="store_true", help="keep the temporary work directory (always kept for border)"
+    )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line last")
     p.add_argument(
         "--scenario",
@@ -60,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         speed=args.speed,
         seed=args.seed,
         workdir=args.workdir,
-        keep=args.keep or (args.json and args.scenario == "border"),  # the summary names the audit log
+        keep=args.keep or args.scenario == "border",  # its summary names the audit log to verify
         mtls=not args.insecure,
         scenario=load_scenarios()[args.scenario](),
     )

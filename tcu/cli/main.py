@@ -35,10 +35,50 @@ EXIT_ERROR = 1
 EXIT_INTERNAL = 70
 """Any other exception: a bug (``EX_SOFTWARE``)."""
 
+EXIT_BROKEN_PIPE = 141
+"""The reader of stdout went away (128 + SIGPIPE, what a C tool killed by the signal returns)."""
+
 _HINT = "run with --debug for the traceback"
 
 
-def build_parser() -> argparse.ArgumentParser:
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {text!r} (choose from {', '.join(lv.lower() for lv in LOG_LEVELS)})"
+        )
+    return level
+
+
+def command_names() -> list[str]:
+    """Every subcommand: one module of :mod:`tcu.cli` each (``main`` and ``_private`` excluded)."""
+    return sorted(
+        info.name
+        for info in pkgutil.iter_modules(tcu.cli.__path__)
+        if info.name != "main" and not info.name.startswith("_")
+    )
+
+
+def _chosen_command(argv: Sequence[str]) -> tuple[int, str] | None:
+    """Where the subcommand is in ``argv`` and its name (skipping the options of ``tcu`` itself)."""
+    skip = False
+    for index, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == "--log-level":
+            skip = True
+        elif arg == "--":
+            return None
+        elif not arg.startswith("-"):
+            return index, arg
+    return None
+
+
+def build_parser(only: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; ``only`` registers just those subcommands (their modules alone are imported)."""
     parser = argparse.ArgumentParser(
         prog="tcu",
         description="Connected-vehicle telematics gateway: agent, ingest, demo and CAN tools.",
@@ -46,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tcu {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    parser.add_argument("--log-level", default="INFO", help="log level (default: INFO)")
+    parser.add_argument(
+        "--log-level",
+        type=_log_level,
+        default="INFO",
+        help=f"log level: {', '.join(lv.lower() for lv in LOG_LEVELS)} (default: info)",
+    )
     parser.add_argument(
         "--log-format",
         choices=FORMATS,
@@ -54,14 +99,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="text, or json: one object per line with ts, level, logger, msg and extras (default: text)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(tcu.cli.__path__), key=lambda m: m.name):
-        if info.name == "main" or info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"tcu.cli.{info.name}")
+    for name in command_names() if only is None else only:
+        module = importlib.import_module(f"tcu.cli.{name}")
         register = getattr(module, "register", None)
         if register is not None:
             register(subparsers)
     return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse ``argv``, importing only the chosen subcommand's module (all of them for the overall help).
+
+    A module with ``PASS_THROUGH = True`` (``tcu sim``) gets every argument after its name, unparsed,
+    as ``args.passed``."""
+    chosen = _chosen_command(argv)
+    if chosen is None:
+        needs_all = not argv or any(a in ("-h", "--help") for a in argv) or "--version" not in argv
+        return build_parser(None if needs_all else []).parse_args(argv)
+    index, name = chosen
+    if name not in command_names():
+        return build_parser().parse_args(argv)  # argparse names the valid choices
+    module = importlib.import_module(f"tcu.cli.{name}")
+    if getattr(module, "PASS_THROUGH", False):
+        args = build_parser([name]).parse_args(argv[: index + 1])
+        rest = list(argv[index + 1 :])
+        args.passed = rest[1:] if rest[:1] == ["--"] else rest
+        return args
+    return build_parser([name]).parse_args(argv)
 
 
 OneLineFormatter = TextFormatter
@@ -87,11 +151,12 @@ def configure_logging(
     journal = journal_stream(os.environ if env is None else env, sys.stderr)
     handler.setFormatter(make_formatter(fmt, debug=debug, journal=journal))
     logging.basicConfig(
-        level=logging.DEBUG if debug else getattr(logging, level.upper(), logging.INFO),
+        level=logging.DEBUG if debug else getattr(logging, level.upper()),
         handlers=[handler],
     )
     if not debug:
         threading.excepthook = _thread_excepthook
+        logging.getLogger("numexpr").setLevel(logging.WARNING)  # its import says how many threads
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -115,16 +180,20 @@ def report_error(command: str, exc: BaseException) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
     if getattr(args, "func", None) is None:
-        parser.print_help()
+        build_parser().print_help()
         return 2
     configure_logging(args.log_level, args.debug, args.log_format)
     try:
         result: int = args.func(args)
+        sys.stdout.flush()
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `tcu ... | head`: the reader has gone, as for can-utils
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return EXIT_BROKEN_PIPE
     except SystemExit:
         raise
     except BaseException as exc:

@@ -1,39 +1,29 @@
-"""``tcu watch``: a small OEM-backend client of the live ``Fleet.Subscribe`` stream."""
+"""``tcu watch``: an alias of ``tcu fleet subscribe`` (the live ``Fleet.Subscribe`` stream)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-import grpc
-
-from tcu.api.v1 import fleet_pb2 as fleet_pb
-from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
-from tcu.cli._backend import add_backend_args, open_backend_channel
+from tcu.cli.fleet import add_subscribe_args
 from tcu.errors import TcuError
+
+if TYPE_CHECKING:
+    import grpc
+
+    from tcu.api.v1 import fleet_pb2 as fleet_pb
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "watch",
-        help="print live values from the ingest's Fleet.Subscribe stream",
+        help="print live values from the ingest's Fleet.Subscribe stream (= tcu fleet subscribe)",
         description="Subscribe to the ingest's live stream and print the latest value of each signal "
-        "as batches arrive: how an OEM backend consumes the telemetry.",
+        "as batches arrive: how an OEM backend consumes the telemetry. The same as 'tcu fleet subscribe'.",
         epilog="Example: tcu watch --target 127.0.0.1:50051 --pki ./pki --signal Vehicle.Speed",
     )
-    add_backend_args(p)
-    p.add_argument(
-        "--vehicle", action="append", default=[], help="vehicle id to follow (repeatable; default all)"
-    )
-    p.add_argument(
-        "--signal", action="append", default=[], help="VSS name to follow (repeatable; default all)"
-    )
-    p.add_argument(
-        "--count", type=int, default=0, help="stop after this many updates (default: run until Ctrl-C)"
-    )
-    p.set_defaults(func=run)
+    add_subscribe_args(p)
 
 
 def format_update(update: fleet_pb.SignalUpdate) -> str:
@@ -64,6 +54,11 @@ def _clock(t_ns: int) -> str:
 async def watch(
     channel: grpc.aio.Channel, target: str, vehicles: list[str], signals: list[str], count: int
 ) -> int:
+    import grpc
+
+    from tcu.api.v1 import fleet_pb2 as fleet_pb
+    from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
+
     seen = 0
     async with channel:
         stub = fleet_grpc.FleetStub(channel)
@@ -77,16 +72,3 @@ async def watch(
         except grpc.aio.AioRpcError as exc:
             raise TcuError(f"subscription to {target} ended: {exc.code().name}: {exc.details()}") from exc
     return seen
-
-
-async def _watch_cli(args: argparse.Namespace) -> int:
-    # The channel belongs to the running loop: create it inside it.
-    return await watch(open_backend_channel(args), args.target, args.vehicle, args.signal, args.count)
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        asyncio.run(_watch_cli(args))
-    except KeyboardInterrupt:
-        print("", file=sys.stderr)
-    return 0

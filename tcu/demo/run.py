@@ -152,13 +152,45 @@ def _agent_config(
     )
 
 
+_RUN_FILES = (
+    "ingest.sqlite",
+    "ingest.sqlite-wal",
+    "ingest.sqlite-shm",
+    "ingest.port",
+    "ground_truth.npz",
+    "agent-stats.json",
+    "spool",
+    "pki",
+)
+"""What a run leaves in its work directory that the next run must not find (a stale port file, old
+samples in the database, a PKI that would refuse to be created again)."""
+
+
+def _clear_previous_run(workdir: Path) -> list[str]:
+    removed = []
+    for name in _RUN_FILES:
+        path = workdir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
 async def run_demo(options: DemoOptions, progress: Callable[[str], None] | None = None) -> DemoResult:
     say = progress or (lambda _m: None)
     if options.scenario.runs_itself:
         return await options.scenario.run(options, say)
     started = time.monotonic()
-    workdir = options.workdir or Path(tempfile.mkdtemp(prefix="tcu-demo-"))
+    # Absolute: the processes run in the work directory, so a relative one would be taken twice.
+    workdir = options.workdir.resolve() if options.workdir else Path(tempfile.mkdtemp(prefix="tcu-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    cleared = _clear_previous_run(workdir)
+    if cleared:
+        say(f"work directory {workdir} was used before: removed {', '.join(cleared)} of that run")
     scenario = options.scenario
     duration_s = scenario.duration_s if scenario.duration_s is not None else options.duration_s
     speed = scenario.speed if scenario.speed is not None else options.speed

@@ -14,7 +14,6 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2 as health_pb
 from grpc_health.v1 import health_pb2_grpc as health_grpc
-from grpc_reflection.v1alpha import reflection
 
 from tcu.api.v1 import fleet_pb2 as fleet_pb
 from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
@@ -24,6 +23,7 @@ from tcu.ingest.commands import CommandRouter
 from tcu.ingest.config import IngestConfig
 from tcu.ingest.fleet import Caller, FleetService, peer_address, peer_host
 from tcu.ingest.hub import UpdateHub
+from tcu.ingest.reflection import V1_SERVICE, V1ALPHA_SERVICE, enable_reflection
 from tcu.ingest.servicer import Identity, IngestService, add_to_server, no_identity
 from tcu.ingest.store import Sink, SqliteSink
 from tcu.ingest.streams import StreamLimiter
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 INGEST_SERVICE: str = ingest_pb.DESCRIPTOR.services_by_name["Ingest"].full_name
 FLEET_SERVICE: str = fleet_pb.DESCRIPTOR.services_by_name["Fleet"].full_name
 HEALTH_SERVICE: str = health_pb.DESCRIPTOR.services_by_name["Health"].full_name
-SERVICE_NAMES: tuple[str, ...] = (INGEST_SERVICE, FLEET_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME)
+SERVICE_NAMES: tuple[str, ...] = (INGEST_SERVICE, FLEET_SERVICE, HEALTH_SERVICE, V1_SERVICE, V1ALPHA_SERVICE)
 """Every service the server registers (all of them are listed by reflection)."""
 
 _CELLULAR_OPTIONS: tuple[tuple[str, int], ...] = (
@@ -182,7 +182,7 @@ class IngestServer:
         )
         self._health = _AsyncHealth()
         health_grpc.add_HealthServicer_to_server(self._health.servicer, server)
-        reflection.enable_server_reflection(SERVICE_NAMES, server)
+        enable_reflection(SERVICE_NAMES, server)  # v1 and v1alpha
         problem = None if config.reuse_port else _bind_problem(config.listen)
         try:
             if problem is not None:  # said before gRPC tries (it would log its own lines first)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import threading
 import time
 import uuid
@@ -46,7 +47,8 @@ def test_settings_come_from_the_environment() -> None:
 
 
 def test_path_socket_and_a_failed_send_is_counted(tmp_path: Path) -> None:
-    short = Path("/tmp") / f"tcu-notify-{uuid.uuid4().hex[:8]}"  # sun_path is limited to 108 bytes
+    # sun_path is limited to 108 bytes: a short name in the temporary folder, not under tmp_path
+    short = Path(tempfile.gettempdir()) / f"tcu-notify-{uuid.uuid4().hex[:8]}"
     receiver = NotifySocket(str(short))
     try:
         notifier = Notifier(NotifySettings(socket=str(short)))

@@ -50,11 +50,52 @@ async def test_reflection_lists_the_services(running: Any) -> None:
     services, methods = await asyncio.to_thread(_reflect, running.port)
     assert services == [
         "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
         "tcu.api.v1.Fleet",
         "tcu.api.v1.Ingest",
     ]
     assert methods == ["tcu.api.v1.UploadRequest", "tcu.api.v1.UploadResponse"]
+
+
+def _reflect_v1(port: int) -> tuple[list[str], list[str]]:
+    """Reflection through ``grpc.reflection.v1`` as grpcurl asks it (the messages are v1alpha's bytes)."""
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2 as pb
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=pb.ServerReflectionRequest.SerializeToString,
+            response_deserializer=pb.ServerReflectionResponse.FromString,
+        )
+        requests = [
+            pb.ServerReflectionRequest(list_services=""),
+            pb.ServerReflectionRequest(file_containing_symbol="tcu.api.v1.Fleet"),
+            pb.ServerReflectionRequest(file_containing_symbol="grpc.reflection.v1.ServerReflection"),
+        ]
+        listed, fleet, own = list(call(iter(requests), timeout=10))
+        services = [s.name for s in listed.list_services_response.service]
+        files = []
+        for reply in (fleet, own):
+            assert reply.HasField("file_descriptor_response"), reply
+            first = descriptor_pb2.FileDescriptorProto.FromString(
+                reply.file_descriptor_response.file_descriptor_proto[0]
+            )
+            files.append(first.name)
+        return services, files
+
+
+async def test_reflection_v1_lists_and_describes_the_services(running: Any) -> None:
+    services, files = await asyncio.to_thread(_reflect_v1, running.port)
+    assert services == [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "tcu.api.v1.Fleet",
+        "tcu.api.v1.Ingest",
+    ]
+    assert files == ["tcu/api/v1/fleet.proto", "grpc/reflection/v1/reflection.proto"]
 
 
 def _batch(vehicle_id: str, seq: int) -> Batch:

@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import os
@@ -286,8 +287,8 @@ class _Worker:
             station = V2xStation(
                 StationSettings(station_id=spec.id, length_m=4.5, width_m=1.8, triggers=(TRIGGER,)),
                 client,
-                on_warning=lambda w, spec=spec: self._warned(spec, w),
-                on_sent=lambda o, spec=spec: self._sent(spec, o),
+                on_warning=functools.partial(self._warned, spec),
+                on_sent=functools.partial(self._sent, spec),
             )
             if client.on_message is not None:
                 client.on_message = self._dropping(spec, client.on_message)
@@ -393,7 +394,7 @@ async def _probe(port: int, stop: asyncio.Event, out: list[float]) -> None:
 
         async def reader() -> None:
             async for msg in client.messages:
-                sent = int(bytes(msg.payload).decode())  # type: ignore[arg-type]
+                sent = int(bytes(msg.payload).decode())
                 out.append((time.time_ns() - sent) / 1e6)
 
         task = asyncio.create_task(reader(), name="bench.probe.rx")

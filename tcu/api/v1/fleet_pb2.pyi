@@ -389,7 +389,7 @@ class SendCommandRequest(_message.Message):
     command_id: _builtins.str
     """as inside the signed envelope"""
     kind: _builtins.str
-    """e.g. "campaigns.replace", "esim.switch" """
+    """"campaigns.replace" or "esim.enable" (docs/commands.md)"""
     signed_command: _builtins.bytes
     """tcu.pki.commands.sign_command(...)"""
     timeout_ms: _builtins.int
