@@ -1,19 +1,33 @@
-"""Chaos accounting: what the ingest must hold after agent kills, and what it does hold.
+"""Chaos accounting: what the ingest must hold after the faults, and what its database does hold.
 
-The simulator's ground truth is cut into *segments*, one per socketcand client
-(one per agent process): client ``k`` received the frames stamped from its
-``connected`` time ``c_k`` up to its ``disconnected`` time ``d_k`` (the last
-client to the end of the drive). A new agent starts with a fresh periodic
-sampler, so the periodic rule (:func:`tcu.demo.verify.expected_samples`) is
-applied to each segment on its own.
+Two ground truths, both outside the ingest:
 
-A SIGKILL loses what the agent had decoded but not yet spooled, and the frames
-still in the socket buffers; the spool never promised those. So in each segment
-that ended with a kill, the *kill window* ``(s_k, d_k]`` is cut out, where
-``s_k`` is the newest sample the ingest holds from that segment (``c_k - 1`` if
-it holds none). Its simulated length ``d_k - s_k`` is compared with what the
-agent may have held: ``batch.max_age_ms`` of wall time times the speed, plus a
-slack. Everything else is expected exactly once.
+* **Batches.** The agent's spool numbers batches 1, 2, 3, ... without gaps within
+  its boot epoch, and the harness reads the spool (:mod:`_chaos_spool`) after every
+  kill and after the final stop. Every seq up to the highest one the spool ever
+  held must be in the database: as a batch, as a ``DataLoss`` record (a loss the
+  agent *reported*) or in quarantine. A seq that is none of these is a batch
+  *missing*: lost silently.
+* **Samples.** The simulator's ground truth is cut into *segments*, one per
+  socketcand client (one per agent process): client ``k`` received the frames
+  stamped from its ``connected`` time ``c_k`` to its ``disconnected`` time ``d_k``.
+  A new agent starts with a fresh periodic sampler, so the periodic rule
+  (:func:`tcu.demo.verify.expected_samples`) is applied to each segment alone.
+
+A SIGKILL loses what the agent had decoded but not yet spooled; the spool never
+promised that. The *kill window* of a killed segment runs from ``T_k``, the newest
+sample of the batches the spool held at the kill (seq up to its ``highest_seq``
+then), to the kill instant on the simulator's clock. It is measured from what the
+spool held, not from what the ingest holds: when the ingest loses the last
+batches before a kill, the batch check reports them missing and the window grows.
+No window can excuse more than the bound (``batch.max_age_ms`` of wall time times
+the speed, plus slack): expected samples older than ``kill - bound`` are expected
+even when ``T_k`` is older still, and a window over its bound fails the run.
+
+Samples that are expected but not stored are *reported lost* when they fall
+between the batches around a run of ``DataLoss`` records or quarantined batches
+(the records stand in for those batches, in seq order), and *lost* (silently)
+otherwise.
 """
 
 from __future__ import annotations
@@ -22,20 +36,31 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
+from _chaos_spool import SpoolFacts
+from _chaos_store import StoreContents
 
 from tcu.demo.verify import Expected, Series, expected_samples, verify_store
 from tcu.signals.mapping import Catalog
 
 __all__ = ["Accounting", "Segment", "account"]
 
+Key = tuple[int, int]
+
 
 @dataclass(frozen=True, slots=True)
 class Segment:
-    """The simulated time one socketcand client covered, in µs; ``killed`` if its agent was killed."""
+    """The simulated time one socketcand client covered, in µs.
+
+    ``killed``: its agent died (SIGKILL, or an exit of its own); then ``kill_us`` is
+    the death on the simulator's clock and ``spool`` what its spool held right after.
+    """
 
     start_us: int
     end_us: int | None  # None: to the end of the drive
     killed: bool
+    kill_us: int | None = None
+    spool: SpoolFacts | None = None
 
 
 @dataclass(slots=True)
@@ -43,12 +68,28 @@ class Accounting:
     samples_expected: int = 0
     samples_stored: int = 0
     lost: int = 0
+    """Expected samples missing with no DataLoss or quarantine record standing for them."""
+    reported_lost: int = 0
+    """Expected samples missing where DataLoss (or quarantine) records stand for their batches."""
     duplicates: int = 0
     unexpected: int = 0
     value_errors: int = 0
     unspooled_at_kills: int = 0
     kill_windows_ms: list[float] = field(default_factory=list)
+    kills_unverified: int = 0
+    """Kills after which the spool could not be read: their window fell back to the ingest's data."""
+    batches_expected: int = 0
+    batches_stored: int = 0
+    batches_reported_lost: int = 0
+    batches_quarantined: int = 0
+    batches_missing: int = 0
+    loss_reasons: dict[str, int] = field(default_factory=dict)
+    unknown_epochs: int = 0
+    """Boot epochs in the database that the spool never had (e.g. an agent on an in-memory outbox)."""
+    orphan_samples: int = 0
+    incomplete_batches: int = 0
     lost_examples: list[str] = field(default_factory=list)
+    missing_batch_examples: list[str] = field(default_factory=list)
 
 
 def _slice(ground_truth: Mapping[str, Series], lo_ns: int, hi_ns: int | None) -> dict[str, Series]:
@@ -68,17 +109,86 @@ def _concat(parts: Sequence[Series]) -> Series:
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
+def _batch_ranges(
+    t: npt.NDArray[np.int64], e: npt.NDArray[np.int64], s: npt.NDArray[np.int64]
+) -> dict[Key, tuple[int, int]]:
+    """(epoch, seq) -> (first, last) source time of its CAN samples."""
+    if not len(t):
+        return {}
+    order = np.lexsort((t, s, e))
+    t, e, s = t[order], e[order], s[order]
+    starts = np.flatnonzero(np.r_[True, (e[1:] != e[:-1]) | (s[1:] != s[:-1])])
+    ends = np.r_[starts[1:], len(t)] - 1
+    return {(int(e[i]), int(s[i])): (int(t[i]), int(t[j])) for i, j in zip(starts, ends, strict=True)}
+
+
+@dataclass(slots=True)
+class _Gap:
+    after_ns: int  # the newest sample before the run of records (exclusive bound)
+    before_ns: int  # the oldest sample after it (exclusive bound)
+    silent: bool  # the run holds a missing seq
+
+
 def account(
     ground_truth: Mapping[str, Series],
     catalog: Catalog,
     segments: Sequence[Segment],
-    stored: Mapping[str, Series],
+    store: StoreContents,
+    *,
+    spool_epochs: Mapping[int, int],
+    kill_bound_us: int,
 ) -> Accounting:
-    """Compare ``stored`` (every sample the ingest returned, duplicates included) with the ground truth."""
-    all_stored_t = (
-        np.concatenate([t for t, _ in stored.values()]) if stored else np.empty(0, np.int64)
-    ).astype(np.int64)
-    result = Accounting(samples_stored=len(all_stored_t))
+    """Compare the database with the ground truth; ``spool_epochs``: epoch -> highest seq the spool held."""
+    result = Accounting(orphan_samples=store.orphan_samples, incomplete_batches=store.incomplete_batches)
+    can_names = {s.name for s in catalog.signals}
+    can = {name: series for name, series in store.series.items() if name in can_names}
+    all_t = np.concatenate([c.t_ns for c in can.values()]) if can else np.empty(0, np.int64)
+    all_e = np.concatenate([c.epoch for c in can.values()]) if can else np.empty(0, np.int64)
+    all_s = np.concatenate([c.seq for c in can.values()]) if can else np.empty(0, np.int64)
+    ranges = _batch_ranges(all_t, all_e, all_s)
+
+    # ---- batches: every seq the spool handed out must be in the database
+    db_epochs = {e for e, _ in store.batches} | {e for e, _ in store.quarantined}
+    result.unknown_epochs = len(db_epochs - set(spool_epochs))
+    gaps: list[_Gap] = []
+    for epoch in sorted(db_epochs | set(spool_epochs)):
+        seqs = [s for e, s in store.batches if e == epoch] + [s for e, s in store.quarantined if e == epoch]
+        hi = max([spool_epochs.get(epoch, 0), *seqs])
+        result.batches_expected += hi
+        run: _Gap | None = None
+        last_ns = np.iinfo(np.int64).min
+        for seq in range(1, hi + 1):
+            key = (epoch, seq)
+            row = store.batches.get(key)
+            if row is not None and row.loss_reason is None:
+                result.batches_stored += 1
+                if key not in ranges:
+                    continue  # no CAN samples (the agent's own signals only): transparent
+                first, last = ranges[key]
+                if run is not None:
+                    run.before_ns = first
+                    gaps.append(run)
+                    run = None
+                last_ns = last
+                continue
+            if row is not None:
+                reason = row.loss_reason or "?"
+                result.batches_reported_lost += 1
+                result.loss_reasons[reason] = result.loss_reasons.get(reason, 0) + 1
+            elif key in store.quarantined:
+                result.batches_quarantined += 1
+            else:
+                result.batches_missing += 1
+                if len(result.missing_batch_examples) < 5:
+                    result.missing_batch_examples.append(f"epoch {epoch} seq {seq}")
+            if run is None:
+                run = _Gap(last_ns, np.iinfo(np.int64).max, silent=False)
+            run.silent = run.silent or (row is None and key not in store.quarantined)
+        if run is not None:
+            gaps.append(run)
+
+    # ---- samples: the periodic rule per segment, kill windows from the kill instant
+    bound_ns = kill_bound_us * 1000
     expected_parts: dict[str, list[Series]] = {s.name: [] for s in catalog.signals}
     for seg in segments:
         lo_ns = seg.start_us * 1000
@@ -87,10 +197,16 @@ def account(
         cut_ns: int | None = None
         if seg.killed:
             assert hi_ns is not None, "a killed segment has an end"
-            in_seg = all_stored_t[(all_stored_t >= lo_ns) & (all_stored_t <= hi_ns)]
-            newest_ns = int(in_seg.max()) if len(in_seg) else lo_ns - 1000
-            cut_ns = newest_ns
-            result.kill_windows_ms.append((hi_ns - newest_ns) / 1e6)
+            kill_ns = hi_ns if seg.kill_us is None else min(hi_ns, seg.kill_us * 1000)
+            in_seg = (all_t >= lo_ns) & (all_t <= hi_ns)
+            facts = seg.spool
+            if facts is None or facts.boot_epoch is None:
+                result.kills_unverified += 1
+            else:
+                in_seg &= (all_e == facts.boot_epoch) & (all_s <= facts.highest_seq)
+            newest_ns = int(all_t[in_seg].max()) if in_seg.any() else lo_ns - 1000
+            result.kill_windows_ms.append(max(0, kill_ns - newest_ns) / 1e6)
+            cut_ns = max(newest_ns, kill_ns - bound_ns)
         for name, (t_ns, values) in seg_expected.series.items():
             if cut_ns is None:
                 expected_parts[name].append((t_ns, values))
@@ -99,19 +215,28 @@ def account(
             result.unspooled_at_kills += int((~keep).sum())
             expected_parts[name].append((t_ns[keep], values[keep]))
     expected = Expected({name: _concat(parts) for name, parts in expected_parts.items()})
+    stored: dict[str, Series] = {name: (c.t_ns, c.values) for name, c in can.items()}
     comparison = verify_store(expected, stored, catalog)
     result.samples_expected = comparison.samples_expected
-    result.lost = comparison.samples_lost
+    result.samples_stored = comparison.samples_stored
     result.value_errors = comparison.value_errors
+    reported_gaps = [g for g in gaps if not g.silent]
+    for name, (exp_t, _) in expected.series.items():
+        got_t = stored.get(name, (np.empty(0, np.int64), None))[0]
+        missing = np.setdiff1d(exp_t, got_t)
+        if not len(missing):
+            continue
+        covered = np.zeros(len(missing), dtype=bool)
+        for g in reported_gaps:
+            covered |= (missing > g.after_ns) & (missing < g.before_ns)
+        result.reported_lost += int(covered.sum())
+        silent = missing[~covered]
+        result.lost += len(silent)
+        if len(silent) and len(result.lost_examples) < 5:
+            result.lost_examples.append(f"{name}: {len(silent)} missing, first t_ns={int(silent[0])}")
     for name, (t_ns, _) in stored.items():
         _, counts = np.unique(t_ns, return_counts=True)
         result.duplicates += int((counts - 1).sum())
         exp_t = expected.series.get(name, (np.empty(0, np.int64), None))[0]
         result.unexpected += len(np.setdiff1d(t_ns, exp_t))
-        missing = np.setdiff1d(exp_t, t_ns)
-        if len(missing) and len(result.lost_examples) < 5:
-            result.lost_examples.append(f"{name}: {len(missing)} missing, first t_ns={int(missing[0])}")
-    for name, (exp_t, _) in expected.series.items():
-        if name not in stored and len(exp_t) and len(result.lost_examples) < 5:
-            result.lost_examples.append(f"{name}: all {len(exp_t)} missing")
     return result

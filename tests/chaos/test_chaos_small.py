@@ -28,6 +28,10 @@ def test_small_chaos_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
             "2",
             "--offline-minutes",
             "1",
+            "--disk-full",
+            "0",
+            "--spool-damage",
+            "0",
             "--workdir",
             str(tmp_path / "run"),
             "--json",
@@ -40,7 +44,8 @@ def test_small_chaos_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     )
     assert proc.stdout.strip(), proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert proc.returncode == 0, (result, proc.stderr[-3000:])
+    assert proc.returncode == 0 and result["ok"], (result, proc.stderr[-3000:])
+    assert result["durability"] == "power-loss" and result["mtls"] is True  # the defaults
     # every kind of fault happened as scheduled
     assert result["kills"] == 3
     assert result["sim_clients"] == 4  # each killed agent was replaced and read from the simulator
@@ -53,7 +58,10 @@ def test_small_chaos_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     assert result["samples_expected"] > 10_000
     assert result["lost"] == 0
     assert result["duplicates"] == 0
-    assert result["duplicate_batch_keys"] == 0 and result["duplicate_sample_rows"] == 0
+    assert result["batches_missing"] == 0 and result["batches_stored"] == result["batches_expected"] > 0
+    assert result["reported_lost"] == 0 and result["batches_reported_lost"] == 0
+    assert result["orphan_samples"] == 0 and result["query_mismatches"] == 0
+    assert result["kills_unverified"] == 0
     assert result["value_errors"] == 0
     assert result["samples_stored"] == result["samples_expected"]
     assert result["batches_unacked_at_stop"] == 0
