@@ -65,7 +65,7 @@ from typing import Any
 import grpc
 import numpy as np
 from _chaos_account import Segment, account
-from _chaos_proxy import LinkProxy, ProxyConfig
+from _chaos_proxy import ClockTap, LinkProxy, ProxyConfig
 from _chaos_schedule import Fault, Schedule, make_schedule
 from _chaos_spool import Damage, SpoolFacts, corrupt_record, inspect_spool, truncate_state
 from _chaos_store import StoreContents, delete_batches, read_store
@@ -250,6 +250,7 @@ class _SimWatcher:
         self._running = False
         self.connected = asyncio.Event()
         self.idle = asyncio.Event()  # no client (or the drive is done)
+        self.tap: ClockTap | None = None  # the newest frame time on the wire to the agent
 
     async def run(self) -> None:
         while True:
@@ -283,9 +284,15 @@ class _SimWatcher:
         await self.idle.wait()
 
     def elapsed_s(self) -> float:
-        """Simulated seconds since the start of the drive (0 before it started)."""
+        """Simulated seconds since the start of the drive (0 before it started).
+
+        From the newest CAN frame forwarded to the agent (the tap); extrapolated from the
+        last client event at the nominal speed only before the first frame.
+        """
         if self.start_us is None:
             return 0.0
+        if self.tap is not None and self.tap.sim_us > 0:
+            return (max(self.tap.sim_us, self._base_us) - self.start_us) / 1e6
         t = (self._base_us - self.start_us) / 1e6
         if self._running:
             t += (time.monotonic() - self._base_wall) * self.speed
@@ -334,6 +341,7 @@ class _Chaos:
         self.sim: Proc | None = None
         self.watcher: _SimWatcher | None = None
         self.proxy: LinkProxy | None = None
+        self.tap: ClockTap | None = None
         self.pki: DevPki | None = None
         self.tmpfs: Tmpfs | None = None
         self.spool_dir = workdir / "spool"
@@ -882,7 +890,10 @@ async def run_chaos(options: ChaosOptions, progress: Callable[[str], None] | Non
                 raise sim.failed(f"sent {ready} instead of a ready event")
             watcher = chaos.watcher = _SimWatcher(sim, options.speed, workdir / "sim-events.jsonl")
             watch_task = asyncio.create_task(watcher.run(), name="chaos.sim-events")
-            chaos.write_agent_config(ready, proxy.port)
+            tap = ClockTap(ProxyConfig(str(ready["host"]), int(ready["port"])))
+            await tap.__aenter__()
+            watcher.tap = chaos.tap = tap
+            chaos.write_agent_config({**ready, "port": tap.port}, proxy.port)
             await chaos.start_agent()
             try:
                 await asyncio.wait_for(watcher.connected.wait(), options.startup_timeout_s)
@@ -963,6 +974,8 @@ async def run_chaos(options: ChaosOptions, progress: Callable[[str], None] | Non
         for p in (chaos.agent, chaos.sim, chaos.ingest):
             if p is not None:
                 await p.stop()
+        if chaos.tap is not None:
+            await chaos.tap.aclose()
         if chaos.tmpfs is not None:
             try:
                 chaos.tmpfs.unmount()

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 
 from _chaos_account import Accounting, Segment, account  # noqa: E402
-from _chaos_proxy import LinkProxy, ProxyConfig  # noqa: E402
+from _chaos_proxy import ClockTap, LinkProxy, ProxyConfig  # noqa: E402
 from _chaos_schedule import make_schedule  # noqa: E402
 from _chaos_spool import SpoolFacts, corrupt_record, inspect_spool, truncate_state  # noqa: E402
 from _chaos_store import delete_batches, read_store  # noqa: E402
@@ -398,3 +398,27 @@ def test_socketcand_reconnect_mode_serves_the_newest_client() -> None:
         assert not server.client_connected
         assert not server.wait_for_client(0.1)  # waits for the next client again
         first.close()
+
+
+async def test_clock_tap_reads_the_newest_frame_time_it_forwards() -> None:
+    async def sim(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"< hi >< frame 123 1796411192.815942 0102 >< frame 7FF 1796411192.9 >")
+        await writer.drain()
+        await reader.read(10)
+        writer.close()
+
+    server = await asyncio.start_server(sim, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with ClockTap(ProxyConfig("127.0.0.1", port)) as tap:
+            assert tap.sim_us == 0
+            reader, writer = await asyncio.open_connection("127.0.0.1", tap.port)
+            got = b""
+            while got.count(b">") < 3:
+                got += await asyncio.wait_for(reader.read(1024), 5)
+            assert got.startswith(b"< hi >")  # forwarded unchanged
+            assert tap.sim_us == 1796411192_900000
+            writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
