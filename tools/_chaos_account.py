@@ -22,7 +22,10 @@ spool held, not from what the ingest holds: when the ingest loses the last
 batches before a kill, the batch check reports them missing and the window grows.
 No window can excuse more than the bound (``batch.max_age_ms`` of wall time times
 the speed, plus slack): expected samples older than ``kill - bound`` are expected
-even when ``T_k`` is older still, and a window over its bound fails the run.
+even when ``T_k`` is older still, and a window over its bound fails the run,
+unless the spool held ``DataLoss`` records after its newest data batch (the agent
+reported that it could not keep them, e.g. on a full disk): then the samples
+before ``kill - bound`` count as reported lost.
 
 Samples that are expected but not stored are *reported lost* when they fall
 between the batches around a run of ``DataLoss`` records or quarantined batches
@@ -76,6 +79,10 @@ class Accounting:
     value_errors: int = 0
     unspooled_at_kills: int = 0
     kill_windows_ms: list[float] = field(default_factory=list)
+    bounded_kill_windows_ms: list[float] = field(default_factory=list)
+    """The kill windows held to the bound: 0 for those after DataLoss records (see below)."""
+    kill_windows_after_dataloss: int = 0
+    """Kills whose spool held DataLoss records after its newest data batch (e.g. a full disk)."""
     kills_unverified: int = 0
     """Kills after which the spool could not be read: their window fell back to the ingest's data."""
     batches_expected: int = 0
@@ -205,7 +212,20 @@ def account(
             else:
                 in_seg &= (all_e == facts.boot_epoch) & (all_s <= facts.highest_seq)
             newest_ns = int(all_t[in_seg].max()) if in_seg.any() else lo_ns - 1000
-            result.kill_windows_ms.append(max(0, kill_ns - newest_ns) / 1e6)
+            window_ms = max(0, kill_ns - newest_ns) / 1e6
+            result.kill_windows_ms.append(window_ms)
+            if facts is not None and facts.boot_epoch is not None:
+                # DataLoss records spooled after the newest data batch: the agent reported what
+                # it could not keep (a full disk), so the window is not its to bound
+                epoch, hi_seq = facts.boot_epoch, facts.highest_seq
+                newest_seq = max((s for e, s in ranges if e == epoch and s <= hi_seq), default=0)
+                if any(
+                    (row := store.batches.get((epoch, seq))) is not None and row.loss_reason is not None
+                    for seq in range(newest_seq + 1, hi_seq + 1)
+                ):
+                    result.kill_windows_after_dataloss += 1
+                    window_ms = 0.0
+            result.bounded_kill_windows_ms.append(window_ms)
             cut_ns = max(newest_ns, kill_ns - bound_ns)
         for name, (t_ns, values) in seg_expected.series.items():
             if cut_ns is None:

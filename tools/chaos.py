@@ -140,6 +140,7 @@ class ChaosResult:
     longest_kill_windows_ms: list[float] = field(default_factory=list)
     kill_window_bound_ms: float = 0.0
     kill_windows_over_bound: int = 0
+    kill_windows_after_dataloss: int = 0
     kills_unverified: int = 0
     batches_expected: int = 0
     batches_stored: int = 0
@@ -830,7 +831,8 @@ def account_run(workdir: Path) -> ChaosResult:
     result.kill_window_bound_ms = bound_ms
     result.max_kill_window_ms = round(max(acc.kill_windows_ms, default=0.0), 1)
     result.longest_kill_windows_ms = [round(w, 1) for w in sorted(acc.kill_windows_ms, reverse=True)[:5]]
-    result.kill_windows_over_bound = sum(1 for w in acc.kill_windows_ms if w > bound_ms)
+    result.kill_windows_over_bound = sum(1 for w in acc.bounded_kill_windows_ms if w > bound_ms)
+    result.kill_windows_after_dataloss = acc.kill_windows_after_dataloss
     result.damaged_records_not_reported = sum(
         1
         for d in facts["damages"]

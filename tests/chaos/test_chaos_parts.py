@@ -191,6 +191,25 @@ def test_a_dataloss_record_is_reported_loss_and_a_gap_is_silent(tmp_path: Path) 
     assert silent.lost == len(lost_samples[0]) and silent.reported_lost == 0 and silent.batches_missing == 1
 
 
+def test_dataloss_records_before_a_kill_are_reported_and_not_held_to_the_bound(tmp_path: Path) -> None:
+    """A full disk: the agent spooled DataLoss records for the batches it could not keep, then died."""
+    drive = _Drive()
+    batches = list(drive.batches)
+    for i in (drive.highest_at_kill - 2, drive.highest_at_kill - 1):  # 0-based: the last two before the kill
+        epoch, seq, _, samples = batches[i]
+        batches[i] = (epoch, seq, "evicted", samples)
+    acc = drive.account(_db(tmp_path / "db.sqlite", batches, drive.spec.name))
+    assert acc.lost == 0 and acc.batches_missing == 0 and acc.batches_reported_lost == 2
+    assert acc.reported_lost > 0 and acc.kill_windows_after_dataloss == 1
+    assert max(acc.kill_windows_ms) > BOUND_US / 1000  # measured, but not held to the bound
+    assert acc.bounded_kill_windows_ms == [0.0]
+    # without the records the same hole is a silent loss and a window over the bound
+    del batches[drive.highest_at_kill - 2 : drive.highest_at_kill]
+    silent = drive.account(_db(tmp_path / "b.sqlite", batches, drive.spec.name))
+    assert silent.lost > 0 and silent.batches_missing == 2 and silent.kill_windows_after_dataloss == 0
+    assert max(silent.bounded_kill_windows_ms) > BOUND_US / 1000
+
+
 def test_orphan_rows_duplicates_and_an_unreadable_spool_are_counted(tmp_path: Path) -> None:
     drive = _Drive()
     db = _db(tmp_path / "db.sqlite", drive.batches, drive.spec.name)
