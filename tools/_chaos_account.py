@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 from _chaos_spool import SpoolFacts
-from _chaos_store import StoreContents
+from _chaos_store import StoreContents, StoredSeries
 
 from tcu.demo.verify import Expected, Series, expected_samples, verify_store
 from tcu.signals.mapping import Catalog
@@ -129,6 +129,32 @@ def _batch_ranges(
     return {(int(e[i]), int(s[i])): (int(t[i]), int(t[j])) for i, j in zip(starts, ends, strict=True)}
 
 
+def _boundary(
+    ground_truth: Mapping[str, Series],
+    *,
+    catalog: Catalog,
+    after: Expected,
+    at_ns: int,
+    hi_ns: int | None,
+    stored: Mapping[str, StoredSeries],
+) -> Expected:
+    """The expected samples of a client that connected right after another went at ``at_ns``.
+
+    The simulator says the new client starts 1 µs after the old one went, but frames stamped
+    exactly ``at_ns`` that it had not yet written when it saw the old client go are written to
+    the new one. Which of those went where is not in its events: per signal, the rule applied
+    from ``at_ns`` is taken instead when the database holds a sample only it expects.
+    """
+    including = expected_samples(_slice(ground_truth, at_ns, hi_ns), catalog)
+    out = dict(after.series)
+    for name, (t_b, v_b) in including.series.items():
+        t_a = after.series[name][0]
+        only_b = np.setdiff1d(t_b, t_a)
+        if len(only_b) and name in stored and np.isin(only_b, stored[name].t_ns).any():
+            out[name] = (t_b, v_b)
+    return Expected(out)
+
+
 @dataclass(slots=True)
 class _Gap:
     after_ns: int  # the newest sample before the run of records (exclusive bound)
@@ -197,10 +223,21 @@ def account(
     # ---- samples: the periodic rule per segment, kill windows from the kill instant
     bound_ns = kill_bound_us * 1000
     expected_parts: dict[str, list[Series]] = {s.name: [] for s in catalog.signals}
+    previous_end: int | None = None
     for seg in segments:
         lo_ns = seg.start_us * 1000
         hi_ns = None if seg.end_us is None else seg.end_us * 1000
         seg_expected = expected_samples(_slice(ground_truth, lo_ns, hi_ns), catalog)
+        if previous_end is not None and seg.start_us == previous_end + 1:
+            seg_expected = _boundary(
+                ground_truth,
+                catalog=catalog,
+                after=seg_expected,
+                at_ns=previous_end * 1000,
+                hi_ns=hi_ns,
+                stored=can,
+            )
+        previous_end = seg.end_us
         cut_ns: int | None = None
         if seg.killed:
             assert hi_ns is not None, "a killed segment has an end"

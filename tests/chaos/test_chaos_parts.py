@@ -210,6 +210,34 @@ def test_dataloss_records_before_a_kill_are_reported_and_not_held_to_the_bound(t
     assert max(silent.bounded_kill_windows_ms) > BOUND_US / 1000
 
 
+def test_a_frame_stamped_at_the_boundary_may_go_to_the_next_client(tmp_path: Path) -> None:
+    """The simulator writes frames stamped exactly at a client's end to the next client when it
+    had not written them yet; the next agent's first sample is then at the boundary itself."""
+    drive = _Drive()
+    gt_name = f"{drive.spec.message}.{drive.spec.signal}"
+    gt_t, gt_v = drive.ground_truth[gt_name]
+    from_boundary = gt_t >= KILL_US * 1000
+    t_b, v_b = expected_samples({gt_name: (gt_t[from_boundary], gt_v[from_boundary])}, drive.catalog).series[
+        drive.spec.name
+    ]
+    assert t_b[0] == KILL_US * 1000
+    batches = [b for b in drive.batches if b[3][0][0] < KILL_US * 1000]
+    batches.append((EPOCH, len(batches) + 1, None, (t_b, v_b)))
+    drive.segments[0] = dataclasses.replace(
+        drive.segments[0], spool=SpoolFacts(EPOCH, 2, len(batches) - 1, 6, 1000)
+    )
+    db = _db(tmp_path / "db.sqlite", batches, drive.spec.name)
+    acc = account(
+        drive.ground_truth,
+        drive.catalog,
+        drive.segments,
+        read_store(db, VIN),
+        spool_epochs={EPOCH: len(batches)},
+        kill_bound_us=BOUND_US,
+    )
+    assert acc.lost == 0 and acc.unexpected == 0 and acc.value_errors == 0
+
+
 def test_orphan_rows_duplicates_and_an_unreadable_spool_are_counted(tmp_path: Path) -> None:
     drive = _Drive()
     db = _db(tmp_path / "db.sqlite", drive.batches, drive.spec.name)
