@@ -833,14 +833,15 @@ def account_run(workdir: Path) -> ChaosResult:
     result.longest_kill_windows_ms = [round(w, 1) for w in sorted(acc.kill_windows_ms, reverse=True)[:5]]
     result.kill_windows_over_bound = sum(1 for w in acc.bounded_kill_windows_ms if w > bound_ms)
     result.kill_windows_after_dataloss = acc.kill_windows_after_dataloss
+
+    def reported(epoch: int, seq: int) -> bool:  # as a DataLoss record or, at least, kept in quarantine
+        row = store.batches.get((epoch, seq))
+        return (row is not None and row.loss_reason is not None) or (epoch, seq) in store.quarantined
+
     result.damaged_records_not_reported = sum(
         1
         for d in facts["damages"]
-        if d["kind"] == "record"
-        and (
-            (row := store.batches.get((int(d["boot_epoch"] or 0), int(d["seq"])))) is None
-            or row.loss_reason is None
-        )
+        if d["kind"] == "record" and not reported(int(d["boot_epoch"] or 0), int(d["seq"]))
     )
     result.judge()
     return result
