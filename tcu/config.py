@@ -104,6 +104,12 @@ class SpoolSettings:
     max_age_s: float | None = 7 * 24 * 3600.0
     segment_bytes: int = 4 * 1024 * 1024
     compression: str = "none"
+    backlog_bytes: int = 16 * 1024 * 1024
+    """Batches the disk cannot take wait in RAM up to this many bytes; then the oldest is dropped
+    and reported upstream as a ``DataLoss``."""
+    on_damage: str = "refuse"
+    """A spool whose state cannot be rebuilt: ``"refuse"`` to start, or ``"start-fresh"`` (the
+    old files are moved aside and the loss is reported upstream)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +318,8 @@ def _build(doc: dict[str, Any], base: Path, source: Path) -> AgentConfig:
             "max_age_s",
             "segment_bytes",
             "compression",
+            "backlog_bytes",
+            "on_damage",
         }
         if unknown:
             raise ConfigError(f"unknown keys {sorted(unknown)}", key="spool")
@@ -323,7 +331,15 @@ def _build(doc: dict[str, Any], base: Path, source: Path) -> AgentConfig:
             max_age_s=_get(sp, "max_age_s", "spool.max_age_s", float, sd.max_age_s),
             segment_bytes=_get(sp, "segment_bytes", "spool.segment_bytes", int, sd.segment_bytes),
             compression=_get(sp, "compression", "spool.compression", str, sd.compression),
+            backlog_bytes=_get(sp, "backlog_bytes", "spool.backlog_bytes", int, sd.backlog_bytes),
+            on_damage=_get(sp, "on_damage", "spool.on_damage", str, sd.on_damage),
         )
+        if spool.backlog_bytes < 0:
+            raise ConfigError(f"must be 0 or more, got {spool.backlog_bytes}", key="spool.backlog_bytes")
+        if spool.on_damage not in ("refuse", "start-fresh"):
+            raise ConfigError(
+                f"must be 'refuse' or 'start-fresh', got {spool.on_damage!r}", key="spool.on_damage"
+            )
     campaigns = None
     cp = _get(doc, "campaigns", "campaigns", dict, None)
     if cp is not None:

@@ -41,7 +41,7 @@ from tcu.fsutil import write_atomic
 from tcu.signals.dbc import load_dbc
 from tcu.signals.decoder import SignalDecoder
 from tcu.signals.mapping import Catalog, build_catalog, load_mapping
-from tcu.spool import Spool, SpoolConfig, SpoolError
+from tcu.spool import Spool, SpoolConfig
 from tcu.uplink import MemoryOutbox, Outbox, Uplink
 
 if TYPE_CHECKING:
@@ -96,9 +96,10 @@ def catalog_message(catalog: Catalog) -> telemetry_pb.SignalCatalog:
 def open_outbox(config: AgentConfig) -> Outbox:
     """The durable spool when ``[spool]`` is configured, else batches wait in memory.
 
-    A spool that cannot be opened (directory not writable, locked by another
-    agent) is logged with its path and the agent runs on the in-memory outbox:
-    it keeps collecting, but a crash would lose what is unacked.
+    A configured spool that cannot be opened (directory not writable, locked by another
+    agent, state that cannot be rebuilt) raises its :class:`~tcu.errors.SpoolError`, whose
+    message names the file and the problem: the agent refuses to start rather than run on
+    memory with a new epoch and strand the spooled batches.
     """
     if config.spool is None:
         log.warning("no [spool] configured: unacked batches are kept in memory and lost on a crash")
@@ -111,12 +112,9 @@ def open_outbox(config: AgentConfig) -> Outbox:
         max_age_s=s.max_age_s,
         segment_bytes=s.segment_bytes,
         compression=s.compression,  # type: ignore[arg-type]  # checked by SpoolConfig
+        on_damage=s.on_damage,  # type: ignore[arg-type]  # checked by SpoolConfig
     )
-    try:
-        spool = Spool.open(spool_config)
-    except SpoolError as exc:
-        log.error("spool unusable, running on the in-memory outbox: %s", exc)
-        return MemoryOutbox(max_batches=config.uplink.max_unacked_batches)
+    spool = Spool.open(spool_config)
     stats = spool.stats()
     log.info(
         "spool %s (%s): boot epoch %d, %d batches unacked, %d repaired regions",
@@ -126,7 +124,7 @@ def open_outbox(config: AgentConfig) -> Outbox:
         stats.records + stats.tombstones,
         stats.repaired_regions,
     )
-    return SpoolOutbox(spool, vehicle_id=config.vehicle_id)
+    return SpoolOutbox(spool, vehicle_id=config.vehicle_id, backlog_bytes=s.backlog_bytes)
 
 
 class Agent:
@@ -143,6 +141,7 @@ class Agent:
     ):
         self.config = config
         self.stats_path = stats_path
+        self._stats_write_failed = False
         self.sources = list(sources)
         self.connectivity: ConnectivitySource | None = None
         if config.connectivity is not None:
@@ -445,4 +444,11 @@ class Agent:
     def _write_stats(self, stats: AgentStats) -> None:
         if self.stats_path is None:
             return
-        write_atomic(self.stats_path, json.dumps(asdict(stats)).encode(), durable=False)
+        try:
+            write_atomic(self.stats_path, json.dumps(asdict(stats)).encode(), durable=False)
+        except OSError as exc:  # e.g. a full disk: the stats file is not worth stopping for
+            if not self._stats_write_failed:
+                log.error("agent: cannot write the stats file %s: %s", self.stats_path, exc)
+            self._stats_write_failed = True
+        else:
+            self._stats_write_failed = False

@@ -11,6 +11,7 @@ from tcu.spool.errors import (
     SpoolCorruptError,
     SpoolFullError,
     SpoolLockedError,
+    SpoolTooLargeError,
     SpoolUnavailableError,
     SpoolUsageError,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "SpoolLockedError",
     "SpoolRecord",
     "SpoolStats",
+    "SpoolTooLargeError",
     "SpoolUnavailableError",
     "SpoolUsageError",
     "TombstoneReason",

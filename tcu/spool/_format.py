@@ -7,6 +7,7 @@ A segment is a plain file of records laid end to end. Each record is a fixed
          0    4 magic        b"TSPL"
          4    1 version      1
          5    1 flags        FLAG_ZSTD | FLAG_TOMBSTONE | FLAG_REASON_AGE | FLAG_REASON_CORRUPT
+                            | FLAG_REASON_UNSPOOLED
          6    1 priority     0..255, higher survives eviction longer
          7    1 reserved     0
          8    8 seq          u64, 1, 2, 3, ... within the spool's boot epoch
@@ -35,7 +36,10 @@ FLAG_ZSTD = 0x01
 FLAG_TOMBSTONE = 0x02
 FLAG_REASON_AGE = 0x04
 FLAG_REASON_CORRUPT = 0x08
-_KNOWN_FLAGS = FLAG_ZSTD | FLAG_TOMBSTONE | FLAG_REASON_AGE | FLAG_REASON_CORRUPT
+# A tombstone written in place of a batch that never reached the disk (the agent dropped it
+# from its bounded RAM backlog while the disk was full or unwritable, or it was too large).
+FLAG_REASON_UNSPOOLED = 0x10
+_KNOWN_FLAGS = FLAG_ZSTD | FLAG_TOMBSTONE | FLAG_REASON_AGE | FLAG_REASON_CORRUPT | FLAG_REASON_UNSPOOLED
 
 MAX_PAYLOAD_LEN = 0xFFFF_FFFF
 

@@ -1,7 +1,9 @@
 """A tiny crash-safe counter file: two CRC-checked 16-byte slots written alternately.
 
 A torn or lost write damages at most the slot being written; the other still holds the
-previous value, and reading takes the highest valid one. OSError goes to the caller.
+previous value, and reading takes the highest valid one. Both slots are written when the file
+is created, so later writes overwrite allocated blocks and need no new disk space.
+OSError goes to the caller.
 """
 
 from __future__ import annotations
@@ -34,13 +36,23 @@ class SlotFile:
                 best, best_slot = value, slot
         self.value = best
         self._next_slot = best_slot ^ 1  # never overwrite the slot holding the current value
+        if len(data) < 2 * _SLOT.size:
+            # Both slots are written when the file is created, so that its blocks are allocated
+            # and a later write (an ack on a full disk) never needs new space.
+            for slot in (1, 0):  # slot 1 cannot hold a value yet: it goes first
+                self._write_slot(slot, best)
+            os.fdatasync(self._fd)
+            self._next_slot = 0
+
+    def _write_slot(self, slot: int, value: int) -> None:
+        head = self._magic + value.to_bytes(8, "little")
+        data = head + zlib.crc32(head).to_bytes(4, "little")
+        offset = slot * _SLOT.size
+        if os.pwrite(self._fd, data, offset) != len(data):
+            raise OSError(f"short write of {len(data)} bytes at offset {offset}")
 
     def write(self, value: int, *, sync: bool) -> None:
-        head = self._magic + value.to_bytes(8, "little")
-        slot = head + zlib.crc32(head).to_bytes(4, "little")
-        offset = self._next_slot * _SLOT.size
-        if os.pwrite(self._fd, slot, offset) != len(slot):
-            raise OSError(f"short write of {len(slot)} bytes at offset {offset}")
+        self._write_slot(self._next_slot, value)
         if sync:
             os.fdatasync(self._fd)
         self._next_slot ^= 1

@@ -10,8 +10,9 @@ from tcu.errors import ConfigError
 
 Durability = Literal["power-loss", "crash"]
 Compression = Literal["none", "zstd"]
+OnDamage = Literal["refuse", "start-fresh"]
 
-__all__ = ["Compression", "Durability", "SpoolConfig"]
+__all__ = ["Compression", "Durability", "OnDamage", "SpoolConfig"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,11 @@ class SpoolConfig:
     the age of unacknowledged records; both evict by priority (see :class:`Spool`).
     ``segment_bytes`` is the size after which appends go to a new segment file.
     ``compression="zstd"`` compresses each payload (kept raw when that does not shrink it).
+    ``on_damage`` decides what :meth:`Spool.open` does with a spool whose state cannot be
+    rebuilt (``state.json`` and the ``epoch`` file both lost while segments exist):
+    ``"refuse"`` raises :class:`SpoolCorruptError` and leaves the files alone;
+    ``"start-fresh"`` moves them into ``damaged-<ns>/``, starts a new boot epoch and writes a
+    ``"corrupt"`` tombstone for each unacknowledged batch found, so the loss is reported.
     """
 
     directory: Path
@@ -38,6 +44,7 @@ class SpoolConfig:
     segment_bytes: int = 4 * 1024 * 1024
     compression: Compression = "none"
     zstd_level: int = 3
+    on_damage: OnDamage = "refuse"
 
     def __post_init__(self) -> None:
         if self.durability not in ("power-loss", "crash"):
@@ -55,5 +62,9 @@ class SpoolConfig:
             )
         if self.max_age_s is not None and self.max_age_s <= 0:
             raise ConfigError(f"must be positive or None, got {self.max_age_s}", key="spool.max_age_s")
+        if self.on_damage not in ("refuse", "start-fresh"):
+            raise ConfigError(
+                f"must be 'refuse' or 'start-fresh', got {self.on_damage!r}", key="spool.on_damage"
+            )
         if not 1 <= self.zstd_level <= 22:
             raise ConfigError(f"must be 1..22, got {self.zstd_level}", key="spool.zstd_level")

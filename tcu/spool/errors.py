@@ -3,8 +3,9 @@
 SpoolError
 ├── SpoolUnavailableError  the directory cannot be created, opened or locked for writing
 │   └── SpoolLockedError   another Spool (this or another process) holds the directory
-├── SpoolFullError         the disk or file-size limit refused a write (ENOSPC, EDQUOT, EFBIG),
-│                          or one payload is larger than max_bytes; nothing was stored
+├── SpoolFullError         the disk or file-size limit refused a write (ENOSPC, EDQUOT, EFBIG)
+│   │                      even after eviction made room; nothing was stored
+│   └── SpoolTooLargeError one payload is larger than max_bytes (it never fits)
 ├── SpoolCorruptError      stored bytes failed their checksum when read back, or the
 │                          directory's state file is missing or unreadable
 └── SpoolUsageError        the caller broke the contract (also a ValueError)
@@ -19,6 +20,7 @@ __all__ = [
     "SpoolError",
     "SpoolFullError",
     "SpoolLockedError",
+    "SpoolTooLargeError",
     "SpoolUnavailableError",
     "SpoolUsageError",
 ]
@@ -34,6 +36,10 @@ class SpoolLockedError(SpoolUnavailableError):
 
 class SpoolFullError(SpoolError):
     """The disk refused a write or the payload exceeds the byte bound; nothing was stored."""
+
+
+class SpoolTooLargeError(SpoolFullError):
+    """The record alone is larger than ``max_bytes``: retrying can never store it."""
 
 
 class SpoolCorruptError(SpoolError):

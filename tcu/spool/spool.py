@@ -2,14 +2,28 @@
 
 Layout of a spool directory::
 
-    LOCK                       flock-ed while a Spool has the directory open
+    LOCK                       flock-ed while a Spool has the directory open (holds its pid)
     state.json                 boot epoch, eviction and corruption counters, eviction intent
                                (replaced atomically: write tmp, fsync, rename, fsync directory)
     ack                        two 16-byte slots holding the ack watermark (CRC-checked, written
-                               alternately so a torn write leaves the other slot intact)
+                               alternately so a torn write leaves the other slot intact; both
+                               written at creation, so an ack never needs new disk space)
     reserved                   the same for the highest seq that may have been handed out
                                ("crash" mode only, advanced 256 seqs at a time, fdatasync-ed)
+    epoch                      the same for the boot epoch, so that a lost or truncated
+                               state.json is rebuilt (epoch from here, ack watermark from ack,
+                               next seq from the segments) instead of stranding the batches
+    headroom                   segment_bytes + 64 KiB of allocated space while the Spool is
+                               open; released when the disk is full so that eviction can work
     seg-<first seq>.log        segments of records (see :mod:`tcu.spool._format`)
+    damaged-<ns>/              only after ``on_damage = "start-fresh"``: the files of a spool
+                               whose state could not be rebuilt, kept for inspection
+
+Full disk: when a write fails with ENOSPC or EDQUOT, the spool releases its headroom, evicts
+by the usual policy (lowest priority, oldest first; evicted records become tombstones) down to
+90 % of what the segments held and at least the record plus a new headroom below it,
+reserves the headroom again and retries the write once; only then does it raise
+:class:`SpoolFullError`.
 
 Identity: the spool chooses ``boot_epoch`` (``time.time_ns()``) when it creates a directory
 and keeps it for the life of that directory, so records that were not acknowledged before a
@@ -28,7 +42,10 @@ session did not :meth:`Spool.close` and the kernel boot id changed since (a powe
 kernel crash, not a ``kill -9``), every seq up to the durable reservation that has no record
 on disk becomes a ``"corrupt"`` tombstone, and new batches continue above it. Otherwise the
 ingest, which deduplicates by ``(boot_epoch, seq)``, would drop new batches that reuse seqs
-of batches it already stored.
+of batches it already stored. For the same reason a record cut short at the end of the last
+segment is cut off and its seq reused only when the previous session ended without
+:meth:`Spool.close` (the append it belonged to never returned); after a clean close the bytes
+were lost later and its seq becomes a ``"corrupt"`` tombstone.
 
 Agents that need the seq inside the encoded batch can append the identity at send time:
 protobuf merges concatenated messages, so ``payload + TelemetryBatch(boot_epoch=e,
@@ -62,6 +79,7 @@ from tcu.spool.errors import (
     SpoolCorruptError,
     SpoolFullError,
     SpoolLockedError,
+    SpoolTooLargeError,
     SpoolUnavailableError,
     SpoolUsageError,
 )
@@ -70,7 +88,7 @@ __all__ = ["EvictionReport", "Spool", "SpoolRecord", "SpoolStats", "TombstoneRea
 
 logger = logging.getLogger(__name__)
 
-TombstoneReason = Literal["evicted", "expired", "corrupt"]
+TombstoneReason = Literal["evicted", "expired", "corrupt", "unspooled"]
 
 _STATE_FORMAT = 1
 _STATE_NAME = "state.json"
@@ -79,6 +97,12 @@ _LOCK_NAME = "LOCK"
 _SEG_PREFIX = "seg-"
 _SEG_SUFFIX = ".log"
 _RESERVE_NAME = "reserved"
+_EPOCH_NAME = "epoch"  # the boot epoch again, CRC-checked: state.json can be rebuilt without it
+_DAMAGED_PREFIX = "damaged-"
+_REFUSE_ADVICE = (
+    '; the spool is left as it is ([spool] on_damage = "start-fresh" moves it aside, starts a '
+    "new spool and reports its batches as lost)"
+)
 _BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 # In "crash" mode the highest seq that may have been handed out is kept (fdatasync-ed) in the
 # "reserved" file, one block at a time, so a power cut can never make a seq be used twice.
@@ -88,6 +112,12 @@ _SEQ_RESERVE_BLOCK = 256
 _EVICT_TO_FRACTION = 0.9
 _AGE_CHECK_PERIOD_NS = 1_000_000_000
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})  # eviction can make room for these
+# The "headroom" file holds segment_bytes plus this much disk space while the spool is open. On
+# a full disk it is released first, so that eviction (state write-ahead, segment rewrites)
+# always has room to work with.
+_HEADROOM_NAME = "headroom"
+_HEADROOM_EXTRA = 64 * 1024
 _MAX_I64 = 2**63 - 1
 
 
@@ -97,7 +127,9 @@ class SpoolRecord:
 
     ``payload`` is the caller's bytes (decompressed); it is ``b""`` for a tombstone.
     ``original_len`` is the payload length as appended (kept in tombstones too).
-    ``priority`` and ``created_ns`` are 0 for a ``"corrupt"`` tombstone (they were lost).
+    ``priority`` and ``created_ns`` are 0 for a ``"corrupt"`` tombstone whose header was lost
+    too. ``detail`` says, for a ``"corrupt"`` tombstone found by this process, where and how
+    (file and offset); it is not kept across a restart.
     """
 
     seq: int
@@ -106,6 +138,7 @@ class SpoolRecord:
     payload: bytes
     original_len: int
     tombstone: TombstoneReason | None = None
+    detail: str = ""
 
     @property
     def is_tombstone(self) -> bool:
@@ -136,6 +169,12 @@ class SpoolStats:
     """Records whose bytes were destroyed (now ``"corrupt"`` tombstones)."""
     oldest_age_s: float | None
     """Age of the oldest unacknowledged payload record, ``None`` when there is none."""
+    disk_full: int = 0
+    """Writes the disk refused (ENOSPC, EDQUOT) since this open, each answered by eviction."""
+    headroom_bytes: int = 0
+    """Disk space the headroom file holds now (0 while it could not be reserved)."""
+    unspooled: int = 0
+    """``"unspooled"`` tombstones written since this open (batches that never reached the disk)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +235,8 @@ def _reason(flags: int) -> TombstoneReason | None:
         return None
     if flags & fmt.FLAG_REASON_CORRUPT:
         return "corrupt"
+    if flags & fmt.FLAG_REASON_UNSPOOLED:
+        return "unspooled"
     if flags & fmt.FLAG_REASON_AGE:
         return "expired"
     return "evicted"
@@ -248,6 +289,7 @@ class Spool:
         self._total_bytes = 0
         self._ack_file: SlotFile | None = None
         self._reserve_file: SlotFile | None = None
+        self._epoch_file: SlotFile | None = None
         self._reserved = 0
         self._prev_session: dict[str, Any] = {}
         self._kernel_boot_id = _read_boot_id()
@@ -259,6 +301,13 @@ class Spool:
         self._repairs = 0
         self._lost = 0
         self._lost_reported = 0
+        self._headroom_fd = -1
+        self._headroom = 0
+        self._headroom_errno: int | None = None
+        self._disk_full = 0
+        self._full_logged = False
+        self._unspooled = 0
+        self._details: dict[int, str] = {}  # seq -> where a "corrupt" tombstone's record was lost
         self._intent: dict[int, int] = {}
         self._next_age_check_ns = 0
         self._compressor = (
@@ -274,11 +323,12 @@ class Spool:
     def open(cls, config: SpoolConfig, *, clock_ns: Callable[[], int] = time.time_ns) -> Spool:
         """Open (creating if needed) the spool in ``config.directory`` and recover its contents.
 
-        Recovery truncates a torn tail of the last segment, skips corrupt regions (their seqs
-        become ``"corrupt"`` tombstones), finishes an eviction interrupted by a crash, and
-        deletes fully acknowledged segments. Raises :class:`SpoolUnavailableError` naming
-        the path when the directory cannot be created or written, :class:`SpoolLockedError`
-        when another Spool holds it.
+        Recovery cuts off a torn tail of the last segment and skips corrupt regions (the seqs
+        of the records they held become ``"corrupt"`` tombstones and are never reused; so does
+        the torn one, unless the previous session ended while appending it), finishes an
+        eviction interrupted by a crash, and deletes fully acknowledged segments. Raises
+        :class:`SpoolUnavailableError` naming the path when the directory cannot be created or
+        written, :class:`SpoolLockedError` when another Spool holds it.
         """
         directory = config.directory
         try:
@@ -297,29 +347,102 @@ class Spool:
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            os.close(lock_fd)
-            raise SpoolLockedError(f"{directory}: spool is already open in another Spool") from exc
+            try:
+                holder = os.pread(lock_fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            finally:
+                os.close(lock_fd)
+            raise SpoolLockedError(
+                f"{lock_path}: the spool is locked by another process (pid {holder}): is another "
+                f"agent running on {directory}?"
+            ) from exc
+        with contextlib.suppress(OSError):  # who holds it, for the message above (best effort)
+            os.ftruncate(lock_fd, 0)
+            os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
         spool = cls(config, clock_ns, lock_fd)
         try:
-            spool._recover()
+            try:
+                spool._open_headroom()
+                spool._recover()
+            except SpoolCorruptError as exc:
+                if config.on_damage != "start-fresh":
+                    raise
+                spool = spool._start_fresh(exc)
+            if not spool._reserve_headroom() and spool._headroom_errno in _DISK_FULL_ERRNOS:
+                spool._make_room(0, "no room for the headroom")
         except BaseException:
             spool._close_fds()
             raise
         return spool
 
+    def _start_fresh(self, damage: SpoolCorruptError) -> Spool:
+        """``on_damage = "start-fresh"``: move the spool's files into ``damaged-<ns>/``, open a
+        new spool (new boot epoch) under the same lock, and write a ``"corrupt"`` tombstone
+        for every unacknowledged record found in the old segments, so that the ingest counts
+        each lost batch."""
+        problem = str(damage).removesuffix(_REFUSE_ADVICE)
+        lost: list[fmt.RecordHeader] = []
+        for _name_seq, path in self._list_segments():
+            with contextlib.suppress(OSError):
+                records, _bad = fmt.scan(path.read_bytes())
+                lost.extend(rec for rec in records if rec.seq > self._acked)
+        lost.sort(key=lambda rec: rec.seq)
+        aside = self._dir / f"{_DAMAGED_PREFIX}{time.time_ns()}"
+        keep = {_LOCK_NAME, _HEADROOM_NAME, "catalogs"}
+        try:
+            aside.mkdir()
+            for entry in self._dir.iterdir():
+                if entry.name not in keep and not entry.name.startswith(_DAMAGED_PREFIX):
+                    entry.rename(aside / entry.name)
+        except OSError as exc:
+            raise self._os_error(aside, "cannot move the damaged spool aside", exc) from exc
+        logger.error(
+            "spool %s: %s; on_damage = start-fresh: its files were moved to %s and a new spool "
+            "starts; %d unacknowledged batches are reported upstream as lost",
+            self._dir,
+            problem,
+            aside,
+            len(lost),
+        )
+        self._close_fds(keep_lock=True)
+        fresh = Spool(self._config, self._clock_ns, self._lock_fd)
+        self._lock_fd = -1
+        try:
+            fresh._open_headroom()
+            fresh._recover()
+            fresh._report_moved(lost, problem, aside)
+        except BaseException:
+            fresh._close_fds()
+            raise
+        return fresh
+
+    def _report_moved(self, lost: list[fmt.RecordHeader], problem: str, aside: Path) -> None:
+        flags = fmt.FLAG_TOMBSTONE | fmt.FLAG_REASON_CORRUPT
+        fresh = self
+        for rec in lost:
+            seq = fresh._next_seq
+            prio, created, raw_len = rec.priority, rec.created_ns, rec.raw_len
+            data = fmt.encode(
+                flags=flags, priority=prio, seq=seq, created_ns=created, stored=b"", raw_len=raw_len
+            )
+            fresh._store(seq, data, flags=flags, priority=prio, created_ns=created, raw_len=raw_len)
+            fresh._details[seq] = f"batch {rec.seq} of a damaged spool ({problem}); moved to {aside}"
+        fresh._lost += len(lost)
+        fresh._write_state()
+
     def _recover(self) -> None:
         for stray in self._dir.glob("*.tmp"):
             stray.unlink(missing_ok=True)
         seg_paths = self._list_segments()
-        self._load_state(have_segments=bool(seg_paths))
         self._open_slot_files()
+        self._load_state(have_segments=bool(seg_paths))
         if seg_paths and seg_paths[0][0] - 1 > self._acked:
             # Segments are deleted only after their ack was written; a lower ack slot means
             # the ack write did not survive (crash mode, power cut). Trust the segment name.
             self._write_ack(seg_paths[0][0] - 1, sync=True)
         expected = self._acked + 1
         dirty: set[int] = set()
-        truncate_at: int | None = None
         for i, (name_seq, path) in enumerate(seg_paths):
             seg = _Segment(path, name_seq)
             seg.lo = expected
@@ -334,13 +457,25 @@ class Spool:
             for region in bad:
                 self._repairs += 1
                 if region.at_tail and is_last and not fmt.looks_complete(buf, region.start):
+                    # A record cut short. After an unclean end (kill -9 or power cut while
+                    # appending) it is the append that never returned, so its seq was never
+                    # handed out (power-loss mode returns only after fdatasync; in crash mode a
+                    # power cut makes every reserved seq a tombstone below). Otherwise (the
+                    # previous session closed cleanly) bytes were lost later: the seq may have
+                    # gone upstream, so it is never reused but becomes a "corrupt" tombstone.
+                    # Either way the segment is rewritten without the torn bytes.
+                    handed_out = bool(self._prev_session.get("clean", True))
                     logger.warning(
-                        "spool %s: torn record at offset %d (%d bytes to end of file); truncating",
+                        "spool %s: torn record at offset %d (%d bytes to end of file); %s",
                         path,
                         region.start,
                         region.end - region.start,
+                        "its seq becomes a 'corrupt' tombstone"
+                        if handed_out
+                        else "cut off (the append it belonged to never returned)",
                     )
-                    truncate_at = region.start
+                    dirty.add(i)
+                    lost_tail_record = lost_tail_record or handed_out
                 else:
                     logger.warning(
                         "spool %s: corrupt bytes at offset %d..%d (%d bytes) skipped",
@@ -409,14 +544,10 @@ class Spool:
         for seg in self._segments:
             self._total_bytes += seg.size
             seg.read_fd = self._open_read(seg.path)
-        if truncate_at is not None and (len(self._segments) - 1) not in dirty:
-            self._truncate_tail(self._segments[-1], truncate_at)
         if dirty:
             self._sync_ack()
             for i in sorted(dirty):
                 self._rewrite(self._segments[i], {})
-            self._write_state()
-        elif truncate_at is not None:
             self._write_state()
         if self._intent:
             self._apply_intent()
@@ -457,35 +588,93 @@ class Spool:
 
     def _load_state(self, *, have_segments: bool) -> None:
         path = self._dir / _STATE_NAME
+        assert self._epoch_file is not None
+        saved_epoch = self._epoch_file.value
+        problem = ""
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            if have_segments:
-                raise SpoolCorruptError(f"{path}: state file is missing but segments exist") from None
-            self._boot_epoch = time.time_ns()
-            self._write_state()
-            logger.info("spool %s: created with boot_epoch %d", self._dir, self._boot_epoch)
-            return
+            problem = "state file is missing"
         except OSError as exc:
             raise SpoolUnavailableError(f"{path}: cannot read state file: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            problem = f"unreadable state file: {exc}"
+        if not problem:
+            try:
+                state: dict[str, Any] = json.loads(text)
+                if not isinstance(state, dict):
+                    raise TypeError(f"expected an object, got {type(state).__name__}")
+                if "format" in state and state["format"] != _STATE_FORMAT:
+                    raise SpoolCorruptError(
+                        f"{path}: format: expected {_STATE_FORMAT}, got {state['format']!r}"
+                    )
+                boot_epoch = int(state["boot_epoch"])
+                evicted = {int(k): int(v) for k, v in state["evicted"].items()}
+                evicted_reported = {int(k): int(v) for k, v in state["evicted_reported"].items()}
+                expired = int(state["expired"])
+                expired_reported = int(state["expired_reported"])
+                repairs = int(state["repaired_regions"])
+                lost = int(state["lost_to_corruption"])
+                lost_reported = int(state["lost_reported"])
+                intent = {int(seq): int(flags) for seq, flags in state["eviction_intent"]}
+                prev_session = dict(state["session"])
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                problem = f"unreadable state file: {exc!r}"
+            else:
+                self._boot_epoch = boot_epoch
+                self._evicted, self._evicted_reported = evicted, evicted_reported
+                self._expired, self._expired_reported = expired, expired_reported
+                self._repairs, self._lost, self._lost_reported = repairs, lost, lost_reported
+                self._intent, self._prev_session = intent, prev_session
+                if saved_epoch == 0:  # a spool made before the epoch file existed
+                    self._write_epoch()
+                elif saved_epoch != boot_epoch:
+                    logger.error(
+                        "spool %s: %s says boot epoch %d, %s says %d; using %s",
+                        self._dir,
+                        path.name,
+                        boot_epoch,
+                        _EPOCH_NAME,
+                        saved_epoch,
+                        path.name,
+                    )
+                return
+        if not have_segments and saved_epoch == 0:
+            if problem != "state file is missing":
+                logger.warning("spool %s: %s; it held no batches: starting a new spool", path, problem)
+            self._boot_epoch = time.time_ns()
+            self._write_state()
+            self._write_epoch()
+            logger.info("spool %s: created with boot_epoch %d", self._dir, self._boot_epoch)
+            return
+        if saved_epoch == 0:
+            raise SpoolCorruptError(
+                f"{path}: {problem} and {self._dir / _EPOCH_NAME} holds no boot epoch, so the spooled "
+                f"batches cannot be sent under their identity{_REFUSE_ADVICE}"
+            )
+        # Rebuilt: the epoch from its own file, the ack watermark from the ack file (if that is
+        # lost too, from the first segment's name, never above the true one: a resend is
+        # deduplicated by the ingest), the next seq from the segments. The eviction counts
+        # restart at 0 (they were reported or are lost with the file); an interrupted eviction
+        # is not finished (its victims are sent).
+        self._boot_epoch = saved_epoch
+        self._prev_session = {}
+        logger.warning(
+            "spool %s: %s; rebuilt from the segments, %s and %s (boot epoch %d, ack watermark %d)",
+            path,
+            problem,
+            _EPOCH_NAME,
+            _ACK_NAME,
+            saved_epoch,
+            self._acked,
+        )
+
+    def _write_epoch(self) -> None:
+        assert self._epoch_file is not None
         try:
-            state: dict[str, Any] = json.loads(text)
-            if state.get("format") != _STATE_FORMAT:
-                raise SpoolCorruptError(
-                    f"{path}: format: expected {_STATE_FORMAT}, got {state.get('format')!r}"
-                )
-            self._boot_epoch = int(state["boot_epoch"])
-            self._evicted = {int(k): int(v) for k, v in state["evicted"].items()}
-            self._evicted_reported = {int(k): int(v) for k, v in state["evicted_reported"].items()}
-            self._expired = int(state["expired"])
-            self._expired_reported = int(state["expired_reported"])
-            self._repairs = int(state["repaired_regions"])
-            self._lost = int(state["lost_to_corruption"])
-            self._lost_reported = int(state["lost_reported"])
-            self._intent = {int(seq): int(flags) for seq, flags in state["eviction_intent"]}
-            self._prev_session = dict(state["session"])
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise SpoolCorruptError(f"{path}: unreadable state file: {exc!r}") from exc
+            self._epoch_file.write(self._boot_epoch, sync=True)
+        except OSError as exc:
+            raise self._os_error(self._epoch_file.path, "cannot write the boot epoch", exc) from exc
 
     def _write_state(self) -> None:
         state = {
@@ -520,16 +709,18 @@ class Spool:
     # ------------------------------------------------------------------ ack file
 
     def _open_slot_files(self) -> None:
-        for name, magic in ((_ACK_NAME, b"TACK"), (_RESERVE_NAME, b"TRSV")):
+        for name, magic in ((_ACK_NAME, b"TACK"), (_RESERVE_NAME, b"TRSV"), (_EPOCH_NAME, b"TEPO")):
             path = self._dir / name
             try:
                 slot_file = SlotFile(path, magic)
             except OSError as exc:
-                raise SpoolUnavailableError(f"{path}: cannot open: {exc.strerror}") from exc
+                raise self._os_error(path, "cannot open", exc) from exc
             if name == _ACK_NAME:
                 self._ack_file = slot_file
-            else:
+            elif name == _RESERVE_NAME:
                 self._reserve_file = slot_file
+            else:
+                self._epoch_file = slot_file
         assert self._ack_file is not None and self._reserve_file is not None
         self._acked = self._ack_file.value
         self._reserved = self._reserve_file.value
@@ -578,8 +769,10 @@ class Spool:
         ``priority`` is 0..255 (higher survives eviction longer); ``created_ns`` is the batch's
         creation time in UTC epoch ns (used by the age bound). The returned record is a
         tombstone when the bounds evicted it at once (every other record outranks it).
-        Raises :class:`SpoolFullError` when the disk refuses the write or the record alone
-        exceeds ``max_bytes`` (nothing is stored, the seq is not used, the spool stays
+        When the disk is full (ENOSPC, EDQUOT) the spool releases its headroom file, evicts by
+        priority to make room and tries once more. Raises :class:`SpoolFullError` when the
+        disk still refuses the write, :class:`SpoolTooLargeError` when the record alone exceeds
+        ``max_bytes`` (either way nothing is stored, the seq is not used, the spool stays
         usable), :class:`SpoolUsageError` for a bad argument.
         """
         if not 0 <= priority <= 255:
@@ -600,41 +793,16 @@ class Spool:
             seq = self._next_seq
             rec_len = fmt.HEADER_LEN + len(stored)
             if rec_len > self._config.max_bytes:
-                raise SpoolFullError(
+                raise SpoolTooLargeError(
                     f"{self._dir}: record seq {seq} of {rec_len} bytes exceeds max_bytes "
                     f"{self._config.max_bytes}"
                 )
-            if not self._power_loss:
-                self._reserve(seq)
-            seg = self._active_segment(rec_len)
             data = fmt.encode(
                 flags=flags, priority=priority, seq=seq, created_ns=created_ns, stored=stored, raw_len=raw_len
             )
-            offset = seg.size
-            try:
-                self._pwrite_all(seg.write_fd, data, offset)
-                if self._power_loss:
-                    os.fdatasync(seg.write_fd)
-            except OSError as exc:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(seg.write_fd, offset)
-                raise self._os_error(
-                    seg.path, f"cannot append record seq {seq} ({rec_len} bytes)", exc
-                ) from exc
-            entry = _Entry(
-                seg,
-                offset,
-                flags=flags,
-                priority=priority,
-                created_ns=created_ns,
-                stored_len=len(stored),
-                raw_len=raw_len,
+            entry = self._store(
+                seq, data, flags=flags, priority=priority, created_ns=created_ns, raw_len=raw_len
             )
-            self._index[seq] = entry
-            seg.hi = seq
-            seg.size += rec_len
-            self._total_bytes += rec_len
-            self._next_seq = seq + 1
             try:
                 self._enforce_locked(force_age=False)
             except SpoolError as exc:
@@ -647,13 +815,156 @@ class Spool:
                 return SpoolRecord(seq, priority, created_ns, b"", raw_len, _reason(entry.flags))
             return SpoolRecord(seq, priority, created_ns, raw, raw_len, None)
 
+    def append_tombstone(self, *, priority: int, created_ns: int, original_len: int) -> SpoolRecord:
+        """Store a ``"unspooled"`` tombstone (36 bytes) in place of a batch that never reached
+        the disk, so that it gets a seq and its loss is reported like an eviction.
+
+        Raises like :meth:`append` (after trying to make room in the same way).
+        """
+        if not 0 <= priority <= 255:
+            raise SpoolUsageError(f"priority must be 0..255, got {priority}")
+        if not 0 <= created_ns <= _MAX_I64:
+            raise SpoolUsageError(f"created_ns must be a non-negative int64, got {created_ns}")
+        raw_len = max(0, min(original_len, fmt.MAX_PAYLOAD_LEN))
+        flags = fmt.FLAG_TOMBSTONE | fmt.FLAG_REASON_UNSPOOLED
+        with self._mutex:
+            self._check_open()
+            seq = self._next_seq
+            data = fmt.encode(
+                flags=flags, priority=priority, seq=seq, created_ns=created_ns, stored=b"", raw_len=raw_len
+            )
+            self._store(seq, data, flags=flags, priority=priority, created_ns=created_ns, raw_len=raw_len)
+            self._unspooled += 1
+            return SpoolRecord(seq, priority, created_ns, b"", raw_len, "unspooled")
+
+    def _store(
+        self, seq: int, data: bytes, *, flags: int, priority: int, created_ns: int, raw_len: int
+    ) -> _Entry:
+        """Write one encoded record as ``seq`` and index it. On a full disk (ENOSPC, EDQUOT) the
+        headroom is released and records are evicted by priority (see :meth:`_make_room`), then
+        the write is tried once more; :class:`SpoolFullError` when it still does not fit."""
+        if not self._power_loss:
+            self._reserve(seq)
+        try:
+            seg, offset = self._write_record(seq, data)
+        except SpoolFullError as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, OSError) and cause.errno in _DISK_FULL_ERRNOS):
+                raise
+            if not self._make_room(len(data), str(exc)):
+                raise
+            seg, offset = self._write_record(seq, data)
+        entry = _Entry(
+            seg,
+            offset,
+            flags=flags,
+            priority=priority,
+            created_ns=created_ns,
+            stored_len=len(data) - fmt.HEADER_LEN,
+            raw_len=raw_len,
+        )
+        self._index[seq] = entry
+        seg.hi = seq
+        seg.size += len(data)
+        self._total_bytes += len(data)
+        self._next_seq = seq + 1
+        self._full_logged = False
+        return entry
+
+    def _write_record(self, seq: int, data: bytes) -> tuple[_Segment, int]:
+        seg = self._active_segment(len(data))
+        offset = seg.size
+        try:
+            self._pwrite_all(seg.write_fd, data, offset)
+            if self._power_loss:
+                os.fdatasync(seg.write_fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(seg.write_fd, offset)
+            what = f"cannot append record seq {seq} ({len(data)} bytes)"
+            raise self._os_error(seg.path, what, exc) from exc
+        return seg, offset
+
+    def _make_room(self, need: int, problem: str) -> bool:
+        """The disk refused a write: release the headroom file and evict by the usual policy
+        (lowest priority, oldest first) until the segments are at most 90 % of what they
+        were and ``need`` plus a new headroom fit in what was freed; then reserve the headroom
+        again. True when anything was freed (worth trying the write again)."""
+        self._disk_full += 1
+        released = self._release_headroom()
+        before = self._total_bytes
+        target = max(0, min(int(before * _EVICT_TO_FRACTION), before - need - self._headroom_size()))
+        if not self._full_logged:
+            logger.warning(
+                "spool %s: disk full (%s) with %d bytes in segments: evicting by priority down to %d bytes",
+                self._dir,
+                problem,
+                before,
+                target,
+            )
+        evicted = 0
+        try:
+            evicted = self._enforce_locked(force_age=False, target_bytes=target)
+        except SpoolError as exc:
+            logger.error("spool %s: could not evict on a full disk: %s", self._dir, exc)
+        self._reserve_headroom()
+        self._full_logged = True
+        return released or evicted > 0
+
+    def _headroom_size(self) -> int:
+        return self._config.segment_bytes + _HEADROOM_EXTRA
+
+    def _open_headroom(self) -> None:
+        """Open the headroom file and release its space for the writes of recovery."""
+        path = self._dir / _HEADROOM_NAME
+        try:
+            self._headroom_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise SpoolUnavailableError(f"{path}: cannot open: {exc.strerror}") from exc
+        self._release_headroom()
+
+    def _release_headroom(self) -> bool:
+        if self._headroom_fd < 0:
+            return False
+        try:
+            had = os.fstat(self._headroom_fd).st_size > 0
+            os.ftruncate(self._headroom_fd, 0)
+        except OSError as exc:
+            logger.error("spool %s: cannot release the headroom file: %s", self._dir, exc)
+            return False
+        self._headroom = 0
+        return had
+
+    def _reserve_headroom(self) -> bool:
+        size = self._headroom_size()
+        if self._headroom_fd < 0 or self._headroom >= size:
+            return self._headroom >= size
+        try:
+            os.posix_fallocate(self._headroom_fd, 0, size)
+        except OSError as exc:
+            self._headroom_errno = exc.errno
+            if not self._full_logged:
+                logger.error(
+                    "spool %s: cannot reserve %d bytes of headroom (%s): the next eviction on a "
+                    "full disk may not find room",
+                    self._dir,
+                    size,
+                    exc.strerror or exc,
+                )
+            return False
+        self._headroom = size
+        self._headroom_errno = None
+        return True
+
     def pending(self, after_seq: int = 0) -> Iterator[SpoolRecord]:
         """Yield unacknowledged records with seq > ``after_seq`` in seq order, tombstones included.
 
         The range is fixed when iteration starts (later appends are not included); a record
         acknowledged while iterating is skipped, one evicted meanwhile comes as a tombstone.
-        Raises :class:`SpoolCorruptError` naming file and offset when stored bytes no longer
-        match their checksum.
+        A record whose stored bytes no longer match their checksum (or do not decompress) comes
+        as a ``"corrupt"`` tombstone whose ``detail`` names file and offset (logged at ERROR,
+        counted, written to disk). Raises :class:`SpoolUnavailableError` when a segment cannot
+        be read at all (an I/O error).
         """
         with self._mutex:
             self._check_open()
@@ -689,6 +1000,7 @@ class Spool:
             for seq in range(previous + 1, up_to_seq + 1):
                 self._index.pop(seq, None)
                 self._intent.pop(seq, None)
+                self._details.pop(seq, None)
             self._drop_acked_segments()
 
     def enforce_bounds(self) -> int:
@@ -740,6 +1052,9 @@ class Spool:
                 repaired_regions=self._repairs,
                 lost_to_corruption=self._lost,
                 oldest_age_s=None if oldest is None else max(0.0, (self._clock_ns() - oldest) / 1e9),
+                disk_full=self._disk_full,
+                headroom_bytes=self._headroom,
+                unspooled=self._unspooled,
             )
 
     def close(self) -> None:
@@ -755,6 +1070,7 @@ class Spool:
                     if seg.write_fd >= 0:
                         os.fdatasync(seg.write_fd)
                 self._sync_ack()
+                self._release_headroom()  # room for the state write on a full disk
                 self._write_state()
             except (OSError, SpoolError) as exc:
                 logger.error("spool %s: could not sync on close: %s", self._dir, exc)
@@ -775,14 +1091,18 @@ class Spool:
         if self._closed:
             raise ClosedResourceError(f"spool {self._dir} is closed")
 
-    def _close_fds(self) -> None:
+    def _close_fds(self, *, keep_lock: bool = False) -> None:
         for seg in self._segments:
             self._close_segment_fds(seg)
-        for slot_file in (self._ack_file, self._reserve_file):
+        for slot_file in (self._ack_file, self._reserve_file, self._epoch_file):
             if slot_file is not None:
                 with contextlib.suppress(OSError):
                     slot_file.close()
-        if self._lock_fd >= 0:
+        if self._headroom_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._headroom_fd)
+            self._headroom_fd = -1
+        if self._lock_fd >= 0 and not keep_lock:
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)
             self._lock_fd = -1
@@ -851,7 +1171,9 @@ class Spool:
     def _read(self, seq: int, entry: _Entry) -> SpoolRecord:
         reason = _reason(entry.flags)
         if reason is not None:
-            return SpoolRecord(seq, entry.priority, entry.created_ns, b"", entry.raw_len, reason)
+            return SpoolRecord(
+                seq, entry.priority, entry.created_ns, b"", entry.raw_len, reason, self._details.get(seq, "")
+            )
         seg = entry.seg
         try:
             data = os.pread(seg.read_fd, fmt.HEADER_LEN + entry.stored_len, entry.offset)
@@ -861,19 +1183,42 @@ class Spool:
             ) from exc
         header, stored = data[: fmt.HEADER_LEN], data[fmt.HEADER_LEN :]
         if len(stored) != entry.stored_len or not fmt.check_payload(header, stored):
-            raise SpoolCorruptError(
-                f"{seg.path}: record seq {seq} at offset {entry.offset} fails its checksum on read"
-            )
+            return self._lost_on_read(seq, entry, "fails its checksum on read")
         if entry.flags & fmt.FLAG_ZSTD:
             try:
                 payload = self._decompressor.decompress(stored, max_output_size=entry.raw_len)
             except zstandard.ZstdError as exc:
-                raise SpoolCorruptError(
-                    f"{seg.path}: record seq {seq} at offset {entry.offset} does not decompress: {exc}"
-                ) from exc
+                return self._lost_on_read(seq, entry, f"does not decompress: {exc}")
         else:
             payload = stored
         return SpoolRecord(seq, entry.priority, entry.created_ns, payload, entry.raw_len, None)
+
+    def _lost_on_read(self, seq: int, entry: _Entry, problem: str) -> SpoolRecord:
+        """A record whose bytes went bad after they were checked on open: it becomes a
+        ``"corrupt"`` tombstone (same seq, priority, time and length; rewritten on disk like an
+        eviction), counted in ``lost_to_corruption``, so the stream of seqs goes on."""
+        path, offset = entry.seg.path, entry.offset
+        logger.error(
+            "spool %s: record seq %d at offset %d %s; it becomes a 'corrupt' tombstone",
+            path,
+            seq,
+            offset,
+            problem,
+        )
+        self._lost += 1
+        self._details[seq] = f"{path} offset {offset}: {problem}"
+        flags = fmt.FLAG_TOMBSTONE | fmt.FLAG_REASON_CORRUPT
+        self._intent[seq] = flags
+        try:
+            self._write_state()  # the count and the intent first, as for an eviction
+            self._apply_intent()
+        except SpoolError as exc:
+            # Sent as a tombstone all the same; the rewrite is retried with the next eviction
+            # or open (an open that finds the bad bytes first counts them once more).
+            logger.error("spool %s: could not write the tombstone of seq %d: %s", self._dir, seq, exc)
+        return SpoolRecord(
+            seq, entry.priority, entry.created_ns, b"", entry.raw_len, "corrupt", self._details[seq]
+        )
 
     def _drop_acked_segments(self) -> None:
         dropped = False
@@ -896,16 +1241,6 @@ class Spool:
                 self._sync_dir()
             except OSError as exc:
                 raise self._os_error(self._dir, "cannot sync directory after deleting segments", exc) from exc
-
-    def _truncate_tail(self, seg: _Segment, size: int) -> None:
-        try:
-            with open(seg.path, "r+b") as fh:
-                fh.truncate(size)
-                os.fsync(fh.fileno())
-        except OSError as exc:
-            raise self._os_error(seg.path, f"cannot truncate torn tail at offset {size}", exc) from exc
-        self._total_bytes -= seg.size - size
-        seg.size = size
 
     def _rewrite(self, seg: _Segment, tombstones: Mapping[int, int]) -> None:
         """Rewrite ``seg`` without acked records and garbage, turning ``tombstones`` (seq → flags)
@@ -948,7 +1283,7 @@ class Spool:
         seg.size = offset
         seg.lo = lo
 
-    def _enforce_locked(self, *, force_age: bool) -> int:
+    def _enforce_locked(self, *, force_age: bool, target_bytes: int | None = None) -> int:
         if self._intent:
             self._apply_intent()
         now_ns = self._clock_ns()
@@ -961,8 +1296,8 @@ class Spool:
                 if not entry.is_tombstone and entry.created_ns < cutoff_ns:
                     victims[seq] = fmt.FLAG_TOMBSTONE | fmt.FLAG_REASON_AGE
         max_bytes = self._config.max_bytes
-        if self._total_bytes > max_bytes:
-            target = int(max_bytes * _EVICT_TO_FRACTION)
+        if target_bytes is not None or self._total_bytes > max_bytes:
+            target = int(max_bytes * _EVICT_TO_FRACTION) if target_bytes is None else target_bytes
             projected = self._total_bytes - sum(self._index[seq].stored_len for seq in victims)
             if projected > target:
                 candidates = sorted(

@@ -34,7 +34,7 @@ import grpc
 from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.config import UplinkConfig
 from tcu.errors import ConfigError
-from tcu.uplink.outbox import Outbox
+from tcu.uplink.outbox import Outbox, OutboxReadError
 
 __all__ = ["Uplink", "UplinkStats", "channel_options", "open_channel"]
 
@@ -224,6 +224,9 @@ class Uplink:
             except ConnectionError as exc:
                 self.stats.last_error = str(exc)
                 log.warning("uplink: %s", exc)
+            except OutboxReadError as exc:  # e.g. an I/O error reading the spool: retry later
+                self.stats.last_error = str(exc)
+                log.error("uplink: cannot read unacked batches: %s", exc)
             finally:
                 if self.stats.connected:
                     self.stats.disconnects += 1

@@ -15,11 +15,16 @@ from typing import Protocol
 
 from tcu.errors import UplinkError
 
-__all__ = ["MemoryOutbox", "Outbox", "OutboxFull"]
+__all__ = ["MemoryOutbox", "Outbox", "OutboxFull", "OutboxReadError"]
 
 
 class OutboxFull(UplinkError):
     """The outbox holds its maximum of unacked batches."""
+
+
+class OutboxReadError(UplinkError):
+    """The outbox could not read its unacked batches (e.g. an I/O error); the uplink retries
+    after its backoff, as after a broken stream."""
 
 
 class Outbox(Protocol):
@@ -33,7 +38,9 @@ class Outbox(Protocol):
 
     def append(self, payload: bytes, *, priority: int, created_ns: int) -> int: ...
 
-    def pending(self, after_seq: int = 0) -> Iterator[tuple[int, bytes]]: ...
+    def pending(self, after_seq: int = 0) -> Iterator[tuple[int, bytes]]:
+        """Unacked batches after ``after_seq`` in seq order; may raise :class:`OutboxReadError`."""
+        ...
 
     def ack(self, up_to_seq: int) -> int: ...
 

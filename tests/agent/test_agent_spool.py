@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -23,7 +29,7 @@ from tcu.config import SpoolSettings, UplinkConfig
 from tcu.demo.verify import expected_samples, verify_store
 from tcu.ingest import IngestConfig, IngestServer
 from tcu.signals.dbc import load_dbc
-from tcu.spool import Spool, SpoolConfig, SpoolFullError
+from tcu.spool import Spool, SpoolConfig, SpoolFullError, SpoolUnavailableError
 from tcu.uplink import Uplink
 
 
@@ -147,18 +153,122 @@ async def test_tiny_spool_evicts_low_priority_first_and_the_ingest_learns_the_co
     assert info.samples == (40 - evicted[0]) * 300
 
 
-def test_unusable_spool_directory_falls_back_to_memory_and_says_where(
-    tmp_path: Path, small_dbc: Path, small_mapping: Path, caplog: pytest.LogCaptureFixture
+async def test_a_spooled_batch_that_fails_its_checksum_when_sent_is_delivered_as_a_data_loss(
+    tmp_path: Path,
 ) -> None:
+    """Bit rot in a spooled batch, found when the uplink reads it: the stream goes on and the
+    ingest counts the loss under the same seq, with the file and offset in its reason."""
+    vehicle = "WTCUROT0000000001"
+    catalog = telemetry_pb.SignalCatalog(catalog_id="c1")
+    catalog.signals.add(signal_id=1, name="Vehicle.Speed", unit="km/h", type=telemetry_pb.VALUE_TYPE_DOUBLE)
+    spool = Spool.open(SpoolConfig(directory=tmp_path / "spool", durability="crash"))
+    outbox = SpoolOutbox(spool, vehicle_id=vehicle)
+    payloads = [_batch(vehicle, "c1", (i + 1) * 10**9, 50) for i in range(10)]
+    for payload in payloads:
+        outbox.append(payload, priority=0, created_ns=time.time_ns())
+    (segment,) = (tmp_path / "spool").glob("seg-*.log")
+    offset = sum(36 + len(p) for p in payloads[:3])  # seq 4
+    data = bytearray(segment.read_bytes())
+    data[offset + 36 + 5] ^= 0xFF
+    segment.write_bytes(bytes(data))
+
+    server = IngestServer(IngestConfig(insecure=True, listen="127.0.0.1:0", db_path=tmp_path / "i.db"))
+    port = await server.start()
+    uplink = Uplink(
+        UplinkConfig(target=f"127.0.0.1:{port}", insecure=True, backoff_initial_s=0.05),
+        hello=ingest_pb.Hello(vehicle_id=vehicle, boot_epoch=outbox.boot_epoch, catalog=catalog),
+        outbox=outbox,
+    )
+    task = asyncio.create_task(uplink.run())
+    try:
+        uplink.notify()
+        drained = await uplink.wait_drained(15)
+        assert not task.done(), task.exception()
+        assert drained
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            info = (await fleet_grpc.FleetStub(ch).ListVehicles(fleet_pb.ListVehiclesRequest())).vehicles[0]
+    finally:
+        task.cancel()
+        await server.stop(1.0)
+        spool.close()
+    assert (info.batches, info.lost_batches, info.samples) == (10, 1, 9 * 50)
+    with sqlite3.connect(tmp_path / "i.db") as db:
+        rows = db.execute("SELECT seq, loss_reason FROM batches WHERE loss_reason IS NOT NULL").fetchall()
+    assert rows == [(4, f"corrupt: {segment} offset {offset}: fails its checksum on read")]
+
+
+def test_unusable_spool_directory_refuses_to_start_and_says_where(
+    tmp_path: Path, small_dbc: Path, small_mapping: Path
+) -> None:
+    """No silent fallback to memory when a spool is configured."""
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     config = dataclasses.replace(
         agent_config("unused", 1, small_dbc, small_mapping),
         spool=SpoolSettings(directory=blocker / "spool"),
     )
-    outbox = open_outbox(config)
-    assert not isinstance(outbox, SpoolOutbox)
-    assert any(str(blocker) in r.getMessage() for r in caplog.records)
+    with pytest.raises(SpoolUnavailableError, match=re.escape(f"{blocker / 'spool'}: cannot create")):
+        open_outbox(config)
+
+
+def test_lost_state_file_keeps_the_epoch_and_the_spooled_batches(
+    tmp_path: Path, small_dbc: Path, small_mapping: Path
+) -> None:
+    config = dataclasses.replace(
+        agent_config("unused", 1, small_dbc, small_mapping),
+        spool=SpoolSettings(directory=tmp_path / "spool", durability="crash"),
+    )
+    first = open_outbox(config)
+    assert isinstance(first, SpoolOutbox)
+    for i in range(5):
+        payload = _batch("WTCUTEST000000001", "c1", (i + 1) * 10**9, 3)
+        first.append(payload, priority=0, created_ns=time.time_ns())
+    epoch = first.boot_epoch
+    first.spool.close()
+    (tmp_path / "spool" / "state.json").unlink()
+    second = open_outbox(config)
+    assert isinstance(second, SpoolOutbox)
+    assert second.boot_epoch == epoch
+    assert [seq for seq, _payload in second.pending()] == [1, 2, 3, 4, 5]
+    second.spool.close()
+
+
+def test_a_second_agent_on_a_locked_spool_refuses_to_start_in_one_line(
+    tmp_path: Path, small_dbc: Path, small_mapping: Path
+) -> None:
+    spool_dir = tmp_path / "spool"
+    config_path = tmp_path / "agent.toml"
+    config_path.write_text(
+        f"""
+[vehicle]
+id = "WTCUTEST000000001"
+[[bus]]
+name = "can0"
+interface = "virtual"
+channel = "tcu-test-{uuid.uuid4().hex}"
+dbc = ["{small_dbc}"]
+[signals]
+mapping = "{small_mapping}"
+[uplink]
+target = "127.0.0.1:1"
+insecure = true
+[spool]
+directory = "{spool_dir}"
+"""
+    )
+    with Spool.open(SpoolConfig(spool_dir)):  # the first agent holds the spool
+        done = subprocess.run(
+            [sys.executable, "-m", "tcu.cli.main", "agent", "--config", str(config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert len(lines) == 1, done.stderr
+    assert f"{spool_dir / 'LOCK'}: the spool is locked by another process (pid {os.getpid()})" in lines[0]
+    assert "Traceback" not in done.stderr
 
 
 async def test_a_restart_on_a_long_spool_sends_again(tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tcu.agent.outbox import SpoolOutbox
+from tcu.api.v1 import telemetry_pb2 as telemetry_pb
 from tcu.spool import Spool, SpoolConfig, SpoolCorruptError
 
 HEADER_LEN = 36
@@ -46,30 +48,68 @@ def damage(path: Path, offset: int, length: int) -> None:
 
 
 @pytest.mark.parametrize("cut_into_last", [1, 20, HEADER_LEN + 500])
-def test_torn_tail_is_truncated_counted_and_appends_go_on(
+def test_torn_tail_becomes_a_tombstone_and_its_seq_is_never_reused(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, cut_into_last: int
 ) -> None:
     directory = tmp_path / "spool"
-    config = fill(directory, 10)
+    config = SpoolConfig(directory, segment_bytes=1 << 20, max_bytes=16 << 20)
+    handed_out: dict[int, bytes] = {}
+    with Spool.open(config) as spool:
+        for i in range(1, 11):
+            handed_out[spool.append(payload_for(i), priority=1, created_ns=NOW_NS + i).seq] = payload_for(i)
     segment = only_segment(directory)
     record_len = HEADER_LEN + 1000
-    # A power cut while writing record 10: only its first bytes reached the disk.
+    # A power cut while writing record 10 (or bytes lost later): only its first bytes are on disk.
+    # Seq 10 may have gone upstream already, so it must never carry other content.
     with segment.open("r+b") as fh:
         fh.truncate(9 * record_len + cut_into_last)
 
     with caplog.at_level(logging.WARNING, logger="tcu.spool"), Spool.open(config) as spool:
         stats = spool.stats()
         assert stats.repaired_regions == 1
-        assert stats.lost_to_corruption == 0  # the torn record never completed: nothing was lost
-        assert [r.seq for r in spool.pending()] == list(range(1, 10))
-        assert all(r.payload == payload_for(r.seq) for r in spool.pending())
-        assert segment.stat().st_size == 9 * record_len
-        assert spool.append(payload_for(10), priority=0, created_ns=NOW_NS).seq == 10
+        assert stats.lost_to_corruption == 1
+        records = list(spool.pending())
+        expected = [(s, None) for s in range(1, 10)] + [(10, "corrupt")]
+        assert [(r.seq, r.tombstone) for r in records] == expected
+        assert all(r.payload == payload_for(r.seq) for r in records[:9])
+        assert spool.take_eviction_report().lost_to_corruption == 1
+        for i in range(11, 14):
+            record = spool.append(b"new %d" % i, priority=0, created_ns=NOW_NS)
+            assert record.seq not in handed_out  # never a seq given out before
+            handed_out[record.seq] = record.payload
     assert f"{segment}: torn record at offset {9 * record_len}" in caplog.text
 
-    with Spool.open(config) as spool:  # the repair is not found (nor counted) again
+    with Spool.open(config) as spool:  # the repair is durable: not found (nor counted) again
         assert spool.stats().repaired_regions == 1
-        assert [r.payload for r in spool.pending()] == [payload_for(i) for i in range(1, 11)]
+        assert spool.stats().lost_to_corruption == 1
+        records = list(spool.pending())
+        assert [r.seq for r in records] == list(range(1, 14))
+        for r in records:
+            if r.tombstone is None:
+                assert r.payload == handed_out[r.seq]  # no seq ever carried two contents
+        assert [r.seq for r in records if r.tombstone] == [10]
+        # What the ingest receives for seq 10: a batch without samples that carries the loss.
+        sent = dict(SpoolOutbox(spool, vehicle_id="WTCUTORN000000001").pending())
+        loss = telemetry_pb.TelemetryBatch.FromString(sent[10])
+        assert loss.HasField("loss") and loss.loss.reason.startswith("corrupt")
+        assert not loss.columns
+
+
+def test_torn_tail_of_an_append_interrupted_by_a_kill_is_cut_off(tmp_path: Path) -> None:
+    """The process died while appending seq 10 (the spool was not closed): that append never
+    returned, so seq 10 was never handed out and is used by the next batch, without a loss."""
+    config = SpoolConfig(tmp_path / "spool", segment_bytes=1 << 20, max_bytes=16 << 20)
+    image = tmp_path / "after-kill"
+    with Spool.open(config) as spool:
+        for i in range(1, 11):
+            spool.append(payload_for(i), priority=1, created_ns=NOW_NS + i)
+        shutil.copytree(config.directory, image)  # as a kill -9 leaves it (not closed)
+    with (image / "seg-00000000000000000001.log").open("r+b") as fh:
+        fh.truncate(9 * (HEADER_LEN + 1000) + 100)
+    with Spool.open(SpoolConfig(image, segment_bytes=1 << 20, max_bytes=16 << 20)) as spool:
+        stats = spool.stats()
+        assert (stats.repaired_regions, stats.lost_to_corruption, stats.tombstones) == (1, 0, 0)
+        assert spool.append(b"next", priority=1, created_ns=NOW_NS).seq == 10
 
 
 @pytest.mark.parametrize(
@@ -159,12 +199,70 @@ def test_eviction_interrupted_by_a_crash_is_finished_on_open(tmp_path: Path) -> 
     assert json.loads(state_path.read_text())["eviction_intent"] == []
 
 
-def test_missing_state_file_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage_state", ["delete", "empty", "half", "delete-with-ack"])
+def test_lost_or_truncated_state_file_is_rebuilt_from_the_spool_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage_state: str
+) -> None:
     directory = tmp_path / "spool"
-    config = fill(directory, 2)
+    config = fill(directory, 10)
+    with Spool.open(config) as spool:
+        epoch = spool.boot_epoch
+        spool.ack(3)
+    state = directory / "state.json"
+    first_pending = 4
+    if damage_state.startswith("delete"):
+        state.unlink()
+        if damage_state == "delete-with-ack":
+            (directory / "ack").unlink()
+            first_pending = 1  # from the segment's name: conservative, the ingest dedups the resend
+    else:
+        text = state.read_bytes()
+        state.write_bytes(b"" if damage_state == "empty" else text[: len(text) // 2])
+    with caplog.at_level(logging.WARNING, logger="tcu.spool"), Spool.open(config) as spool:
+        assert spool.boot_epoch == epoch  # the same identity: what the ingest has is deduplicated
+        records = list(spool.pending())
+        assert [r.seq for r in records] == list(range(first_pending, 11))
+        assert all(r.tombstone is None and r.payload == payload_for(r.seq) for r in records)
+        assert spool.append(b"next", priority=0, created_ns=NOW_NS).seq == 11
+    assert f"{state}: " in caplog.text and "rebuilt" in caplog.text
+    with Spool.open(config) as spool:  # the rebuilt state was written
+        assert spool.boot_epoch == epoch
+        assert [r.seq for r in spool.pending()] == list(range(first_pending, 12))
+
+
+def test_state_that_cannot_be_rebuilt_is_refused_naming_the_file(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    config = fill(directory, 4)
     (directory / "state.json").unlink()
-    with pytest.raises(SpoolCorruptError, match=r"state.json: state file is missing"):
+    (directory / "epoch").unlink()  # the boot epoch is gone with it
+    with pytest.raises(SpoolCorruptError, match=r"state.json: state file is missing") as info:
         Spool.open(config)
+    assert "on_damage" in str(info.value) and "\n" not in str(info.value)
+    # Refused, not repaired: the batches are still there for someone to look at.
+    assert len(list(directory.glob("seg-*.log"))) == 1
+
+
+def test_start_fresh_moves_the_damaged_spool_aside_and_reports_the_loss(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "spool"
+    config = fill(directory, 6)
+    with Spool.open(config) as spool:
+        old_epoch = spool.boot_epoch
+        spool.ack(2)
+    (directory / "state.json").write_text("{")
+    (directory / "epoch").unlink()
+    fresh = SpoolConfig(directory, segment_bytes=1 << 20, max_bytes=16 << 20, on_damage="start-fresh")
+    with caplog.at_level(logging.ERROR, logger="tcu.spool"), Spool.open(fresh) as spool:
+        assert spool.boot_epoch != old_epoch
+        records = list(spool.pending())
+        # The 4 unacked batches of the old epoch cannot be sent: each is reported as lost.
+        assert [(r.seq, r.tombstone) for r in records] == [(s, "corrupt") for s in range(1, 5)]
+        assert all("moved to" in r.detail for r in records)
+        assert spool.stats().lost_to_corruption == 4
+    (aside,) = directory.glob("damaged-*")
+    assert {p.name for p in aside.iterdir()} >= {"seg-00000000000000000001.log", "state.json"}
+    assert str(aside) in caplog.text
 
 
 @settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -271,3 +369,34 @@ def test_crash_mode_kill_without_reboot_skips_nothing(tmp_path: Path) -> None:
         assert [r.seq for r in spool.pending() if r.tombstone is None] == list(range(1, 11))
         assert spool.stats().tombstones == 0
         assert spool.append(b"next", priority=1, created_ns=NOW_NS).seq == 11
+
+
+def test_checksum_failure_on_read_becomes_a_corrupt_tombstone_naming_file_and_offset(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "spool"
+    config = SpoolConfig(directory, segment_bytes=1 << 20, max_bytes=16 << 20)
+    with Spool.open(config) as spool:
+        for i in range(1, 6):
+            spool.append(payload_for(i), priority=2, created_ns=NOW_NS + i)
+        segment = only_segment(directory)
+        offset = 2 * (HEADER_LEN + 1000)
+        damage(segment, offset + HEADER_LEN + 10, 1)  # bit rot in seq 3 while the spool is open
+        with caplog.at_level(logging.ERROR, logger="tcu.spool"):
+            records = list(spool.pending())
+        assert [(r.seq, r.tombstone) for r in records] == [
+            (1, None), (2, None), (3, "corrupt"), (4, None), (5, None)
+        ]
+        lost = records[2]
+        assert (lost.priority, lost.created_ns, lost.original_len) == (2, NOW_NS + 3, 1000)
+        assert lost.detail == f"{segment} offset {offset}: fails its checksum on read"
+        assert f"{segment}: record seq 3 at offset {offset} fails its checksum on read" in caplog.text
+        assert spool.stats().lost_to_corruption == 1
+        assert spool.take_eviction_report().lost_to_corruption == 1
+        assert [r.seq for r in spool.pending() if r.tombstone] == [3]  # read again: still a tombstone
+        assert spool.append(b"next", priority=0, created_ns=NOW_NS).seq == 6
+    with Spool.open(config) as spool:  # the tombstone was written: nothing new is found on open
+        stats = spool.stats()
+        assert (stats.lost_to_corruption, stats.repaired_regions, stats.tombstones) == (1, 0, 1)
+        assert [(r.seq, r.tombstone) for r in spool.pending()][2] == (3, "corrupt")
+        assert spool.take_eviction_report().total == 0
