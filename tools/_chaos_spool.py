@@ -3,7 +3,8 @@
 :func:`inspect_spool` reads what a spool directory holds right after its agent
 was killed: the boot epoch (``state.json``), the ack watermark (``ack``) and
 every valid record of the segments (the checksummed format of
-:mod:`tcu.spool._format`). Its ``highest_seq`` is the newest batch the agent had
+:mod:`tcu.spool._format`); when ``state.json`` does not read, the epoch comes from
+the spool's ``epoch`` file. Its ``highest_seq`` is the newest batch the agent had
 made durable at the kill: the ground truth of what the ingest must end up
 holding, whatever the ingest reports. It opens nothing for writing and takes no
 lock, so the next agent finds the directory as the killed one left it.
@@ -26,6 +27,7 @@ from tcu.spool import _format as fmt
 __all__ = ["Damage", "SpoolFacts", "corrupt_record", "inspect_spool", "truncate_state"]
 
 _ACK_MAGIC = b"TACK"
+_EPOCH_MAGIC = b"TEPO"
 _SLOT_LEN = 16
 
 
@@ -79,21 +81,26 @@ def _segments(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _read_ack(directory: Path) -> int:
+def _read_slots(path: Path, magic: bytes) -> int:
+    """The highest valid value of a two-slot counter file (``tcu.spool._slots``); 0 when none."""
     try:
-        data = (directory / "ack").read_bytes()
-    except FileNotFoundError:
+        data = path.read_bytes()
+    except OSError:
         return 0
     best = 0
     for slot in (0, 1):
         chunk = data[slot * _SLOT_LEN : (slot + 1) * _SLOT_LEN]
         if (
             len(chunk) == _SLOT_LEN
-            and chunk[:4] == _ACK_MAGIC
+            and chunk[:4] == magic
             and zlib.crc32(chunk[:12]) == int.from_bytes(chunk[12:16], "little")
         ):
             best = max(best, int.from_bytes(chunk[4:12], "little"))
     return best
+
+
+def _read_ack(directory: Path) -> int:
+    return _read_slots(directory / "ack", _ACK_MAGIC)
 
 
 def _read_epoch(directory: Path) -> tuple[int | None, str | None]:
@@ -101,9 +108,12 @@ def _read_epoch(directory: Path) -> tuple[int | None, str | None]:
     try:
         return int(json.loads(path.read_text())["boot_epoch"]), None
     except FileNotFoundError:
-        return None, f"{path}: missing"
+        problem = f"{path}: missing"
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return None, f"{path}: unreadable ({exc!r})"
+        problem = f"{path}: unreadable ({exc!r})"
+    # the spool keeps the epoch in its own file too (from which it rebuilds state.json)
+    epoch = _read_slots(directory / "epoch", _EPOCH_MAGIC)
+    return (epoch or None), problem
 
 
 def inspect_spool(directory: Path) -> SpoolFacts:

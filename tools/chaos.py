@@ -157,7 +157,7 @@ class ChaosResult:
     disk_full_phases: int = 0
     disk_full_skipped: str | None = None
     disk_full_bytes: list[int] = field(default_factory=list)
-    disk_full_reached: int = 0
+    disk_full_reached: int = 0  # phases in which the spool's disk had less than 64 KiB free
     spool_damages: int = 0
     spool_damage_kinds: list[str] = field(default_factory=list)
     spool_damage_skipped: int = 0
@@ -566,7 +566,7 @@ class _Chaos:
             )
         elif fault.kind == "cutoff":
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + 3.0
+            deadline = loop.time() + 10.0  # the agent may be backing off after the last fault
             while self.proxy.open_connections == 0 and loop.time() < deadline:
                 await self.check_processes()
                 await asyncio.sleep(0.02)
@@ -605,18 +605,29 @@ class _Chaos:
         assert self.watcher is not None
         if self.tmpfs is None:
             return f"  (skipped: {self.result.disk_full_skipped})"
-        size = await asyncio.to_thread(self.tmpfs.shrink_to_used, self.o.disk_full_margin_kib * 1024)
+        tmpfs = self.tmpfs
+        size = await asyncio.to_thread(tmpfs.shrink_to_used, self.o.disk_full_margin_kib * 1024)
         self.result.disk_full_phases += 1
         self.result.disk_full_bytes.append(size)
+        least = [tmpfs.free()]
+
+        async def watch_free() -> None:  # the spool may free space again (eviction): keep the least
+            while True:
+                least[0] = min(least[0], tmpfs.free())
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch_free(), name="chaos.disk-free")
         try:
             down_s = await self._link_down_for(fault.duration_s)
-            free = self.tmpfs.free()
-            if free < 64 * 1024:
-                self.result.disk_full_reached += 1
             await self.wait_until(self.watcher.elapsed_s() + self.o.disk_full_hold_s)  # acks on a full disk
         finally:
-            await asyncio.to_thread(self.tmpfs.restore)
-        return f"  (spool disk {size // 1024} KiB, {free // 1024} KiB free after {down_s:.0f} s offline)"
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await asyncio.to_thread(tmpfs.restore)
+        if least[0] < 64 * 1024:
+            self.result.disk_full_reached += 1
+        return f"  (spool disk {size // 1024} KiB, least free {least[0] // 1024} KiB, {down_s:.0f} s offline)"
 
     async def damage(self, fault: Fault) -> str:
         """Link down to build a backlog, kill the agent, damage its spool, start the next agent."""

@@ -299,8 +299,10 @@ def test_spool_inspection_reads_a_killed_spool_without_changing_it(tmp_path: Pat
     assert [r.tombstone for r in records] == [None, "corrupt", None, None]
     again.close()
     truncate_state(tmp_path / "spool")
-    broken = inspect_spool(tmp_path / "spool")
-    assert broken.boot_epoch is None and broken.problem and "unreadable" in broken.problem
+    broken = inspect_spool(tmp_path / "spool")  # the epoch then comes from the spool's epoch file
+    assert broken.boot_epoch == epoch and broken.problem and "unreadable" in broken.problem
+    (tmp_path / "spool" / "epoch").unlink()
+    assert inspect_spool(tmp_path / "spool").boot_epoch is None
 
 
 async def _ended(reader: asyncio.StreamReader) -> bool:
