@@ -167,6 +167,7 @@ class ChaosResult:
     ingest_restarts_sigkill: int = 0
     offline_periods: int = 0
     connections_cut: int = 0
+    cutoffs_idle: int = 0  # cut-offs that found no stream open (within 3 s)
     connections_refused: int = 0
     agent_unexpected_exits: int = 0
     ingest_unexpected_exits: int = 0
@@ -546,6 +547,11 @@ class _Chaos:
     async def apply(self, fault: Fault) -> None:
         assert self.proxy is not None and self.agent is not None and self.ingest is not None
         assert self.watcher is not None
+        if self.watcher.done is not None:
+            raise ChaosError(
+                f"the drive ended before the {fault.kind} due at {fault.at_s:.1f} simulated s"
+                " (the faults before it took too long)"
+            )
         note = ""
         if fault.kind == "kill":
             await self.kill_agent("kill")
@@ -565,13 +571,18 @@ class _Chaos:
                 self._restart_ingest(self.ingest), name="chaos.ingest-restart"
             )
         elif fault.kind == "cutoff":
+            await self.ingest_restarted()  # no stream can be open while the ingest is away
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + 10.0  # the agent may be backing off after the last fault
+            deadline = loop.time() + 3.0  # the agent may be backing off after the last fault
             while self.proxy.open_connections == 0 and loop.time() < deadline:
                 await self.check_processes()
                 await asyncio.sleep(0.02)
-            self.result.connections_cut += self.proxy.cut()
+            cut = self.proxy.cut()
+            self.result.connections_cut += cut
             self.result.cutoffs += 1
+            if not cut:
+                self.result.cutoffs_idle += 1
+                note = "  (no stream was open)"
         elif fault.kind == "offline":
             self.maybe_link_up(force=True)
             self.proxy.set_down(True)
@@ -758,6 +769,7 @@ def plan(options: ChaosOptions) -> Schedule:
         disk_full_s=options.disk_full_s + options.disk_full_hold_s,
         damages=options.spool_damage,
         damage_s=options.damage_backlog_s,
+        tail_s=120.0,
     )
 
 
