@@ -18,6 +18,7 @@ the chaos run.
 from __future__ import annotations
 
 import json
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,7 @@ class Damage:
     offset: int
     seq: int  # the damaged record's seq (0 for state.json)
     detail: str
+    at_ns: int  # when (wall clock)
 
 
 def _segments(directory: Path) -> list[tuple[int, Path]]:
@@ -136,7 +138,7 @@ def inspect_spool(directory: Path) -> SpoolFacts:
 
 
 def corrupt_record(directory: Path, *, spare_newest: int = 2) -> Damage | None:
-    """Flip bytes inside the payload of the middle unacked record, sparing the newest ones.
+    """Flip bytes inside the payload of an unacked record two thirds into the backlog, sparing the newest.
 
     Returns None when fewer than ``spare_newest + 1`` unacked payload records are on disk.
     """
@@ -153,14 +155,16 @@ def corrupt_record(directory: Path, *, spare_newest: int = 2) -> Damage | None:
     if len(candidates) <= spare_newest:
         return None
     usable = candidates[: len(candidates) - spare_newest]
-    path, rec = usable[len(usable) // 2]
+    # late in the backlog: the oldest unacked records may be stored at the ingest already
+    path, rec = usable[(2 * len(usable)) // 3]
     at = rec.offset + fmt.HEADER_LEN + rec.stored_len // 2
     with path.open("r+b") as fh:
         fh.seek(at)
         old = fh.read(4)
         fh.seek(at)
         fh.write(bytes(b ^ 0xFF for b in old))
-    return Damage("record", str(path), at, rec.seq, f"flipped {len(old)} bytes of record seq {rec.seq}")
+    detail = f"flipped {len(old)} bytes of record seq {rec.seq}"
+    return Damage("record", str(path), at, rec.seq, detail, time.time_ns())
 
 
 def truncate_state(directory: Path) -> Damage:
@@ -168,4 +172,5 @@ def truncate_state(directory: Path) -> Damage:
     path = directory / "state.json"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    return Damage("state", str(path), len(data) // 2, 0, f"truncated {len(data)} to {len(data) // 2} bytes")
+    detail = f"truncated {len(data)} to {len(data) // 2} bytes"
+    return Damage("state", str(path), len(data) // 2, 0, detail, time.time_ns())

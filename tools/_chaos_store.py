@@ -35,6 +35,7 @@ class StoreReadError(TcuError):
 class BatchRow:
     samples: int
     loss_reason: str | None  # set: the batch stands for a lost one (a DataLoss record)
+    stored_ns: int = 0  # when the ingest committed it (its wall clock)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +77,11 @@ def read_store(db_path: Path, vehicle_id: str) -> StoreContents:
     db = _connect(db_path, write=False)
     out = StoreContents()
     try:
-        for epoch, seq, samples, reason in db.execute(
-            "SELECT boot_epoch, seq, samples, loss_reason FROM batches WHERE vehicle_id = ?", (vehicle_id,)
+        for epoch, seq, samples, reason, stored_ns in db.execute(
+            "SELECT boot_epoch, seq, samples, loss_reason, stored_ns FROM batches WHERE vehicle_id = ?",
+            (vehicle_id,),
         ):
-            out.batches[(int(epoch), int(seq))] = BatchRow(int(samples), reason)
+            out.batches[(int(epoch), int(seq))] = BatchRow(int(samples), reason, int(stored_ns))
         for epoch, seq, reason in db.execute(
             "SELECT boot_epoch, seq, reason FROM quarantine WHERE vehicle_id = ?", (vehicle_id,)
         ):

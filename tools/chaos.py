@@ -857,14 +857,18 @@ def account_run(workdir: Path) -> ChaosResult:
     result.kill_windows_over_bound = sum(1 for w in acc.bounded_kill_windows_ms if w > bound_ms)
     result.kill_windows_after_dataloss = acc.kill_windows_after_dataloss
 
-    def reported(epoch: int, seq: int) -> bool:  # as a DataLoss record or, at least, kept in quarantine
+    def reported(epoch: int, seq: int, damaged_ns: int) -> bool:
+        """A DataLoss record, quarantine, or the batch itself, committed before the damage."""
         row = store.batches.get((epoch, seq))
-        return (row is not None and row.loss_reason is not None) or (epoch, seq) in store.quarantined
+        if row is not None and (row.loss_reason is not None or 0 < row.stored_ns < damaged_ns):
+            return True  # stored before: sent, but its ack had not reached the spool
+        return (epoch, seq) in store.quarantined
 
     result.damaged_records_not_reported = sum(
         1
         for d in facts["damages"]
-        if d["kind"] == "record" and not reported(int(d["boot_epoch"] or 0), int(d["seq"]))
+        if d["kind"] == "record"
+        and not reported(int(d["boot_epoch"] or 0), int(d["seq"]), int(d.get("at_ns", 0)))
     )
     result.judge()
     return result
