@@ -27,10 +27,10 @@ unless the spool held ``DataLoss`` records after its newest data batch (the agen
 reported that it could not keep them, e.g. on a full disk): then the samples
 before ``kill - bound`` count as reported lost.
 
-Samples that are expected but not stored are *reported lost* when they fall
-between the batches around a run of ``DataLoss`` records or quarantined batches
-(the records stand in for those batches, in seq order), and *lost* (silently)
-otherwise.
+Samples that are expected but not stored are *reported lost* when the seqs
+between the batches holding the same signal's stored neighbours (in time) hold
+``DataLoss`` records or quarantined batches and no missing seq (the records stand
+in for those batches, in seq order), and *lost* (silently) otherwise.
 """
 
 from __future__ import annotations
@@ -155,13 +155,6 @@ def _boundary(
     return Expected(out)
 
 
-@dataclass(slots=True)
-class _Gap:
-    after_ns: int  # the newest sample before the run of records (exclusive bound)
-    before_ns: int  # the oldest sample after it (exclusive bound)
-    silent: bool  # the run holds a missing seq
-
-
 def account(
     ground_truth: Mapping[str, Series],
     catalog: Catalog,
@@ -183,27 +176,20 @@ def account(
     # ---- batches: every seq the spool handed out must be in the database
     db_epochs = {e for e, _ in store.batches} | {e for e, _ in store.quarantined}
     result.unknown_epochs = len(db_epochs - set(spool_epochs))
-    gaps: list[_Gap] = []
+    status: dict[int, npt.NDArray[np.int64]] = {}  # per epoch and seq: 0 data, 1 reported, 2 missing
     for epoch in sorted(db_epochs | set(spool_epochs)):
         seqs = [s for e, s in store.batches if e == epoch] + [s for e, s in store.quarantined if e == epoch]
         hi = max([spool_epochs.get(epoch, 0), *seqs])
         result.batches_expected += hi
-        run: _Gap | None = None
-        last_ns = np.iinfo(np.int64).min
+        codes = np.zeros(hi + 2, np.int64)
+        status[epoch] = codes
         for seq in range(1, hi + 1):
             key = (epoch, seq)
             row = store.batches.get(key)
             if row is not None and row.loss_reason is None:
                 result.batches_stored += 1
-                if key not in ranges:
-                    continue  # no CAN samples (the agent's own signals only): transparent
-                first, last = ranges[key]
-                if run is not None:
-                    run.before_ns = first
-                    gaps.append(run)
-                    run = None
-                last_ns = last
                 continue
+            codes[seq] = 1 if row is not None or key in store.quarantined else 2
             if row is not None:
                 reason = row.loss_reason or "?"
                 result.batches_reported_lost += 1
@@ -214,11 +200,6 @@ def account(
                 result.batches_missing += 1
                 if len(result.missing_batch_examples) < 5:
                     result.missing_batch_examples.append(f"epoch {epoch} seq {seq}")
-            if run is None:
-                run = _Gap(last_ns, np.iinfo(np.int64).max, silent=False)
-            run.silent = run.silent or (row is None and key not in store.quarantined)
-        if run is not None:
-            gaps.append(run)
 
     # ---- samples: the periodic rule per segment, kill windows from the kill instant
     bound_ns = kill_bound_us * 1000
@@ -277,15 +258,49 @@ def account(
     result.samples_expected = comparison.samples_expected
     result.samples_stored = comparison.samples_stored
     result.value_errors = comparison.value_errors
-    reported_gaps = [g for g in gaps if not g.silent]
+    runs = {e: (np.cumsum(c == 1), np.cumsum(c == 2)) for e, c in status.items()}
+
+    def between(epoch: int, lo: int, hi: int) -> tuple[int, int]:
+        """(reported, missing) seqs strictly between ``lo`` and ``hi`` in ``epoch``."""
+        if epoch not in runs or hi - lo < 2:
+            return 0, 0
+        rep, mis = runs[epoch]
+        hi = min(hi, len(rep))
+        return int(rep[hi - 1] - rep[lo]), int(mis[hi - 1] - mis[lo])
+
+    def reported(name: str, missing: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """Missing samples whose place, between this signal's stored neighbours, holds only
+        DataLoss or quarantined batches (at least one) and no missing seq."""
+        out = np.zeros(len(missing), dtype=bool)
+        c = can.get(name)
+        n = 0 if c is None else len(c.t_ns)
+        idx = np.searchsorted(c.t_ns, missing) if c is not None else np.zeros(len(missing), np.int64)
+        for j, i in enumerate(idx.tolist()):
+            prev = (int(c.epoch[i - 1]), int(c.seq[i - 1])) if c is not None and i > 0 else None
+            nxt = (int(c.epoch[i]), int(c.seq[i])) if c is not None and i < n else None
+            if prev is not None and nxt is not None and prev[0] == nxt[0]:
+                lo, hi = sorted((prev[1], nxt[1]))
+                r, m = between(prev[0], lo, hi)
+            else:
+                r = m = 0
+                if prev is not None:
+                    r, m = between(prev[0], prev[1], 1 << 62)
+                if nxt is not None:
+                    r2, m2 = between(nxt[0], 0, nxt[1])
+                    r, m = r + r2, m + m2
+                if prev is None and nxt is None:
+                    for e in runs:
+                        r2, m2 = between(e, 0, 1 << 62)
+                        r, m = r + r2, m + m2
+            out[j] = r > 0 and m == 0
+        return out
+
     for name, (exp_t, _) in expected.series.items():
         got_t = stored.get(name, (np.empty(0, np.int64), None))[0]
         missing = np.setdiff1d(exp_t, got_t)
         if not len(missing):
             continue
-        covered = np.zeros(len(missing), dtype=bool)
-        for g in reported_gaps:
-            covered |= (missing > g.after_ns) & (missing < g.before_ns)
+        covered = reported(name, missing)
         result.reported_lost += int(covered.sum())
         silent = missing[~covered]
         result.lost += len(silent)

@@ -238,6 +238,49 @@ def test_a_frame_stamped_at_the_boundary_may_go_to_the_next_client(tmp_path: Pat
     assert acc.lost == 0 and acc.unexpected == 0 and acc.value_errors == 0
 
 
+def test_a_dataloss_record_covers_each_signal_between_its_own_neighbours(tmp_path: Path) -> None:
+    """Batches overlap in time across signals (a slow signal's sample comes in a later batch)."""
+    catalog = _catalog()
+    a, b = catalog.signals[0], next(x for x in catalog.signals if x.message != catalog.signals[0].message)
+    t_us = np.arange(0, 6_000_000, 10_000, dtype=np.int64) + T0_US
+    gt: dict[str, Series] = {
+        f"{x.message}.{x.signal}": (t_us * 1000, np.arange(len(t_us), dtype=np.float64)) for x in (a, b)
+    }
+    exp = expected_samples(gt, catalog).series
+    # batch 1: a before 2 s, b before 2.5 s; batch 2 lost (DataLoss); batch 3: a from 3 s, b from 3.5 s
+    cuts = {a.name: (2.0, 3.0), b.name: (2.5, 3.5)}
+    db = sqlite3.connect(tmp_path / "db.sqlite")
+    _db(tmp_path / "db.sqlite", [], a.name)
+    db.execute("INSERT INTO series VALUES (2, ?, ?, '')", (VIN, b.name))
+    for seq, loss in ((1, None), (2, "evicted"), (3, None)):
+        rows = []
+        for series_id, x in ((1, a), (2, b)):
+            t_ns, v = exp[x.name]
+            lo_s, hi_s = cuts[x.name]
+            sel = t_ns < (T0_US + lo_s * 1e6) * 1000 if seq == 1 else t_ns >= (T0_US + hi_s * 1e6) * 1000
+            if seq != 2:
+                rows += [
+                    (series_id, int(t), float(val), EPOCH, seq)
+                    for t, val in zip(t_ns[sel], v[sel], strict=True)
+                ]
+        db.execute(
+            "INSERT INTO batches VALUES (?, ?, ?, 'c', 0, 0, ?, 0, ?)", (VIN, EPOCH, seq, len(rows), loss)
+        )
+        db.executemany("INSERT INTO samples VALUES (?, ?, ?, NULL, ?, ?)", rows)
+    db.commit()
+    db.close()
+    acc = account(
+        gt,
+        catalog,
+        [Segment(T0_US, None, killed=False)],
+        read_store(tmp_path / "db.sqlite", VIN),
+        spool_epochs={EPOCH: 3},
+        kill_bound_us=BOUND_US,
+    )
+    assert acc.batches_missing == 0 and acc.batches_reported_lost == 1
+    assert acc.lost == 0 and acc.reported_lost > 0
+
+
 def test_orphan_rows_duplicates_and_an_unreadable_spool_are_counted(tmp_path: Path) -> None:
     drive = _Drive()
     db = _db(tmp_path / "db.sqlite", drive.batches, drive.spec.name)
