@@ -6,6 +6,11 @@ connection at once (a stream cut-off: both sides see the TCP connection end);
 :meth:`LinkProxy.set_down` closes them too and, while the link is down, closes
 every new connection as soon as it is accepted, before a byte is forwarded (the
 client sees its connection attempt fail). Only loopback addresses are accepted.
+
+:class:`ClockTap` is the same proxy between the simulator and the agent's
+socketcand bus, reading the source time of the newest CAN frame it forwards:
+the simulator's clock as the agent sees it on the wire, exact to the frame
+whatever the simulator's lag behind its nominal speed.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tcu.errors import ConfigError
 
-__all__ = ["LinkProxy", "ProxyConfig"]
+__all__ = ["ClockTap", "LinkProxy", "ProxyConfig"]
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +52,9 @@ class ProxyConfig:
 class LinkProxy:
     """``async with LinkProxy(config) as proxy``: forwards until closed; ``port`` is the bound port."""
 
-    def __init__(self, config: ProxyConfig) -> None:
+    def __init__(self, config: ProxyConfig, observe: Callable[[bytes], None] | None = None) -> None:
         self.config = config
+        self._observe = observe  # sees every chunk forwarded from upstream to the client
         self.port = 0
         self.down = False
         self.accepted = 0
@@ -124,8 +132,8 @@ class LinkProxy:
         self.accepted += 1
         pair = (writer, up_writer)
         self._pairs.add(pair)
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pump(src, dst, pair), name="chaos.proxy.pump")
+        for src, dst, observe in ((reader, up_writer, None), (up_reader, writer, self._observe)):
+            task = asyncio.create_task(self._pump(src, dst, pair, observe), name="chaos.proxy.pump")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -134,10 +142,13 @@ class LinkProxy:
         src: asyncio.StreamReader,
         dst: asyncio.StreamWriter,
         pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
+        observe: Callable[[bytes], None] | None = None,
     ) -> None:
         try:
             while data := await src.read(_CHUNK):
                 dst.write(data)
+                if observe is not None:
+                    observe(data)
                 await dst.drain()
         except (OSError, RuntimeError):
             pass
@@ -148,3 +159,22 @@ class LinkProxy:
                 for w in pair:
                     with contextlib.suppress(OSError, RuntimeError):
                         w.transport.abort()
+
+
+_FRAME_TIME = re.compile(rb"< frame [0-9A-Fa-f]+ (\d+)\.(\d{1,6}) ")
+
+
+class ClockTap(LinkProxy):
+    """A proxy in front of a socketcand server; ``sim_us``: the newest frame time forwarded (0: none)."""
+
+    def __init__(self, config: ProxyConfig) -> None:
+        super().__init__(config, observe=self._see)
+        self.sim_us = 0
+
+    def _see(self, data: bytes) -> None:
+        tail = max(0, len(data) - 512)  # the newest frame is near the end of the chunk
+        matches = list(_FRAME_TIME.finditer(data, tail)) or list(_FRAME_TIME.finditer(data, 0, tail + 64))
+        if matches:
+            last = matches[-1]
+            us = int(last.group(1)) * 1_000_000 + int(last.group(2).ljust(6, b"0"))
+            self.sim_us = max(self.sim_us, us)

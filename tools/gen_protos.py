@@ -64,18 +64,13 @@ def main() -> int:
             stale = [
                 f.name
                 for f in files
-                if not (target / f.name).exists()
-                or not filecmp.cmp(f, target / f.name, shallow=False)
+                if not (target / f.name).exists() or not filecmp.cmp(f, target / f.name, shallow=False)
             ]
             extra = sorted(
-                p.name
-                for p in target.iterdir()
-                if p.is_file() and p.name not in {f.name for f in files}
+                p.name for p in target.iterdir() if p.is_file() and p.name not in {f.name for f in files}
             )
             if stale or extra:
-                print(
-                    f"generated code in {PACKAGE_DIR} is stale: {stale + extra}; run tools/gen_protos.py"
-                )
+                print(f"generated code in {PACKAGE_DIR} is stale: {stale + extra}; run tools/gen_protos.py")
                 return 1
             print(f"generated code in {PACKAGE_DIR} is up to date ({len(files)} files)")
             return 0
