@@ -62,6 +62,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import grpc
 from _chaos_account import Segment, account
 from _chaos_proxy import ClockTap, LinkProxy, ProxyConfig
