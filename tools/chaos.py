@@ -62,8 +62,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import grpc
+import numpy as np
 from _chaos_account import Segment, account
 from _chaos_proxy import ClockTap, LinkProxy, ProxyConfig
 from _chaos_schedule import Fault, Schedule, make_schedule
