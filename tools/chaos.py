@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -63,6 +64,7 @@ from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
 from tcu.demo.procs import Proc, read_json_line, read_stats, spawn, wait_file
 from tcu.demo.verify import Series, load_ground_truth
 from tcu.errors import TcuError
+from tcu.ingest.store import sample_rows
 from tcu.signals.dbc import load_dbc
 from tcu.signals.mapping import build_catalog, load_mapping
 
@@ -468,10 +470,9 @@ def _sqlite_duplicates(db_path: Path) -> tuple[int, int, int]:
             "SELECT COUNT(*) FROM (SELECT 1 FROM batches GROUP BY vehicle_id, boot_epoch, seq"
             " HAVING COUNT(*) > 1)"
         ).fetchone()[0]
-        dup_samples = db.execute(
-            "SELECT COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM samples"
-            " GROUP BY series_id, t_ns HAVING n > 1)"
-        ).fetchone()[0]
+        # Samples are packed by columns (one row per signal and batch): unpack them to count.
+        seen = collections.Counter((v, name, t) for v, name, t, *_ in sample_rows(db))
+        dup_samples = sum(n - 1 for n in seen.values())
         batches = db.execute("SELECT COUNT(*) FROM batches").fetchone()[0]
     except sqlite3.Error as exc:
         raise ChaosError(f"cannot query the ingest database {db_path}: {exc}") from exc
