@@ -176,6 +176,8 @@ async def _vehicle(  # noqa: PLR0917 - one place calls it
     await channel.channel_ready()
     connected.set()
     start_at, measure_from, measure_to = await go
+    window = (measure_from, measure_to)
+    in_window = [0]  # samples acked within the window (by ack time)
     vin_b = vin.encode()
     sent: dict[int, tuple[float, int, bool]] = {}  # seq -> (scheduled, samples, in window)
     acked: dict[int, int] = {}
@@ -206,6 +208,8 @@ async def _vehicle(  # noqa: PLR0917 - one place calls it
                 problems.append(f"{vin}: seq {seq} quarantined: {ack.quarantined[0].reason}")
             scheduled, samples, counted = sent[seq]
             acked[seq] = samples
+            if window[0] <= now < window[1]:
+                in_window[0] += samples
             if counted:
                 latencies.append(now - scheduled)
             room.release()
@@ -254,13 +258,12 @@ async def _vehicle(  # noqa: PLR0917 - one place calls it
         with contextlib.suppress(BaseException):
             await reader
         await channel.close()
-    window_samples = sum(s for q, (t, s, c) in sent.items() if c and q in acked)
     return {
         "vin": vin,
         "epoch": epoch,
         "sent": len(sent),
         "acked": acked,
-        "window_samples": window_samples,
+        "window_samples": in_window[0],
         "latencies": latencies,
         "max_lag": max_lag,
         "problems": problems,
@@ -323,11 +326,12 @@ def _self_test_damage(db: Path) -> str:
     conn = sqlite3.connect(db)
     try:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        key = "series_id, t_first, chunk_id" if "chunks" in tables else "rowid"
         table = "chunks" if "chunks" in tables else "samples"
         seq = conn.execute(f"SELECT seq FROM {table} LIMIT 1").fetchone()[0]
         with conn:
             conn.execute(
-                f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE seq = ? LIMIT 1)",
+                f"DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE seq = ? LIMIT 1)",
                 (seq,),
             )
         return f"deleted one row of {table} of a batch with seq {seq}"
