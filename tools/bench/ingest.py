@@ -409,7 +409,9 @@ async def _query(target: str, creds: grpc.ChannelCredentials | None, vin: str, e
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="tcu-bench-ingest-"))
+    work = (
+        Path(args.workdir).resolve() if args.workdir else Path(tempfile.mkdtemp(prefix="tcu-bench-ingest-"))
+    )
     work.mkdir(parents=True, exist_ok=True)
     db = work / "ingest.sqlite"
     vins = [f"WBENCH{i:011d}" for i in range(args.vehicles)]
@@ -440,10 +442,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         creds_backend = channel_credentials(pki.ca_cert, bcert, bkey)
         ingest_cmd += ["--pki", str(pki_dir)]
     env = dict(os.environ)
-    if args.ingest_src:
-        env["PYTHONPATH"] = str(Path(args.ingest_src).resolve())
+    cwd = None
+    if args.ingest_src:  # first on sys.path: also before the current directory that -m puts there
+        cwd = str(Path(args.ingest_src).resolve())
+        env["PYTHONPATH"] = cwd
     with (work / "ingest.log").open("w") as log:
-        proc = subprocess.Popen(ingest_cmd, stderr=log, env=env)
+        proc = subprocess.Popen(ingest_cmd, stderr=log, env=env, cwd=cwd)
     try:
         deadline = time.monotonic() + 30
         while not (work / "port").exists():
