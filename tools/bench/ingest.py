@@ -249,7 +249,7 @@ async def _vehicle(  # noqa: PLR0917 - one place calls it
         last_seq = seq
         done_sending.set()
         if len(acked) < last_seq:
-            await asyncio.wait_for(asyncio.shield(reader), 60)
+            await asyncio.wait_for(asyncio.shield(reader), 300)
         await call.done_writing()
     except (grpc.aio.AioRpcError, TimeoutError) as exc:
         problems.append(f"{vin}: stream failed: {exc!r}"[:300])
@@ -493,8 +493,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rss_kib = _status_kib(proc.pid, "VmRSS")
         vehicles: list[dict[str, Any]] = []
         for child, pipe in children:
-            if not pipe.poll(180):
-                raise SystemExit("a client process did not report within 180 s")
+            if not pipe.poll(600):
+                raise SystemExit("a client process did not report within 600 s")
             vehicles.extend(pipe.recv()["vehicles"])
             child.join(10)
         query: dict[str, Any] = {}
