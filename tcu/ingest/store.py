@@ -159,7 +159,6 @@ CREATE TABLE IF NOT EXISTS series (
     vehicle_id TEXT NOT NULL,
     name TEXT NOT NULL,
     unit TEXT NOT NULL,
-    samples INTEGER NOT NULL DEFAULT 0,
     UNIQUE (vehicle_id, name)
 );
 CREATE TABLE IF NOT EXISTS chunks (
@@ -859,7 +858,6 @@ class SqliteSink:
         first_ns: int | None = None
         last_ns: int | None = None
         chunks: list[tuple[int, int, int, int, int, int, int, bytes]] = []
-        counts: list[tuple[int, int]] = []
         for column in batch.columns:
             count = len(column.t_ns)
             if not count:
@@ -877,7 +875,6 @@ class SqliteSink:
             low, high = int(times[0]), int(times[-1])
             chunks.append((series_id, low, self._next_chunk, high, batch.boot_epoch, batch.seq, count, data))
             self._next_chunk += 1
-            counts.append((count, series_id))
             first_ns = low if first_ns is None else min(first_ns, low)
             last_ns = high if last_ns is None else max(last_ns, high)
         if chunks:
@@ -886,7 +883,6 @@ class SqliteSink:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 chunks,
             )
-            conn.executemany("UPDATE series SET samples = samples + ? WHERE series_id = ?", counts)
         if batch.events:
             conn.executemany(
                 "INSERT INTO events (vehicle_id, boot_epoch, seq, idx, campaign, campaign_version,"
@@ -1096,7 +1092,9 @@ class SqliteSink:
     def _vehicles(conn: sqlite3.Connection) -> list[VehicleSummary]:
         names: dict[str, list[str]] = {}
         for vehicle_id, name in conn.execute(
-            "SELECT vehicle_id, name FROM series WHERE samples > 0 ORDER BY vehicle_id, name"
+            "SELECT vehicle_id, name FROM series AS s"
+            " WHERE EXISTS (SELECT 1 FROM chunks AS c WHERE c.series_id = s.series_id)"
+            " ORDER BY vehicle_id, name"
         ):
             names.setdefault(vehicle_id, []).append(name)
         quarantined: dict[str, int] = {
