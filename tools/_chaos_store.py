@@ -1,7 +1,8 @@
 """What the ingest's SQLite database actually holds, read directly (read-only) for the accounting.
 
 The chaos accounting does not trust an API or a counter of the ingest: it reads
-the ``batches``, ``quarantine`` and ``samples`` tables of the database file after
+the ``batches`` and ``quarantine`` tables and the packed ``chunks`` (unpacked with
+:func:`tcu.ingest.store.sample_rows`) of the database file after
 the ingest stopped. A sample counts as stored only when its batch row exists
 too (a sample row without one is an *orphan*, counted apart); a batch whose
 sample rows do not add up to its own ``samples`` count is *incomplete*.
@@ -21,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tcu.errors import TcuError
+from tcu.ingest.store import sample_rows
 
 __all__ = ["BatchRow", "StoreContents", "StoreReadError", "delete_batches", "read_store"]
 
@@ -86,11 +88,11 @@ def read_store(db_path: Path, vehicle_id: str) -> StoreContents:
             "SELECT boot_epoch, seq, reason FROM quarantine WHERE vehicle_id = ?", (vehicle_id,)
         ):
             out.quarantined[(int(epoch), int(seq))] = str(reason)
-        rows = db.execute(
-            "SELECT series.name, samples.t_ns, samples.value_double, samples.boot_epoch, samples.seq"
-            " FROM samples JOIN series USING (series_id) WHERE series.vehicle_id = ?",
-            (vehicle_id,),
-        ).fetchall()
+        # Samples are stored by columns (one chunk per signal and batch): unpack them.
+        rows = [
+            (name, t_ns, value, epoch, seq)
+            for _vehicle, name, t_ns, value, _text, epoch, seq in sample_rows(db, vehicle_id)
+        ]
     except sqlite3.Error as exc:
         raise StoreReadError(f"{db_path}: cannot query the ingest database: {exc}") from exc
     finally:
@@ -122,17 +124,22 @@ def read_store(db_path: Path, vehicle_id: str) -> StoreContents:
 
 
 def delete_batches(db_path: Path, vehicle_id: str, keys: Iterable[Key]) -> tuple[int, int]:
-    """Delete these batches and their sample rows; returns (batches, sample rows) deleted."""
+    """Delete these batches and their samples (chunks); returns (batches, samples) deleted."""
     db = _connect(db_path, write=True)
     batches = rows = 0
     try:
         with db:
             for epoch, seq in keys:
-                rows += db.execute(
-                    "DELETE FROM samples WHERE boot_epoch = ? AND seq = ? AND series_id IN"
-                    " (SELECT series_id FROM series WHERE vehicle_id = ?)",
-                    (epoch, seq, vehicle_id),
-                ).rowcount
+                where = (
+                    " FROM chunks WHERE boot_epoch = ? AND seq = ? AND series_id IN"
+                    " (SELECT series_id FROM series WHERE vehicle_id = ?)"
+                )
+                rows += int(
+                    db.execute("SELECT COALESCE(SUM(count), 0)" + where, (epoch, seq, vehicle_id)).fetchone()[
+                        0
+                    ]
+                )
+                db.execute("DELETE" + where, (epoch, seq, vehicle_id))
                 batches += db.execute(
                     "DELETE FROM batches WHERE vehicle_id = ? AND boot_epoch = ? AND seq = ?",
                     (vehicle_id, epoch, seq),

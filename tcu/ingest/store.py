@@ -20,12 +20,20 @@ epoch) the writer keeps the contiguous high-water mark (the highest ``s`` such
 that 1..s are all stored) in ``epochs``, in the same transaction; after a restart
 it is re-read and advanced over any later seqs already in ``batches``.
 
-Samples are rows ``(series_id, t_ns, value_double | value_text, boot_epoch,
-seq)`` where ``series`` interns ``(vehicle_id, signal name)``; the index
-``samples_by_time (series_id, t_ns)`` serves Query by (vehicle, signal, time).
-The view ``sample_rows`` shows them as ``(vehicle_id, signal, t_ns, value_double,
-value_text, boot_epoch, seq)``. NaN doubles are stored as NULL (SQLite has no
-NaN) and read back as NaN.
+Samples are stored by columns: each signal's samples of one batch are one row of
+``chunks`` (``series_id, t_first, chunk_id, t_last, boot_epoch, seq, count, data``),
+``series`` interning ``(vehicle_id, signal name)`` and ``data`` the packed times and
+values in time order (:mod:`tcu.ingest._chunks`: int64 time deltas and float64 values,
+byte-shuffled and zstd-compressed when that is smaller; NaN kept as it came). The
+primary key ``(series_id, t_first, chunk_id)`` serves Query by (vehicle, signal, time):
+it reads the chunks that overlap the range in ``(t_first, chunk_id)`` order, merges
+overlapping ones by ``(t_ns, chunk_id)`` (``chunk_id`` grows with every chunk written,
+so equal times keep their commit order, as rows did) and cuts at the range's ends.
+:func:`sample_rows` unpacks them as ``(vehicle_id, signal, t_ns, value_double,
+value_text, boot_epoch, seq)`` for tools and tests (NaN as None, as SQL NULL).
+
+A database of schema version 1 (one row per sample, before the columnar store) is
+refused when it is opened, naming the file and what to do; nothing is changed in it.
 
 Captured events are rows of ``events`` keyed ``(vehicle_id, boot_epoch, seq,
 idx)``, written in the batch's transaction and only when the batch row is new, so
@@ -69,14 +77,18 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Concatenate, Final, ParamSpec, Protocol, TypeVar, runtime_checkable
+from typing import Any, Concatenate, Final, ParamSpec, Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
 
 from tcu.api.v1 import fleet_pb2 as fleet_pb
 from tcu.errors import ClosedResourceError, IngestError
+from tcu.ingest._chunks import decode_chunk, encode_doubles, encode_strings, sort_column
 from tcu.ingest._events import capture_from_pb, capture_pb
 from tcu.ingest._fair import FairQueue
 from tcu.ingest.config import IngestConfig
@@ -84,7 +96,6 @@ from tcu.ingest.model import (
     Batch,
     CampaignRef,
     Capture,
-    Column,
     HistoryQuery,
     QuarantinedBatch,
     Series,
@@ -95,14 +106,14 @@ from tcu.ingest.model import (
 )
 from tcu.logutil import RateLimitedLog
 
-__all__ = ["Sink", "SqliteSink", "WriterStats", "read_quarantine"]
+__all__ = ["Sink", "SqliteSink", "WriterStats", "load_sample_rows", "read_quarantine", "sample_rows"]
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
 
-_SCHEMA_VERSION: Final = "1"
+_SCHEMA_VERSION: Final = "2"
 _CACHE_MAX: Final = 65_536
 
 _SCHEMA: Final = """
@@ -148,18 +159,19 @@ CREATE TABLE IF NOT EXISTS series (
     vehicle_id TEXT NOT NULL,
     name TEXT NOT NULL,
     unit TEXT NOT NULL,
-    samples INTEGER NOT NULL DEFAULT 0,
     UNIQUE (vehicle_id, name)
 );
-CREATE TABLE IF NOT EXISTS samples (
+CREATE TABLE IF NOT EXISTS chunks (
     series_id INTEGER NOT NULL REFERENCES series (series_id),
-    t_ns INTEGER NOT NULL,
-    value_double REAL,
-    value_text TEXT,
+    t_first INTEGER NOT NULL,
+    chunk_id INTEGER NOT NULL,
+    t_last INTEGER NOT NULL,
     boot_epoch INTEGER NOT NULL,
-    seq INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS samples_by_time ON samples (series_id, t_ns);
+    seq INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (series_id, t_first, chunk_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS vehicles (
     vehicle_id TEXT PRIMARY KEY,
     boot_epoch INTEGER NOT NULL,
@@ -204,11 +216,6 @@ CREATE TABLE IF NOT EXISTS checkins (
     campaigns TEXT NOT NULL,
     checkin_ns INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE VIEW IF NOT EXISTS sample_rows AS
-    SELECT series.vehicle_id AS vehicle_id, series.name AS signal, samples.t_ns AS t_ns,
-           samples.value_double AS value_double, samples.value_text AS value_text,
-           samples.boot_epoch AS boot_epoch, samples.seq AS seq
-    FROM samples JOIN series USING (series_id);
 """
 
 _UPSERT_VEHICLE: Final = """
@@ -242,11 +249,12 @@ ORDER BY trigger_ns, boot_epoch, seq, idx LIMIT ?
 """
 _EVENT_PAGE_ROWS: Final = 256
 
-_PAGE: Final = """
-SELECT t_ns, value_double, value_text, rowid FROM samples
-WHERE series_id = ? AND t_ns >= ? AND t_ns < ? AND (t_ns, rowid) > (?, ?)
-ORDER BY t_ns, rowid LIMIT ?
+_CHUNK_PAGE: Final = """
+SELECT t_first, chunk_id, count, data FROM chunks
+WHERE series_id = ? AND t_first < ? AND t_last >= ? AND (t_first, chunk_id) > (?, ?)
+ORDER BY t_first, chunk_id LIMIT ?
 """
+_CHUNK_PAGE_ROWS: Final = 128
 
 
 @runtime_checkable
@@ -417,6 +425,8 @@ class SqliteSink:
         self._catalogs: set[tuple[str, str]] = set()
         self._new_series: list[tuple[str, str]] = []  # cache entries added in the current savepoint
         self._new_catalogs: list[tuple[str, str]] = []
+        self._next_chunk = 0
+        """The next ``chunks.chunk_id`` (kept in ``meta`` as ``next_chunk_id`` with each commit)."""
         self._failures = RateLimitedLog(log)  # a vehicle sending batches that fail cannot flood the log
         self.stats = WriterStats()
 
@@ -504,6 +514,11 @@ class SqliteSink:
             conn = sqlite3.connect(
                 self._path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=True
             )
+            # The version first: an older database must not be changed at all (not even to WAL).
+            found = _schema_version(conn)
+            if found is not None and found != _SCHEMA_VERSION:
+                conn.close()
+                raise IngestError(_version_problem(self._path, found))
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 conn.close()
@@ -511,14 +526,10 @@ class SqliteSink:
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA temp_store=MEMORY")  # the per-batch savepoints journal in memory
             conn.executescript(_SCHEMA)
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row is None:
+            if found is None:
                 conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (_SCHEMA_VERSION,))
-            elif row[0] != _SCHEMA_VERSION:
-                conn.close()
-                raise IngestError(
-                    f"{self._path}: schema_version {row[0]!r}, this ingest understands {_SCHEMA_VERSION!r}"
-                )
+            row = conn.execute("SELECT value FROM meta WHERE key = 'next_chunk_id'").fetchone()
+            self._next_chunk = int(row[0]) if row is not None else 0
         except sqlite3.Error as exc:
             raise IngestError(f"{self._path}: cannot open the ingest database: {exc}") from exc
         return conn
@@ -659,6 +670,11 @@ class SqliteSink:
                 "INSERT INTO epochs (vehicle_id, boot_epoch, acked_seq) VALUES (?, ?, ?)"
                 " ON CONFLICT (vehicle_id, boot_epoch) DO UPDATE SET acked_seq = excluded.acked_seq",
                 [(*key, epoch.acked_seq) for key, epoch in touched.items()],
+            )
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('next_chunk_id', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(self._next_chunk),),
             )
             conn.execute("COMMIT")
         except BaseException:
@@ -858,21 +874,32 @@ class SqliteSink:
         self._write_catalog(conn, batch)
         first_ns: int | None = None
         last_ns: int | None = None
+        chunks: list[tuple[int, int, int, int, int, int, int, bytes]] = []
         for column in batch.columns:
-            if not column.t_ns:
+            count = len(column.t_ns)
+            if not count:
                 continue
             series_id = self._series_id(conn, batch.vehicle_id, column.signal.name, column.signal.unit)
-            conn.executemany(
-                "INSERT INTO samples (series_id, t_ns, value_double, value_text, boot_epoch, seq)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                _sample_rows(series_id, batch, column),
-            )
-            conn.execute(
-                "UPDATE series SET samples = samples + ? WHERE series_id = ?", (len(column.t_ns), series_id)
-            )
-            low, high = min(column.t_ns), max(column.t_ns)
+            t_ns = np.asarray(column.t_ns, dtype=np.int64)
+            if column.signal.kind is ValueKind.DOUBLE:
+                times, doubles = sort_column(t_ns, np.asarray(column.double_values, dtype=np.float64))
+                assert not isinstance(doubles, list)
+                data = encode_doubles(times, doubles)
+            else:
+                times, texts = sort_column(t_ns, list(column.string_values))
+                assert isinstance(texts, list)
+                data = encode_strings(times, texts)
+            low, high = int(times[0]), int(times[-1])
+            chunks.append((series_id, low, self._next_chunk, high, batch.boot_epoch, batch.seq, count, data))
+            self._next_chunk += 1
             first_ns = low if first_ns is None else min(first_ns, low)
             last_ns = high if last_ns is None else max(last_ns, high)
+        if chunks:
+            conn.executemany(
+                "INSERT INTO chunks (series_id, t_first, chunk_id, t_last, boot_epoch, seq, count, data)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                chunks,
+            )
         if batch.events:
             conn.executemany(
                 "INSERT INTO events (vehicle_id, boot_epoch, seq, idx, campaign, campaign_version,"
@@ -966,13 +993,43 @@ class SqliteSink:
         return [(int(r[0]), str(r[1]), str(r[2])) for r in rows if not wanted or r[1] in wanted]
 
     @staticmethod
-    def _page(
-        conn: sqlite3.Connection, series_id: int, query: HistoryQuery, after: tuple[int, int], limit: int
-    ) -> list[tuple[int, float | None, str | None, int]]:
-        rows: list[tuple[int, float | None, str | None, int]] = conn.execute(
-            _PAGE, (series_id, query.start_ns, query.end_ns, after[0], after[1], limit)
+    def _merge_page(
+        conn: sqlite3.Connection,
+        series_id: int,
+        query: HistoryQuery,
+        after: tuple[int, int],
+        pending: _Samples,
+    ) -> tuple[_Samples, tuple[int, int], _Samples, bool]:
+        """The next samples of a series in ``(t_ns, chunk_id)`` order, cut to the query's range.
+
+        Reads up to ``_CHUNK_PAGE_ROWS`` chunks after ``after``; samples at or after the
+        last chunk's ``t_first`` wait in the returned pending part (a later chunk may
+        still come before them). Returns (samples, after, pending, series exhausted).
+        """
+        rows = conn.execute(
+            _CHUNK_PAGE, (series_id, query.end_ns, query.start_ns, after[0], after[1], _CHUNK_PAGE_ROWS)
         ).fetchall()
-        return rows
+        times, ids, values = [pending.t_ns], [pending.chunk_ids], [pending.values]
+        for t_first, chunk_id, count, data in rows:
+            t_ns, chunk_values = decode_chunk(int(t_first), int(count), bytes(data))
+            times.append(t_ns)
+            ids.append(np.full(len(t_ns), int(chunk_id), dtype=np.int64))
+            values.append(
+                np.array(chunk_values, dtype=object) if isinstance(chunk_values, list) else chunk_values
+            )
+        t_ns, chunk_ids, merged = np.concatenate(times), np.concatenate(ids), np.concatenate(values)
+        if len(t_ns) > 1:
+            step = np.diff(t_ns)
+            if not bool(((step > 0) | ((step == 0) & (np.diff(chunk_ids) >= 0))).all()):
+                order = np.lexsort((chunk_ids, t_ns))
+                t_ns, chunk_ids, merged = t_ns[order], chunk_ids[order], merged[order]
+        done = len(rows) < _CHUNK_PAGE_ROWS
+        final = len(t_ns) if done else int(np.searchsorted(t_ns, int(rows[-1][0]), side="left"))
+        rest = _Samples(t_ns[final:], chunk_ids[final:], merged[final:])
+        low = int(np.searchsorted(t_ns[:final], query.start_ns, side="left"))
+        high = int(np.searchsorted(t_ns[:final], query.end_ns, side="left"))
+        out = _Samples(t_ns[low:high], chunk_ids[low:high], merged[low:high])
+        return out, ((int(rows[-1][0]), int(rows[-1][1])) if rows else after), rest, done
 
     async def query(self, query: HistoryQuery) -> AsyncIterator[list[Series]]:
         found: list[tuple[int, str, str]] | None = await self._read(
@@ -983,21 +1040,31 @@ class SqliteSink:
         chunk: list[Series] = []
         room = query.chunk_samples
         for series_id, name, unit in found:
-            after = (query.start_ns, -1)  # rowids are >= 1, so t_ns == start_ns is included
-            while True:
-                asked = room
-                rows: list[tuple[int, float | None, str | None, int]] = await self._read(
-                    self._page, series_id, query, after, asked
+            after = (-(2**63), -1)  # chunk ids are >= 0: every chunk of the series comes after it
+            pending = _Samples.empty()
+            done = False
+            while not done:
+                part, after, pending, done = await self._read(
+                    self._merge_page, series_id, query, after, pending
                 )
-                _append_rows(chunk, name, unit, rows)
-                room -= len(rows)
-                if room == 0:
-                    yield chunk
-                    chunk = []
-                    room = query.chunk_samples
-                if len(rows) < asked:  # this series is exhausted
-                    break
-                after = (rows[-1][0], rows[-1][3])
+                for kind, t_ns, values in _runs(part):
+                    pos = 0
+                    while pos < len(t_ns):
+                        take = min(room, len(t_ns) - pos)
+                        _append_run(
+                            chunk,
+                            name,
+                            unit,
+                            kind=kind,
+                            t_ns=t_ns[pos : pos + take],
+                            values=values[pos : pos + take],
+                        )
+                        pos += take
+                        room -= take
+                        if room == 0:
+                            yield chunk
+                            chunk = []
+                            room = query.chunk_samples
         if chunk:
             yield chunk
 
@@ -1042,7 +1109,9 @@ class SqliteSink:
     def _vehicles(conn: sqlite3.Connection) -> list[VehicleSummary]:
         names: dict[str, list[str]] = {}
         for vehicle_id, name in conn.execute(
-            "SELECT vehicle_id, name FROM series WHERE samples > 0 ORDER BY vehicle_id, name"
+            "SELECT vehicle_id, name FROM series AS s"
+            " WHERE EXISTS (SELECT 1 FROM chunks AS c WHERE c.series_id = s.series_id)"
+            " ORDER BY vehicle_id, name"
         ):
             names.setdefault(vehicle_id, []).append(name)
         quarantined: dict[str, int] = {
@@ -1135,31 +1204,108 @@ def _campaigns(text: str | None) -> tuple[CampaignRef, ...]:
     return tuple(CampaignRef(name=str(name), version=int(version)) for name, version in json.loads(text))
 
 
-def _sample_rows(
-    series_id: int, batch: Batch, column: Column
-) -> Iterator[tuple[int, int, float | None, str | None, int, int]]:
-    epoch, seq = batch.boot_epoch, batch.seq
-    if column.signal.kind is ValueKind.DOUBLE:
-        for t, value in zip(column.t_ns, column.double_values, strict=True):
-            yield series_id, t, value, None, epoch, seq
-    else:
-        for t, text in zip(column.t_ns, column.string_values, strict=True):
-            yield series_id, t, None, text, epoch, seq
+@dataclass(frozen=True, slots=True)
+class _Samples:
+    """Decoded samples of one series: times, the chunk each came from, values (float64 or objects)."""
+
+    t_ns: npt.NDArray[np.int64]
+    chunk_ids: npt.NDArray[np.int64]
+    values: npt.NDArray[Any]
+
+    @classmethod
+    def empty(cls) -> _Samples:
+        return cls(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64))
 
 
-def _append_rows(
-    chunk: list[Series], name: str, unit: str, rows: Iterable[tuple[int, float | None, str | None, int]]
+def _runs(part: _Samples) -> Iterator[tuple[ValueKind, list[int], list[Any]]]:
+    """The samples as runs of one value kind (a signal's kind may change between catalogs)."""
+    if not len(part.t_ns):
+        return
+    t_ns: list[int] = part.t_ns.tolist()
+    if part.values.dtype != object:
+        yield ValueKind.DOUBLE, t_ns, part.values.tolist()
+        return
+    values: list[Any] = part.values.tolist()
+    start = 0
+    for index in range(1, len(values) + 1):
+        if index == len(values) or isinstance(values[index], str) != isinstance(values[start], str):
+            kind = ValueKind.STRING if isinstance(values[start], str) else ValueKind.DOUBLE
+            run = values[start:index] if kind is ValueKind.STRING else [float(v) for v in values[start:index]]
+            yield kind, t_ns[start:index], run
+            start = index
+
+
+def _append_run(
+    chunk: list[Series], name: str, unit: str, *, kind: ValueKind, t_ns: list[int], values: list[Any]
 ) -> None:
-    """Add rows to the chunk, continuing its last series or opening one (also when the value kind changes)."""
-    for t_ns, value_double, value_text, _rowid in rows:
-        kind = ValueKind.STRING if value_text is not None else ValueKind.DOUBLE
-        last = chunk[-1] if chunk else None
-        if last is None or last.name != name or last.kind is not kind:
-            last = Series(name=name, unit=unit, kind=kind, t_ns=[], double_values=[], string_values=[])
-            chunk.append(last)
-        last.t_ns.append(t_ns)
-        if kind is ValueKind.STRING:
-            assert value_text is not None
-            last.string_values.append(value_text)
-        else:
-            last.double_values.append(math.nan if value_double is None else value_double)
+    """Add samples to the chunk, continuing its last series or opening one (also when the kind changes)."""
+    last = chunk[-1] if chunk else None
+    if last is None or last.name != name or last.kind is not kind:
+        last = Series(name=name, unit=unit, kind=kind, t_ns=[], double_values=[], string_values=[])
+        chunk.append(last)
+    last.t_ns.extend(t_ns)
+    if kind is ValueKind.STRING:
+        last.string_values.extend(values)
+    else:
+        last.double_values.extend(values)
+
+
+def _schema_version(conn: sqlite3.Connection) -> str | None:
+    """``meta.schema_version`` of the database, or None when it has no ingest tables yet."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'batches'").fetchone():
+            return "(none)"
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return None if row is None else str(row[0])
+
+
+def _version_problem(path: Path, found: str) -> str:
+    if found == "1":
+        return (
+            f"{path}: schema_version '1' (one SQLite row per sample): this ingest stores samples by"
+            f" columns (schema_version {_SCHEMA_VERSION!r}) and does not convert a database in place;"
+            " start it with a new --db file (keep this one for the previous release, which reads it)"
+        )
+    return f"{path}: schema_version {found!r}, this ingest understands {_SCHEMA_VERSION!r}"
+
+
+def sample_rows(
+    conn: sqlite3.Connection, vehicle_id: str | None = None
+) -> Iterator[tuple[str, str, int, float | None, str | None, int, int]]:
+    """Every stored sample as ``(vehicle_id, signal, t_ns, value_double, value_text, boot_epoch, seq)``.
+
+    Unpacked from ``chunks`` (NaN as None), by vehicle, signal, then ``(t_ns, chunk_id)``,
+    for tools and tests; ``Fleet.Query`` is the API.
+    """
+    where, args = ("WHERE s.vehicle_id = ?", (vehicle_id,)) if vehicle_id is not None else ("", ())
+    cursor = conn.execute(
+        "SELECT s.vehicle_id, s.name, c.t_first, c.chunk_id, c.count, c.data, c.boot_epoch, c.seq"
+        f" FROM chunks AS c JOIN series AS s USING (series_id) {where} ORDER BY s.vehicle_id, s.name",
+        args,
+    )
+    rows: list[tuple[str, str, int, int, float | None, str | None, int, int]] = []
+    for vehicle, name, t_first, chunk_id, count, data, epoch, seq in cursor:
+        t_ns, values = decode_chunk(int(t_first), int(count), bytes(data))
+        for t, value in zip(
+            t_ns.tolist(), values if isinstance(values, list) else values.tolist(), strict=True
+        ):
+            if isinstance(value, str):
+                rows.append((vehicle, name, t, chunk_id, None, value, epoch, seq))
+            else:
+                rows.append(
+                    (vehicle, name, t, chunk_id, None if math.isnan(value) else value, None, epoch, seq)
+                )
+    rows.sort(key=lambda r: (r[0], r[1], r[2], r[3]))
+    for vehicle, name, t, _chunk, value_double, value_text, epoch, seq in rows:
+        yield vehicle, name, t, value_double, value_text, epoch, seq
+
+
+def load_sample_rows(conn: sqlite3.Connection) -> None:
+    """Fill a temporary table ``sample_rows`` on ``conn`` with :func:`sample_rows` (for SQL over samples)."""
+    conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS sample_rows (vehicle_id TEXT, signal TEXT, t_ns INTEGER,"
+        " value_double REAL, value_text TEXT, boot_epoch INTEGER, seq INTEGER)"
+    )
+    conn.execute("DELETE FROM temp.sample_rows")
+    conn.executemany("INSERT INTO temp.sample_rows VALUES (?, ?, ?, ?, ?, ?, ?)", sample_rows(conn))

@@ -29,6 +29,7 @@ from chaos import ChaosResult  # noqa: E402
 from sim.canbus import DEFAULT_DBC_PATH, DEFAULT_MAPPING_PATH  # noqa: E402
 from tcu.demo.verify import Series, expected_samples  # noqa: E402
 from tcu.errors import ConfigError  # noqa: E402
+from tcu.ingest._chunks import encode_doubles  # noqa: E402
 from tcu.signals.dbc import load_dbc  # noqa: E402
 from tcu.signals.mapping import Catalog, build_catalog, load_mapping  # noqa: E402
 
@@ -65,21 +66,44 @@ def _db(path: Path, batches: list[tuple[int, int, str | None, Series]], name: st
         " base_time_ns INTEGER, created_ns INTEGER, samples INTEGER, stored_ns INTEGER, loss_reason TEXT);"
         "CREATE TABLE quarantine (vehicle_id TEXT, boot_epoch INTEGER, seq INTEGER, reason TEXT);"
         "CREATE TABLE series (series_id INTEGER PRIMARY KEY, vehicle_id TEXT, name TEXT, unit TEXT);"
-        "CREATE TABLE samples (series_id INTEGER, t_ns INTEGER, value_double REAL, value_text TEXT,"
-        " boot_epoch INTEGER, seq INTEGER);"
+        "CREATE TABLE chunks (series_id INTEGER, t_first INTEGER, chunk_id INTEGER, t_last INTEGER,"
+        " boot_epoch INTEGER, seq INTEGER, count INTEGER, data BLOB);"
     )
     db.execute("INSERT INTO series VALUES (1, ?, ?, '')", (VIN, name))
     for epoch, seq, loss, (t_ns, values) in batches:
         n = 0 if loss else len(t_ns)
         db.execute("INSERT INTO batches VALUES (?, ?, ?, 'c', 0, 0, ?, 0, ?)", (VIN, epoch, seq, n, loss))
         if not loss:
-            db.executemany(
-                "INSERT INTO samples VALUES (1, ?, ?, NULL, ?, ?)",
-                [(int(t), float(v), epoch, seq) for t, v in zip(t_ns, values, strict=True)],
+            _insert_samples(
+                db, [(1, int(t), float(v), epoch, seq) for t, v in zip(t_ns, values, strict=True)]
             )
     db.commit()
     db.close()
     return path
+
+
+def _insert_samples(db: sqlite3.Connection, rows: list[tuple[int, int, float, int, int]]) -> None:
+    """Store ``(series_id, t_ns, value, epoch, seq)`` rows as the ingest does: a chunk per series, batch."""
+    groups: dict[tuple[int, int, int], list[tuple[int, float]]] = {}
+    for series_id, t, v, epoch, seq in rows:
+        groups.setdefault((series_id, epoch, seq), []).append((t, v))
+    for (series_id, epoch, seq), items in groups.items():
+        items.sort(key=lambda item: item[0])
+        t_ns = np.array([t for t, _ in items], np.int64)
+        chunk_id = db.execute("SELECT COALESCE(MAX(chunk_id), 0) + 1 FROM chunks").fetchone()[0]
+        db.execute(
+            "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                series_id,
+                int(t_ns[0]),
+                chunk_id,
+                int(t_ns[-1]),
+                epoch,
+                seq,
+                len(items),
+                encode_doubles(t_ns, np.array([v for _, v in items], np.float64)),
+            ),
+        )
 
 
 VIN = "WTCUCHAOS00000001"
@@ -266,7 +290,7 @@ def test_a_dataloss_record_covers_each_signal_between_its_own_neighbours(tmp_pat
         db.execute(
             "INSERT INTO batches VALUES (?, ?, ?, 'c', 0, 0, ?, 0, ?)", (VIN, EPOCH, seq, len(rows), loss)
         )
-        db.executemany("INSERT INTO samples VALUES (?, ?, ?, NULL, ?, ?)", rows)
+        _insert_samples(db, rows)
     db.commit()
     db.close()
     acc = account(
@@ -286,7 +310,8 @@ def test_orphan_rows_duplicates_and_an_unreadable_spool_are_counted(tmp_path: Pa
     db = _db(tmp_path / "db.sqlite", drive.batches, drive.spec.name)
     conn = sqlite3.connect(db)
     conn.execute("DELETE FROM batches WHERE seq = 3")  # samples left behind: orphans, not stored
-    conn.execute("INSERT INTO samples SELECT * FROM samples WHERE seq = 5 LIMIT 1")
+    epoch5, _, _, (t5, v5) = next(b for b in drive.batches if b[1] == 5)  # one sample of seq 5, stored twice
+    _insert_samples(conn, [(1, int(t5[0]), float(v5[0]), epoch5, 5)])
     conn.commit()
     conn.close()
     bad = drive.account(db)

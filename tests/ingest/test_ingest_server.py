@@ -20,6 +20,7 @@ import tcu.ingest
 from tcu.errors import ClosedResourceError, ConfigError, IngestError
 from tcu.ingest import IngestConfig, IngestServer, SqliteSink
 from tcu.ingest.model import Batch, Catalog, Column, SignalDef, ValueKind
+from tcu.ingest.store import load_sample_rows
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -126,7 +127,8 @@ async def test_sink_group_commits_concurrent_batches(tmp_path: Path) -> None:
         await sink.store(_batch("veh-0", 1))
     conn = sqlite3.connect(config.db_path)
     assert conn.execute("SELECT count(*) FROM batches").fetchone() == (401,)
-    assert conn.execute("SELECT count(*) FROM samples").fetchone() == (802,)
+    load_sample_rows(conn)  # the samples are packed by columns: one row per sample here
+    assert conn.execute("SELECT count(*) FROM sample_rows").fetchone() == (802,)
     conn.close()
 
 
