@@ -76,6 +76,7 @@ class SocketcandBus(can.BusABC):
         self._buf = b""
         self._pending: list[FrameBatch] = []
         self._pending_n = 0
+        self._failed: Exception | None = None
         self._sock = socket.create_connection((str(host), int(port)), timeout=connect_timeout_s)
         try:
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -115,6 +116,8 @@ class SocketcandBus(can.BusABC):
         none came. Raises :class:`can.CanError` when the server closed the connection or
         sent something that is not socketcand, OSError when the socket failed.
         """
+        if self._failed is not None and not self._pending_n:
+            raise self._failed
         deadline = None if timeout is None else time.monotonic() + timeout
         # The chunks of one call are parsed together (the parse has a fixed cost per call);
         # ``>`` counts the messages read so far (frames or not) for the early return.
@@ -125,16 +128,26 @@ class SocketcandBus(can.BusABC):
                 wait = None if deadline is None else deadline - time.monotonic()
                 if wait is not None and wait <= 0:
                     break
-                ready, _, _ = select.select([self._sock], [], [], wait)
-                if not ready:
-                    break
-                chunk = self._sock.recv(RECV_BYTES)
-                if not chunk:
-                    raise can.CanError("the socketcand server closed the connection")
-                chunks.append(chunk)
-                read += chunk.count(b">")
+                try:
+                    ready, _, _ = select.select([self._sock], [], [], wait)
+                    if not ready:
+                        break
+                    chunk = self._sock.recv(RECV_BYTES)
+                except OSError as exc:
+                    failure: Exception = exc
+                else:
+                    if chunk:
+                        chunks.append(chunk)
+                        read += chunk.count(b">")
+                        continue
+                    failure = can.CanError("the socketcand server closed the connection")
+                if not chunks and not self._pending_n:
+                    raise failure
+                # Frames read before the failure are handed out first; the next call raises.
+                self._failed = failure
+                break
         finally:
-            if chunks:  # what was read before a failure is parsed too (handed out by the next call)
+            if chunks:
                 self._feed(b"".join(chunks))
         return self._take(max_frames)
 

@@ -145,6 +145,21 @@ def test_peer_close_raises_at_once(server: SocketcandServer) -> None:
         bus.shutdown()
 
 
+def test_frames_read_before_the_close_are_handed_out_first(server: SocketcandServer) -> None:
+    bus = SocketcandBus("can0", host="127.0.0.1", port=server.port)
+    try:
+        assert server.wait_for_client(5.0)
+        server.send_frames(_extra())
+        server.close()
+        time.sleep(0.2)  # frames and end of file are both in the socket now
+        got = bus.recv_frames(0.5)
+        assert got is not None and len(got) == 4
+        with pytest.raises(can.CanError, match="closed the connection"):
+            bus.recv_frames(0.1)
+    finally:
+        bus.shutdown()
+
+
 def test_garbage_is_a_protocol_error_not_a_silent_discard(server: SocketcandServer) -> None:
     bus = SocketcandBus("can0", host="127.0.0.1", port=server.port)
     try:
