@@ -36,11 +36,16 @@ from typing import Any, Protocol, runtime_checkable
 import can
 import numpy as np
 
+from tcu.can.socketcand import SocketcandBus
 from tcu.config import BusConfig
 from tcu.errors import BusError
 from tcu.frames import FrameBatch
 
-__all__ = ["BusReader", "BusStats", "FrameSource", "open_bus"]
+__all__ = ["SOCKETCAND_READERS", "BusReader", "BusStats", "FrameSource", "open_bus"]
+
+SOCKETCAND_READERS = ("bulk", "python-can")
+"""``options.reader`` of a socketcand bus: the bulk reader
+(:class:`~tcu.can.socketcand.SocketcandBus`, default) or python-can's client."""
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +76,21 @@ def open_bus(config: BusConfig) -> can.BusABC:
     kwargs: dict[str, Any] = dict(config.options)
     if config.bitrate is not None:
         kwargs["bitrate"] = config.bitrate
+    reader = kwargs.pop("reader", "bulk") if config.interface == "socketcand" else "python-can"
+    if reader not in SOCKETCAND_READERS:
+        raise BusError(
+            f"bus {config.name!r}: option reader = {reader!r}: "
+            f"expected one of {', '.join(SOCKETCAND_READERS)}"
+        )
     try:
         if config.interface == "socketcand":
             _probe_socketcand(kwargs)
-        if config.interface == "replay":
+        if reader == "bulk":
+            bus: can.BusABC = SocketcandBus(channel=config.channel, **kwargs)
+        elif config.interface == "replay":
             # Imported by name: the replay bus is optional and pulls in the log readers.
             replay = importlib.import_module("tcu.can.logs.replay")
-            bus: can.BusABC = replay.ReplayBus(channel=config.channel, **kwargs)
+            bus = replay.ReplayBus(channel=config.channel, **kwargs)
         else:
             bus = can.Bus(interface=config.interface, channel=config.channel, **kwargs)
     except (can.CanError, OSError, ValueError, TypeError, ImportError) as exc:
@@ -316,11 +329,34 @@ class BusReader:
     def _loop_frames(
         self, bus: FrameSource, loop: asyncio.AbstractEventLoop, out: asyncio.Queue[FrameBatch | None]
     ) -> None:
-        """A bus that hands out frame batches itself (the log replay bus): no ``can.Message`` per frame."""
+        """A bus that hands out frame batches (bulk socketcand, log replay): no ``can.Message`` per frame.
+
+        A receive failure (CanError, OSError: the server closed the connection, the socket
+        broke) is counted and logged, and the bus is opened again with backoff, as in :meth:`_loop`.
+        """
         name = self.config.name
+        current: FrameSource | None = bus
         try:
             while not self._stop.is_set():
-                got = bus.recv_frames(timeout=self.batch_s, max_frames=self.batch_frames)
+                assert current is not None
+                try:
+                    got = current.recv_frames(timeout=self.batch_s, max_frames=self.batch_frames)
+                except (can.CanError, OSError) as exc:
+                    self.stats.receive_failures += 1
+                    self.stats.last_error = str(exc)
+                    log.warning("bus %s: receive failed (%s); reopening", name, exc)
+                    self.up = False
+                    current.shutdown()
+                    current = None
+                    reopened = self._open(reopen=True)
+                    if reopened is None:  # stopped while reopening
+                        break
+                    if not isinstance(reopened, FrameSource):  # the opener changed its mind
+                        reopened.shutdown()
+                        raise BusError(f"bus {name}: reopened as a bus without frame batches") from exc
+                    current = reopened
+                    self.stats.reopened += 1
+                    continue
                 if got is None or len(got) == 0:
                     continue
                 special = got.is_error | got.is_remote
@@ -346,7 +382,9 @@ class BusReader:
                 if not self._post(loop, out, batch):
                     return
         finally:
-            bus.shutdown()
+            self.up = False
+            if current is not None:
+                current.shutdown()
             log.info("bus %s: closed after %d frames", name, self.stats.frames)
 
     def _loop(

@@ -6,7 +6,8 @@ Three kinds of processes, as in a deployment:
 * the buses: one process (this script with ``serve``) holding ``--buses``
   :class:`sim.SocketcandServer` s, one thread each, on free loopback ports;
 * the agent: ``tcu agent --config ... --stats-file ...``, reading every bus over
-  python-can's socketcand client and uploading to the ingest.
+  the bulk socketcand reader (``--reader python-can``: python-can's client) and uploading
+  to the ingest.
 
 Frame rate: ``--load`` × ``--bitrate`` / 111 bits per frame. 111 bits is a standard
 (11-bit id) data frame with 8 data bytes without stuff bits (SOF 1, id 11, RTR/IDE/r0 3,
@@ -298,14 +299,20 @@ def _campaigns(path: Path, mapping: Path, periodic: int = 50, condition: int = 3
 
 
 def _agent_config(
-    path: Path, ports: list[int], ingest_port: int, mapping: Path, campaigns: Path | None = None
+    path: Path,
+    ports: list[int],
+    ingest_port: int,
+    mapping: Path,
+    campaigns: Path | None = None,
+    *,
+    reader: str = "bulk",
 ) -> Path:
     import sim
 
     buses = "".join(
         f'[[bus]]\nname = "can{i}"\ninterface = "socketcand"\nchannel = "can{i}"\n'
         f"dbc = [{json.dumps(str(sim.DEFAULT_DBC_PATH))}]\n"
-        f'options = {{ host = "127.0.0.1", port = {port} }}\n\n'
+        f'options = {{ host = "127.0.0.1", port = {port}, reader = "{reader}" }}\n\n'
         for i, port in enumerate(ports)
     )
     path.write_text(
@@ -393,7 +400,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ingest_port = int((work / "ingest.port").read_text())
         mapping = _mapping(work / "vss.toml", args.buses)
         campaigns = _campaigns(work / "campaigns.toml", mapping) if args.campaigns else None
-        config = _agent_config(work / "agent.toml", listening["ports"], ingest_port, mapping, campaigns)
+        config = _agent_config(
+            work / "agent.toml", listening["ports"], ingest_port, mapping, campaigns, reader=args.reader
+        )
         stats_path = work / "agent.stats.json"
         agent = spawn(
             "agent",
@@ -466,6 +475,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "buses": args.buses,
             "bitrate": args.bitrate,
             "load": args.load,
+            "reader": args.reader,
             "frame_bits": FRAME_BITS,
             "rate_fps_per_bus": round(rate, 1),
             "rate_fps_total": round(rate * args.buses, 1),
@@ -520,6 +530,12 @@ def main() -> int:
     parser.add_argument("--load", type=float, default=0.8, help="bus load share (default 0.8)")
     parser.add_argument("--bitrate", type=int, default=500_000)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, database)")
+    parser.add_argument(
+        "--reader",
+        choices=("bulk", "python-can"),
+        default="bulk",
+        help="the agent's socketcand reader: the bulk one (default) or python-can's client",
+    )
     parser.add_argument(
         "--campaigns",
         action="store_true",
