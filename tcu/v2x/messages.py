@@ -10,7 +10,8 @@ release 2 receiver must still accept it. Receiving accepts both releases: the fi
 bytes of a UPER ``ItsPduHeader`` are ``protocolVersion`` and ``messageID`` (two
 ``INTEGER (0..255)``, 8 bits each, no preamble), so the release and the message type are
 read before decoding; release 2 (TS 103 900 v2.3.1, TS 103 831 v2.3.1, TS 102 894-2 v2.4.1)
-is compiled only when the first release-2 message arrives.
+is compiled when first needed; the agent compiles both releases in a thread at start
+(:meth:`tcu.agent.v2x.V2xTap.run`), so its event loop never compiles.
 
 Units in the domain types: degrees (WGS84; heading clockwise from north), metres, m/s,
 m/s², degrees per second (yaw rate positive to the left, as ETSI), ITS timestamps in
@@ -25,7 +26,6 @@ Every decoding problem raises :class:`~tcu.v2x.errors.V2xDecodeError` with a ``r
 
 from __future__ import annotations
 
-import functools
 import math
 import threading
 from collections.abc import Mapping
@@ -68,6 +68,7 @@ __all__ = [
     "decode_raw",
     "encode_cam",
     "encode_denm",
+    "is_compiled",
     "its_time_ms",
     "message_header",
     "relevance_distance_bucket",
@@ -265,10 +266,10 @@ def asn1_directory() -> Path:
     return Path(str(resources.files("tcu.v2x") / "asn1"))
 
 
-_compile_lock = threading.Lock()
+_specs: dict[int, Any] = {}
+_compile_locks: dict[int, threading.Lock] = {release: threading.Lock() for release in ASN1_FILES}
 
 
-@functools.cache
 def _compiled(release: int) -> Any:
     directory = asn1_directory()
     files = [str(directory / name) for name in ASN1_FILES[release]]
@@ -276,11 +277,26 @@ def _compiled(release: int) -> Any:
 
 
 def compile_release(release: int) -> Any:
-    """The asn1tools UPER specification of release 1 or 2 (compiled once per process)."""
+    """The asn1tools UPER specification of release 1 or 2 (compiled once per process).
+
+    A compiled release is returned without taking a lock, and each release has its own lock:
+    encoding release 1 never waits for a thread that compiles release 2.
+    """
+    spec = _specs.get(release)
+    if spec is not None:
+        return spec
     if release not in ASN1_FILES:
         raise V2xDecodeError(f"unsupported protocolVersion {release}", reason="version")
-    with _compile_lock:
-        return _compiled(release)
+    with _compile_locks[release]:
+        spec = _specs.get(release)
+        if spec is None:
+            spec = _specs[release] = _compiled(release)
+    return spec
+
+
+def is_compiled(release: int) -> bool:
+    """Whether :func:`compile_release` of ``release`` returns at once."""
+    return release in _specs
 
 
 # ---------------------------------------------------------------- encoding
