@@ -47,6 +47,7 @@ __all__ = [
     "CAUSE_ROADWORKS",
     "CAUSE_STATIONARY_VEHICLE",
     "EXTERIOR_LIGHTS",
+    "HELD_HEADING_CONFIDENCE_DEG",
     "ITS_EPOCH_UNIX_MS",
     "ITS_LEAP_SECONDS",
     "MAX_PAYLOAD_BYTES",
@@ -224,6 +225,7 @@ class Cam:
     yaw_rate_dps: float | None = None
     vehicle_role: str | None = None
     exterior_lights: frozenset[str] = field(default_factory=frozenset)
+    heading_confidence_deg: float | None = None  # None: unavailable
     protocol_version: int = SEND_PROTOCOL_VERSION
 
 
@@ -253,6 +255,7 @@ class Denm:
     information_quality: int = 0
     event_speed_mps: float | None = None
     event_heading_deg: float | None = None
+    event_heading_confidence_deg: float | None = None  # None: unavailable
     protocol_version: int = SEND_PROTOCOL_VERSION
 
     @property
@@ -339,6 +342,23 @@ def _heading(deg: float | None) -> int:
     return round(deg * 10) % 3600
 
 
+HELD_HEADING_CONFIDENCE_DEG: Final = 12.6
+"""The heading confidence of a stopped vehicle's heading, kept from while it moved: ETSI's
+``outOfRange`` (126, worse than 12.5°): the heading is the last reliable one, not a measurement."""
+_HEADING_CONFIDENCE_UNAVAILABLE: Final = 127
+
+
+def _heading_confidence(deg: float | None) -> int:
+    """HeadingConfidence in 0.1° (1..125), 126 over 12.5°, 127 unavailable (None)."""
+    if deg is None or not math.isfinite(deg) or deg < 0:
+        return _HEADING_CONFIDENCE_UNAVAILABLE
+    return _clamp(deg * 10, 1, 126)
+
+
+def _heading_confidence_deg(value: int) -> float | None:
+    return None if not 1 <= value <= 126 else value / 10
+
+
 def _speed(mps: float | None) -> int:
     if mps is None or not math.isfinite(mps):
         return _SPEED_UNAVAILABLE
@@ -355,7 +375,10 @@ def encode_cam(cam: Cam) -> bytes:
     if cam.drive_direction not in ("forward", "backward", "unavailable"):
         raise V2xEncodeError(f"drive direction {cam.drive_direction!r}", reason="range")
     high = {
-        "heading": {"headingValue": _heading(cam.heading_deg), "headingConfidence": 127},
+        "heading": {
+            "headingValue": _heading(cam.heading_deg),
+            "headingConfidence": _heading_confidence(cam.heading_confidence_deg),
+        },
         "speed": {"speedValue": _speed(cam.speed_mps), "speedConfidence": 127},
         "driveDirection": cam.drive_direction,
         "vehicleLength": {
@@ -464,7 +487,7 @@ def encode_denm(denm: Denm) -> bytes:
         if denm.event_heading_deg is not None:
             location["eventPositionHeading"] = {
                 "headingValue": _heading(denm.event_heading_deg),
-                "headingConfidence": 127,
+                "headingConfidence": _heading_confidence(denm.event_heading_confidence_deg),
             }
         body["location"] = location
     message = {
@@ -589,6 +612,7 @@ def _decode_cam_body(version: int, decoded: Mapping[str, Any]) -> Cam:
         width = int(high["vehicleWidth"])
         cam_kwargs = {
             "heading_deg": _heading_deg(int(high["heading"]["headingValue"])),
+            "heading_confidence_deg": _heading_confidence_deg(int(high["heading"]["headingConfidence"])),
             "speed_mps": _speed_mps(int(high["speed"]["speedValue"])),
             "drive_direction": str(high["driveDirection"]),
             "length_m": None if length >= _LENGTH_UNAVAILABLE else length / 10,
@@ -663,6 +687,9 @@ def _decode_denm_body(version: int, decoded: Mapping[str, Any]) -> Denm:
         heading = location.get("eventPositionHeading")
         if heading is not None:
             kwargs["event_heading_deg"] = _heading_deg(int(_pick(heading, "headingValue", "value")))
+            kwargs["event_heading_confidence_deg"] = _heading_confidence_deg(
+                int(_pick(heading, "headingConfidence", "confidence"))
+            )
     if termination is None and situation is None:
         raise V2xDecodeError("DENM without a situation that is not a termination", reason="malformed")
     interval = management.get("transmissionInterval")
