@@ -161,6 +161,7 @@ class V2xTap:
         self._history: dict[str, tuple[I64, F64]] = {}
         self._latest: dict[str, float] = {}
         self._conditions: dict[str, bool] = {t.name: False for t, _ in self._triggers}
+        self._true_since: dict[str, int] = {}  # held triggers not yet due: since when true
         self._time_ns: int | None = None
         tls = settings.tls
         self.client = client or V2xClient(
@@ -234,19 +235,16 @@ class V2xTap:
     def _feed(self, columns: SignalColumns) -> None:
         eval_times: list[I64] = []
         newest: int | None = None
+        merged: dict[str, tuple[I64, F64]] = {}
         for signal_id, t_ns, values in columns:
             name = self._names.get(signal_id)
             if name is None or len(t_ns) == 0:
                 continue
-            old = self._history.get(name)
+            old = merged.get(name, self._history.get(name))
             if old is None:
-                times, vals = t_ns, values
+                merged[name] = (t_ns, values)
             else:
-                times, vals = np.concatenate([old[0], t_ns]), np.concatenate([old[1], values])
-            # keep the window the expressions may look back at, and at least the latest sample
-            cut = int(np.searchsorted(times, times[-1] - self._keep_ns, side="left"))
-            cut = min(cut, len(times) - 1)
-            self._history[name] = (times[cut:], vals[cut:])
+                merged[name] = (np.concatenate([old[0], t_ns]), np.concatenate([old[1], values]))
             self._latest[name] = float(values[-1])
             last = int(t_ns[-1])
             newest = last if newest is None else max(newest, last)
@@ -257,14 +255,42 @@ class V2xTap:
         if self._time_ns is not None:
             newest = max(newest, self._time_ns)
         if eval_times:
+            # evaluated on the whole batch and the kept history, cut only afterwards: a long
+            # batch (an agent that lags) sees at its early times the samples before them
+            history = {**self._history, **merged}
             times = np.unique(np.concatenate(eval_times))
-            states = {t.name: e.evaluate(self._history, times) for t, e in self._triggers}
+            states = {t.name: e.evaluate(history, times) for t, e in self._triggers}
             for i, at in enumerate(times.tolist()):
                 now = {name: bool(v[i]) for name, v in states.items()}
                 if now != self._conditions:
+                    for name, value in now.items():
+                        if value and not self._conditions.get(name, False):
+                            self._true_since[name] = int(at)
                     self._conditions = now
                     self._step(int(at))
+                elif self._hold_due(int(at)):
+                    self._step(int(at))  # the frame at which a trigger's hold is satisfied
+        for name, (times_, vals) in merged.items():
+            # keep the window the expressions may look back at, and at least the latest sample
+            cut = int(np.searchsorted(times_, times_[-1] - self._keep_ns, side="left"))
+            cut = min(cut, len(times_) - 1)
+            self._history[name] = (times_[cut:], vals[cut:])
         self._step(newest)
+
+    def _hold_due(self, at_ns: int) -> bool:
+        """Whether a held trigger reaches its hold at ``at_ns`` (once per time it turned true)."""
+        due = False
+        for trigger, _ in self._triggers:
+            since = self._true_since.get(trigger.name)
+            if (
+                trigger.hold_ns > 0
+                and since is not None
+                and self._conditions.get(trigger.name, False)
+                and at_ns - since >= trigger.hold_ns
+            ):
+                del self._true_since[trigger.name]
+                due = True
+        return due
 
     def _value(self, name: str) -> float | None:
         value = self._latest.get(name)
