@@ -240,7 +240,8 @@ class Rules:
     A receiver is warned when the event is within its relevance distance and, if the receiver's
     heading is known, ahead of it (bearing within ``ahead_max_deg`` of its heading) and, if the
     event's heading is known too, travelling the same way (within ``heading_max_deg``). Below
-    ``standstill_kmh`` a vehicle's heading counts as unknown (``None``: always known).
+    ``standstill_kmh`` a vehicle's heading is the one it had at its last speed sample at or over
+    it, as the agents keep it (unknown if it never moved; ``None``: the measured heading always).
     """
 
     triggers: tuple[TriggerRule, ...]
@@ -321,7 +322,7 @@ DEFAULT_RULES = Rules(
     standstill_kmh=1.8,
 )
 """Rules that match the scenario: EEBL relevant within 500 m, a stationary vehicle within 1 km,
-no heading below 0.5 m/s (as :class:`tcu.v2x.station.StationSettings` defaults)."""
+below 0.5 m/s the last heading while moving (as :class:`tcu.v2x.station.StationSettings`)."""
 
 
 # ------------------------------------------------------------------------------- geometry
@@ -383,8 +384,17 @@ class _Track:
         if self.standstill_kmh is not None:
             speed = self.at("ESP_Speed", "VehicleSpeed", t_us)
             if speed is None or speed < self.standstill_kmh:
-                heading = None
+                heading = self._moving_heading(t_us)
         return lat, lon, heading
+
+    def _moving_heading(self, t_us: int) -> float | None:
+        """The heading at the last speed sample at or before ``t_us`` at or over the standstill speed."""
+        assert self.standstill_kmh is not None
+        t, v = self.series("ESP_Speed", "VehicleSpeed")
+        i = bisect.bisect_right(t, t_us) - 1
+        while i >= 0 and v[i] < self.standstill_kmh:
+            i -= 1
+        return None if i < 0 else self.at("GNSS_Status", "GnssHeading", t[i])
 
     def gnss_times(self, lo_us: int, hi_us: int) -> list[int]:
         t, _ = self.series("GNSS_Position", "Latitude")

@@ -30,6 +30,7 @@ import asyncio
 import json
 import logging
 import math
+import time
 import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -55,7 +56,7 @@ from tcu.v2x import (
     VehicleState,
 )
 from tcu.v2x.denm import Outgoing
-from tcu.v2x.messages import compile_release
+from tcu.v2x.messages import SEND_PROTOCOL_VERSION, compile_release, is_compiled
 
 __all__ = ["V2X_SIGNALS", "V2xTap"]
 
@@ -160,6 +161,7 @@ class V2xTap:
         self._history: dict[str, tuple[I64, F64]] = {}
         self._latest: dict[str, float] = {}
         self._conditions: dict[str, bool] = {t.name: False for t, _ in self._triggers}
+        self._true_since: dict[str, int] = {}  # held triggers not yet due: since when true
         self._time_ns: int | None = None
         tls = settings.tls
         self.client = client or V2xClient(
@@ -201,7 +203,10 @@ class V2xTap:
             on_warning=self._on_warning,
             on_sent=self._on_sent,
         )
-        compile_release(1)  # what is sent: compiled before the first hazard, not during it
+        # The ASN.1 is compiled in a thread when the tap runs (see run): until release 1 is
+        # compiled, feed tracks the signals and conditions but the station does not step.
+        self._ready = is_compiled(SEND_PROTOCOL_VERSION)
+        self.steps_before_ready = 0
         self._emitter: Emitter | None = None
         self._stopping = asyncio.Event()
         self._ratelog = RateLimitedLog(log, burst=5, interval_s=60.0)
@@ -230,19 +235,16 @@ class V2xTap:
     def _feed(self, columns: SignalColumns) -> None:
         eval_times: list[I64] = []
         newest: int | None = None
+        merged: dict[str, tuple[I64, F64]] = {}
         for signal_id, t_ns, values in columns:
             name = self._names.get(signal_id)
             if name is None or len(t_ns) == 0:
                 continue
-            old = self._history.get(name)
+            old = merged.get(name, self._history.get(name))
             if old is None:
-                times, vals = t_ns, values
+                merged[name] = (t_ns, values)
             else:
-                times, vals = np.concatenate([old[0], t_ns]), np.concatenate([old[1], values])
-            # keep the window the expressions may look back at, and at least the latest sample
-            cut = int(np.searchsorted(times, times[-1] - self._keep_ns, side="left"))
-            cut = min(cut, len(times) - 1)
-            self._history[name] = (times[cut:], vals[cut:])
+                merged[name] = (np.concatenate([old[0], t_ns]), np.concatenate([old[1], values]))
             self._latest[name] = float(values[-1])
             last = int(t_ns[-1])
             newest = last if newest is None else max(newest, last)
@@ -253,14 +255,42 @@ class V2xTap:
         if self._time_ns is not None:
             newest = max(newest, self._time_ns)
         if eval_times:
+            # evaluated on the whole batch and the kept history, cut only afterwards: a long
+            # batch (an agent that lags) sees at its early times the samples before them
+            history = {**self._history, **merged}
             times = np.unique(np.concatenate(eval_times))
-            states = {t.name: e.evaluate(self._history, times) for t, e in self._triggers}
+            states = {t.name: e.evaluate(history, times) for t, e in self._triggers}
             for i, at in enumerate(times.tolist()):
                 now = {name: bool(v[i]) for name, v in states.items()}
                 if now != self._conditions:
+                    for name, value in now.items():
+                        if value and not self._conditions.get(name, False):
+                            self._true_since[name] = int(at)
                     self._conditions = now
                     self._step(int(at))
+                elif self._hold_due(int(at)):
+                    self._step(int(at))  # the frame at which a trigger's hold is satisfied
+        for name, (times_, vals) in merged.items():
+            # keep the window the expressions may look back at, and at least the latest sample
+            cut = int(np.searchsorted(times_, times_[-1] - self._keep_ns, side="left"))
+            cut = min(cut, len(times_) - 1)
+            self._history[name] = (times_[cut:], vals[cut:])
         self._step(newest)
+
+    def _hold_due(self, at_ns: int) -> bool:
+        """Whether a held trigger reaches its hold at ``at_ns`` (once per time it turned true)."""
+        due = False
+        for trigger, _ in self._triggers:
+            since = self._true_since.get(trigger.name)
+            if (
+                trigger.hold_ns > 0
+                and since is not None
+                and self._conditions.get(trigger.name, False)
+                and at_ns - since >= trigger.hold_ns
+            ):
+                del self._true_since[trigger.name]
+                due = True
+        return due
 
     def _value(self, name: str) -> float | None:
         value = self._latest.get(name)
@@ -270,6 +300,9 @@ class V2xTap:
         if self._time_ns is not None and at_ns < self._time_ns:
             at_ns = self._time_ns
         self._time_ns = at_ns
+        if not self._ready:
+            self.steps_before_ready += 1
+            return
         speed = self._value(SPEED)
         lights = frozenset(
             bit for name, bits in _LIGHTS.items() if (self._latest.get(name) or 0.0) >= 0.5 for bit in bits
@@ -339,13 +372,29 @@ class V2xTap:
     # ------------------------------------------------------------ task
 
     async def run(self, emit: Emitter) -> None:
-        """The client and a 1 s ticker (expiry, status samples) until :meth:`stop`."""
+        """Compile the ASN.1, then the client and a 1 s ticker (expiry, status samples) until :meth:`stop`.
+
+        asyncio.to_thread: the compile (release 1 ~0.3 CPU-s, release 2 ~0.9) never runs on the
+        event loop, which keeps decoding and batching meanwhile. The station steps once release
+        1 (what is sent) is compiled; the client connects once release 2 (received too) is, so
+        that no received message compiles on the loop either.
+        """
         self._emitter = emit
+        started = time.monotonic()
+        await asyncio.to_thread(compile_release, SEND_PROTOCOL_VERSION)
+        self._ready = True
+        deferred = self.steps_before_ready
+        await asyncio.to_thread(compile_release, 2)
+        log.info(
+            "V2N: ASN.1 compiled in %.2f s (in a thread); the station stepped from then, %d updates before",
+            time.monotonic() - started,
+            deferred,
+        )
+        if self._stopping.is_set():
+            return
         async with asyncio.TaskGroup() as tg:
             client = self.client.start(tg, name="tcu.agent.v2x.mqtt")
             tg.create_task(self._ticker(client), name="tcu.agent.v2x.tick")
-            # Release 2 (received only) compiles in about 2 s: in a thread, not on the first message.
-            tg.create_task(asyncio.to_thread(compile_release, 2), name="tcu.agent.v2x.compile")
 
     async def _ticker(self, client: asyncio.Task[None]) -> None:
         beats = 0
@@ -377,4 +426,5 @@ class V2xTap:
         out["warnings"] = dict(self.station.warnings_by_kind)
         out["active_warnings"] = len(self.station.receiver.held)
         out["errors"] = self.errors
+        out["steps_before_ready"] = self.steps_before_ready
         return out

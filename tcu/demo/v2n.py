@@ -67,7 +67,7 @@ BACKEND_STATION = 9_000_001
 PREFIX = "v2x"
 MOSQUITTO = "/usr/sbin/mosquitto"
 DRIVE_S = 14.0
-STANDSTILL_KMH = 2.0  # below it the agents take a vehicle's heading as unknown ([v2x] standstill_kmh)
+STANDSTILL_KMH = 2.0  # below it the agents keep the last moving heading ([v2x] standstill_kmh)
 SETTLE_S = 1.5  # after the last frame: the agents are done when nothing changes for this long
 
 

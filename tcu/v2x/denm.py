@@ -134,6 +134,7 @@ class DenmOriginator:
     _true_since: dict[str, int] = field(default_factory=dict)
     _events: dict[str, _Event] = field(default_factory=dict)
     _cancelling: dict[str, _Event] = field(default_factory=dict)
+    _heading_confidence_deg: float | None = None
 
     def step(
         self,
@@ -142,12 +143,16 @@ class DenmOriginator:
         position: StationPosition | None,
         heading_deg: float | None = None,
         speed_mps: float | None = None,
+        *,
+        heading_confidence_deg: float | None = None,
     ) -> list[Outgoing]:
         """Advance every trigger to ``now_ns``; conditions missing from the mapping are false.
 
         Without a position no new event starts (its position would be unknown); running
-        events keep their last position.
+        events keep their last position. ``heading_confidence_deg`` goes into the DENM with the
+        heading (None: unavailable).
         """
+        self._heading_confidence_deg = heading_confidence_deg
         out: list[Outgoing] = []
         for trigger in self.triggers:
             active = bool(conditions.get(trigger.name, False))
@@ -202,6 +207,7 @@ class DenmOriginator:
             information_quality=trigger.information_quality,
             event_speed_mps=speed_mps,
             event_heading_deg=heading_deg,
+            event_heading_confidence_deg=None if heading_deg is None else self._heading_confidence_deg,
         )
 
     def _step_one(
@@ -278,6 +284,7 @@ class DenmOriginator:
                     cause_code=None,
                     event_speed_mps=None,
                     event_heading_deg=None,
+                    event_heading_confidence_deg=None,
                 )
                 event.cancelled = cancelled
                 event.cancel_left = trigger.cancel_repetitions

@@ -10,7 +10,8 @@ release 2 receiver must still accept it. Receiving accepts both releases: the fi
 bytes of a UPER ``ItsPduHeader`` are ``protocolVersion`` and ``messageID`` (two
 ``INTEGER (0..255)``, 8 bits each, no preamble), so the release and the message type are
 read before decoding; release 2 (TS 103 900 v2.3.1, TS 103 831 v2.3.1, TS 102 894-2 v2.4.1)
-is compiled only when the first release-2 message arrives.
+is compiled when first needed; the agent compiles both releases in a thread at start
+(:meth:`tcu.agent.v2x.V2xTap.run`), so its event loop never compiles.
 
 Units in the domain types: degrees (WGS84; heading clockwise from north), metres, m/s,
 m/s², degrees per second (yaw rate positive to the left, as ETSI), ITS timestamps in
@@ -25,7 +26,6 @@ Every decoding problem raises :class:`~tcu.v2x.errors.V2xDecodeError` with a ``r
 
 from __future__ import annotations
 
-import functools
 import math
 import threading
 from collections.abc import Mapping
@@ -47,6 +47,7 @@ __all__ = [
     "CAUSE_ROADWORKS",
     "CAUSE_STATIONARY_VEHICLE",
     "EXTERIOR_LIGHTS",
+    "HELD_HEADING_CONFIDENCE_DEG",
     "ITS_EPOCH_UNIX_MS",
     "ITS_LEAP_SECONDS",
     "MAX_PAYLOAD_BYTES",
@@ -68,6 +69,7 @@ __all__ = [
     "decode_raw",
     "encode_cam",
     "encode_denm",
+    "is_compiled",
     "its_time_ms",
     "message_header",
     "relevance_distance_bucket",
@@ -223,6 +225,7 @@ class Cam:
     yaw_rate_dps: float | None = None
     vehicle_role: str | None = None
     exterior_lights: frozenset[str] = field(default_factory=frozenset)
+    heading_confidence_deg: float | None = None  # None: unavailable
     protocol_version: int = SEND_PROTOCOL_VERSION
 
 
@@ -252,6 +255,7 @@ class Denm:
     information_quality: int = 0
     event_speed_mps: float | None = None
     event_heading_deg: float | None = None
+    event_heading_confidence_deg: float | None = None  # None: unavailable
     protocol_version: int = SEND_PROTOCOL_VERSION
 
     @property
@@ -265,10 +269,10 @@ def asn1_directory() -> Path:
     return Path(str(resources.files("tcu.v2x") / "asn1"))
 
 
-_compile_lock = threading.Lock()
+_specs: dict[int, Any] = {}
+_compile_locks: dict[int, threading.Lock] = {release: threading.Lock() for release in ASN1_FILES}
 
 
-@functools.cache
 def _compiled(release: int) -> Any:
     directory = asn1_directory()
     files = [str(directory / name) for name in ASN1_FILES[release]]
@@ -276,11 +280,26 @@ def _compiled(release: int) -> Any:
 
 
 def compile_release(release: int) -> Any:
-    """The asn1tools UPER specification of release 1 or 2 (compiled once per process)."""
+    """The asn1tools UPER specification of release 1 or 2 (compiled once per process).
+
+    A compiled release is returned without taking a lock, and each release has its own lock:
+    encoding release 1 never waits for a thread that compiles release 2.
+    """
+    spec = _specs.get(release)
+    if spec is not None:
+        return spec
     if release not in ASN1_FILES:
         raise V2xDecodeError(f"unsupported protocolVersion {release}", reason="version")
-    with _compile_lock:
-        return _compiled(release)
+    with _compile_locks[release]:
+        spec = _specs.get(release)
+        if spec is None:
+            spec = _specs[release] = _compiled(release)
+    return spec
+
+
+def is_compiled(release: int) -> bool:
+    """Whether :func:`compile_release` of ``release`` returns at once."""
+    return release in _specs
 
 
 # ---------------------------------------------------------------- encoding
@@ -323,6 +342,23 @@ def _heading(deg: float | None) -> int:
     return round(deg * 10) % 3600
 
 
+HELD_HEADING_CONFIDENCE_DEG: Final = 12.6
+"""The heading confidence of a stopped vehicle's heading, kept from while it moved: ETSI's
+``outOfRange`` (126, worse than 12.5°): the heading is the last reliable one, not a measurement."""
+_HEADING_CONFIDENCE_UNAVAILABLE: Final = 127
+
+
+def _heading_confidence(deg: float | None) -> int:
+    """HeadingConfidence in 0.1° (1..125), 126 over 12.5°, 127 unavailable (None)."""
+    if deg is None or not math.isfinite(deg) or deg < 0:
+        return _HEADING_CONFIDENCE_UNAVAILABLE
+    return _clamp(deg * 10, 1, 126)
+
+
+def _heading_confidence_deg(value: int) -> float | None:
+    return None if not 1 <= value <= 126 else value / 10
+
+
 def _speed(mps: float | None) -> int:
     if mps is None or not math.isfinite(mps):
         return _SPEED_UNAVAILABLE
@@ -339,7 +375,10 @@ def encode_cam(cam: Cam) -> bytes:
     if cam.drive_direction not in ("forward", "backward", "unavailable"):
         raise V2xEncodeError(f"drive direction {cam.drive_direction!r}", reason="range")
     high = {
-        "heading": {"headingValue": _heading(cam.heading_deg), "headingConfidence": 127},
+        "heading": {
+            "headingValue": _heading(cam.heading_deg),
+            "headingConfidence": _heading_confidence(cam.heading_confidence_deg),
+        },
         "speed": {"speedValue": _speed(cam.speed_mps), "speedConfidence": 127},
         "driveDirection": cam.drive_direction,
         "vehicleLength": {
@@ -448,7 +487,7 @@ def encode_denm(denm: Denm) -> bytes:
         if denm.event_heading_deg is not None:
             location["eventPositionHeading"] = {
                 "headingValue": _heading(denm.event_heading_deg),
-                "headingConfidence": 127,
+                "headingConfidence": _heading_confidence(denm.event_heading_confidence_deg),
             }
         body["location"] = location
     message = {
@@ -573,6 +612,7 @@ def _decode_cam_body(version: int, decoded: Mapping[str, Any]) -> Cam:
         width = int(high["vehicleWidth"])
         cam_kwargs = {
             "heading_deg": _heading_deg(int(high["heading"]["headingValue"])),
+            "heading_confidence_deg": _heading_confidence_deg(int(high["heading"]["headingConfidence"])),
             "speed_mps": _speed_mps(int(high["speed"]["speedValue"])),
             "drive_direction": str(high["driveDirection"]),
             "length_m": None if length >= _LENGTH_UNAVAILABLE else length / 10,
@@ -647,6 +687,9 @@ def _decode_denm_body(version: int, decoded: Mapping[str, Any]) -> Denm:
         heading = location.get("eventPositionHeading")
         if heading is not None:
             kwargs["event_heading_deg"] = _heading_deg(int(_pick(heading, "headingValue", "value")))
+            kwargs["event_heading_confidence_deg"] = _heading_confidence_deg(
+                int(_pick(heading, "headingConfidence", "confidence"))
+            )
     if termination is None and situation is None:
         raise V2xDecodeError("DENM without a situation that is not a termination", reason="malformed")
     interval = management.get("transmissionInterval")

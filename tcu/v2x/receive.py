@@ -49,7 +49,7 @@ class ReceiverConfig:
 
 @dataclass(frozen=True, slots=True)
 class OwnState:
-    """The receiving vehicle's position and heading (None when unknown or standing still)."""
+    """The receiving vehicle's position and heading (None when unknown: it has not moved yet)."""
 
     latitude_deg: float
     longitude_deg: float

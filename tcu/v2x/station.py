@@ -10,8 +10,11 @@ lifecycle), moves the tile subscriptions, and turns received DENMs into
 Times: DENM detection/reference times are the source times (ITS ms); the receiver judges
 expiry and "future" by the local wall clock, so source time must be wall time (true on a
 live bus; a replayed old log produces DENMs that have expired and are never sent).
-Below ``standstill_mps`` the heading counts as unknown (GNSS course is noise when standing):
-the CAM and DENM then carry none and the relevance check uses distance only.
+Below ``standstill_mps`` the GNSS course is noise: a stopped vehicle keeps the last heading it
+had while moving (its CAMs, its DENMs and its own relevance checks use it), flagged by the
+heading confidence :data:`~tcu.v2x.messages.HELD_HEADING_CONFIDENCE_DEG` (ETSI ``outOfRange``),
+so that a car on the other carriageway can still be ruled out. A vehicle that has not moved
+since start has no heading: the relevance check then uses distance only.
 """
 
 from __future__ import annotations
@@ -24,7 +27,14 @@ from dataclasses import dataclass, field
 from tcu.v2x.cam_rules import CamGenerator, CamRules, Kinematics
 from tcu.v2x.client import Received, V2xClient
 from tcu.v2x.denm import DEFAULT_TRIGGERS, DenmOriginator, DenmTrigger, Outgoing
-from tcu.v2x.messages import Cam, Denm, StationPosition, its_time_ms, unix_ns_from_its
+from tcu.v2x.messages import (
+    HELD_HEADING_CONFIDENCE_DEG,
+    Cam,
+    Denm,
+    StationPosition,
+    its_time_ms,
+    unix_ns_from_its,
+)
 from tcu.v2x.receive import DenmReceiver, OwnState, ReceiverConfig, WarningChange
 
 __all__ = ["StationSettings", "StationWarning", "V2xStation", "VehicleState"]
@@ -102,22 +112,30 @@ class V2xStation:
             )
         )
         self.state: VehicleState | None = None
+        self._moving_heading: float | None = None  # the last heading while moving
+        self._heading_now: tuple[float | None, float | None] = (None, None)
         self.warnings_by_kind: dict[str, int] = {}
 
-    def _heading(self, state: VehicleState) -> float | None:
+    def _heading(self, state: VehicleState) -> tuple[float | None, float | None]:
+        """Heading and its confidence: measured while moving, the last moving one when stopped."""
         if state.speed_mps is not None and state.speed_mps < self.settings.standstill_mps:
-            return None
-        return state.heading_deg
+            held = self._moving_heading
+            return held, None if held is None else HELD_HEADING_CONFIDENCE_DEG
+        if state.heading_deg is not None:
+            self._moving_heading = state.heading_deg
+        return state.heading_deg, None
 
     def update(self, state: VehicleState, conditions: Mapping[str, bool]) -> list[Outgoing]:
         """Advance to ``state``: tiles, CAM if due, DENMs of the triggers. Returns the DENMs queued."""
         self.state = state
         position: StationPosition | None = None
-        heading = self._heading(state)
+        heading, confidence = self._heading_now = self._heading(state)
         if state.latitude_deg is not None and state.longitude_deg is not None:
             position = StationPosition(state.latitude_deg, state.longitude_deg)
             self.client.set_position(state.latitude_deg, state.longitude_deg)
-        out = self.originator.step(state.time_ns, conditions, position, heading, state.speed_mps)
+        out = self.originator.step(
+            state.time_ns, conditions, position, heading, state.speed_mps, heading_confidence_deg=confidence
+        )
         for item in out:
             self.client.publish_denm(item.denm, source_ns=state.time_ns)
             if self._on_sent is not None and item.kind != "repetition":
@@ -136,6 +154,7 @@ class V2xStation:
                         generation_delta_time_ms=its_time_ms(state.time_ns) % 65536,
                         position=position,
                         heading_deg=heading,
+                        heading_confidence_deg=confidence,
                         speed_mps=state.speed_mps,
                         length_m=self.settings.length_m,
                         width_m=self.settings.width_m,
@@ -152,7 +171,7 @@ class V2xStation:
         state = self.state
         if state is None or state.latitude_deg is None or state.longitude_deg is None:
             return None
-        return OwnState(state.latitude_deg, state.longitude_deg, self._heading(state))
+        return OwnState(state.latitude_deg, state.longitude_deg, self._heading_now[0])
 
     def tick(self) -> list[StationWarning]:
         """Expire held warnings whose validity ended."""

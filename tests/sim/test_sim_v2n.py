@@ -80,11 +80,11 @@ def test_who_must_be_warned(truths: dict[str, GroundTruth]) -> None:
     opposite = eebl["receivers"]["opposite"]
     assert opposite["distance_m"] < 150 and opposite["ahead_off_deg"] < 10
     assert "other direction" in opposite["reason"]
-    # A stationary vehicle reaches 1 km: all three followers. It stands, so its DENM has no heading;
-    # the oncoming car has passed it by then.
+    # A stationary vehicle reaches 1 km: all three followers. It stands, so its DENM carries the
+    # heading it had while moving (355°, the road's); the oncoming car has passed it by then.
     assert stationary["must_warn"] == ["follower-150", "follower-50", "follower-700"]
     assert stationary["must_hear_cancellation"] == stationary["must_warn"]
-    assert stationary["heading_deg"] is None
+    assert stationary["heading_deg"] is not None and abs(stationary["heading_deg"] - 355.0) < 5
     assert "behind or beside" in stationary["receivers"]["opposite"]["reason"]
     for event in (eebl, stationary):
         r = event["receivers"]
