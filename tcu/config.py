@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import difflib
 import os
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from tcu.errors import ConfigError
+from tcu.tomlutil import parse_toml
 
 __all__ = [
     "CONNECTIVITY_KEYS",
@@ -58,10 +58,12 @@ __all__ = [
     "SpoolSettings",
     "TlsConfig",
     "UplinkConfig",
+    "build_agent_config",
     "check_keys",
     "default_nonce_store",
     "did_you_mean",
     "load_agent_config",
+    "read_config_document",
     "state_directory",
 ]
 
@@ -594,24 +596,45 @@ def load_agent_config(
 ) -> AgentConfig:
     """Load and check the agent configuration; errors name the file and key."""
     path = Path(path)
+    doc = read_config_document(path)
     try:
-        with path.open("rb") as fh:
-            doc = tomllib.load(fh)
+        return build_agent_config(doc, path, env=env, overrides=overrides)
+    except ConfigError as exc:
+        if exc.path is None:
+            raise ConfigError(str(exc), path=str(path)) from exc.__cause__
+        raise
+
+
+def read_config_document(path: Path) -> dict[str, Any]:
+    """The agent configuration file's TOML document; ConfigError naming the file when it cannot be read."""
+    try:
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise ConfigError("file not found", path=str(path)) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", path=str(path)) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", path=str(path)) from exc
+    return parse_toml(text, lambda detail, _line: ConfigError(f"not valid TOML: {detail}", path=str(path)))
+
+
+def build_agent_config(
+    doc: dict[str, Any],
+    source: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> AgentConfig:
+    """The checked configuration of a TOML document read from ``source`` (relative paths resolve
+    beside it), after ``TCU_*`` variables from ``env`` and ``overrides`` (``"section.key"``).
+
+    ``doc`` is modified (env and overrides are applied to it). Errors are ConfigErrors naming the
+    key (or the variable); :func:`load_agent_config` adds the file.
+    """
     if env is not None:
         _apply_env(doc, env)
     for dotted, value in (overrides or {}).items():
         section, key = dotted.split(".", 1)
         doc.setdefault(section, {})[key] = value
-    try:
-        return _build(doc, path.resolve().parent, path, env)
-    except ConfigError as exc:
-        if exc.path is None:
-            raise ConfigError(str(exc), path=str(path)) from exc.__cause__
-        raise
+    return _build(doc, source.resolve().parent, source, env)
 
 
 def _build(doc: dict[str, Any], base: Path, source: Path, env: Mapping[str, str] | None) -> AgentConfig:
