@@ -52,6 +52,7 @@ __all__ = [
     "CampaignSettings",
     "CommandSettings",
     "Compression",
+    "ConnectivityConfig",
     "Durability",
     "OnDamage",
     "SpoolConfig",
@@ -63,6 +64,7 @@ __all__ = [
     "default_nonce_store",
     "did_you_mean",
     "load_agent_config",
+    "parse_connectivity",
     "read_config_document",
     "state_directory",
 ]
@@ -318,8 +320,8 @@ class AgentConfig:
     spool: SpoolSettings | None = None
     campaigns: CampaignSettings | None = None
     commands: CommandSettings | None = None
-    connectivity: Mapping[str, Any] | None = None
-    """The raw ``[connectivity]`` table (modem, eSIM roaming), checked by :mod:`tcu.agent.connectivity`."""
+    connectivity: ConnectivityConfig | None = None
+    """The ``[connectivity]`` table (modem, eSIM roaming)."""
     source: Path | None = None
     v2x: V2xSettings | None = None
     metrics_listen: str | None = None
@@ -339,7 +341,85 @@ CONNECTIVITY_KEYS: Mapping[str, type] = {
     "reopen_after_errors": int,
     "reopen_backoff_s": float,
 }
-"""The keys of ``[connectivity]`` (checked further by :mod:`tcu.agent.connectivity`)."""
+"""The keys of ``[connectivity]`` (checked by :func:`parse_connectivity`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectivityConfig:
+    """The checked ``[connectivity]`` table (modem, eSIM roaming; paths absolute).
+
+    Parsed once, when the file is loaded (:func:`parse_connectivity`); the agent checks only
+    that the modem profile exists (:mod:`tcu.agent.connectivity`, beside the modem adapter).
+    """
+
+    port: str
+    policy: Path
+    audit_log: Path
+    modem_profile: str = "generic"
+    poll_interval_s: float = 2.0
+    command_timeout_s: float | None = None
+    apdu_timeout_s: float | None = None
+    card_refresh_s: float = 60.0
+    clock: Literal["gnss", "wall"] = "gnss"
+    reopen_after_errors: int = 5
+    reopen_backoff_s: float = 1.0
+
+
+def _conn_str(table: Mapping[str, Any], key: str, source: str | None, default: str | None = None) -> str:
+    value = table.get(key, default)
+    if value is None:
+        raise ConfigError("required", key=f"connectivity.{key}", path=source)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(
+            f"must be a non-empty string, got {value!r}", key=f"connectivity.{key}", path=source
+        )
+    return value
+
+
+def _conn_positive(table: Mapping[str, Any], key: str, source: str | None, default: float) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"must be a positive number, got {value!r}", key=f"connectivity.{key}", path=source)
+    return float(value)
+
+
+def _conn_optional(table: Mapping[str, Any], key: str, source: str | None) -> float | None:
+    return _conn_positive(table, key, source, 1.0) if key in table else None
+
+
+def parse_connectivity(
+    table: Mapping[str, Any], *, base: Path, source: str | None = None
+) -> ConnectivityConfig:
+    """Check a ``[connectivity]`` table; relative paths are resolved against ``base``.
+
+    The modem profile's name is not looked up here (the profiles belong to :mod:`tcu.modem`).
+
+    :class:`ConfigError` names ``connectivity.<key>`` (and ``source``, the file).
+    """
+    check_keys(table, CONNECTIVITY_KEYS, "connectivity", path=source)
+    clock = _conn_str(table, "clock", source, "gnss")
+    if clock not in ("gnss", "wall"):
+        raise ConfigError(f"must be 'gnss' or 'wall', got {clock!r}", key="connectivity.clock", path=source)
+    reopen = table.get("reopen_after_errors", 5)
+    if isinstance(reopen, bool) or not isinstance(reopen, int) or reopen < 1:
+        raise ConfigError(
+            f"must be an integer >= 1, got {reopen!r}", key="connectivity.reopen_after_errors", path=source
+        )
+    profile_name = _conn_str(table, "modem_profile", source, "generic")  # must exist: checked by the agent
+    return ConnectivityConfig(
+        port=_conn_str(table, "port", source),
+        policy=base / _conn_str(table, "policy", source),
+        audit_log=base / _conn_str(table, "audit_log", source),
+        modem_profile=profile_name,
+        poll_interval_s=_conn_positive(table, "poll_interval_s", source, 2.0),
+        command_timeout_s=_conn_optional(table, "command_timeout_s", source),
+        apdu_timeout_s=_conn_optional(table, "apdu_timeout_s", source),
+        card_refresh_s=_conn_positive(table, "card_refresh_s", source, 60.0),
+        clock="gnss" if clock == "gnss" else "wall",
+        reopen_after_errors=reopen,
+        reopen_backoff_s=_conn_positive(table, "reopen_backoff_s", source, 1.0),
+    )
+
 
 KNOWN_KEYS: Mapping[str, Mapping[str, type]] = {
     "vehicle": {"id": str},
@@ -785,9 +865,8 @@ def _build(doc: dict[str, Any], base: Path, source: Path, env: Mapping[str, str]
             nonce_store=nonce_store,
             max_skew_s=_get(cm, "max_skew_s", "commands.max_skew_s", float, 30.0),
         )
-    connectivity = _get(doc, "connectivity", "connectivity", dict, None)
-    if connectivity is not None:
-        check_keys(connectivity, CONNECTIVITY_KEYS, "connectivity")
+    raw_connectivity = _get(doc, "connectivity", "connectivity", dict, None)
+    connectivity = None if raw_connectivity is None else parse_connectivity(raw_connectivity, base=base)
     metrics_listen = None
     mt = _get(doc, "metrics", "metrics", dict, None)
     if mt is not None:

@@ -69,11 +69,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from tcu.agent.commands import CommandRefused
 from tcu.agent.sources import Emitter
-from tcu.config import CONNECTIVITY_KEYS, AgentConfig, check_keys
+from tcu.config import AgentConfig, ConnectivityConfig
+from tcu.config import parse_connectivity as parse_config
 from tcu.errors import ConfigError, InputError, TcuError
 from tcu.esim import (
     AuditLog,
@@ -119,82 +120,22 @@ SIGNALS: tuple[ExtraSignal, ...] = (
 """The signals this source declares (they join the agent's catalog)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectivityConfig:
-    """The checked ``[connectivity]`` table (paths absolute)."""
-
-    port: str
-    policy: Path
-    audit_log: Path
-    modem_profile: str = "generic"
-    poll_interval_s: float = 2.0
-    command_timeout_s: float | None = None
-    apdu_timeout_s: float | None = None
-    card_refresh_s: float = 60.0
-    clock: Literal["gnss", "wall"] = "gnss"
-    reopen_after_errors: int = 5
-    reopen_backoff_s: float = 1.0
-
-
-_KEYS = CONNECTIVITY_KEYS
-
-
-def _str(table: Mapping[str, Any], key: str, source: str | None, default: str | None = None) -> str:
-    value = table.get(key, default)
-    if value is None:
-        raise ConfigError("required", key=f"connectivity.{key}", path=source)
-    if not isinstance(value, str) or not value:
-        raise ConfigError(
-            f"must be a non-empty string, got {value!r}", key=f"connectivity.{key}", path=source
-        )
-    return value
-
-
-def _positive(table: Mapping[str, Any], key: str, source: str | None, default: float) -> float:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(f"must be a positive number, got {value!r}", key=f"connectivity.{key}", path=source)
-    return float(value)
-
-
-def _optional(table: Mapping[str, Any], key: str, source: str | None) -> float | None:
-    return _positive(table, key, source, 1.0) if key in table else None
-
-
 def parse_connectivity(
     table: Mapping[str, Any], *, base: Path, source: str | None = None
 ) -> ConnectivityConfig:
-    """Check a ``[connectivity]`` table; relative paths are resolved against ``base``.
+    """:func:`tcu.config.parse_connectivity`, and the modem profile it names must exist.
 
     :class:`ConfigError` names ``connectivity.<key>`` (and ``source``, the file).
     """
-    check_keys(table, _KEYS, "connectivity", path=source)
-    clock = _str(table, "clock", source, "gnss")
-    if clock not in ("gnss", "wall"):
-        raise ConfigError(f"must be 'gnss' or 'wall', got {clock!r}", key="connectivity.clock", path=source)
-    reopen = table.get("reopen_after_errors", 5)
-    if isinstance(reopen, bool) or not isinstance(reopen, int) or reopen < 1:
-        raise ConfigError(
-            f"must be an integer >= 1, got {reopen!r}", key="connectivity.reopen_after_errors", path=source
-        )
-    profile_name = _str(table, "modem_profile", source, "generic")
+    return _check_modem_profile(parse_config(table, base=base, source=source), source)
+
+
+def _check_modem_profile(config: ConnectivityConfig, source: str | None) -> ConnectivityConfig:
     try:
-        modem_profile(profile_name)
+        modem_profile(config.modem_profile)
     except ConfigError as exc:
         raise ConfigError(str(exc), key="connectivity.modem_profile", path=source) from exc
-    return ConnectivityConfig(
-        port=_str(table, "port", source),
-        policy=base / _str(table, "policy", source),
-        audit_log=base / _str(table, "audit_log", source),
-        modem_profile=profile_name,
-        poll_interval_s=_positive(table, "poll_interval_s", source, 2.0),
-        command_timeout_s=_optional(table, "command_timeout_s", source),
-        apdu_timeout_s=_optional(table, "apdu_timeout_s", source),
-        card_refresh_s=_positive(table, "card_refresh_s", source, 60.0),
-        clock="gnss" if clock == "gnss" else "wall",
-        reopen_after_errors=reopen,
-        reopen_backoff_s=_positive(table, "reopen_backoff_s", source, 1.0),
-    )
+    return config
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,12 +186,11 @@ class _QueuedOrder:
 
 
 def build_connectivity_source(config: AgentConfig) -> ConnectivitySource:
-    """The agent's hook: check ``config.connectivity`` and load the roaming policy it names."""
+    """The agent's hook: the modem profile ``config.connectivity`` names, and the roaming policy it loads."""
     if config.connectivity is None:
         raise ConfigError("no [connectivity] table", key="connectivity")
-    base = config.source.parent if config.source is not None else Path.cwd()
     source = str(config.source) if config.source is not None else None
-    checked = parse_connectivity(config.connectivity, base=base, source=source)
+    checked = _check_modem_profile(config.connectivity, source)
     return ConnectivitySource(checked, load_roaming_policy(checked.policy))
 
 
