@@ -61,21 +61,19 @@ shutdown) ends :meth:`ConnectivitySource.run`.
 from __future__ import annotations
 
 import asyncio
-import calendar
 import dataclasses
 import logging
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tcu.agent.commands import CommandRefused
+from tcu.agent.commands import CommandRefused, EsimOrder, parse_esim_order
 from tcu.agent.sources import Emitter
 from tcu.config import AgentConfig, ConnectivityConfig
 from tcu.config import parse_connectivity as parse_config
-from tcu.errors import ConfigError, InputError, TcuError
+from tcu.errors import ConfigError, TcuError
 from tcu.esim import (
     AuditLog,
     Decision,
@@ -86,7 +84,8 @@ from tcu.esim import (
     RoamingPolicy,
 )
 from tcu.esim import load_policy as load_roaming_policy
-from tcu.modem import AtApduTransport, AtChannel, AtConfig, GnssFix, Modem, ModemProfile, modem_profile
+from tcu.modem import AtApduTransport, AtChannel, AtConfig, Modem, ModemProfile, modem_profile
+from tcu.modem.clock import GnssClock, fix_time_ns
 from tcu.modem.device import Registration
 from tcu.modem.parse import SignalQuality
 from tcu.signals.mapping import ExtraSignal
@@ -98,6 +97,7 @@ __all__ = [
     "EsimOrder",
     "GnssClock",
     "build_connectivity_source",
+    "fix_time_ns",
     "parse_connectivity",
     "parse_esim_order",
 ]
@@ -138,45 +138,6 @@ def _check_modem_profile(config: ConnectivityConfig, source: str | None) -> Conn
     return config
 
 
-@dataclass(frozen=True, slots=True)
-class EsimOrder:
-    """The checked payload of an ``esim.enable`` command."""
-
-    iccid: str
-    """Digits only (a trailing ``F`` filler is removed)."""
-    reason: str = ""
-
-
-_ICCID_RE = re.compile(r"[0-9]{18,20}F?")
-_MAX_ORDER_REASON = 200
-
-
-def parse_esim_order(payload: bytes) -> EsimOrder:
-    """``ICCID`` or ``ICCID\\nreason``; :class:`InputError` says what is wrong.
-
-    The ICCID is 18-20 ASCII digits, optionally ending in ``F`` (BCD filler), at most 20
-    characters; the reason is UTF-8, at most 200 characters, no control characters.
-    """
-    head, newline, tail = payload.partition(b"\n")
-    try:
-        iccid = head.decode("ascii")
-    except UnicodeDecodeError:
-        raise InputError(f"ICCID {head[:40]!r} is not ASCII") from None
-    if not _ICCID_RE.fullmatch(iccid) or len(iccid) > 20:
-        raise InputError(f"ICCID {iccid[:40]!r} must be 18-20 digits, optionally ending in F (at most 20)")
-    try:
-        reason = tail.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"reason is not UTF-8: {exc}") from exc
-    if newline and not reason:
-        raise InputError("empty reason after the ICCID")
-    if len(reason) > _MAX_ORDER_REASON:
-        raise InputError(f"reason has {len(reason)} characters, more than {_MAX_ORDER_REASON}")
-    if any(not ch.isprintable() for ch in reason):
-        raise InputError("reason contains control characters")
-    return EsimOrder(iccid.removesuffix("F"), reason)
-
-
 @dataclass(eq=False, slots=True)
 class _QueuedOrder:
     order: EsimOrder
@@ -192,54 +153,6 @@ def build_connectivity_source(config: AgentConfig) -> ConnectivitySource:
     source = str(config.source) if config.source is not None else None
     checked = _check_modem_profile(config.connectivity, source)
     return ConnectivitySource(checked, load_roaming_policy(checked.policy))
-
-
-def fix_time_ns(fix: GnssFix) -> int | None:
-    """UTC epoch ns of an RMC fix (date and time); None when either is missing or malformed."""
-    date, stamp = fix.date, fix.utc_time
-    if date is None or len(date) != 6 or len(stamp) < 6 or not (date + stamp[:6]).isdigit():
-        return None
-    try:
-        seconds = float(stamp[4:])
-        whole = calendar.timegm(
-            (2000 + int(date[4:6]), int(date[2:4]), int(date[0:2]), int(stamp[0:2]), int(stamp[2:4]), 0)
-        )
-    except ValueError:
-        return None
-    return whole * 1_000_000_000 + round(seconds * 1e9)
-
-
-class GnssClock:
-    """Policy time: the last GNSS time plus monotonic time since it arrived; wall clock before it.
-
-    :meth:`now_ns` never goes backwards.
-    """
-
-    def __init__(self, *, use_gnss: bool = True) -> None:
-        self.use_gnss = use_gnss
-        self.fixes = 0
-        self._gnss_ns: int | None = None
-        self._at_mono_ns = 0
-        self._last_ns = 0
-
-    def on_fix(self, fix: GnssFix) -> None:
-        t_ns = fix_time_ns(fix) if fix.valid else None
-        if t_ns is None:
-            return
-        self.fixes += 1
-        self._gnss_ns, self._at_mono_ns = t_ns, time.monotonic_ns()
-
-    @property
-    def synced(self) -> bool:
-        return self.use_gnss and self._gnss_ns is not None
-
-    def now_ns(self) -> int:
-        if self.use_gnss and self._gnss_ns is not None:
-            t_ns = self._gnss_ns + (time.monotonic_ns() - self._at_mono_ns)
-        else:
-            t_ns = time.time_ns()
-        self._last_ns = max(self._last_ns, t_ns)
-        return self._last_ns
 
 
 def _plmn(reg: Registration) -> str:
