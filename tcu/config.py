@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import difflib
 import os
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from tcu.errors import ConfigError
+from tcu.tomlutil import parse_toml
 
 __all__ = [
     "CONNECTIVITY_KEYS",
@@ -51,13 +51,21 @@ __all__ = [
     "BusConfig",
     "CampaignSettings",
     "CommandSettings",
+    "Compression",
+    "ConnectivityConfig",
+    "Durability",
+    "OnDamage",
+    "SpoolConfig",
     "SpoolSettings",
     "TlsConfig",
     "UplinkConfig",
+    "build_agent_config",
     "check_keys",
     "default_nonce_store",
     "did_you_mean",
     "load_agent_config",
+    "parse_connectivity",
+    "read_config_document",
     "state_directory",
 ]
 
@@ -109,22 +117,82 @@ class BatchConfig:
     max_age_ms: int = 1000
 
 
+Durability = Literal["power-loss", "crash"]
+Compression = Literal["none", "zstd"]
+OnDamage = Literal["refuse", "start-fresh"]
+
+
 @dataclass(frozen=True, slots=True)
-class SpoolSettings:
-    """The ``[spool]`` section, checked again by :class:`tcu.spool.SpoolConfig`."""
+class SpoolConfig:
+    """Where and how the spool stores batches.
+
+    ``durability``:
+      * ``"power-loss"``: :meth:`Spool.append` returns only after the record's bytes are
+        ``fdatasync``-ed, and the directory is ``fsync``-ed after a segment is created,
+        replaced or deleted. Acks are ``fdatasync``-ed too. Survives a power cut.
+      * ``"crash"``: :meth:`Spool.append` returns after ``write()`` handed the record to the
+        OS. Survives ``kill -9`` of the process, not a power cut or kernel crash.
+
+    ``max_bytes`` bounds the segment files on disk and ``max_age_s`` (``None``: no age bound)
+    the age of unacknowledged records; both evict by priority (see :class:`Spool`).
+    ``segment_bytes`` is the size after which appends go to a new segment file.
+    ``compression="zstd"`` compresses each payload (kept raw when that does not shrink it).
+    ``on_damage`` decides what :meth:`Spool.open` does with a spool whose state cannot be
+    rebuilt (``state.json`` and the ``epoch`` file both lost while segments exist):
+    ``"refuse"`` raises :class:`SpoolCorruptError` and leaves the files alone;
+    ``"start-fresh"`` moves them into ``damaged-<ns>/``, starts a new boot epoch and writes a
+    ``"corrupt"`` tombstone for each unacknowledged batch found, so the loss is reported.
+    """
 
     directory: Path
-    durability: str = "power-loss"
+    durability: Durability = "power-loss"
     max_bytes: int = 256 * 1024 * 1024
     max_age_s: float | None = 7 * 24 * 3600.0
     segment_bytes: int = 4 * 1024 * 1024
-    compression: str = "none"
+    compression: Compression = "none"
+    zstd_level: int = 3
+    on_damage: OnDamage = "refuse"
+
+    def __post_init__(self) -> None:
+        if self.durability not in ("power-loss", "crash"):
+            raise ConfigError(
+                f"must be 'power-loss' or 'crash', got {self.durability!r}", key="spool.durability"
+            )
+        if self.compression not in ("none", "zstd"):
+            raise ConfigError(f"must be 'none' or 'zstd', got {self.compression!r}", key="spool.compression")
+        if self.segment_bytes < 4096:
+            raise ConfigError(f"must be at least 4096, got {self.segment_bytes}", key="spool.segment_bytes")
+        if self.max_bytes < self.segment_bytes:
+            raise ConfigError(
+                f"must be at least segment_bytes ({self.segment_bytes}), got {self.max_bytes}",
+                key="spool.max_bytes",
+            )
+        if self.max_age_s is not None and self.max_age_s <= 0:
+            raise ConfigError(f"must be positive or None, got {self.max_age_s}", key="spool.max_age_s")
+        if self.on_damage not in ("refuse", "start-fresh"):
+            raise ConfigError(
+                f"must be 'refuse' or 'start-fresh', got {self.on_damage!r}", key="spool.on_damage"
+            )
+        if not 1 <= self.zstd_level <= 22:
+            raise ConfigError(f"must be 1..22, got {self.zstd_level}", key="spool.zstd_level")
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolSettings(SpoolConfig):
+    """The ``[spool]`` section: the :class:`SpoolConfig` the agent opens its spool with, plus its backlog.
+
+    Parsed and checked once, when the file is loaded; the agent hands it to
+    :meth:`tcu.spool.Spool.open` as it is.
+    """
+
     backlog_bytes: int = 16 * 1024 * 1024
     """Batches the disk cannot take wait in RAM up to this many bytes; then the oldest is dropped
     and reported upstream as a ``DataLoss``."""
-    on_damage: str = "refuse"
-    """A spool whose state cannot be rebuilt: ``"refuse"`` to start, or ``"start-fresh"`` (the
-    old files are moved aside and the loss is reported upstream)."""
+
+    def __post_init__(self) -> None:
+        SpoolConfig.__post_init__(self)  # (zero-argument super() fails in a slotted dataclass)
+        if self.backlog_bytes < 0:
+            raise ConfigError(f"must be 0 or more, got {self.backlog_bytes}", key="spool.backlog_bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,8 +320,8 @@ class AgentConfig:
     spool: SpoolSettings | None = None
     campaigns: CampaignSettings | None = None
     commands: CommandSettings | None = None
-    connectivity: Mapping[str, Any] | None = None
-    """The raw ``[connectivity]`` table (modem, eSIM roaming), checked by :mod:`tcu.agent.connectivity`."""
+    connectivity: ConnectivityConfig | None = None
+    """The ``[connectivity]`` table (modem, eSIM roaming)."""
     source: Path | None = None
     v2x: V2xSettings | None = None
     metrics_listen: str | None = None
@@ -273,7 +341,85 @@ CONNECTIVITY_KEYS: Mapping[str, type] = {
     "reopen_after_errors": int,
     "reopen_backoff_s": float,
 }
-"""The keys of ``[connectivity]`` (checked further by :mod:`tcu.agent.connectivity`)."""
+"""The keys of ``[connectivity]`` (checked by :func:`parse_connectivity`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectivityConfig:
+    """The checked ``[connectivity]`` table (modem, eSIM roaming; paths absolute).
+
+    Parsed once, when the file is loaded (:func:`parse_connectivity`); the agent checks only
+    that the modem profile exists (:mod:`tcu.agent.connectivity`, beside the modem adapter).
+    """
+
+    port: str
+    policy: Path
+    audit_log: Path
+    modem_profile: str = "generic"
+    poll_interval_s: float = 2.0
+    command_timeout_s: float | None = None
+    apdu_timeout_s: float | None = None
+    card_refresh_s: float = 60.0
+    clock: Literal["gnss", "wall"] = "gnss"
+    reopen_after_errors: int = 5
+    reopen_backoff_s: float = 1.0
+
+
+def _conn_str(table: Mapping[str, Any], key: str, source: str | None, default: str | None = None) -> str:
+    value = table.get(key, default)
+    if value is None:
+        raise ConfigError("required", key=f"connectivity.{key}", path=source)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(
+            f"must be a non-empty string, got {value!r}", key=f"connectivity.{key}", path=source
+        )
+    return value
+
+
+def _conn_positive(table: Mapping[str, Any], key: str, source: str | None, default: float) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"must be a positive number, got {value!r}", key=f"connectivity.{key}", path=source)
+    return float(value)
+
+
+def _conn_optional(table: Mapping[str, Any], key: str, source: str | None) -> float | None:
+    return _conn_positive(table, key, source, 1.0) if key in table else None
+
+
+def parse_connectivity(
+    table: Mapping[str, Any], *, base: Path, source: str | None = None
+) -> ConnectivityConfig:
+    """Check a ``[connectivity]`` table; relative paths are resolved against ``base``.
+
+    The modem profile's name is not looked up here (the profiles belong to :mod:`tcu.modem`).
+
+    :class:`ConfigError` names ``connectivity.<key>`` (and ``source``, the file).
+    """
+    check_keys(table, CONNECTIVITY_KEYS, "connectivity", path=source)
+    clock = _conn_str(table, "clock", source, "gnss")
+    if clock not in ("gnss", "wall"):
+        raise ConfigError(f"must be 'gnss' or 'wall', got {clock!r}", key="connectivity.clock", path=source)
+    reopen = table.get("reopen_after_errors", 5)
+    if isinstance(reopen, bool) or not isinstance(reopen, int) or reopen < 1:
+        raise ConfigError(
+            f"must be an integer >= 1, got {reopen!r}", key="connectivity.reopen_after_errors", path=source
+        )
+    profile_name = _conn_str(table, "modem_profile", source, "generic")  # must exist: checked by the agent
+    return ConnectivityConfig(
+        port=_conn_str(table, "port", source),
+        policy=base / _conn_str(table, "policy", source),
+        audit_log=base / _conn_str(table, "audit_log", source),
+        modem_profile=profile_name,
+        poll_interval_s=_conn_positive(table, "poll_interval_s", source, 2.0),
+        command_timeout_s=_conn_optional(table, "command_timeout_s", source),
+        apdu_timeout_s=_conn_optional(table, "apdu_timeout_s", source),
+        card_refresh_s=_conn_positive(table, "card_refresh_s", source, 60.0),
+        clock="gnss" if clock == "gnss" else "wall",
+        reopen_after_errors=reopen,
+        reopen_backoff_s=_conn_positive(table, "reopen_backoff_s", source, 1.0),
+    )
+
 
 KNOWN_KEYS: Mapping[str, Mapping[str, type]] = {
     "vehicle": {"id": str},
@@ -530,24 +676,45 @@ def load_agent_config(
 ) -> AgentConfig:
     """Load and check the agent configuration; errors name the file and key."""
     path = Path(path)
+    doc = read_config_document(path)
     try:
-        with path.open("rb") as fh:
-            doc = tomllib.load(fh)
+        return build_agent_config(doc, path, env=env, overrides=overrides)
+    except ConfigError as exc:
+        if exc.path is None:
+            raise ConfigError(str(exc), path=str(path)) from exc.__cause__
+        raise
+
+
+def read_config_document(path: Path) -> dict[str, Any]:
+    """The agent configuration file's TOML document; ConfigError naming the file when it cannot be read."""
+    try:
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise ConfigError("file not found", path=str(path)) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", path=str(path)) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", path=str(path)) from exc
+    return parse_toml(text, lambda detail, _line: ConfigError(f"not valid TOML: {detail}", path=str(path)))
+
+
+def build_agent_config(
+    doc: dict[str, Any],
+    source: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> AgentConfig:
+    """The checked configuration of a TOML document read from ``source`` (relative paths resolve
+    beside it), after ``TCU_*`` variables from ``env`` and ``overrides`` (``"section.key"``).
+
+    ``doc`` is modified (env and overrides are applied to it). Errors are ConfigErrors naming the
+    key (or the variable); :func:`load_agent_config` adds the file.
+    """
     if env is not None:
         _apply_env(doc, env)
     for dotted, value in (overrides or {}).items():
         section, key = dotted.split(".", 1)
         doc.setdefault(section, {})[key] = value
-    try:
-        return _build(doc, path.resolve().parent, path, env)
-    except ConfigError as exc:
-        if exc.path is None:
-            raise ConfigError(str(exc), path=str(path)) from exc.__cause__
-        raise
+    return _build(doc, source.resolve().parent, source, env)
 
 
 def _build(doc: dict[str, Any], base: Path, source: Path, env: Mapping[str, str] | None) -> AgentConfig:
@@ -665,12 +832,6 @@ def _build(doc: dict[str, Any], base: Path, source: Path, env: Mapping[str, str]
             backlog_bytes=_get(sp, "backlog_bytes", "spool.backlog_bytes", int, sd.backlog_bytes),
             on_damage=_get(sp, "on_damage", "spool.on_damage", str, sd.on_damage),
         )
-        if spool.backlog_bytes < 0:
-            raise ConfigError(f"must be 0 or more, got {spool.backlog_bytes}", key="spool.backlog_bytes")
-        if spool.on_damage not in ("refuse", "start-fresh"):
-            raise ConfigError(
-                f"must be 'refuse' or 'start-fresh', got {spool.on_damage!r}", key="spool.on_damage"
-            )
     campaigns = None
     cp = _get(doc, "campaigns", "campaigns", dict, None)
     if cp is not None:
@@ -704,9 +865,8 @@ def _build(doc: dict[str, Any], base: Path, source: Path, env: Mapping[str, str]
             nonce_store=nonce_store,
             max_skew_s=_get(cm, "max_skew_s", "commands.max_skew_s", float, 30.0),
         )
-    connectivity = _get(doc, "connectivity", "connectivity", dict, None)
-    if connectivity is not None:
-        check_keys(connectivity, CONNECTIVITY_KEYS, "connectivity")
+    raw_connectivity = _get(doc, "connectivity", "connectivity", dict, None)
+    connectivity = None if raw_connectivity is None else parse_connectivity(raw_connectivity, base=base)
     metrics_listen = None
     mt = _get(doc, "metrics", "metrics", dict, None)
     if mt is not None:

@@ -45,7 +45,7 @@ from tcu.sdnotify import Heartbeat, Notifier
 from tcu.signals.dbc import load_dbc
 from tcu.signals.decoder import SignalDecoder, compile_codecs
 from tcu.signals.mapping import Catalog, ExtraSignal, build_catalog, load_mapping
-from tcu.spool import Spool, SpoolConfig
+from tcu.spool import Spool
 from tcu.uplink import MemoryOutbox, Outbox, Uplink
 
 if TYPE_CHECKING:
@@ -120,16 +120,7 @@ def open_outbox(config: AgentConfig) -> Outbox:
         log.warning("no [spool] configured: unacked batches are kept in memory and lost on a crash")
         return MemoryOutbox(max_batches=config.uplink.max_unacked_batches)
     s = config.spool
-    spool_config = SpoolConfig(
-        directory=s.directory,
-        durability=s.durability,  # type: ignore[arg-type]  # checked by SpoolConfig
-        max_bytes=s.max_bytes,
-        max_age_s=s.max_age_s,
-        segment_bytes=s.segment_bytes,
-        compression=s.compression,  # type: ignore[arg-type]  # checked by SpoolConfig
-        on_damage=s.on_damage,  # type: ignore[arg-type]  # checked by SpoolConfig
-    )
-    spool = Spool.open(spool_config)
+    spool = Spool.open(s)  # a SpoolSettings is the SpoolConfig, checked when the file was loaded
     stats = spool.stats()
     log.info(
         "spool %s (%s): boot epoch %d, %d batches unacked, %d repaired regions",

@@ -13,7 +13,6 @@ problems of the other keys and files are found in the same run.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from tcu.checks import (
     check_target,
     check_writable_dir,
 )
-from tcu.config import AgentConfig, _apply_env, _build, state_directory
+from tcu.config import AgentConfig, build_agent_config, read_config_document, state_directory
 from tcu.errors import ConfigError, TcuError
 
 __all__ = ["check_agent", "load_config_all_problems"]
@@ -63,24 +62,16 @@ def load_config_all_problems(
 ) -> AgentConfig | None:
     """The configuration, after recording every key problem in ``report`` (None if it cannot load)."""
     try:
-        with path.open("rb") as fh:
-            doc = tomllib.load(fh)
-    except FileNotFoundError:
-        report.problems.append(f"{path}: file not found")
-        return None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        report.problems.append(f"{path}: not valid TOML: {exc}")
+        doc = read_config_document(path)
+    except ConfigError as exc:
+        report.problems.append(str(exc))
         return None
     env = dict(env)
     seen: set[str] = set()
     for _ in range(_MAX_ROUNDS):
         attempt = _copy(doc)
         try:
-            _apply_env(attempt, env)
-            for dotted, value in overrides.items():
-                section, key = dotted.split(".", 1)
-                attempt.setdefault(section, {})[key] = value
-            config = _build(attempt, path.resolve().parent, path, env)
+            config = build_agent_config(attempt, path, env=env, overrides=overrides)
         except ConfigError as exc:
             message = f"{path}: {exc}" if exc.path is None else str(exc)
             key = exc.key or ""

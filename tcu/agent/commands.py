@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -39,7 +41,7 @@ from tcu.config import CommandSettings
 from tcu.errors import ConfigError, InputError, SecurityError, TcuError
 from tcu.pki import CommandRejected, CommandVerifier, NonceStore, load_verify_key
 
-__all__ = ["CommandHandler", "CommandRefused"]
+__all__ = ["CommandHandler", "CommandRefused", "EsimOrder", "parse_esim_order"]
 
 log = logging.getLogger(__name__)
 
@@ -160,3 +162,45 @@ class CommandHandler:
                 )
             )
         )
+
+
+# --- the esim.enable order payload ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EsimOrder:
+    """The checked payload of an ``esim.enable`` command."""
+
+    iccid: str
+    """Digits only (a trailing ``F`` filler is removed)."""
+    reason: str = ""
+
+
+_ICCID_RE = re.compile(r"[0-9]{18,20}F?")
+_MAX_ORDER_REASON = 200
+
+
+def parse_esim_order(payload: bytes) -> EsimOrder:
+    """``ICCID`` or ``ICCID\\nreason``; :class:`InputError` says what is wrong.
+
+    The ICCID is 18-20 ASCII digits, optionally ending in ``F`` (BCD filler), at most 20
+    characters; the reason is UTF-8, at most 200 characters, no control characters.
+    """
+    head, newline, tail = payload.partition(b"\n")
+    try:
+        iccid = head.decode("ascii")
+    except UnicodeDecodeError:
+        raise InputError(f"ICCID {head[:40]!r} is not ASCII") from None
+    if not _ICCID_RE.fullmatch(iccid) or len(iccid) > 20:
+        raise InputError(f"ICCID {iccid[:40]!r} must be 18-20 digits, optionally ending in F (at most 20)")
+    try:
+        reason = tail.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"reason is not UTF-8: {exc}") from exc
+    if newline and not reason:
+        raise InputError("empty reason after the ICCID")
+    if len(reason) > _MAX_ORDER_REASON:
+        raise InputError(f"reason has {len(reason)} characters, more than {_MAX_ORDER_REASON}")
+    if any(not ch.isprintable() for ch in reason):
+        raise InputError("reason contains control characters")
+    return EsimOrder(iccid.removesuffix("F"), reason)

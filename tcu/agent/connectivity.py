@@ -61,20 +61,19 @@ shutdown) ends :meth:`ConnectivitySource.run`.
 from __future__ import annotations
 
 import asyncio
-import calendar
 import dataclasses
 import logging
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from tcu.agent.commands import CommandRefused
+from tcu.agent.commands import CommandRefused, EsimOrder, parse_esim_order
 from tcu.agent.sources import Emitter
-from tcu.config import CONNECTIVITY_KEYS, AgentConfig, check_keys
-from tcu.errors import ConfigError, InputError, TcuError
+from tcu.config import AgentConfig, ConnectivityConfig
+from tcu.config import parse_connectivity as parse_config
+from tcu.errors import ConfigError, TcuError
 from tcu.esim import (
     AuditLog,
     Decision,
@@ -85,7 +84,8 @@ from tcu.esim import (
     RoamingPolicy,
 )
 from tcu.esim import load_policy as load_roaming_policy
-from tcu.modem import AtApduTransport, AtChannel, AtConfig, GnssFix, Modem, ModemProfile, modem_profile
+from tcu.modem import AtApduTransport, AtChannel, AtConfig, Modem, ModemProfile, modem_profile
+from tcu.modem.clock import GnssClock, fix_time_ns
 from tcu.modem.device import Registration
 from tcu.modem.parse import SignalQuality
 from tcu.signals.mapping import ExtraSignal
@@ -97,6 +97,7 @@ __all__ = [
     "EsimOrder",
     "GnssClock",
     "build_connectivity_source",
+    "fix_time_ns",
     "parse_connectivity",
     "parse_esim_order",
 ]
@@ -119,121 +120,22 @@ SIGNALS: tuple[ExtraSignal, ...] = (
 """The signals this source declares (they join the agent's catalog)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectivityConfig:
-    """The checked ``[connectivity]`` table (paths absolute)."""
-
-    port: str
-    policy: Path
-    audit_log: Path
-    modem_profile: str = "generic"
-    poll_interval_s: float = 2.0
-    command_timeout_s: float | None = None
-    apdu_timeout_s: float | None = None
-    card_refresh_s: float = 60.0
-    clock: Literal["gnss", "wall"] = "gnss"
-    reopen_after_errors: int = 5
-    reopen_backoff_s: float = 1.0
-
-
-_KEYS = CONNECTIVITY_KEYS
-
-
-def _str(table: Mapping[str, Any], key: str, source: str | None, default: str | None = None) -> str:
-    value = table.get(key, default)
-    if value is None:
-        raise ConfigError("required", key=f"connectivity.{key}", path=source)
-    if not isinstance(value, str) or not value:
-        raise ConfigError(
-            f"must be a non-empty string, got {value!r}", key=f"connectivity.{key}", path=source
-        )
-    return value
-
-
-def _positive(table: Mapping[str, Any], key: str, source: str | None, default: float) -> float:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(f"must be a positive number, got {value!r}", key=f"connectivity.{key}", path=source)
-    return float(value)
-
-
-def _optional(table: Mapping[str, Any], key: str, source: str | None) -> float | None:
-    return _positive(table, key, source, 1.0) if key in table else None
-
-
 def parse_connectivity(
     table: Mapping[str, Any], *, base: Path, source: str | None = None
 ) -> ConnectivityConfig:
-    """Check a ``[connectivity]`` table; relative paths are resolved against ``base``.
+    """:func:`tcu.config.parse_connectivity`, and the modem profile it names must exist.
 
     :class:`ConfigError` names ``connectivity.<key>`` (and ``source``, the file).
     """
-    check_keys(table, _KEYS, "connectivity", path=source)
-    clock = _str(table, "clock", source, "gnss")
-    if clock not in ("gnss", "wall"):
-        raise ConfigError(f"must be 'gnss' or 'wall', got {clock!r}", key="connectivity.clock", path=source)
-    reopen = table.get("reopen_after_errors", 5)
-    if isinstance(reopen, bool) or not isinstance(reopen, int) or reopen < 1:
-        raise ConfigError(
-            f"must be an integer >= 1, got {reopen!r}", key="connectivity.reopen_after_errors", path=source
-        )
-    profile_name = _str(table, "modem_profile", source, "generic")
+    return _check_modem_profile(parse_config(table, base=base, source=source), source)
+
+
+def _check_modem_profile(config: ConnectivityConfig, source: str | None) -> ConnectivityConfig:
     try:
-        modem_profile(profile_name)
+        modem_profile(config.modem_profile)
     except ConfigError as exc:
         raise ConfigError(str(exc), key="connectivity.modem_profile", path=source) from exc
-    return ConnectivityConfig(
-        port=_str(table, "port", source),
-        policy=base / _str(table, "policy", source),
-        audit_log=base / _str(table, "audit_log", source),
-        modem_profile=profile_name,
-        poll_interval_s=_positive(table, "poll_interval_s", source, 2.0),
-        command_timeout_s=_optional(table, "command_timeout_s", source),
-        apdu_timeout_s=_optional(table, "apdu_timeout_s", source),
-        card_refresh_s=_positive(table, "card_refresh_s", source, 60.0),
-        clock="gnss" if clock == "gnss" else "wall",
-        reopen_after_errors=reopen,
-        reopen_backoff_s=_positive(table, "reopen_backoff_s", source, 1.0),
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class EsimOrder:
-    """The checked payload of an ``esim.enable`` command."""
-
-    iccid: str
-    """Digits only (a trailing ``F`` filler is removed)."""
-    reason: str = ""
-
-
-_ICCID_RE = re.compile(r"[0-9]{18,20}F?")
-_MAX_ORDER_REASON = 200
-
-
-def parse_esim_order(payload: bytes) -> EsimOrder:
-    """``ICCID`` or ``ICCID\\nreason``; :class:`InputError` says what is wrong.
-
-    The ICCID is 18-20 ASCII digits, optionally ending in ``F`` (BCD filler), at most 20
-    characters; the reason is UTF-8, at most 200 characters, no control characters.
-    """
-    head, newline, tail = payload.partition(b"\n")
-    try:
-        iccid = head.decode("ascii")
-    except UnicodeDecodeError:
-        raise InputError(f"ICCID {head[:40]!r} is not ASCII") from None
-    if not _ICCID_RE.fullmatch(iccid) or len(iccid) > 20:
-        raise InputError(f"ICCID {iccid[:40]!r} must be 18-20 digits, optionally ending in F (at most 20)")
-    try:
-        reason = tail.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"reason is not UTF-8: {exc}") from exc
-    if newline and not reason:
-        raise InputError("empty reason after the ICCID")
-    if len(reason) > _MAX_ORDER_REASON:
-        raise InputError(f"reason has {len(reason)} characters, more than {_MAX_ORDER_REASON}")
-    if any(not ch.isprintable() for ch in reason):
-        raise InputError("reason contains control characters")
-    return EsimOrder(iccid.removesuffix("F"), reason)
+    return config
 
 
 @dataclass(eq=False, slots=True)
@@ -245,61 +147,12 @@ class _QueuedOrder:
 
 
 def build_connectivity_source(config: AgentConfig) -> ConnectivitySource:
-    """The agent's hook: check ``config.connectivity`` and load the roaming policy it names."""
+    """The agent's hook: the modem profile ``config.connectivity`` names, and the roaming policy it loads."""
     if config.connectivity is None:
         raise ConfigError("no [connectivity] table", key="connectivity")
-    base = config.source.parent if config.source is not None else Path.cwd()
     source = str(config.source) if config.source is not None else None
-    checked = parse_connectivity(config.connectivity, base=base, source=source)
+    checked = _check_modem_profile(config.connectivity, source)
     return ConnectivitySource(checked, load_roaming_policy(checked.policy))
-
-
-def fix_time_ns(fix: GnssFix) -> int | None:
-    """UTC epoch ns of an RMC fix (date and time); None when either is missing or malformed."""
-    date, stamp = fix.date, fix.utc_time
-    if date is None or len(date) != 6 or len(stamp) < 6 or not (date + stamp[:6]).isdigit():
-        return None
-    try:
-        seconds = float(stamp[4:])
-        whole = calendar.timegm(
-            (2000 + int(date[4:6]), int(date[2:4]), int(date[0:2]), int(stamp[0:2]), int(stamp[2:4]), 0)
-        )
-    except ValueError:
-        return None
-    return whole * 1_000_000_000 + round(seconds * 1e9)
-
-
-class GnssClock:
-    """Policy time: the last GNSS time plus monotonic time since it arrived; wall clock before it.
-
-    :meth:`now_ns` never goes backwards.
-    """
-
-    def __init__(self, *, use_gnss: bool = True) -> None:
-        self.use_gnss = use_gnss
-        self.fixes = 0
-        self._gnss_ns: int | None = None
-        self._at_mono_ns = 0
-        self._last_ns = 0
-
-    def on_fix(self, fix: GnssFix) -> None:
-        t_ns = fix_time_ns(fix) if fix.valid else None
-        if t_ns is None:
-            return
-        self.fixes += 1
-        self._gnss_ns, self._at_mono_ns = t_ns, time.monotonic_ns()
-
-    @property
-    def synced(self) -> bool:
-        return self.use_gnss and self._gnss_ns is not None
-
-    def now_ns(self) -> int:
-        if self.use_gnss and self._gnss_ns is not None:
-            t_ns = self._gnss_ns + (time.monotonic_ns() - self._at_mono_ns)
-        else:
-            t_ns = time.time_ns()
-        self._last_ns = max(self._last_ns, t_ns)
-        return self._last_ns
 
 
 def _plmn(reg: Registration) -> str:

@@ -41,7 +41,6 @@ a set of campaigns against a signal catalog (unknown names are errors).
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +48,8 @@ from typing import Any, Literal
 
 from tcu.collect.expr import Expression, ExpressionError, ExprLimits, compile_expression
 from tcu.errors import InputError
-from tcu.signals.mapping import Catalog, toml_error_line
+from tcu.signals.mapping import Catalog
+from tcu.tomlutil import parse_toml
 
 __all__ = [
     "MAX_POST_TRIGGER_MS",
@@ -173,12 +173,9 @@ def parse_campaigns(
     text: str, *, path: str = "<campaigns>", limits: ExprLimits | None = None
 ) -> list[Campaign]:
     """Parse campaign TOML text (e.g. pushed from the cloud); errors name ``path``."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise CampaignError(f"not valid TOML: {exc}", path=path, line=toml_error_line(exc)) from exc
-    except RecursionError as exc:  # tomllib recurses once per nested array or inline table
-        raise CampaignError("not valid TOML: arrays or tables nested too deeply", path=path) from exc
+    doc = parse_toml(
+        text, lambda detail, line: CampaignError(f"not valid TOML: {detail}", path=path, line=line)
+    )
     lines = text.splitlines()
     unknown = set(doc) - {"campaign"}
     if unknown:

@@ -8,7 +8,9 @@ reset) and closes it afterwards.
 
 Rules kept here:
 
-* the card state is re-read before any change and after any error;
+* the card state is re-read before any change and after any error; a switch
+  (:meth:`ProfileManager.execute`) reads the profile list once before (to decide) and once after
+  (to verify), not again inside :meth:`~ProfileManager.enable`;
 * after a change the card must report exactly one enabled profile, otherwise
   :class:`CardStateError` (and the audit log shows the listing);
 * every decision and every ES10 call (with outcome) goes to the audit log, if one is given;
@@ -117,8 +119,12 @@ class ProfileManager:
 
     async def enable(self, iccid: str) -> None:
         """Enable ``iccid`` (the card disables the current one); re-reads state around it."""
-        ref = es10.ProfileRef(iccid=iccid)
         await self.enabled()
+        await self._enable_read(iccid)
+
+    async def _enable_read(self, iccid: str) -> None:
+        """Enable ``iccid``, the card state having just been read; re-reads it after."""
+        ref = es10.ProfileRef(iccid=iccid)
         try:
             await self._es10(
                 "EnableProfile", lambda s: s.enable_profile(ref, refresh=self._refresh), iccid=iccid
@@ -180,7 +186,7 @@ class ProfileManager:
             current = await self.enabled()
             if current is not None and current.iccid == decision.target_iccid:
                 return SwitchOutcome(ok=True, enabled_iccid=current.iccid)
-            await self.enable(decision.target_iccid)
+            await self._enable_read(decision.target_iccid)  # the state read just above is the one before
         except EsimError as exc:
             log.warning("decision %s to %s failed: %s", decision.kind.name, decision.target_iccid, exc)
             enabled_iccid = None

@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import enum
 import math
-import tomllib
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -81,6 +80,7 @@ from pathlib import Path
 from typing import Any
 
 from tcu.errors import ConfigError
+from tcu.tomlutil import parse_toml
 
 __all__ = [
     "MCC_COUNTRIES",
@@ -212,10 +212,7 @@ def _resolve(ref: object, profiles: Mapping[str, str], key: str, source: str) ->
 
 def parse_policy(text: str, *, source: str = "<string>") -> PolicyConfig:
     """Parse roaming rules from TOML text; :class:`ConfigError` names the key."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"invalid TOML: {exc}", path=source) from exc
+    data = parse_toml(text, lambda detail, _line: ConfigError(f"invalid TOML: {detail}", path=source))
     unknown = set(data) - {"policy", "profiles", "countries", "mcc"}
     if unknown:
         raise ConfigError(f"unknown section(s) {sorted(unknown)}", path=source)

@@ -19,7 +19,7 @@ cannot block a vehicle's later data, and nothing it sent is dropped. The bytes
 are those of the wire: :func:`read_upload_request` (the Upload method's request
 deserializer, see :func:`add_to_server`) keeps them; a batch whose bytes do not
 decode is identified by the ``(boot_epoch, seq)`` the uplink appends to every
-batch (:func:`tcu.uplink.client.wrap_batch`), and ends the stream when it has none.
+batch (:func:`tcu.wire.wrap_batch`), and ends the stream when it has none.
 
 Downstream, the stream has one outgoing queue: acks (in batch order) and
 ``VehicleCommand`` s from ``Fleet.SendCommand`` (:mod:`tcu.ingest.commands`) are
@@ -82,8 +82,17 @@ from tcu.ingest.validate import (
     validate_hello,
 )
 from tcu.logutil import RateLimitedLog
+from tcu.wire import batch_fields, stamped_identity
 
-__all__ = ["Identity", "IngestService", "RawUpload", "add_to_server", "no_identity", "read_upload_request"]
+__all__ = [
+    "Identity",
+    "IngestService",
+    "RawUpload",
+    "add_to_server",
+    "no_identity",
+    "read_upload_request",
+    "stamped_identity",
+]
 
 log = logging.getLogger(__name__)
 
@@ -116,76 +125,6 @@ class RawUpload:
     """With ``message`` None: the request is a ``batch`` and only its bytes do not decode."""
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _batch_fields(data: bytes) -> tuple[bytes, bool] | None:
-    """Field 2 (``batch``) of an encoded ``UploadRequest``, and whether it is the only field.
-
-    Reads only the envelope's tags and lengths; None when the envelope itself is broken.
-    """
-    parts: list[bytes] = []
-    only = True
-    pos = 0
-    try:
-        while pos < len(data):
-            key, pos = _varint(data, pos)
-            number, wire = key >> 3, key & 7
-            if wire == 0:
-                _, pos = _varint(data, pos)
-            elif wire == 1:
-                pos += 8
-            elif wire == 5:
-                pos += 4
-            elif wire == 2:
-                length, pos = _varint(data, pos)
-                if number == 2:
-                    parts.append(data[pos : pos + length])
-                pos += length
-            else:
-                return None
-            if number != 2 or wire != 2:
-                only = False
-            if pos > len(data):
-                return None
-    except ValueError:
-        return None
-    return b"".join(parts), only and bool(parts)
-
-
-def stamped_identity(batch_bytes: bytes) -> tuple[int, int] | None:
-    """``(boot_epoch, seq)`` from the stamp the uplink appends to a batch's bytes, or None.
-
-    :func:`tcu.uplink.client.wrap_batch` ends every batch with fields 2 and 3
-    (``0x10 <varint boot_epoch> 0x18 <varint seq>``); this finds them at the end of
-    bytes whose beginning does not decode.
-    """
-    end = len(batch_bytes)
-    for start in range(max(0, end - 22), end - 3):
-        if batch_bytes[start] != 0x10:
-            continue
-        try:
-            epoch, pos = _varint(batch_bytes, start + 1)
-            if pos >= end or batch_bytes[pos] != 0x18:
-                continue
-            seq, pos = _varint(batch_bytes, pos + 1)
-        except ValueError:
-            continue
-        if pos == end and seq >= 1:
-            return epoch, seq
-    return None
-
-
 def read_upload_request(data: bytes) -> RawUpload:
     """The Upload method's request deserializer: parse, and keep a batch's bytes as received.
 
@@ -193,13 +132,20 @@ def read_upload_request(data: bytes) -> RawUpload:
     other undecodable request ``RawUpload(None, error=..., is_batch=False)``. It never
     raises: an exception here would end the stream with UNKNOWN instead of INVALID_ARGUMENT.
     """
-    envelope = _batch_fields(data)
+    envelope = batch_fields(data)
+    if envelope is not None and envelope[1]:
+        # Only batch fields: decode their bytes straight into the request's batch (the one parse).
+        message = ingest_pb.UploadRequest()
+        message.batch.SetInParent()
+        try:
+            message.batch.MergeFromString(envelope[0])
+        except DecodeError as exc:
+            return RawUpload(None, envelope[0], f"the batch does not decode as a TelemetryBatch: {exc}")
+        return RawUpload(message, envelope[0])
     try:
         message = ingest_pb.UploadRequest.FromString(data)
     except DecodeError as exc:
-        if envelope is None or not envelope[1]:
-            return RawUpload(None, error=f"an UploadRequest of {len(data)} bytes: {exc}", is_batch=False)
-        return RawUpload(None, envelope[0], f"the batch does not decode as a TelemetryBatch: {exc}")
+        return RawUpload(None, error=f"an UploadRequest of {len(data)} bytes: {exc}", is_batch=False)
     batch_bytes = envelope[0] if envelope is not None and message.WhichOneof("kind") == "batch" else b""
     return RawUpload(message, batch_bytes)
 

@@ -44,7 +44,6 @@ import pwd
 import shutil
 import ssl
 import stat
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ from pathlib import Path
 from tcu.pki._errors import PkiError
 from tcu.pki.ca import DevPki, load_certificate
 from tcu.pki.identity import check_name
+from tcu.tomlutil import parse_toml
 
 __all__ = [
     "MosquittoConfig",
@@ -96,11 +96,12 @@ def load_station_map(path: str | os.PathLike[str]) -> StationMap:
     where = os.fspath(path)
     try:
         with open(where, "rb") as file:
-            doc = tomllib.load(file)
+            text = file.read().decode("utf-8")
     except OSError as exc:
         raise PkiError(f"cannot read the station map: {exc.strerror}", path=where) from exc
-    except tomllib.TOMLDecodeError as exc:
+    except UnicodeDecodeError as exc:
         raise PkiError(f"not valid TOML: {exc}", path=where) from exc
+    doc = parse_toml(text, lambda detail, _line: PkiError(f"not valid TOML: {detail}", path=where))
     unknown = set(doc) - {"vehicles", "backends"}
     if unknown:
         raise PkiError(f"unknown tables {sorted(unknown)} (expected [vehicles] and [backends])", path=where)

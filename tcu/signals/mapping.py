@@ -21,13 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tcu.errors import MappingError
+from tcu.tomlutil import parse_toml, toml_error_line
 
 __all__ = [
     "Catalog",
@@ -97,25 +97,15 @@ class Catalog:
         return {s.name: s for s in self.signals}
 
 
-def toml_error_line(exc: tomllib.TOMLDecodeError) -> int | None:
-    """The line of a TOML syntax error (Python 3.11 only puts it in the message)."""
-    line = getattr(exc, "lineno", None)
-    if isinstance(line, int):
-        return line
-    match = re.search(r"at line (\d+)", str(exc))
-    return int(match.group(1)) if match else None
-
-
 def load_mapping(path: str | Path) -> list[MappingEntry]:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise MappingError(f"cannot read: {exc.strerror}", path=str(path)) from exc
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise MappingError(f"not valid TOML: {exc}", path=str(path), line=toml_error_line(exc)) from exc
+    doc = parse_toml(
+        text, lambda detail, line: MappingError(f"not valid TOML: {detail}", path=str(path), line=line)
+    )
     header_lines = [i + 1 for i, ln in enumerate(text.splitlines()) if ln.strip().startswith("[[signal]]")]
     if doc.get("version") != 1:
         raise MappingError(f"version must be 1, got {doc.get('version')!r}", path=str(path), line=1)

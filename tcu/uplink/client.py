@@ -44,8 +44,9 @@ from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.config import UplinkConfig
 from tcu.errors import ConfigError
 from tcu.uplink.outbox import Outbox, OutboxReadError
+from tcu.wire import wrap_batch
 
-__all__ = ["Uplink", "UplinkStats", "channel_options", "open_channel"]
+__all__ = ["Uplink", "UplinkStats", "channel_options", "open_channel", "wrap_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -76,28 +77,6 @@ class UplinkStats:
     """Reports of a batch kept in quarantine at the ingest (malformed content; a resent one again)."""
     last_quarantine: str = ""
     """``<boot_epoch>/<seq>: <reason>`` of the latest one."""
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def wrap_batch(payload: bytes, *, boot_epoch: int, seq: int) -> bytes:
-    """``UploadRequest(batch=<payload with boot_epoch and seq set>)``, without parsing the payload.
-
-    Protobuf merges a message's concatenated encodings (the last scalar wins),
-    so appending fields 2 (boot_epoch) and 3 (seq) stamps the batch's identity.
-    """
-    inner = payload + b"\x10" + _varint(boot_epoch) + b"\x18" + _varint(seq)
-    return b"\x12" + _varint(len(inner)) + inner
 
 
 def channel_options(config: UplinkConfig) -> list[tuple[str, int | str]]:

@@ -181,3 +181,74 @@ def test_j1939_is_a_per_bus_option(tmp_path: Path, small_dbc: Path, small_mappin
         load_agent_config(
             _write(tmp_path, body.replace("j1939 = true", 'j1939 = "yes"'), small_dbc, small_mapping)
         )
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ('durability = "sometimes"', "spool.durability"),
+        ('compression = "lz4"', "spool.compression"),
+        ("segment_bytes = 100", "spool.segment_bytes"),
+        ("max_bytes = 5000\nsegment_bytes = 8192", "spool.max_bytes"),
+        ("max_age_s = 0", "spool.max_age_s"),
+    ],
+)
+def test_spool_settings_are_checked_once_when_the_file_is_loaded(
+    tmp_path: Path, small_dbc: Path, small_mapping: Path, line: str, key: str
+) -> None:
+    """[spool] is parsed once, into the type the spool takes: a bad value names the file and key at load."""
+    path = _write(tmp_path, GOOD + f'\n[spool]\ndirectory = "spool"\n{line}\n', small_dbc, small_mapping)
+    with pytest.raises(ConfigError) as info:
+        load_agent_config(path)
+    assert f"{key}:" in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_spool_settings_are_what_the_spool_takes(
+    tmp_path: Path, small_dbc: Path, small_mapping: Path
+) -> None:
+    from tcu.spool import SpoolConfig
+
+    path = _write(
+        tmp_path, GOOD + '\n[spool]\ndirectory = "spool"\ndurability = "crash"\n', small_dbc, small_mapping
+    )
+    spool = load_agent_config(path).spool
+    assert isinstance(spool, SpoolConfig)
+    assert (spool.directory, spool.durability) == (tmp_path / "spool", "crash")
+
+
+CONNECTIVITY = '\n[connectivity]\nport = "/dev/ttyUSB2"\npolicy = "roaming.toml"\naudit_log = "audit.jsonl"\n'
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ('clock = "sundial"', "connectivity.clock"),
+        ("poll_interval_s = 0", "connectivity.poll_interval_s"),
+        ("reopen_after_errors = 0", "connectivity.reopen_after_errors"),
+        ('port = ""', "connectivity.port"),
+    ],
+)
+def test_connectivity_is_checked_once_when_the_file_is_loaded(
+    tmp_path: Path, small_dbc: Path, small_mapping: Path, line: str, key: str
+) -> None:
+    body = GOOD + CONNECTIVITY.replace('port = "/dev/ttyUSB2"\n', "") + line + "\n"
+    if "port" not in line:
+        body += 'port = "/dev/ttyUSB2"\n'
+    path = _write(tmp_path, body, small_dbc, small_mapping)
+    with pytest.raises(ConfigError) as info:
+        load_agent_config(path)
+    assert f"{key}:" in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_connectivity_is_a_frozen_dataclass_with_absolute_paths(
+    tmp_path: Path, small_dbc: Path, small_mapping: Path
+) -> None:
+    from tcu.config import ConnectivityConfig
+
+    path = _write(tmp_path, GOOD + CONNECTIVITY, small_dbc, small_mapping)
+    connectivity = load_agent_config(path).connectivity
+    assert isinstance(connectivity, ConnectivityConfig)
+    assert connectivity.policy == tmp_path / "roaming.toml"
+    assert (connectivity.port, connectivity.clock) == ("/dev/ttyUSB2", "gnss")

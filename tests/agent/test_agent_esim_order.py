@@ -25,7 +25,7 @@ from tcu.agent.connectivity import EsimOrder, parse_esim_order
 from tcu.api.v1 import fleet_pb2 as fleet_pb
 from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
 from tcu.cli.main import main
-from tcu.config import AgentConfig, CommandSettings, TlsConfig
+from tcu.config import AgentConfig, CommandSettings, TlsConfig, parse_connectivity
 from tcu.errors import InputError
 from tcu.esim import verify
 from tcu.ingest import IngestServer
@@ -119,16 +119,19 @@ async def test_backend_orders_a_profile_and_bad_orders_are_refused(
     audit = tmp_path / "esim-audit.jsonl"
     config = dataclasses.replace(
         _config(pki, server, tmp_path, small_dbc, small_mapping),
-        connectivity={
-            "port": modem.port,
-            "policy": str(tmp_path / "roaming.toml"),
-            "audit_log": str(audit),
-            "poll_interval_s": 0.05,
-            "command_timeout_s": 1.0,
-            "apdu_timeout_s": 0.5,
-            "clock": "wall",
-            "reopen_backoff_s": 0.1,
-        },
+        connectivity=parse_connectivity(
+            {
+                "port": modem.port,
+                "policy": str(tmp_path / "roaming.toml"),
+                "audit_log": str(audit),
+                "poll_interval_s": 0.05,
+                "command_timeout_s": 1.0,
+                "apdu_timeout_s": 0.5,
+                "clock": "wall",
+                "reopen_backoff_s": 0.1,
+            },
+            base=tmp_path,
+        ),
     )
     agent = Agent(config)
     assert agent.connectivity is not None
@@ -272,16 +275,19 @@ async def test_order_result_arrives_after_the_switch_cut_the_data_link(
             config = dataclasses.replace(
                 base,
                 uplink=dataclasses.replace(base.uplink, target=f"127.0.0.1:{link.port}"),
-                connectivity={
-                    "port": modem.port,
-                    "policy": str(tmp_path / "roaming.toml"),
-                    "audit_log": str(tmp_path / "esim-audit.jsonl"),
-                    "poll_interval_s": 0.05,
-                    "command_timeout_s": 1.0,
-                    "apdu_timeout_s": 0.5,
-                    "clock": "wall",
-                    "reopen_backoff_s": 0.1,
-                },
+                connectivity=parse_connectivity(
+                    {
+                        "port": modem.port,
+                        "policy": str(tmp_path / "roaming.toml"),
+                        "audit_log": str(tmp_path / "esim-audit.jsonl"),
+                        "poll_interval_s": 0.05,
+                        "command_timeout_s": 1.0,
+                        "apdu_timeout_s": 0.5,
+                        "clock": "wall",
+                        "reopen_backoff_s": 0.1,
+                    },
+                    base=tmp_path,
+                ),
             )
             agent = Agent(config)
             stop = asyncio.Event()

@@ -367,12 +367,14 @@ def test_nmea_time_round_trip_and_monotonic_clock() -> None:
 
 
 def _agent_config(tmp_path: Path, table: dict[str, object]) -> AgentConfig:
+    from tcu.config import parse_connectivity as parse_config  # what load_agent_config does
+
     return AgentConfig(
         vehicle_id="WTCUTEST000000001",
         buses=(),
         mapping=tmp_path / "m.toml",
         uplink=UplinkConfig(),
-        connectivity=table,
+        connectivity=parse_config(table, base=tmp_path),
         source=tmp_path / "agent.toml",
     )
 
