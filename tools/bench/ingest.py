@@ -52,7 +52,7 @@ from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
 from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.api.v1 import telemetry_pb2 as telemetry_pb
 from tcu.collect.batch import BatchBuilder
-from tcu.uplink.client import _varint
+from tcu.wire import varint as _varint
 
 _AIO: Any = grpc.aio  # grpc-stubs lacks aio.EOF
 
