@@ -26,7 +26,11 @@ LOG_FORMATS = ("candump", "blf", "asc", "trc", "mf4")
 
 
 def add_log_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("log", type=Path, help="CAN log: .log (candump -L), .blf, .asc, .trc, .mf4")
+    p.add_argument(
+        "log",
+        type=Path,
+        help="CAN log: .log (candump -L), .blf, .asc, .trc, .mf4; - reads candump -L from stdin",
+    )
     p.add_argument(
         "--dbc",
         action="append",
@@ -71,7 +75,10 @@ def decode_log(
     from tcu.signals.decoder import FrameDecoder
 
     codecs = parse_dbc_args(args.dbc)
-    reader = open_log(args.log, fmt=args.log_format)
+    if str(args.log) == "-":
+        reader = open_log("<stdin>", fmt=args.log_format, stream=sys.stdin.buffer)
+    else:
+        reader = open_log(args.log, fmt=args.log_format)
     decoder = FrameDecoder(codecs, j1939=args.j1939)
 
     def run() -> Iterator[list[MessageBlock]]:
