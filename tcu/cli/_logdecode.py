@@ -42,6 +42,11 @@ def add_log_arguments(p: argparse.ArgumentParser) -> None:
         "--j1939", action="store_true", help="match extended ids by J1939 PGN (ignore source address)"
     )
     p.add_argument("--log-format", choices=LOG_FORMATS, help="log format (default: from the suffix)")
+    p.add_argument(
+        "--strict-time",
+        action="store_true",
+        help="fail (exit 2, no output file) when frames are dated before 2000 or in the future",
+    )
 
 
 def parse_dbc_args(values: list[str]) -> dict[str | None, DatabaseCodec]:
@@ -95,6 +100,12 @@ def decode_log(
                     flush=True,
                 )
         refuse_unreadable(reader.stats, reader.fmt)
+        if getattr(args, "strict_time", False) and reader.stats.implausible_times:
+            from tcu.errors import LogFormatError
+
+            raise LogFormatError(
+                f"--strict-time: {implausible_text(reader.stats)}", path=reader.stats.path
+            )
 
     return run(), decoder, reader.stats
 
@@ -126,3 +137,14 @@ def print_summary(counts: DecodeCounts, stats: ReadStats, write: Callable[[str],
     )
     if stats.stopped_at is not None:
         write(f"file truncated: stopped at {stats.stopped_at}")
+    if stats.implausible_times:
+        write(f"warning: {implausible_text(stats)}")
+
+
+def implausible_text(stats: ReadStats) -> str:
+    first = stats.first_implausible_t_ns or 0
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(first // 10**9))
+    return (
+        f"{stats.implausible_times} frames dated before 2000 or in the future (first: {when}); "
+        "the log has no absolute time base?"
+    )

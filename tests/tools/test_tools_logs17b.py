@@ -45,3 +45,63 @@ def test_decode_dash_refuses_a_binary_log_format(
     code = main(["decode", "-", "--log-format", "blf", "--dbc", str(PT_DBC)])
     assert code != 0
     assert "stdin" in capsys.readouterr().err
+
+
+_ASC = """date Fri Dec 04 03:34:21.878 am 2026
+base hex  timestamps absolute
+internal events logged
+// version 9.0.0
+Begin Triggerblock Fri Dec 04 03:34:21.878 am 2026
+   0.000000 Start of measurement
+   0.010000 1  3E8             Rx   d 2 01 02  Length = 0 BitCount = 0 ID = 1000
+   0.020000 2  3E8             Rx   d 2 03 04  Length = 0 BitCount = 0 ID = 1000
+End TriggerBlock
+"""
+
+
+def test_asc_absolute_time_base_is_kept(tmp_path: Path) -> None:
+    from datetime import datetime
+
+    from tcu.can.logs import open_log
+
+    path = tmp_path / "abs.asc"
+    path.write_text(_ASC)
+    reader = open_log(path)
+    t_ns = [int(t) for chunk in reader for t in chunk.t_ns]
+    start = datetime(2026, 12, 4, 3, 34, 21, 878000).timestamp()  # the header's (local) time
+    assert [round(t / 1e9 - start, 6) for t in t_ns] == [0.01, 0.02]
+    assert reader.stats.implausible_times == 0
+
+
+_TRC_V10 = """;##########################################################################
+;   Start time: 04.12.2026 03:34:21.878
+;   Message Number
+;   |         Time Offset (ms)
+;   |         |       ID (hex)
+;   |         |       |     Data Length
+;   |         |       |     |   Data Bytes (hex) ...
+;---+--   ----+----  ----  +  -- -- -- --
+     1)         0.0  0300  2  01 02
+     2)        10.0  0300  2  03 04
+"""
+
+
+def test_log_dated_1970_is_counted_and_refused_with_strict_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tcu.can.logs import open_log
+
+    path = tmp_path / "v10.trc"  # TRC 1.0 has no absolute start time: python-can dates it 1970
+    path.write_text(_TRC_V10)
+    reader = open_log(path)
+    assert sum(len(chunk) for chunk in reader) == 2
+    assert reader.stats.implausible_times == 2
+    out = tmp_path / "out.csv"
+    assert main(["decode", str(path), "--dbc", str(PT_DBC), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "2 frames dated before 2000 or in the future" in err
+    assert out.exists()
+    out.unlink()
+    assert main(["decode", str(path), "--dbc", str(PT_DBC), "-o", str(out), "--strict-time"]) != 0
+    assert "dated before 2000" in capsys.readouterr().err
+    assert not out.exists()

@@ -77,6 +77,12 @@ class LogReader:
         self.stats = ReadStats(str(self.path))
 
     def __iter__(self) -> Iterator[FrameBatch]:
+        """Chunks of frames; implausible dates (before 2000, in the future) are counted in ``stats``."""
+        for chunk in self._chunks():
+            self.stats.check_times(chunk)
+            yield chunk
+
+    def _chunks(self) -> Iterator[FrameBatch]:
         if self.fmt == "candump":
             return read_candump(self.path, self.stats, chunk_frames=self.chunk_frames, stream=self.stream)
         if self.fmt == "blf":
