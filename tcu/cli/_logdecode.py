@@ -43,6 +43,14 @@ def add_log_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--log-format", choices=LOG_FORMATS, help="log format (default: from the suffix)")
     p.add_argument(
+        "--channel",
+        action="append",
+        default=[],
+        metavar="LOG=NAME",
+        help="rename a channel of the log before the --dbc CHANNEL= match, e.g. 0=can0 (ASC and BLF "
+        "number channels 0, 1, ...; candump names them can0, can1, ...) (repeatable)",
+    )
+    p.add_argument(
         "--strict-time",
         action="store_true",
         help="fail (exit 2, no output file) when frames are dated before 2000 or in the future",
@@ -72,14 +80,48 @@ def parse_dbc_args(values: list[str]) -> dict[str | None, DatabaseCodec]:
     return codecs
 
 
+def parse_channel_aliases(values: list[str]) -> dict[str, str]:
+    """``LOG=NAME`` pairs: a log channel and the name it is decoded as."""
+    aliases: dict[str, str] = {}
+    for value in values:
+        log_name, sep, name = value.partition("=")
+        if not sep or not log_name or not name:
+            raise InputError(f"--channel {value!r}: want LOG=NAME, e.g. --channel 0=can0")
+        if log_name in aliases:
+            raise InputError(f"--channel {value!r}: channel {log_name} was already renamed")
+        aliases[log_name] = name
+    return aliases
+
+
+def channel_hints(codecs: dict[str | None, object], seen: set[str]) -> list[str]:
+    """One line per ``--dbc CHANNEL=`` that matched no frame, naming the log's channels."""
+    if not seen:
+        return []
+    have = ", ".join(sorted(seen)) or "(unnamed)"
+    missing = sorted(name for name in codecs if name is not None and name not in seen)
+    unused = sorted(seen - set(codecs))
+    out = []
+    for index, name in enumerate(missing):
+        rename = f"; rename with --channel {unused[index]}={name}" if index < len(unused) else ""
+        out.append(
+            f"warning: --dbc {name}=...: no frame on channel {name}; the log's channels: {have}{rename}"
+        )
+    return out
+
+
 def decode_log(
     args: argparse.Namespace, *, progress: bool = True
 ) -> tuple[Iterator[list[MessageBlock]], FrameDecoder, ReadStats]:
     """An iterator of decoded blocks per chunk, the decoder (counts) and the read stats."""
+    import dataclasses
+
+    import numpy as np
+
     from tcu.can.logs import open_log
     from tcu.signals.decoder import FrameDecoder
 
     codecs = parse_dbc_args(args.dbc)
+    aliases = parse_channel_aliases(getattr(args, "channel", None) or [])
     if str(args.log) == "-":
         reader = open_log("<stdin>", fmt=args.log_format, stream=sys.stdin.buffer)
     else:
@@ -88,7 +130,14 @@ def decode_log(
 
     def run() -> Iterator[list[MessageBlock]]:
         started = last = time.monotonic()
-        for chunk in reader:
+        seen: set[str] = set()
+        for read in reader:
+            chunk = read
+            if aliases:
+                names = tuple(aliases.get(c, c) for c in read.channels)
+                chunk = dataclasses.replace(read, channels=names)
+            if chunk.channels:
+                seen.update(chunk.channels[int(i)] for i in np.unique(chunk.channel))
             yield decoder.decode(chunk)
             now = time.monotonic()
             if progress and now - last >= PROGRESS_EVERY_S:
@@ -100,12 +149,12 @@ def decode_log(
                     flush=True,
                 )
         refuse_unreadable(reader.stats, reader.fmt)
+        for hint in channel_hints(dict(codecs), seen):
+            print(f"tcu: {hint}", file=sys.stderr)
         if getattr(args, "strict_time", False) and reader.stats.implausible_times:
             from tcu.errors import LogFormatError
 
-            raise LogFormatError(
-                f"--strict-time: {implausible_text(reader.stats)}", path=reader.stats.path
-            )
+            raise LogFormatError(f"--strict-time: {implausible_text(reader.stats)}", path=reader.stats.path)
 
     return run(), decoder, reader.stats
 

@@ -105,3 +105,43 @@ def test_log_dated_1970_is_counted_and_refused_with_strict_time(
     assert main(["decode", str(path), "--dbc", str(PT_DBC), "-o", str(out), "--strict-time"]) != 0
     assert "dated before 2000" in capsys.readouterr().err
     assert not out.exists()
+
+
+def _rav4_as_numbered_channels(tmp_path: Path) -> Path:
+    """The RAV4 head with channels named as ASC and BLF name them: 0 and 1."""
+    text = _head(3000).replace(b") can0 ", b") 0 ").replace(b") can1 ", b") 1 ")
+    path = tmp_path / "numbered.log"
+    path.write_bytes(text)
+    return path
+
+
+def test_channel_dbc_matching_nothing_names_the_log_channels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _rav4_as_numbered_channels(tmp_path)
+    out = tmp_path / "out.csv"
+    code = main(["decode", str(path), "--dbc", f"can0={PT_DBC}", "--dbc", f"can1={ADAS_DBC}", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "no frame on channel can0" in err and "no frame on channel can1" in err
+    assert "the log's channels: 0, 1" in err
+    assert "--channel 0=can0" in err
+
+
+def test_channel_aliases_rename_log_channels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "head.log"
+    source.write_bytes(_head(3000))
+    dbcs = ["--dbc", f"can0={PT_DBC}", "--dbc", f"can1={ADAS_DBC}"]
+    want = tmp_path / "want.csv"
+    assert main(["decode", str(source), *dbcs, "-o", str(want)]) == 0
+    got = tmp_path / "got.csv"
+    numbered = _rav4_as_numbered_channels(tmp_path)
+    aliases = ["--channel", "0=can0", "--channel", "1=can1"]
+    assert main(["decode", str(numbered), *dbcs, *aliases, "-o", str(got)]) == 0
+    assert "no frame on channel" not in capsys.readouterr().err
+    assert got.read_bytes() == want.read_bytes()
+
+
+def test_bad_channel_alias_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["decode", str(RAV4), "--dbc", str(PT_DBC), "--channel", "0"]) != 0
+    assert "--channel '0'" in capsys.readouterr().err
