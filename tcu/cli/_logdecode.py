@@ -53,7 +53,7 @@ def add_log_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--strict-time",
         action="store_true",
-        help="fail (exit 2, no output file) when frames are dated before 2000 or in the future",
+        help="fail (exit 1, no output file) when frames are dated before 2000 or in the future",
     )
 
 
