@@ -26,7 +26,11 @@ LOG_FORMATS = ("candump", "blf", "asc", "trc", "mf4")
 
 
 def add_log_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("log", type=Path, help="CAN log: .log (candump -L), .blf, .asc, .trc, .mf4")
+    p.add_argument(
+        "log",
+        type=Path,
+        help="CAN log: .log (candump -L), .blf, .asc, .trc, .mf4; - reads candump -L from stdin",
+    )
     p.add_argument(
         "--dbc",
         action="append",
@@ -38,6 +42,19 @@ def add_log_arguments(p: argparse.ArgumentParser) -> None:
         "--j1939", action="store_true", help="match extended ids by J1939 PGN (ignore source address)"
     )
     p.add_argument("--log-format", choices=LOG_FORMATS, help="log format (default: from the suffix)")
+    p.add_argument(
+        "--channel",
+        action="append",
+        default=[],
+        metavar="LOG=NAME",
+        help="rename a channel of the log before the --dbc CHANNEL= match, e.g. 0=can0 (ASC and BLF "
+        "number channels 0, 1, ...; candump names them can0, can1, ...) (repeatable)",
+    )
+    p.add_argument(
+        "--strict-time",
+        action="store_true",
+        help="fail (exit 1, no output file) when frames are dated before 2000 or in the future",
+    )
 
 
 def parse_dbc_args(values: list[str]) -> dict[str | None, DatabaseCodec]:
@@ -63,20 +80,64 @@ def parse_dbc_args(values: list[str]) -> dict[str | None, DatabaseCodec]:
     return codecs
 
 
+def parse_channel_aliases(values: list[str]) -> dict[str, str]:
+    """``LOG=NAME`` pairs: a log channel and the name it is decoded as."""
+    aliases: dict[str, str] = {}
+    for value in values:
+        log_name, sep, name = value.partition("=")
+        if not sep or not log_name or not name:
+            raise InputError(f"--channel {value!r}: want LOG=NAME, e.g. --channel 0=can0")
+        if log_name in aliases:
+            raise InputError(f"--channel {value!r}: channel {log_name} was already renamed")
+        aliases[log_name] = name
+    return aliases
+
+
+def channel_hints(codecs: dict[str | None, object], seen: set[str]) -> list[str]:
+    """One line per ``--dbc CHANNEL=`` that matched no frame, naming the log's channels."""
+    if not seen:
+        return []
+    have = ", ".join(sorted(seen)) or "(unnamed)"
+    missing = sorted(name for name in codecs if name is not None and name not in seen)
+    unused = sorted(seen - set(codecs))
+    out = []
+    for index, name in enumerate(missing):
+        rename = f"; rename with --channel {unused[index]}={name}" if index < len(unused) else ""
+        out.append(
+            f"warning: --dbc {name}=...: no frame on channel {name}; the log's channels: {have}{rename}"
+        )
+    return out
+
+
 def decode_log(
     args: argparse.Namespace, *, progress: bool = True
 ) -> tuple[Iterator[list[MessageBlock]], FrameDecoder, ReadStats]:
     """An iterator of decoded blocks per chunk, the decoder (counts) and the read stats."""
+    import dataclasses
+
+    import numpy as np
+
     from tcu.can.logs import open_log
     from tcu.signals.decoder import FrameDecoder
 
     codecs = parse_dbc_args(args.dbc)
-    reader = open_log(args.log, fmt=args.log_format)
+    aliases = parse_channel_aliases(getattr(args, "channel", None) or [])
+    if str(args.log) == "-":
+        reader = open_log("<stdin>", fmt=args.log_format, stream=sys.stdin.buffer)
+    else:
+        reader = open_log(args.log, fmt=args.log_format)
     decoder = FrameDecoder(codecs, j1939=args.j1939)
 
     def run() -> Iterator[list[MessageBlock]]:
         started = last = time.monotonic()
-        for chunk in reader:
+        seen: set[str] = set()
+        for read in reader:
+            chunk = read
+            if aliases:
+                names = tuple(aliases.get(c, c) for c in read.channels)
+                chunk = dataclasses.replace(read, channels=names)
+            if chunk.channels:
+                seen.update(chunk.channels[int(i)] for i in np.unique(chunk.channel))
             yield decoder.decode(chunk)
             now = time.monotonic()
             if progress and now - last >= PROGRESS_EVERY_S:
@@ -88,6 +149,12 @@ def decode_log(
                     flush=True,
                 )
         refuse_unreadable(reader.stats, reader.fmt)
+        for hint in channel_hints(dict(codecs), seen):
+            print(f"tcu: {hint}", file=sys.stderr)
+        if getattr(args, "strict_time", False) and reader.stats.implausible_times:
+            from tcu.errors import LogFormatError
+
+            raise LogFormatError(f"--strict-time: {implausible_text(reader.stats)}", path=reader.stats.path)
 
     return run(), decoder, reader.stats
 
@@ -119,3 +186,14 @@ def print_summary(counts: DecodeCounts, stats: ReadStats, write: Callable[[str],
     )
     if stats.stopped_at is not None:
         write(f"file truncated: stopped at {stats.stopped_at}")
+    if stats.implausible_times:
+        write(f"warning: {implausible_text(stats)}")
+
+
+def implausible_text(stats: ReadStats) -> str:
+    first = stats.first_implausible_t_ns or 0
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(first // 10**9))
+    return (
+        f"{stats.implausible_times} frames dated before 2000 or in the future (first: {when}); "
+        "the log has no absolute time base?"
+    )

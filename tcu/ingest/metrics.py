@@ -85,6 +85,12 @@ def ingest_snapshot(server: IngestServer, rpcs: RpcCounter) -> Iterable[Family]:
         len(server.commands.connected_vehicles())
     )
     yield g("subscribers", "Open Fleet.Subscribe streams").add(len(server.hub))
+    implausible = c(
+        "samples_implausible_time", "Samples stored dated before 2000 or in the future", ("vehicle",)
+    )
+    for vehicle, count in sorted(server.implausible_times.items()):
+        implausible.add(count, vehicle)
+    yield implausible
 
 
 def ingest_health(server: IngestServer) -> dict[str, Any]:

@@ -118,6 +118,11 @@ class IngestServer:
         return self._hub
 
     @property
+    def implausible_times(self) -> dict[str, int]:
+        """Samples per vehicle dated before 2000 or in the future (stored but flagged)."""
+        return dict(self._ingest.implausible_times) if self._ingest is not None else {}
+
+    @property
     def commands(self) -> CommandRouter:
         """Connected vehicles and pending commands."""
         return self._commands

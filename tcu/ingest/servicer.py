@@ -77,6 +77,7 @@ from tcu.ingest.validate import (
     Limits,
     Session,
     check_batch_identity,
+    implausible_samples,
     validate_batch,
     validate_checkin,
     validate_hello,
@@ -223,6 +224,8 @@ class IngestService(ingest_grpc.IngestServicer):
         self._clock = clock
         self._max_wait_ms = int(throttle_max_wait_s * 1000)
         self._buckets: dict[str, tuple[float, float]] = {}  # vehicle -> (tokens, last refill)
+        self.implausible_times: dict[str, int] = {}
+        """Samples per vehicle dated before 2000 or in the future (stored, counted, logged)."""
 
     def _take_token(self, vehicle_id: str) -> int:
         """0 when a batch may go on, else milliseconds until the next token (RESOURCE_EXHAUSTED)."""
@@ -540,8 +543,27 @@ class IngestService(ingest_grpc.IngestServicer):
             return self._quarantine(
                 session, payload, message.boot_epoch, message.seq, str(exc), catalog_id=message.catalog_id
             )
+        self._flag_times(valid)
         # The bytes go along so that the sink can quarantine a batch it fails to write.
         return dataclasses.replace(valid, payload=raw or message.SerializeToString())
+
+    def _flag_times(self, batch: Batch) -> None:
+        count, first = implausible_samples(batch, time.time_ns())
+        if not count or first is None:
+            return
+        vehicle = batch.vehicle_id
+        self.implausible_times[vehicle] = self.implausible_times.get(vehicle, 0) + count
+        self._refusals.log(
+            (vehicle, "implausible time"),
+            logging.WARNING,
+            "vehicle %s batch seq %d: %d samples dated before 2000 or in the future (first %s);"
+            " stored and counted (%d so far) - a log replayed without its absolute time base?",
+            vehicle,
+            batch.seq,
+            count,
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(first // 10**9)),
+            self.implausible_times[vehicle],
+        )
 
     async def _read(
         self,

@@ -47,6 +47,7 @@ __all__ = [
     "Limits",
     "Session",
     "check_batch_identity",
+    "implausible_samples",
     "validate_batch",
     "validate_checkin",
     "validate_hello",
@@ -60,6 +61,32 @@ _KINDS = {
     telemetry_pb.VALUE_TYPE_DOUBLE: ValueKind.DOUBLE,
     telemetry_pb.VALUE_TYPE_STRING: ValueKind.STRING,
 }
+
+
+#: Samples dated before this (2000-01-01T00:00:00Z) are implausible (a log replayed without its time base).
+PLAUSIBLE_AFTER_NS = 946_684_800 * 1_000_000_000
+#: ... and so are samples more than this past the ingest's clock.
+FUTURE_SLACK_NS = 86_400 * 1_000_000_000
+
+
+def implausible_samples(batch: Batch, now_ns: int) -> tuple[int, int | None]:
+    """(count, first time) of the batch's samples dated before 2000 or more than a day after ``now_ns``.
+
+    Such samples are stored (they are what the vehicle sent) but flagged: the ingest counts
+    them per vehicle and logs them, rather than storing 1970 silently.
+    """
+    latest = now_ns + FUTURE_SLACK_NS
+    count = 0
+    first: int | None = None
+    for column in batch.columns:
+        if not column.t_ns or (min(column.t_ns) >= PLAUSIBLE_AFTER_NS and max(column.t_ns) <= latest):
+            continue  # the common case, at C speed
+        for t in column.t_ns:
+            if t < PLAUSIBLE_AFTER_NS or t > latest:
+                count += 1
+                if first is None:
+                    first = t
+    return count, first
 
 
 @dataclass(frozen=True, slots=True)

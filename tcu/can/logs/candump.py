@@ -16,7 +16,7 @@ import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -52,39 +52,60 @@ _RTR_RE = re.compile(r"^[Rr](?P<len>\d{0,2})$")
 _FD_LENGTHS = frozenset((0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 20, 24, 32, 48, 64))
 
 
-def read_candump(path: str | Path, stats: ReadStats, *, chunk_frames: int = 65536) -> Iterator[FrameBatch]:
-    """Yield the frames of a candump ``-L`` file in chunks of up to about ``chunk_frames``."""
+def read_candump(
+    path: str | Path,
+    stats: ReadStats,
+    *,
+    chunk_frames: int = 65536,
+    stream: BinaryIO | None = None,
+) -> Iterator[FrameBatch]:
+    """Yield the frames of a candump ``-L`` file in chunks of up to about ``chunk_frames``.
+
+    With ``stream`` (a pipe such as stdin) that is read instead of ``path``, which then only
+    names the source in problems; a pipe yields each block as soon as it is read.
+    """
+    if stream is not None:
+        yield from _read_candump_stream(stream, stats, chunk_frames=chunk_frames, live=True)
+        return
+    with Path(path).open("rb") as handle:
+        yield from _read_candump_stream(handle, stats, chunk_frames=chunk_frames)
+
+
+def _read_candump_stream(
+    handle: BinaryIO, stats: ReadStats, *, chunk_frames: int, live: bool = False
+) -> Iterator[FrameBatch]:
     channels = ChannelTable(stats.path)
     block_bytes = max(1 << 16, min(_BLOCK_BYTES, chunk_frames * 48))
     line_base = 1
     tail = b""
-    with Path(path).open("rb") as handle:
-        while True:
-            raw = handle.read(block_bytes)
-            at_eof = not raw
-            block = tail + raw
-            if not block:
-                break
-            if at_eof:
+    # read1 on a pipe returns what has arrived, so `candump -L can0 | tcu decode -` is live
+    read = getattr(handle, "read1", handle.read) if live else handle.read
+    while True:
+        raw = read(block_bytes)
+        at_eof = not raw
+        block = tail + raw
+        if not block:
+            break
+        if at_eof:
+            cut = len(block)
+            if not block.endswith(b"\n"):
+                block += b"\n"
                 cut = len(block)
-                if not block.endswith(b"\n"):
-                    block += b"\n"
-                    cut = len(block)
-            else:
-                last_nl = block.rfind(b"\n")
-                if last_nl < 0:
-                    tail = block
-                    continue
-                cut = last_nl + 1
-            tail = block[cut:]
-            work = block[:cut]
-            chunk, lines = _parse_block(work, line_base, channels, stats, at_eof=at_eof)
-            line_base += lines
-            if len(chunk):
-                stats.frames += len(chunk)
-                yield chunk
-            if at_eof:
-                break
+        else:
+            last_nl = block.rfind(b"\n")
+            if last_nl < 0:
+                tail = block
+                continue
+            cut = last_nl + 1
+        tail = block[cut:]
+        work = block[:cut]
+        chunk, lines = _parse_block(work, line_base, channels, stats, at_eof=at_eof)
+        line_base += lines
+        if len(chunk):
+            stats.frames += len(chunk)
+            yield chunk
+        if at_eof:
+            break
 
 
 _PAD_BEFORE = 16

@@ -5,7 +5,9 @@ about lines they skip (the TRC reader does) are counted as corrupt records; an e
 from a reader ends the read and is recorded as where the file stopped. python-can's ASC
 reader skips lines it cannot parse without saying so; those are not counted. A file cut
 short is not detected for these formats: python-can (and asammdf for MF4) return what they
-can read. (A missing final line end is no sign of truncation: the shared PEAK TRC 2.1
+can read. ASC files keep their absolute time base (python-can's default would date every
+frame from 1970); TRC files from 1.1 on carry ``$STARTTIME`` and keep it too. (A missing
+final line end is no sign of truncation: the shared PEAK TRC 2.1
 file ends that way.)
 """
 
@@ -67,7 +69,12 @@ def read_with_python_can(
     if reader_class is None:
         raise LogFormatError(f"unknown log format {file.suffix!r}", path=str(file))
     try:
-        reader = reader_class(str(file))
+        if reader_class is can.ASCReader:
+            # relative_timestamp=False: keep the header's absolute start ("Begin Triggerblock
+            # <date>", the reading machine's local time, as python-can parses it) instead of 1970
+            reader = reader_class(str(file), relative_timestamp=False)
+        else:
+            reader = reader_class(str(file))
     except (ImportError, NotImplementedError) as exc:  # python-can: NotImplementedError without asammdf
         raise LogFormatError(
             f"reading {file.suffix} needs an optional package ({exc}); install tcu[mf4]", path=str(file)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -39,6 +40,12 @@ class LogProblem:
         return f"{self.path}: {self.problem}"
 
 
+#: Frames dated before this (2000-01-01T00:00:00Z) are implausible: a log without an absolute time base.
+PLAUSIBLE_AFTER_NS = 946_684_800 * 1_000_000_000
+#: Frames dated further than this past the reading machine's clock are implausible too.
+FUTURE_SLACK_NS = 86_400 * 1_000_000_000
+
+
 @dataclass(slots=True)
 class ReadStats:
     """Counters of one log read; ``stopped_at`` says where a truncated file ended."""
@@ -49,6 +56,28 @@ class ReadStats:
     skipped_objects: int = 0
     problems: list[LogProblem] = field(default_factory=list)
     stopped_at: str | None = None
+    implausible_times: int = 0
+    """Frames dated before 2000 or more than a day in the future (see :meth:`check_times`)."""
+    first_implausible_t_ns: int | None = None
+
+    def check_times(self, frames: FrameBatch) -> None:
+        """Count frames dated before 2000 or in the future; warn once per file."""
+        if not len(frames):
+            return
+        t_ns = frames.t_ns
+        bad = (t_ns < PLAUSIBLE_AFTER_NS) | (t_ns > time.time_ns() + FUTURE_SLACK_NS)
+        count = int(np.count_nonzero(bad))
+        if not count:
+            return
+        if self.first_implausible_t_ns is None:
+            self.first_implausible_t_ns = int(t_ns[int(np.argmax(bad))])
+            log.warning(
+                "%s: frames dated %s: before 2000 or in the future (a log without an absolute time "
+                "base?); they are counted",
+                self.path,
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.first_implausible_t_ns // 10**9)),
+            )
+        self.implausible_times += count
 
     def report(self, *, line: int | None = None, offset: int | None = None, problem: str) -> None:
         """Count a corrupt record; keep and log the first ones."""
