@@ -16,26 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tcu.cli.send import _option
+from tcu.cli.send import _option, bus_arguments
 from tcu.errors import InputError, TcuError
 
 __all__ = ["register"]
 
 _WRITERS = {".log": "CanutilsLogWriter", ".blf": "BLFWriter", ".asc": "ASCWriter"}
-
-
-def _bus_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--interface", "-i", default="socketcan", help="python-can interface (default: socketcan)")
-    p.add_argument("--channel", "-c", default="can0", help="bus channel (default: can0)")
-    p.add_argument("--bitrate", type=int, help="bit rate, for interfaces that set it")
-    p.add_argument(
-        "--option",
-        "-o",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="more python-can bus arguments (integers and true/false are converted; repeatable)",
-    )
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Example: tcu record -i socketcan -c can0 -w drive.blf --duration 60",
     )
-    _bus_arguments(r)
+    bus_arguments(r)
     r.add_argument("--write", "-w", type=Path, required=True, help="output: .log (candump -L), .blf or .asc")
     r.add_argument("--count", "-n", type=int, help="stop after this many frames")
     r.add_argument("--duration", type=float, help="stop after this many seconds")
@@ -58,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Example: tcu play -I drive.log -i socketcan --map can0=vcan0 --map can1=vcan1 --rate 2",
     )
-    _bus_arguments(p)
+    bus_arguments(p)
     p.add_argument(
         "-I", "--input", dest="log", type=Path, required=True, help="log file (- : candump on stdin)"
     )

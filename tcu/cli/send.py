@@ -104,8 +104,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "tcu send --interface socketcand --channel can0 -o host=127.0.0.1 -o port=29536 0A0#1027000000000000",
     )
     p.add_argument("frame", nargs="+", type=_frame_arg, help="frame(s) in cansend syntax, sent in order")
+    bus_arguments(p)
+    p.add_argument("--verbose", "-v", action="store_true", help="print each frame as it is sent")
+    p.set_defaults(func=run)
+
+
+def bus_arguments(p: argparse.ArgumentParser) -> None:
+    """The bus options of the CAN tools (``tcu send``, ``tcu record``, ``tcu play``)."""
     p.add_argument("--interface", "-i", default="socketcan", help="python-can interface (default: socketcan)")
-    p.add_argument("--channel", "-c", default="can0", help="channel (default: can0)")
+    p.add_argument("--channel", "-c", default="can0", help="bus channel (default: can0)")
     p.add_argument("--bitrate", type=int, help="bit rate, for interfaces that set it")
     p.add_argument(
         "--option",
@@ -115,8 +122,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="KEY=VALUE",
         help="more python-can bus arguments (integers and true/false are converted; repeatable)",
     )
-    p.add_argument("--verbose", "-v", action="store_true", help="print each frame as it is sent")
-    p.set_defaults(func=run)
 
 
 def _frame_arg(text: str) -> CanFrame:
