@@ -21,3 +21,5 @@ if str(_REPO) not in sys.path:
 from tools.shared_data import ENV, shared_root  # noqa: E402 - after the sys.path fix above
 
 os.environ.setdefault(ENV, str(shared_root()))
+
+from nats_servers import nats_cluster, nats_server  # noqa: E402,F401 - fixtures for every test folder
