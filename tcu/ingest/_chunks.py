@@ -18,6 +18,7 @@ work; nothing is done per sample in Python (except JSON for string values).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Final
 
 import numpy as np
@@ -26,7 +27,7 @@ import zstandard
 
 from tcu.errors import IngestError
 
-__all__ = ["decode_chunk", "encode_doubles", "encode_strings", "sort_column"]
+__all__ = ["decode_chunk", "encode_double_columns", "encode_doubles", "encode_strings", "sort_column"]
 
 RAW_DOUBLES: Final = 0
 ZSTD_DOUBLES: Final = 1
@@ -68,6 +69,57 @@ def encode_doubles(t_ns: npt.NDArray[np.int64], values: npt.NDArray[np.float64])
         if len(packed) < len(raw):
             return bytes((ZSTD_DOUBLES,)) + packed
     return bytes((RAW_DOUBLES,)) + raw
+
+
+def encode_double_columns(
+    times: Sequence[npt.NDArray[np.int64]], values: Sequence[npt.NDArray[np.float64]]
+) -> tuple[list[bytes], list[int], list[int]]:
+    """The blobs of many non-empty double columns at once, with each one's first and last time.
+
+    Each blob is byte for byte ``encode_doubles(*sort_column(t, v))`` of its column; the
+    work is whole-array numpy over all columns together (one sortedness check, one delta
+    pass, one byte shuffle per distinct column length) and one zstd call per column.
+    """
+    if not times:
+        return [], [], []
+    counts = np.fromiter((len(t) for t in times), dtype=np.int64, count=len(times))
+    t_all = np.concatenate(times).astype(np.int64, copy=False)
+    v_all = np.ascontiguousarray(np.concatenate(values), dtype="<f8")
+    starts = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    step = np.diff(t_all)
+    inside = np.ones(len(step), dtype=bool)
+    inside[starts[1:] - 1] = False  # the steps from one column into the next
+    if bool((step[inside] < 0).any()):  # some column is out of time order: sort each, stably
+        column = np.repeat(np.arange(len(counts)), counts)
+        by_time = np.argsort(t_all, kind="stable")
+        order = by_time[np.argsort(column[by_time], kind="stable")]
+        t_all, v_all = t_all[order], v_all[order]
+        step = np.diff(t_all)
+    deltas = np.empty(len(t_all), dtype="<i8")
+    deltas[1:] = step
+    deltas[starts] = 0
+    d8 = deltas.view(np.uint8).reshape(-1, 8)
+    v8 = v_all.view(np.uint8).reshape(-1, 8)
+    blobs: list[bytes] = [b""] * len(counts)
+    for n in np.unique(counts).tolist():
+        group = np.flatnonzero(counts == n)
+        rows = (starts[group][:, None] + np.arange(n)).ravel()
+        block = np.concatenate((d8[rows].reshape(-1, n, 8), v8[rows].reshape(-1, n, 8)), axis=1)
+        size = 16 * n
+        raw = block.tobytes()  # per column: its deltas, then its values (what encode_doubles packs)
+        shuffled = block.transpose(0, 2, 1).tobytes() if size >= _COMPRESS_FROM else b""
+        for i, index in enumerate(group.tolist()):
+            chunk = raw[i * size : (i + 1) * size]
+            if shuffled:
+                packed = _compressor.compress(shuffled[i * size : (i + 1) * size])
+                if len(packed) < size:
+                    blobs[index] = bytes((ZSTD_DOUBLES,)) + packed
+                    continue
+            blobs[index] = bytes((RAW_DOUBLES,)) + chunk
+    lows: list[int] = t_all[starts].tolist()
+    highs: list[int] = t_all[starts + counts - 1].tolist()
+    return blobs, lows, highs
 
 
 def encode_strings(t_ns: npt.NDArray[np.int64], values: list[str]) -> bytes:

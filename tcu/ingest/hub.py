@@ -229,7 +229,7 @@ class UpdateHub:
 def _update(batch: Batch) -> tuple[fleet_pb.SignalUpdate, dict[str, fleet_pb.SignalSeries]]:
     by_name: dict[str, fleet_pb.SignalSeries] = {}
     for column in batch.columns:
-        if not column.t_ns:
+        if not len(column):
             continue
         signal = column.signal
         series = fleet_pb.SignalSeries(name=signal.name, unit=signal.unit, t_ns=column.t_ns)

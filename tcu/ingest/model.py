@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
 
 from tcu.errors import IngestError
 
@@ -59,18 +62,85 @@ class Catalog:
     signals: Mapping[int, SignalDef]
 
 
-@dataclass(frozen=True, slots=True)
 class Column:
-    """The samples of one signal in one batch, with absolute times."""
+    """The samples of one signal in one batch, with absolute times.
+
+    Validation (:mod:`tcu.ingest.validate`) hands over whole numpy columns (views of one
+    array per batch); the store packs :attr:`times` and :attr:`doubles` without a Python
+    step per sample. :attr:`t_ns` and :attr:`double_values` are the same samples as lists
+    (made when asked, for the hub, events and tests); a column built from lists keeps them
+    as given. Immutable, compared by value like the dataclass it replaces.
+    """
+
+    __slots__ = ("_doubles", "_t_ns", "signal", "string_values")
 
     signal: SignalDef
-    t_ns: list[int]
-    """UTC epoch nanoseconds (source time)."""
-    double_values: list[float]
     string_values: list[str]
+    _t_ns: Sequence[int] | npt.NDArray[np.int64]
+    _doubles: Sequence[float] | npt.NDArray[np.float64]
+
+    def __init__(
+        self,
+        signal: SignalDef,
+        t_ns: Sequence[int] | npt.NDArray[np.int64],
+        double_values: Sequence[float] | npt.NDArray[np.float64],
+        string_values: list[str],
+    ) -> None:
+        object.__setattr__(self, "signal", signal)
+        object.__setattr__(self, "_t_ns", t_ns)
+        object.__setattr__(self, "_doubles", double_values)
+        object.__setattr__(self, "string_values", string_values)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Column is immutable: cannot set {name}")
+
+    @property
+    def t_ns(self) -> list[int]:
+        """UTC epoch nanoseconds (source time)."""
+        given = self._t_ns
+        if isinstance(given, np.ndarray):
+            out: list[int] = given.tolist()
+            return out
+        return given if isinstance(given, list) else list(given)
+
+    @property
+    def double_values(self) -> list[float]:
+        given = self._doubles
+        if isinstance(given, np.ndarray):
+            out: list[float] = given.tolist()
+            return out
+        return given if isinstance(given, list) else list(given)
+
+    @property
+    def times(self) -> npt.NDArray[np.int64]:
+        """:attr:`t_ns` as an int64 array (no copy when it is one; OverflowError for a time beyond int64)."""
+        return np.asarray(self._t_ns, dtype=np.int64)
+
+    @property
+    def doubles(self) -> npt.NDArray[np.float64]:
+        """:attr:`double_values` as a float64 array (no copy when it is one)."""
+        return np.asarray(self._doubles, dtype=np.float64)
 
     def __len__(self) -> int:
-        return len(self.t_ns)
+        return len(self._t_ns)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Column):
+            return NotImplemented
+        return (self.signal, self.t_ns, self.double_values, self.string_values) == (
+            other.signal,
+            other.t_ns,
+            other.double_values,
+            other.string_values,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable lists inside, as the dataclass had
+
+    def __repr__(self) -> str:
+        return (
+            f"Column(signal={self.signal!r}, t_ns={self.t_ns!r}, double_values={self.double_values!r},"
+            f" string_values={self.string_values!r})"
+        )
 
 
 @dataclass(frozen=True, slots=True)

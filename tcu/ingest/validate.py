@@ -21,9 +21,12 @@ the agent resend it forever and strand every later batch behind it.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.api.v1 import telemetry_pb2 as telemetry_pb
@@ -73,20 +76,19 @@ def implausible_samples(batch: Batch, now_ns: int) -> tuple[int, int | None]:
     """(count, first time) of the batch's samples dated before 2000 or more than a day after ``now_ns``.
 
     Such samples are stored (they are what the vehicle sent) but flagged: the ingest counts
-    them per vehicle and logs them, rather than storing 1970 silently.
+    them per vehicle and logs them, rather than storing 1970 silently. One array for the
+    whole batch (its columns in order): a min and a max in the common case.
     """
     latest = now_ns + FUTURE_SLACK_NS
-    count = 0
-    first: int | None = None
-    for column in batch.columns:
-        if not column.t_ns or (min(column.t_ns) >= PLAUSIBLE_AFTER_NS and max(column.t_ns) <= latest):
-            continue  # the common case, at C speed
-        for t in column.t_ns:
-            if t < PLAUSIBLE_AFTER_NS or t > latest:
-                count += 1
-                if first is None:
-                    first = t
-    return count, first
+    arrays = [column.times for column in batch.columns if len(column)]
+    if not arrays:
+        return 0, None
+    t_ns = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    if int(t_ns.min()) >= PLAUSIBLE_AFTER_NS and int(t_ns.max()) <= latest:
+        return 0, None  # the common case
+    bad = (t_ns < PLAUSIBLE_AFTER_NS) | (t_ns > latest)
+    count = int(np.count_nonzero(bad))
+    return count, (int(t_ns[int(np.argmax(bad))]) if count else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,10 +376,31 @@ def _columns(
     """Check columns against the catalog and make their times absolute (``base_ns + offset``).
 
     With ``window`` (an event's ``[start_ns, end_ns]``) every absolute time must lie inside it.
+
+    The samples are handled as whole arrays: every column's offsets and doubles are read
+    into one int64 and one float64 array (one pass over the parsed message), each column's
+    lowest and highest offset is one ``reduceat`` over them, and the columns handed on are
+    views of ``offsets + base_ns``. Python loops over columns (their checks, in order, as
+    before), never over samples (except the UTF-8 length of string values).
     """
+    # Each repeated field read once (every access builds a wrapper): (column, offsets, doubles, strings).
+    parts = [(c, c.t_offset_ns, c.double_values, c.string_values) for c in messages]
+    counts = [len(offs) for _, offs, _, _ in parts]
+    total = sum(counts)
+    offsets = np.fromiter(
+        itertools.chain.from_iterable(offs for _, offs, _, _ in parts), dtype=np.int64, count=total
+    )
+    starts = np.cumsum([0, *counts[:-1]], dtype=np.int64) if counts else np.empty(0, np.int64)
+    lows: list[int] = []
+    highs: list[int] = []
+    if total:
+        at = starts[np.asarray(counts, dtype=np.int64) > 0]
+        lows = np.minimum.reduceat(offsets, at).tolist()
+        highs = np.maximum.reduceat(offsets, at).tolist()
     seen: set[int] = set()
-    columns: list[Column] = []
-    for column in messages:
+    signals: list[SignalDef] = []
+    ranked = 0  # index into lows/highs: the non-empty columns so far
+    for (column, _, double_values, string_values), times in zip(parts, counts, strict=True):
         signal = catalog.signals.get(column.signal_id)
         if signal is None:
             raise BatchRejected(
@@ -387,30 +410,25 @@ def _columns(
         if signal.signal_id in seen:
             raise BatchRejected(f"{where} appears twice")
         seen.add(signal.signal_id)
-        times = len(column.t_offset_ns)
         budget.take(label, times, limits.max_batch_samples)
         if signal.kind is ValueKind.DOUBLE:
-            if column.string_values:
-                raise BatchRejected(
-                    f"{where} is DOUBLE but carries {len(column.string_values)} string values"
-                )
-            values = len(column.double_values)
+            if string_values:
+                raise BatchRejected(f"{where} is DOUBLE but carries {len(string_values)} string values")
+            values = len(double_values)
         else:
-            if column.double_values:
-                raise BatchRejected(
-                    f"{where} is STRING but carries {len(column.double_values)} double values"
-                )
-            values = len(column.string_values)
-            for text in column.string_values:
+            if double_values:
+                raise BatchRejected(f"{where} is STRING but carries {len(double_values)} double values")
+            values = len(string_values)
+            for text in string_values:
                 if len(text.encode("utf-8")) > limits.max_string_bytes:
                     raise BatchRejected(
                         f"{where} has a string value longer than {limits.max_string_bytes} bytes"
                     )
         if times != values:
             raise BatchRejected(f"{where} has {times} times but {values} values")
-        offsets = column.t_offset_ns
         if times:
-            low, high = base_ns + min(offsets), base_ns + max(offsets)
+            low, high = base_ns + lows[ranked], base_ns + highs[ranked]
+            ranked += 1
             if window is None:
                 if not (low >= INT64_MIN and high <= INT64_MAX):
                     raise BatchRejected(
@@ -422,13 +440,29 @@ def _columns(
                     f"{where}: sample time {bad} (start_ns + t_offset_ns) is outside the event's"
                     f" [start_ns {window[0]}, end_ns {window[1]}]"
                 )
+        signals.append(signal)
+    # Every column is valid: every absolute time fits int64 (checked above), so does the sum.
+    t_ns = offsets + np.int64(base_ns) if total else offsets
+    doubles = np.fromiter(
+        itertools.chain.from_iterable(d for _, _, d, _ in parts),
+        dtype=np.float64,
+        count=sum(len(d) for _, _, d, _ in parts),
+    )
+    columns: list[Column] = []
+    at_double = 0
+    no_doubles = doubles[:0]
+    for (_, _, _, string_values), signal, start, times in zip(
+        parts, signals, starts.tolist(), counts, strict=True
+    ):
+        if signal.kind is ValueKind.DOUBLE:
+            kept = doubles[at_double : at_double + times]
+            at_double += times
+            texts: list[str] = []
+        else:
+            kept = no_doubles
+            texts = list(string_values)
         columns.append(
-            Column(
-                signal=signal,
-                t_ns=[base_ns + offset for offset in offsets],
-                double_values=list(column.double_values),
-                string_values=list(column.string_values),
-            )
+            Column(signal=signal, t_ns=t_ns[start : start + times], double_values=kept, string_values=texts)
         )
     return tuple(columns)
 

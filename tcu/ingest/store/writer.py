@@ -66,10 +66,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-import numpy as np
-
 from tcu.errors import ClosedResourceError, IngestError
-from tcu.ingest._chunks import encode_doubles, encode_strings, sort_column
+from tcu.ingest._chunks import encode_double_columns, encode_strings, sort_column
 from tcu.ingest._events import capture_pb
 from tcu.ingest._fair import FairQueue
 from tcu.ingest.config import IngestConfig
@@ -597,21 +595,28 @@ class SqliteWriter:
         first_ns: int | None = None
         last_ns: int | None = None
         chunks: list[tuple[int, int, int, int, int, int, int, bytes]] = []
+        # The double columns packed together (whole arrays, tcu.ingest._chunks), strings one by one.
+        doubles = [c for c in batch.columns if len(c) and c.signal.kind is ValueKind.DOUBLE]
+        times = [c.times for c in doubles]
+        values = [c.doubles for c in doubles]
+        for column, t_ns, v in zip(doubles, times, values, strict=True):
+            if len(t_ns) != len(v):
+                raise IngestError(
+                    f"column {column.signal.name}: {len(t_ns)} times but {len(v)} values (not validated?)"
+                )
+        packed = iter(zip(*encode_double_columns(times, values), strict=True))
         for column in batch.columns:
-            count = len(column.t_ns)
+            count = len(column)
             if not count:
                 continue
             series_id = self._series_id(conn, batch.vehicle_id, column.signal.name, column.signal.unit)
-            t_ns = np.asarray(column.t_ns, dtype=np.int64)
             if column.signal.kind is ValueKind.DOUBLE:
-                times, doubles = sort_column(t_ns, np.asarray(column.double_values, dtype=np.float64))
-                assert not isinstance(doubles, list)
-                data = encode_doubles(times, doubles)
+                data, low, high = next(packed)
             else:
-                times, texts = sort_column(t_ns, list(column.string_values))
+                sorted_t, texts = sort_column(column.times, list(column.string_values))
                 assert isinstance(texts, list)
-                data = encode_strings(times, texts)
-            low, high = int(times[0]), int(times[-1])
+                data = encode_strings(sorted_t, texts)
+                low, high = int(sorted_t[0]), int(sorted_t[-1])
             chunks.append((series_id, low, self._next_chunk, high, batch.boot_epoch, batch.seq, count, data))
             self._next_chunk += 1
             first_ns = low if first_ns is None else min(first_ns, low)
