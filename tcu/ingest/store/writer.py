@@ -222,6 +222,8 @@ class SqliteWriter:
         self._new_catalogs: list[tuple[str, str]] = []
         self._next_chunk = 0
         """The next ``chunks.chunk_id`` (kept in ``meta`` as ``next_chunk_id`` with each commit)."""
+        self._data_version = -1
+        """``PRAGMA data_version`` at this writer's last transaction (see :meth:`_catch_up`)."""
         self._failures = RateLimitedLog(log)  # a vehicle sending batches that fail cannot flood the log
         self.stats = WriterStats()
 
@@ -308,6 +310,25 @@ class SqliteWriter:
             with contextlib.suppress(RuntimeError):  # the event loop is gone
                 job.loop.call_soon_threadsafe(_settle, job, result)
 
+    def _catch_up(self, conn: sqlite3.Connection) -> None:
+        """In a write transaction: forget what another process's commits made stale.
+
+        Several processes may write one database (``tcu ingest --workers N``, or two ingests
+        with ``--reuse-port``). ``PRAGMA data_version`` changes when another connection has
+        committed since this one last looked; then the cached epochs (a vehicle that acked
+        on the other writer) are dropped, to be re-read under this transaction's lock, and
+        the next chunk id is taken from ``meta`` (so ids keep growing in commit order).
+        Series and catalog ids stay valid: committed rows of them never change.
+        """
+        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        if version == self._data_version:
+            return
+        self._data_version = version
+        self._epochs.clear()
+        row = conn.execute("SELECT value FROM meta WHERE key = 'next_chunk_id'").fetchone()
+        if row is not None:
+            self._next_chunk = max(self._next_chunk, int(row[0]))
+
     def _load_epoch(self, conn: sqlite3.Connection, key: tuple[str, int]) -> _Epoch:
         row = conn.execute(
             "SELECT acked_seq FROM epochs WHERE vehicle_id = ? AND boot_epoch = ?", key
@@ -369,6 +390,7 @@ class SqliteWriter:
         quarantined = 0
         conn.execute("BEGIN IMMEDIATE")
         try:
+            self._catch_up(conn)
             for item in items:
                 batches += not isinstance(item, _CheckIn)
                 self._new_series.clear()
