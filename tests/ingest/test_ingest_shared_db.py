@@ -17,7 +17,8 @@ CATALOG = Catalog("c", {1: SPEED})
 
 
 def _batch(seq: int) -> Batch:
-    column = Column(signal=SPEED, t_ns=[seq * 10, seq * 10 + 1], double_values=[seq, seq + 0.5], string_values=[])
+    t_ns, values = [seq * 10, seq * 10 + 1], [float(seq), seq + 0.5]
+    column = Column(signal=SPEED, t_ns=t_ns, double_values=values, string_values=[])
     return Batch("veh-1", 1, seq, CATALOG, 0, 0, (column,), payload=b"x")
 
 
