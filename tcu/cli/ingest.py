@@ -89,6 +89,14 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="share the port with other processes (SO_REUSEPORT); without it a port in use is refused",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N ingest processes on the one port (SO_REUSEPORT) and database, to use N cores; Fleet"
+        " Subscribe, SendCommand and ListVehicles need 1 (default: 1; see tcu.ingest.workers)",
+    )
     parser.add_argument("--db", type=Path, metavar="PATH", help="SQLite database file (required)")
     parser.add_argument(
         "--port-file",
@@ -312,8 +320,11 @@ def run(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         max_batches_per_s=args.max_batches_per_s,
         max_connection_age_s=args.max_connection_age or None,
+        workers=args.workers,
         **{key: getattr(args, key) for _, key, _, _ in _LIMIT_FLAGS},
     )
+    if config.workers > 1 and args.metrics_listen:
+        raise ConfigError("--metrics-listen is not available with --workers above 1", key="--workers")
     if config.insecure:
         log.warning("insecure mode: no TLS, no client authentication; use only on a trusted local network")
     host = config.listen.rpartition(":")[0]
@@ -331,6 +342,24 @@ def run(args: argparse.Namespace) -> int:
     from tcu.sdnotify import Notifier, notify_settings
 
     notifier = Notifier(notify_settings(os.environ))  # a no-op outside systemd (no $NOTIFY_SOCKET)
+    if config.workers > 1:
+        import functools
+
+        from tcu.cli.main import configure_logging
+        from tcu.ingest.workers import run_workers
+
+        try:
+            run_workers(
+                config,
+                on_listening=on_listening,
+                notifier=notifier if notifier.enabled else None,
+                setup=functools.partial(
+                    configure_logging, args.log_level, args.debug, args.log_format
+                ),
+            )
+        finally:
+            notifier.close()
+        return 0
     try:
         asyncio.run(
             serve(

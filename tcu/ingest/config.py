@@ -112,6 +112,10 @@ class IngestConfig:
     """Upper bound on a requested SendCommand timeout (larger ones are cut to it)."""
     max_command_bytes: int = 64 * 1024
     """Largest signed command envelope SendCommand accepts."""
+    workers: int = 1
+    """Ingest processes sharing ``listen`` (SO_REUSEPORT) and the database (:mod:`tcu.ingest.workers`).
+    Above 1, Fleet.Subscribe, SendCommand and ListVehicles are refused (FAILED_PRECONDITION): each
+    worker knows only its own streams; stream caps and the batch rate apply per worker."""
 
     def __post_init__(self) -> None:
         positive = {
@@ -135,6 +139,7 @@ class IngestConfig:
             "max_streams_per_identity": self.max_streams_per_identity,
             "max_pending_commands": self.max_pending_commands,
             "max_command_bytes": self.max_command_bytes,
+            "workers": self.workers,
         }
         for key, value in positive.items():
             if value < 1:

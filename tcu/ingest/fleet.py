@@ -87,8 +87,10 @@ class FleetService(fleet_grpc.FleetServicer):
         max_string_bytes: int = 4096,
         streams: StreamLimiter | None = None,
         identity: Caller = peer_host,
+        workers: int = 1,
     ) -> None:
         self._sink = sink
+        self._workers = workers
         self._streams = (
             streams if streams is not None else StreamLimiter(max_streams=10_000, max_per_identity=4)
         )
@@ -104,6 +106,16 @@ class FleetService(fleet_grpc.FleetServicer):
         self._max_string_bytes = max_string_bytes
         self._overflows = RateLimitedLog(log)
 
+    async def _refuse_with_workers(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Methods that need every open stream of the ingest are refused when it runs as workers."""
+        if self._workers > 1:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"Fleet.{method} is not available: this ingest runs as {self._workers} worker processes and"
+                " each knows only the vehicles connected to it; run it with --workers 1 for"
+                " Subscribe, SendCommand and ListVehicles (Query works)",
+            )
+
     async def Subscribe(  # type: ignore[override]  # answers with context.write (see below)
         self,
         request: fleet_pb.SubscribeRequest,
@@ -114,6 +126,7 @@ class FleetService(fleet_grpc.FleetServicer):
         does not read, and the stream ends here with RESOURCE_EXHAUSTED and the missed count.
 
         The stream counts against ``max_streams`` and the caller's ``max_streams_per_identity``."""
+        await self._refuse_with_workers("Subscribe", context)
         who = self._identity(context)
         slot = contextlib.ExitStack()
         try:
@@ -212,6 +225,7 @@ class FleetService(fleet_grpc.FleetServicer):
         request: fleet_pb.ListVehiclesRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> fleet_pb.ListVehiclesResponse:
+        await self._refuse_with_workers("ListVehicles", context)  # ``connected`` needs every stream
         try:
             vehicles = await self._sink.list_vehicles()
         except ClosedResourceError:
@@ -247,6 +261,7 @@ class FleetService(fleet_grpc.FleetServicer):
         request: fleet_pb.SendCommandRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> fleet_pb.SendCommandResponse:
+        await self._refuse_with_workers("SendCommand", context)  # the vehicle's stream may be elsewhere
         caller = self._caller(context)
         label = f"command {request.command_id!r} ({request.kind}) for vehicle {request.vehicle_id!r}"
         for key in ("vehicle_id", "command_id", "kind"):

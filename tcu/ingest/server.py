@@ -70,8 +70,10 @@ class IngestServer:
         sink: Sink | None = None,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),  # type: ignore[type-arg]
         store_check_s: float = 1.0,
+        worker: int | None = None,
     ) -> None:
         self._config = config
+        self._worker = worker
         self._revocation: RevocationChecker | None = None
         self._crl_watch: asyncio.Task[None] | None = None
         self._interceptors: list[grpc.aio.ServerInterceptor] = list(interceptors)  # type: ignore[type-arg]
@@ -166,6 +168,7 @@ class IngestServer:
             commands=self._commands,
             streams=self.streams,
             hello_timeout_s=config.hello_timeout_s,
+            worker=self._worker,
         )
         add_to_server(self._ingest, server)  # Upload keeps each batch's bytes as received
         fleet_grpc.add_FleetServicer_to_server(
@@ -182,6 +185,7 @@ class IngestServer:
                 max_string_bytes=config.max_string_bytes,
                 streams=self.streams,
                 identity=certificate_identity if config.tls is not None else peer_host,
+                workers=config.workers,
             ),
             server,
         )
@@ -340,6 +344,7 @@ async def serve(
     stop: asyncio.Event | None = None,
     notifier: Notifier | None = None,
     metrics_listen: str | None = None,
+    worker: int | None = None,
 ) -> None:
     """Run the ingest until SIGTERM or SIGINT (or ``stop`` is set), then stop cleanly.
 
@@ -347,11 +352,12 @@ async def serve(
     With ``notifier`` (systemd), READY=1 follows, the watchdog follows the database writer
     and STOPPING=1 precedes the stop (:mod:`tcu.ingest.notify`). With ``metrics_listen``,
     Prometheus ``/metrics`` and ``/healthz`` are served there (:mod:`tcu.ingest.metrics`).
+    ``worker`` is this process's index under ``tcu ingest --workers N`` (:mod:`tcu.ingest.workers`).
     """
     from tcu.ingest.metrics import RpcCounter
 
     rpcs = RpcCounter()
-    server = IngestServer(config, interceptors=[rpcs] if metrics_listen else ())
+    server = IngestServer(config, interceptors=[rpcs] if metrics_listen else (), worker=worker)
     metrics: Any = None
     stop_event = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()

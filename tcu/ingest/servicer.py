@@ -205,8 +205,11 @@ class IngestService(ingest_grpc.IngestServicer):
         commands: CommandRouter | None = None,
         streams: StreamLimiter | None = None,
         hello_timeout_s: float = 30.0,
+        worker: int | None = None,
     ) -> None:
         self._sink = sink
+        self._worker = worker
+        """This process's index among ``tcu ingest --workers N`` (sent as ``tcu-ingest-worker``)."""
         self._hello_timeout_s = hello_timeout_s
         self._streams = (
             streams if streams is not None else StreamLimiter(max_streams=10_000, max_per_identity=4)
@@ -251,6 +254,8 @@ class IngestService(ingest_grpc.IngestServicer):
     ) -> AsyncIterator[ingest_pb.UploadResponse]:
         if self._closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
+        if self._worker is not None:  # which worker process serves this stream (tests, diagnosis)
+            await context.send_initial_metadata((("tcu-ingest-worker", str(self._worker)),))
         bound = self._identity(context)
         try:
             with self._streams.reserve() as place:  # counted from the start, also before its Hello
