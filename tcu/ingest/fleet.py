@@ -14,7 +14,8 @@ from tcu.api.v1 import fleet_pb2 as fleet_pb
 from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
 from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.errors import ClosedResourceError
-from tcu.ingest._events import capture_pb, series_pb
+from tcu.ingest._events import capture_pb
+from tcu.ingest._query_wire import signal_update_bytes
 from tcu.ingest.commands import CommandConflict, CommandRouter, CommandsExhausted, CommandState
 from tcu.ingest.hub import SubscriberOverflow, Subscription, UpdateHub
 from tcu.ingest.model import HistoryQuery, VehicleNotFound
@@ -24,7 +25,7 @@ from tcu.ingest.streams import StreamLimiter, StreamsExhausted
 from tcu.ingest.validate import INT64_MAX, INT64_MIN
 from tcu.logutil import RateLimitedLog
 
-__all__ = ["Caller", "FleetService", "peer_address", "peer_host"]
+__all__ = ["Caller", "FleetService", "add_to_server", "peer_address", "peer_host"]
 
 log = logging.getLogger(__name__)
 
@@ -183,11 +184,11 @@ class FleetService(fleet_grpc.FleetServicer):
                 return exc
             raise
 
-    async def Query(
+    async def Query(  # type: ignore[override]  # yields SignalUpdate bytes as well as messages
         self,
         request: fleet_pb.QueryRequest,
         context: grpc.aio.ServicerContext[fleet_pb.QueryRequest, fleet_pb.SignalUpdate],
-    ) -> AsyncIterator[fleet_pb.SignalUpdate]:
+    ) -> AsyncIterator[fleet_pb.SignalUpdate | bytes]:
         if not request.vehicle_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "query: vehicle_id is empty")
         start_ns = request.start_ns or INT64_MIN
@@ -207,9 +208,8 @@ class FleetService(fleet_grpc.FleetServicer):
         )
         try:
             async for part in self._sink.query(query):
-                yield fleet_pb.SignalUpdate(
-                    vehicle_id=request.vehicle_id, series=[series_pb(s) for s in part]
-                )
+                # Written from the arrays (tcu.ingest._query_wire); add_to_server passes bytes on.
+                yield signal_update_bytes(request.vehicle_id, part)
             if request.include_events:
                 async for captures in self._sink.events(query):
                     yield fleet_pb.SignalUpdate(
@@ -311,3 +311,35 @@ class FleetService(fleet_grpc.FleetServicer):
         return fleet_pb.SendCommandResponse(
             command_id=request.command_id, status=_STATUS[outcome.state], reason=outcome.reason
         )
+
+
+def _update_bytes(update: fleet_pb.SignalUpdate | bytes) -> bytes:
+    """Query's response serializer: a SignalUpdate already in wire form goes out as it is."""
+    return update if isinstance(update, bytes) else update.SerializeToString()
+
+
+def add_to_server(service: FleetService, server: grpc.aio.Server) -> None:
+    """``add_FleetServicer_to_server`` with Query's answers written from arrays (see ``Query``)."""
+    handlers = {
+        "Subscribe": grpc.unary_stream_rpc_method_handler(
+            service.Subscribe,
+            request_deserializer=fleet_pb.SubscribeRequest.FromString,
+            response_serializer=fleet_pb.SignalUpdate.SerializeToString,
+        ),
+        "Query": grpc.unary_stream_rpc_method_handler(
+            service.Query,
+            request_deserializer=fleet_pb.QueryRequest.FromString,
+            response_serializer=_update_bytes,
+        ),
+        "ListVehicles": grpc.unary_unary_rpc_method_handler(
+            service.ListVehicles,
+            request_deserializer=fleet_pb.ListVehiclesRequest.FromString,
+            response_serializer=fleet_pb.ListVehiclesResponse.SerializeToString,
+        ),
+        "SendCommand": grpc.unary_unary_rpc_method_handler(
+            service.SendCommand,
+            request_deserializer=fleet_pb.SendCommandRequest.FromString,
+            response_serializer=fleet_pb.SendCommandResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("tcu.api.v1.Fleet", handlers),))

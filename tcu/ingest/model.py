@@ -274,16 +274,87 @@ class HistoryQuery:
     chunk_samples: int
 
 
-@dataclass(frozen=True, slots=True)
 class Series:
-    """Samples of one signal, time-ordered; one of the value lists is filled, as ``kind`` says."""
+    """Samples of one signal, time-ordered; one of the value lists is filled, as ``kind`` says.
+
+    The store hands over numpy arrays (:attr:`times`, :attr:`doubles`), which Query writes to
+    the wire without a Python step per sample (:mod:`tcu.ingest._query_wire`); :attr:`t_ns`
+    and :attr:`double_values` are the same samples as lists. Compared by value.
+    """
+
+    __slots__ = ("_doubles", "_t_ns", "kind", "name", "string_values", "unit")
 
     name: str
     unit: str
     kind: ValueKind
-    t_ns: list[int]
-    double_values: list[float]
     string_values: list[str]
+    _t_ns: Sequence[int] | npt.NDArray[np.int64]
+    _doubles: Sequence[float] | npt.NDArray[np.float64]
+
+    def __init__(  # noqa: PLR0917 - the positional order of the dataclass it replaces
+        self,
+        name: str,
+        unit: str,
+        kind: ValueKind,
+        t_ns: Sequence[int] | npt.NDArray[np.int64],
+        double_values: Sequence[float] | npt.NDArray[np.float64],
+        string_values: list[str],
+    ) -> None:
+        for key, value in (
+            ("name", name),
+            ("unit", unit),
+            ("kind", kind),
+            ("_t_ns", t_ns),
+            ("_doubles", double_values),
+            ("string_values", string_values),
+        ):
+            object.__setattr__(self, key, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Series is immutable: cannot set {name}")
+
+    @property
+    def t_ns(self) -> list[int]:
+        """UTC epoch nanoseconds (source time)."""
+        given = self._t_ns
+        if isinstance(given, np.ndarray):
+            out: list[int] = given.tolist()
+            return out
+        return given if isinstance(given, list) else list(given)
+
+    @property
+    def double_values(self) -> list[float]:
+        given = self._doubles
+        if isinstance(given, np.ndarray):
+            out: list[float] = given.tolist()
+            return out
+        return given if isinstance(given, list) else list(given)
+
+    @property
+    def times(self) -> npt.NDArray[np.int64]:
+        return np.asarray(self._t_ns, dtype=np.int64)
+
+    @property
+    def doubles(self) -> npt.NDArray[np.float64]:
+        return np.asarray(self._doubles, dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self._t_ns)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Series):
+            return NotImplemented
+        mine = (self.name, self.unit, self.kind, self.t_ns, self.double_values, self.string_values)
+        theirs = (other.name, other.unit, other.kind, other.t_ns, other.double_values, other.string_values)
+        return mine == theirs
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"Series(name={self.name!r}, unit={self.unit!r}, kind={self.kind!r}, t_ns={self.t_ns!r},"
+            f" double_values={self.double_values!r}, string_values={self.string_values!r})"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,12 +16,12 @@ from grpc_health.v1 import health_pb2 as health_pb
 from grpc_health.v1 import health_pb2_grpc as health_grpc
 
 from tcu.api.v1 import fleet_pb2 as fleet_pb
-from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
 from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.errors import ClosedResourceError, IngestError
 from tcu.ingest.commands import CommandRouter
 from tcu.ingest.config import IngestConfig
 from tcu.ingest.fleet import Caller, FleetService, peer_address, peer_host
+from tcu.ingest.fleet import add_to_server as add_fleet_to_server
 from tcu.ingest.hub import UpdateHub
 from tcu.ingest.reflection import V1_SERVICE, V1ALPHA_SERVICE, enable_reflection
 from tcu.ingest.servicer import Identity, IngestService, add_to_server, no_identity
@@ -171,7 +171,7 @@ class IngestServer:
             worker=self._worker,
         )
         add_to_server(self._ingest, server)  # Upload keeps each batch's bytes as received
-        fleet_grpc.add_FleetServicer_to_server(
+        add_fleet_to_server(
             FleetService(
                 sink,
                 self._hub,

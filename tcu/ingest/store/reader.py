@@ -166,7 +166,7 @@ class SqliteReader:
         )
         if found is None:
             raise VehicleNotFound(f"vehicle {query.vehicle_id!r} has no stored batches")
-        chunk: list[Series] = []
+        chunk: list[_Open] = []
         room = query.chunk_samples
         for series_id, name, unit in found:
             after = (-(2**63), -1)  # chunk ids are >= 0: every chunk of the series comes after it
@@ -191,11 +191,11 @@ class SqliteReader:
                         pos += take
                         room -= take
                         if room == 0:
-                            yield chunk
+                            yield [piece.series() for piece in chunk]
                             chunk = []
                             room = query.chunk_samples
         if chunk:
-            yield chunk
+            yield [piece.series() for piece in chunk]
 
     @staticmethod
     def _event_page(
@@ -325,37 +325,64 @@ class _Samples:
         return cls(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64))
 
 
-def _runs(part: _Samples) -> Iterator[tuple[ValueKind, list[int], list[Any]]]:
-    """The samples as runs of one value kind (a signal's kind may change between catalogs)."""
+def _runs(part: _Samples) -> Iterator[tuple[ValueKind, npt.NDArray[np.int64], npt.NDArray[Any] | list[str]]]:
+    """The samples as runs of one value kind (a signal's kind may change between catalogs).
+
+    A float64 part is one run of its arrays as they are (no copy); a part that mixes
+    kinds (object values) is split in Python, value by value (only such a part).
+    """
     if not len(part.t_ns):
         return
-    t_ns: list[int] = part.t_ns.tolist()
     if part.values.dtype != object:
-        yield ValueKind.DOUBLE, t_ns, part.values.tolist()
+        yield ValueKind.DOUBLE, part.t_ns, part.values
         return
     values: list[Any] = part.values.tolist()
     start = 0
     for index in range(1, len(values) + 1):
         if index == len(values) or isinstance(values[index], str) != isinstance(values[start], str):
-            kind = ValueKind.STRING if isinstance(values[start], str) else ValueKind.DOUBLE
-            run = values[start:index] if kind is ValueKind.STRING else [float(v) for v in values[start:index]]
-            yield kind, t_ns[start:index], run
+            if isinstance(values[start], str):
+                yield ValueKind.STRING, part.t_ns[start:index], values[start:index]
+            else:
+                run = np.array([float(v) for v in values[start:index]], dtype=np.float64)
+                yield ValueKind.DOUBLE, part.t_ns[start:index], run
             start = index
 
 
+@dataclass(slots=True)
+class _Open:
+    """A series of the chunk being filled: its pieces, joined once when the chunk is yielded."""
+
+    name: str
+    unit: str
+    kind: ValueKind
+    times: list[npt.NDArray[np.int64]]
+    values: list[Any]
+
+    def series(self) -> Series:
+        t_ns = self.times[0] if len(self.times) == 1 else np.concatenate(self.times)
+        if self.kind is ValueKind.STRING:
+            texts = [text for piece in self.values for text in piece]
+            return Series(self.name, self.unit, self.kind, t_ns, np.empty(0, np.float64), texts)
+        doubles = self.values[0] if len(self.values) == 1 else np.concatenate(self.values)
+        return Series(self.name, self.unit, self.kind, t_ns, doubles, [])
+
+
 def _append_run(
-    chunk: list[Series], name: str, unit: str, *, kind: ValueKind, t_ns: list[int], values: list[Any]
+    chunk: list[_Open],
+    name: str,
+    unit: str,
+    *,
+    kind: ValueKind,
+    t_ns: npt.NDArray[np.int64],
+    values: npt.NDArray[Any] | list[str],
 ) -> None:
     """Add samples to the chunk, continuing its last series or opening one (also when the kind changes)."""
     last = chunk[-1] if chunk else None
     if last is None or last.name != name or last.kind is not kind:
-        last = Series(name=name, unit=unit, kind=kind, t_ns=[], double_values=[], string_values=[])
+        last = _Open(name, unit, kind, [], [])
         chunk.append(last)
-    last.t_ns.extend(t_ns)
-    if kind is ValueKind.STRING:
-        last.string_values.extend(values)
-    else:
-        last.double_values.extend(values)
+    last.times.append(t_ns)
+    last.values.append(values)
 
 
 def sample_rows(
