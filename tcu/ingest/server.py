@@ -71,9 +71,11 @@ class IngestServer:
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),  # type: ignore[type-arg]
         store_check_s: float = 1.0,
         worker: int | None = None,
+        write_turn: contextlib.AbstractContextManager[object] | None = None,
     ) -> None:
         self._config = config
         self._worker = worker
+        self._write_turn = write_turn
         self._revocation: RevocationChecker | None = None
         self._crl_watch: asyncio.Task[None] | None = None
         self._interceptors: list[grpc.aio.ServerInterceptor] = list(interceptors)  # type: ignore[type-arg]
@@ -142,7 +144,11 @@ class IngestServer:
         if self._server is not None:
             raise IngestError("the ingest server is already started")
         config = self._config
-        sink: Sink = self._given_sink if self._given_sink is not None else await SqliteSink.open(config)
+        sink: Sink = (
+            self._given_sink
+            if self._given_sink is not None
+            else await SqliteSink.open(config, write_turn=self._write_turn)
+        )
         self._sink = sink
         options: list[tuple[str, int]] = [
             *_CELLULAR_OPTIONS,
@@ -345,6 +351,7 @@ async def serve(
     notifier: Notifier | None = None,
     metrics_listen: str | None = None,
     worker: int | None = None,
+    write_turn: contextlib.AbstractContextManager[object] | None = None,
 ) -> None:
     """Run the ingest until SIGTERM or SIGINT (or ``stop`` is set), then stop cleanly.
 
@@ -352,12 +359,15 @@ async def serve(
     With ``notifier`` (systemd), READY=1 follows, the watchdog follows the database writer
     and STOPPING=1 precedes the stop (:mod:`tcu.ingest.notify`). With ``metrics_listen``,
     Prometheus ``/metrics`` and ``/healthz`` are served there (:mod:`tcu.ingest.metrics`).
-    ``worker`` is this process's index under ``tcu ingest --workers N`` (:mod:`tcu.ingest.workers`).
+    ``worker`` is this process's index under ``tcu ingest --workers N`` (:mod:`tcu.ingest.workers`),
+    ``write_turn`` the workers' shared FIFO turn for writing the database.
     """
     from tcu.ingest.metrics import RpcCounter
 
     rpcs = RpcCounter()
-    server = IngestServer(config, interceptors=[rpcs] if metrics_listen else (), worker=worker)
+    server = IngestServer(
+        config, interceptors=[rpcs] if metrics_listen else (), worker=worker, write_turn=write_turn
+    )
     metrics: Any = None
     stop_event = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()

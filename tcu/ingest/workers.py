@@ -17,8 +17,8 @@ vehicles over several processes without splitting a vehicle's data:
    are stopped and :func:`run_workers` raises :class:`~tcu.errors.IngestError`.
 
 What stays exact across workers: the store. Every worker has its own SQLite writer on the
-same file (WAL); their transactions are serialised by SQLite's write lock (a writer waits
-up to ``sqlite_busy_timeout_s``), dedup is the primary key ``(vehicle_id, boot_epoch, seq)``
+same file (WAL); they take turns in arrival order (:class:`WriteTurn`, held from BEGIN to
+COMMIT; the chunk blobs are packed before it), dedup is the primary key ``(vehicle_id, boot_epoch, seq)``
 inside those transactions, and a writer re-reads the epochs and the next chunk id whenever
 another process committed since its last transaction (``PRAGMA data_version``,
 :meth:`tcu.ingest.store.writer.SqliteWriter._catch_up`), so a vehicle that reconnects to
@@ -59,7 +59,7 @@ from tcu.errors import ConfigError, IngestError, TcuError
 from tcu.ingest.config import IngestConfig
 from tcu.sdnotify import Notifier
 
-__all__ = ["WORKER_METADATA", "run_workers", "worker_config"]
+__all__ = ["WORKER_METADATA", "WriteTurn", "run_workers", "worker_config"]
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,39 @@ def _prepare_database(config: IngestConfig) -> None:
     conn.close()
 
 
+class WriteTurn:
+    """A FIFO (ticket) lock shared by the worker processes: whose turn it is to write the database.
+
+    Each writer holds it from BEGIN to COMMIT. SQLite's lock alone has no order (a waiter
+    polls while the writer that just committed takes it again), so one worker could starve.
+    Made by the parent, handed to each worker when it is spawned.
+    """
+
+    def __init__(self, ctx: Any) -> None:
+        self._cond = ctx.Condition(ctx.Lock())
+        self._taken = ctx.RawValue("q", 0)
+        self._serving = ctx.RawValue("q", 0)
+
+    def __enter__(self) -> WriteTurn:
+        with self._cond:
+            ticket = self._taken.value
+            self._taken.value += 1
+            while self._serving.value != ticket:
+                self._cond.wait()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._serving.value += 1
+            self._cond.notify_all()
+
+
 def _worker_main(
-    config: IngestConfig, index: int, setup: Callable[[], None] | None, pipe: Connection
+    config: IngestConfig,
+    index: int,
+    setup: Callable[[], None] | None,
+    pipe: Connection,
+    turn: WriteTurn | None = None,
 ) -> None:
     """One worker process: serve until SIGTERM/SIGINT; report the port (or the error) on ``pipe``."""
     import asyncio
@@ -122,7 +153,12 @@ def _worker_main(
         setup()
     try:
         asyncio.run(
-            serve(config, on_listening=lambda port: pipe.send(("listening", port)), worker=index)
+            serve(
+                config,
+                on_listening=lambda port: pipe.send(("listening", port)),
+                worker=index,
+                write_turn=turn,
+            )
         )
     except TcuError as exc:
         with contextlib.suppress(OSError):
@@ -163,6 +199,7 @@ def run_workers(
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, on_signal)
     ctx = multiprocessing.get_context("spawn")
+    turn = WriteTurn(ctx)
     each = worker_config(config, port)
     workers: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
     try:
@@ -170,7 +207,7 @@ def run_workers(
             parent_end, child_end = ctx.Pipe(duplex=False)
             process = ctx.Process(
                 target=_worker_main,
-                args=(each, index, setup, child_end),
+                args=(each, index, setup, child_end, turn),
                 name=f"tcu-ingest-worker-{index}",
                 daemon=False,
             )

@@ -7,6 +7,7 @@ The writing half is :mod:`tcu.ingest.store.writer`, the reading half
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from pathlib import Path
@@ -27,17 +28,25 @@ class SqliteSink(SqliteWriter, SqliteReader):
     Open with ``sink = await SqliteSink.open(config)``; close with ``await sink.aclose()``.
     """
 
-    def __init__(self, config: IngestConfig) -> None:
+    def __init__(
+        self, config: IngestConfig, *, write_turn: contextlib.AbstractContextManager[object] | None = None
+    ) -> None:
         self._path = config.db_path
         self._closed = False
         self._close_task: asyncio.Task[None] | None = None
         self._init_writer(config)
         self._init_reader(config)
+        self._turn = write_turn  # with other processes on the file: their FIFO write turn
 
     @classmethod
-    async def open(cls, config: IngestConfig) -> SqliteSink:
-        """Create or open the database and start the writer thread."""
-        sink = cls(config)
+    async def open(
+        cls, config: IngestConfig, *, write_turn: contextlib.AbstractContextManager[object] | None = None
+    ) -> SqliteSink:
+        """Create or open the database and start the writer thread.
+
+        ``write_turn`` (``tcu ingest --workers``): held by the writer from BEGIN to COMMIT.
+        """
+        sink = cls(config, write_turn=write_turn)
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         loop = asyncio.get_running_loop()
 

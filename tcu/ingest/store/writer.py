@@ -222,6 +222,9 @@ class SqliteWriter:
         self._new_catalogs: list[tuple[str, str]] = []
         self._next_chunk = 0
         """The next ``chunks.chunk_id`` (kept in ``meta`` as ``next_chunk_id`` with each commit)."""
+        self._turn: contextlib.AbstractContextManager[object] | None = None
+        """The workers' shared write turn (set by the sink's owner), or None alone."""
+        self._packed: dict[int, list[tuple[bytes, int, int]] | Exception] = {}
         self._data_version = -1
         """``PRAGMA data_version`` at this writer's last transaction (see :meth:`_catch_up`)."""
         self._failures = RateLimitedLog(log)  # a vehicle sending batches that fail cannot flood the log
@@ -388,44 +391,48 @@ class SqliteWriter:
         results: list[StoreResult | BaseException] = []
         batches = 0
         quarantined = 0
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._catch_up(conn)
-            for item in items:
-                batches += not isinstance(item, _CheckIn)
-                self._new_series.clear()
-                self._new_catalogs.clear()
-                conn.execute("SAVEPOINT item")
-                try:
-                    result: StoreResult | BaseException = self._write_item(conn, item, touched, now_ns)
-                except Exception as exc:
-                    if _of_the_database(exc):
-                        raise
-                    conn.execute("ROLLBACK TO item")
-                    self._forget_new_rows()
-                    result = self._isolate(conn, item, exc, touched, now_ns)
-                conn.execute("RELEASE item")
-                if isinstance(result, StoreResult) and result.quarantined and not result.duplicate:
-                    quarantined += 1
-                results.append(result)
-            conn.executemany(
-                "INSERT INTO epochs (vehicle_id, boot_epoch, acked_seq) VALUES (?, ?, ?)"
-                " ON CONFLICT (vehicle_id, boot_epoch) DO UPDATE SET acked_seq = excluded.acked_seq",
-                [(*key, epoch.acked_seq) for key, epoch in touched.items()],
-            )
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('next_chunk_id', ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (str(self._next_chunk),),
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            # Rows added in the failed transaction are gone: forget what was cached from them.
-            self._series.clear()
-            self._catalogs.clear()
-            raise
+        packed = {id(item): self._pack(item) for item in items if isinstance(item, Batch)}
+        self._packed = packed  # the chunk blobs, made before this writer takes its turn
+        with self._write_turn():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._catch_up(conn)
+                for item in items:
+                    batches += not isinstance(item, _CheckIn)
+                    self._new_series.clear()
+                    self._new_catalogs.clear()
+                    conn.execute("SAVEPOINT item")
+                    try:
+                        result: StoreResult | BaseException = self._write_item(conn, item, touched, now_ns)
+                    except Exception as exc:
+                        if _of_the_database(exc):
+                            raise
+                        conn.execute("ROLLBACK TO item")
+                        self._forget_new_rows()
+                        result = self._isolate(conn, item, exc, touched, now_ns)
+                    conn.execute("RELEASE item")
+                    if isinstance(result, StoreResult) and result.quarantined and not result.duplicate:
+                        quarantined += 1
+                    results.append(result)
+                conn.executemany(
+                    "INSERT INTO epochs (vehicle_id, boot_epoch, acked_seq) VALUES (?, ?, ?)"
+                    " ON CONFLICT (vehicle_id, boot_epoch) DO UPDATE SET acked_seq = excluded.acked_seq",
+                    [(*key, epoch.acked_seq) for key, epoch in touched.items()],
+                )
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('next_chunk_id', ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(self._next_chunk),),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                # Rows added in the failed transaction are gone: forget what was cached from them.
+                self._series.clear()
+                self._catalogs.clear()
+                raise
+        self._packed = {}
         if len(self._epochs) + len(touched) > _CACHE_MAX:
             self._epochs.clear()
         if len(self._series) > _CACHE_MAX:
@@ -583,6 +590,46 @@ class SqliteWriter:
         ).fetchone()
         return row is not None
 
+    def _write_turn(self) -> contextlib.AbstractContextManager[object]:
+        """Held from BEGIN to COMMIT: the workers' FIFO turn (:mod:`tcu.ingest.workers`), else nothing.
+
+        SQLite's own lock has no order: a waiting writer polls (busy timeout) while the one that
+        just committed takes the lock again at once, so under load one worker's groups could
+        wait past ``sqlite_busy_timeout_s`` and fail. The turn makes the writers take it in order.
+        """
+        return self._turn if self._turn is not None else contextlib.nullcontext()
+
+    @staticmethod
+    def _pack(batch: Batch) -> list[tuple[bytes, int, int]] | Exception:
+        """The chunk blobs (data, first, last time) of the batch's non-empty columns, in their order.
+
+        Made before the write turn (CPU work other workers need not wait for); an error is kept
+        and raised again in the batch's savepoint, where it is the batch's (quarantine).
+        """
+        try:
+            doubles = [c for c in batch.columns if len(c) and c.signal.kind is ValueKind.DOUBLE]
+            times = [c.times for c in doubles]
+            values = [c.doubles for c in doubles]
+            for column, t_ns, v in zip(doubles, times, values, strict=True):
+                if len(t_ns) != len(v):
+                    raise IngestError(
+                        f"column {column.signal.name}: {len(t_ns)} times but {len(v)} values (not validated?)"
+                    )
+            packed = iter(zip(*encode_double_columns(times, values), strict=True))
+            out: list[tuple[bytes, int, int]] = []
+            for column in batch.columns:
+                if not len(column):
+                    continue
+                if column.signal.kind is ValueKind.DOUBLE:
+                    out.append(next(packed))
+                else:
+                    sorted_t, texts = sort_column(column.times, list(column.string_values))
+                    assert isinstance(texts, list)
+                    out.append((encode_strings(sorted_t, texts), int(sorted_t[0]), int(sorted_t[-1])))
+            return out
+        except Exception as exc:
+            return exc
+
     def _insert_batch(self, conn: sqlite3.Connection, batch: Batch, now_ns: int) -> bool:
         """Write one batch's rows; False when the key already exists."""
         samples = batch.samples
@@ -617,28 +664,17 @@ class SqliteWriter:
         first_ns: int | None = None
         last_ns: int | None = None
         chunks: list[tuple[int, int, int, int, int, int, int, bytes]] = []
-        # The double columns packed together (whole arrays, tcu.ingest._chunks), strings one by one.
-        doubles = [c for c in batch.columns if len(c) and c.signal.kind is ValueKind.DOUBLE]
-        times = [c.times for c in doubles]
-        values = [c.doubles for c in doubles]
-        for column, t_ns, v in zip(doubles, times, values, strict=True):
-            if len(t_ns) != len(v):
-                raise IngestError(
-                    f"column {column.signal.name}: {len(t_ns)} times but {len(v)} values (not validated?)"
-                )
-        packed = iter(zip(*encode_double_columns(times, values), strict=True))
+        packed = self._packed.get(id(batch))
+        blobs = packed if packed is not None else self._pack(batch)
+        if isinstance(blobs, Exception):
+            raise blobs
+        columns = iter(blobs)
         for column in batch.columns:
             count = len(column)
             if not count:
                 continue
             series_id = self._series_id(conn, batch.vehicle_id, column.signal.name, column.signal.unit)
-            if column.signal.kind is ValueKind.DOUBLE:
-                data, low, high = next(packed)
-            else:
-                sorted_t, texts = sort_column(column.times, list(column.string_values))
-                assert isinstance(texts, list)
-                data = encode_strings(sorted_t, texts)
-                low, high = int(sorted_t[0]), int(sorted_t[-1])
+            data, low, high = next(columns)
             chunks.append((series_id, low, self._next_chunk, high, batch.boot_epoch, batch.seq, count, data))
             self._next_chunk += 1
             first_ns = low if first_ns is None else min(first_ns, low)
