@@ -293,16 +293,34 @@ def _client_main(plan: Plan, pipe: Any) -> None:
     pipe.close()
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the workers of ``tcu ingest --workers N``)."""
+    out = [pid]
+    with contextlib.suppress(OSError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            out += _tree(int(child))
+    return out
+
+
 def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds (user + system) of ``pid`` and its descendants, as far as they are alive."""
+    ticks = 0
+    for member in _tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _status_kib(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key):
-            return int(line.split()[1])
-    return 0
+    """``key`` of /proc/PID/status, summed over ``pid`` and its descendants."""
+    total = 0
+    for member in _tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith(key):
+                    total += int(line.split()[1])
+    return total
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -426,6 +444,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ingest_cmd = [sys.executable, "-m", "tcu.cli.main", "ingest", "--listen", "127.0.0.1:0", "--db", str(db)]
     ingest_cmd += ["--port-file", str(work / "port"), "--sqlite-synchronous", args.synchronous]
     ingest_cmd += ["--max-batches-per-s", "10000"]
+    if args.workers > 1:
+        ingest_cmd += ["--workers", str(args.workers)]
     if args.insecure:
         ingest_cmd.append("--insecure")
         certs = [(vin, "", "") for vin in vins]
@@ -529,6 +549,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "vehicles": args.vehicles,
         "processes": args.processes,
+        "ingest_workers": args.workers,
         "mtls": not args.insecure,
         "signals": args.signals,
         "hz": args.hz,
@@ -547,6 +568,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ack_max_ms": round(max(latencies, default=float("nan")) * 1000, 1),
         "max_send_lag_ms": round(max((v["max_lag"] for v in vehicles), default=0.0) * 1000, 1),
         "ingest_cpu_cores": round((cpu1 - cpu0) / (t1 - t0), 2),
+        "acked_samples_per_cpu_s": (
+            round(window_samples / args.duration / ((cpu1 - cpu0) / (t1 - t0))) if cpu1 > cpu0 else None
+        ),
         "ingest_rss_mib": rss_kib // 1024,
         "ingest_peak_rss_mib": peak_kib // 1024,
         "samples_stored": stored,
@@ -583,6 +607,9 @@ def main() -> int:
     parser.add_argument("--query", action="store_true", help="also time Fleet.Query of one vehicle")
     parser.add_argument("--self-test", action="store_true", help="damage the database before the check")
     parser.add_argument("--ingest-src", help="run the ingest from this source tree (PYTHONPATH)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="tcu ingest --workers N (CPU and RSS summed over them)"
+    )
     parser.add_argument("--workdir", help="keep the database, PKI and log here")
     parser.add_argument("--json", action="store_true", help="the result as one JSON line")
     args = parser.parse_args()
