@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tcu.ingest._chunks import decode_chunk, encode_double_columns, encode_doubles, sort_column
+from tcu.ingest._chunks import (
+    decode_chunk,
+    decode_double_chunks,
+    encode_double_columns,
+    encode_doubles,
+    sort_column,
+)
 
 
 def _columns(seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -46,3 +52,22 @@ def test_batch_blobs_equal_per_column_blobs(seed: int) -> None:
 
 def test_no_columns() -> None:
     assert encode_double_columns([], []) == ([], [], [])
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_batch_decode_equals_per_chunk_decode(seed: int) -> None:
+    times, values = _columns(seed)
+    blobs, lows, _ = encode_double_columns(times, values)
+    packed = zip(times, lows, blobs, strict=True)
+    rows = [(low, 100 + i, len(t), blob) for i, (t, low, blob) in enumerate(packed)]
+    t_all, v_all, ids = decode_double_chunks(rows)
+    expected: dict[int, tuple[list[int], np.ndarray]] = {}
+    for t_first, chunk_id, count, blob in rows:
+        t, v = decode_chunk(t_first, count, blob)
+        assert not isinstance(v, list)
+        expected[chunk_id] = (t.tolist(), v)
+    assert sorted(set(ids.tolist())) == sorted(expected)
+    for chunk_id, (t, v) in expected.items():
+        mine = ids == chunk_id
+        assert t_all[mine].tolist() == t  # in the chunk's stored order
+        assert np.array_equal(v_all[mine], v, equal_nan=True)

@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from tcu.api.v1 import fleet_pb2 as fleet_pb
 from tcu.errors import ClosedResourceError, IngestError
-from tcu.ingest._chunks import decode_chunk
+from tcu.ingest._chunks import RAW_DOUBLES, ZSTD_DOUBLES, decode_chunk, decode_double_chunks
 from tcu.ingest._events import capture_from_pb
 from tcu.ingest.config import IngestConfig
 from tcu.ingest.model import (
@@ -47,6 +47,8 @@ from tcu.ingest.model import (
 )
 
 __all__ = ["SqliteReader", "load_sample_rows", "read_quarantine", "sample_rows"]
+
+_DOUBLE_FORMATS: Final = (bytes((RAW_DOUBLES,)), bytes((ZSTD_DOUBLES,)))
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
@@ -139,12 +141,22 @@ class SqliteReader:
             _CHUNK_PAGE, (series_id, query.end_ns, query.start_ns, after[0], after[1], _CHUNK_PAGE_ROWS)
         ).fetchall()
         times, ids, values = [pending.t_ns], [pending.chunk_ids], [pending.values]
+        doubles = [
+            (int(r[0]), int(r[1]), int(r[2]), bytes(r[3])) for r in rows if r[3][:1] in _DOUBLE_FORMATS
+        ]
+        if doubles:  # all at once (tcu.ingest._chunks.decode_double_chunks); strings chunk by chunk
+            t_ns, chunk_values, chunk_ids = decode_double_chunks(doubles)
+            times.append(t_ns)
+            ids.append(chunk_ids)
+            values.append(chunk_values)
         for t_first, chunk_id, count, data in rows:
-            t_ns, chunk_values = decode_chunk(int(t_first), int(count), bytes(data))
+            if data[:1] in _DOUBLE_FORMATS:
+                continue
+            t_ns, text_values = decode_chunk(int(t_first), int(count), bytes(data))
             times.append(t_ns)
             ids.append(np.full(len(t_ns), int(chunk_id), dtype=np.int64))
             values.append(
-                np.array(chunk_values, dtype=object) if isinstance(chunk_values, list) else chunk_values
+                np.array(text_values, dtype=object) if isinstance(text_values, list) else text_values
             )
         t_ns, chunk_ids, merged = np.concatenate(times), np.concatenate(ids), np.concatenate(values)
         if len(t_ns) > 1:
