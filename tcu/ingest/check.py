@@ -17,7 +17,7 @@ __all__ = ["check_ingest"]
 
 
 def check_database(path: Path, report: CheckReport) -> None:
-    from tcu.ingest.store import _SCHEMA_VERSION
+    from tcu.ingest.store.schema import SCHEMA_VERSION as _SCHEMA_VERSION
 
     if not path.exists():
         check_writable_dir(path.parent, "--db (a new database)", report)
