@@ -287,6 +287,14 @@ def register(subparsers: Any) -> None:
         help="messages per fetch and commit (default: 256)",
     )
     archive.add_argument(
+        "--ack-wait",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="messages fetched by an archive that died unacked are delivered again after this long"
+        " (the consumer's ack wait, set when it is created; default: 10)",
+    )
+    archive.add_argument(
         "--sqlite-synchronous",
         choices=("FULL", "NORMAL"),
         default="FULL",
@@ -308,7 +316,7 @@ def run_archive(args: argparse.Namespace) -> int:
         insecure=True,  # the archive serves no port; the field is the gRPC server's
         jetstream=_jetstream(args),
     )
-    archive = Archive(config, durable=args.durable, fetch_batch=args.fetch_batch)
+    archive = Archive(config, durable=args.durable, fetch_batch=args.fetch_batch, ack_wait_s=args.ack_wait)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -72,7 +72,14 @@ class ArchiveStats:
 class Archive:
     """Consume the stream into ``config.db_path``; ``await Archive(config).run(stop)``."""
 
-    def __init__(self, config: IngestConfig, *, durable: str = DURABLE, fetch_batch: int = 256) -> None:
+    def __init__(
+        self,
+        config: IngestConfig,
+        *,
+        durable: str = DURABLE,
+        fetch_batch: int = 256,
+        ack_wait_s: float = 10.0,
+    ) -> None:
         if config.jetstream is None:
             raise IngestError("the archive needs the JetStream settings (servers, stream)")
         if fetch_batch < 1:
@@ -81,6 +88,8 @@ class Archive:
         self._js_config = config.jetstream
         self._durable = durable
         self._fetch_batch = fetch_batch
+        self._ack_wait_s = ack_wait_s
+        """Messages a killed archive had fetched but not acked come again after this long."""
         self._catalogs: dict[tuple[str, str], Catalog] = {}
         self._failures = RateLimitedLog(log)
         self.stats = ArchiveStats()
@@ -93,8 +102,9 @@ class Archive:
             try:
                 await self._consume(client, sink, stop, on_ready)
             finally:
+                # Every ack was flushed after its fetch; a drain would wait out the pull subscription.
                 with contextlib.suppress(*NATS_ERRORS):
-                    await client.drain()
+                    await client.close()
         finally:
             await sink.aclose()
         log.info("archive stopped: %s", self.stats)
@@ -114,7 +124,7 @@ class Archive:
                 config=ConsumerConfig(
                     ack_policy=AckPolicy.EXPLICIT,
                     deliver_policy=DeliverPolicy.ALL,
-                    ack_wait=60.0,
+                    ack_wait=self._ack_wait_s,
                     max_ack_pending=self._fetch_batch * 4,
                 ),
             )
@@ -141,11 +151,23 @@ class Archive:
                     self._failures.log("fetch", logging.WARNING, "archive: fetch failed (%s), retrying", exc)
                     await asyncio.sleep(0.5)
                     continue
-                await self._write(messages, sink, catalogs)
+                progress = asyncio.create_task(self._in_progress(messages))
+                try:
+                    await self._write(messages, sink, catalogs)
+                finally:
+                    progress.cancel()
                 with contextlib.suppress(*NATS_ERRORS):
                     await client.flush(timeout=max(1, int(cfg.publish_timeout_s)))
         finally:
             stopping.cancel()
+
+    async def _in_progress(self, messages: list[Msg]) -> None:
+        """A commit that takes longer than half the ack wait tells JetStream the messages are in work."""
+        while True:
+            await asyncio.sleep(self._ack_wait_s / 2)
+            for msg in messages:
+                with contextlib.suppress(*NATS_ERRORS):
+                    await msg.in_progress()
 
     async def _item(
         self, msg: Msg, catalogs: KeyValue
@@ -198,17 +220,16 @@ class Archive:
         # All handed to the writer at once: one group commit (FIFO per vehicle, as queued).
         tasks = [asyncio.ensure_future(put(item)) if item is not None else None for item in items]
         await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
+        answers: list[tuple[Msg, float]] = []  # (message, 0: committed, else nak delay): after the group
         for msg, item, task in zip(messages, items, tasks, strict=True):
             if task is None or item is None:
-                with contextlib.suppress(*NATS_ERRORS):
-                    await msg.nak(delay=5.0)
+                answers.append((msg, 5.0))  # no key: it will not read better at once
                 continue
             error = task.exception()
             if error is not None:
                 self.stats.failed += 1
                 self._failures.log("commit", logging.ERROR, "archive: storing failed, will retry: %s", error)
-                with contextlib.suppress(*NATS_ERRORS):
-                    await msg.nak(delay=1.0)
+                answers.append((msg, 1.0))
                 continue
             result = task.result()
             if result is None:
@@ -219,9 +240,14 @@ class Archive:
                 self.stats.quarantined += 1
             else:
                 self.stats.stored += 1
+            answers.append((msg, 0.0))
+        for msg, nak_delay in answers:
             try:
-                await msg.ack()  # after the commit: a kill before this redelivers, and dedup keeps one
-                self.stats.acked += 1
+                if not nak_delay:
+                    await msg.ack()  # after the commit: a kill before this redelivers, and dedup keeps one
+                    self.stats.acked += 1
+                else:
+                    await msg.nak(delay=nak_delay)
             except NATS_ERRORS as exc:
                 self._failures.log(
                     "ack", logging.WARNING, "archive: ack failed (it will come again): %s", exc

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,7 @@ import grpc
 import nats
 import pytest
 from ingest_helpers import rows
+from nats.aio.msg import Msg
 
 from tcu.api.v1 import fleet_pb2 as fleet_pb
 from tcu.demo.nats import NatsNode
@@ -221,14 +225,15 @@ async def upload(
     return streams
 
 
-async def archive_until(config: IngestConfig, count: int, **kw: Any) -> Archive:
-    """Run the archive in this process until the database holds ``count`` batches, then stop it."""
+async def archive_until(config: IngestConfig, count: int, *, duplicates: int = 0, **kw: Any) -> Archive:
+    """Run the archive in this process until it stored ``count`` batches and saw ``duplicates``."""
     archive = Archive(config, **kw)
     stop = asyncio.Event()
     task = asyncio.create_task(archive.run(stop))
     try:
         for _ in range(400):
-            if archive.stats.stored + archive.stats.quarantined >= count:
+            stats = archive.stats
+            if stats.stored + stats.quarantined >= count and stats.duplicates >= duplicates:
                 break
             if task.done():
                 task.result()
@@ -266,7 +271,7 @@ async def test_archive_stores_each_batch_once(nats_server: NatsNode, tmp_path: P
     finally:
         await kit.finish(a)
         await kit.finish(b)
-    archive = await archive_until(config, 7)
+    archive = await archive_until(config, 7, duplicates=1)
     assert (archive.stats.stored, archive.stats.duplicates, archive.stats.unreadable) == (7, 1, 0)
     audit = audit_archive(config.db_path, ledger.sent, ledger.acked)
     assert audit.ok and audit.checked == 7, audit
@@ -276,7 +281,6 @@ async def test_archive_stores_each_batch_once(nats_server: NatsNode, tmp_path: P
 def test_the_audit_sees_a_loss_and_a_duplicate(tmp_path: Path) -> None:
     """The check can fail: a batch deleted from the database is lost, a chunk written twice a duplicate."""
     import shutil
-    import sqlite3
 
     from tcu.ingest.model import Batch, Catalog, Column, SignalDef, ValueKind
     from tcu.ingest.store import SqliteSink
@@ -312,3 +316,95 @@ def test_the_audit_sees_a_loss_and_a_duplicate(tmp_path: Path) -> None:
         )
     assert audit_archive(lost, sent, acked).lost == [("VIN1", 1, 2)]
     assert audit_archive(dup, sent, acked).duplicates == [("VIN1", 1, 3)]
+
+
+def archived(db: Path) -> int:
+    """Batches in the archive's database now (0 before it exists)."""
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM batches").fetchone()[0])
+    except sqlite3.OperationalError:  # the tables are not there yet
+        return 0
+    finally:
+        conn.close()
+
+
+def start_archive(db: Path, url: str, log: Path) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "tcu.cli.main", "ingest", "archive", "--db", str(db), "--nats", url]
+    with log.open("ab") as stderr:
+        return subprocess.Popen([*command, "--fetch-batch", "2", "--ack-wait", "1"], stderr=stderr)
+
+
+async def test_a_killed_archive_restarts_without_loss_or_duplicates(
+    nats_server: NatsNode, tmp_path: Path, kit: Any
+) -> None:
+    config = js_config(tmp_path, [nats_server.url], "a")
+    a = await kit.start(config)
+    ledger = Ledger()
+    try:
+        await asyncio.gather(*(upload([a], kit, f"VIN{n}", 150, ledger) for n in (1, 2)))
+    finally:
+        await kit.finish(a)
+    total = len(ledger.acked)
+    assert total == 300
+    db, log = config.db_path, tmp_path / "archive.log"
+    first = start_archive(db, nats_server.url, log)
+    try:
+        for _ in range(3000):  # kill -9 as soon as it has committed something
+            if archived(db) > 0 or first.poll() is not None:
+                break
+            await asyncio.sleep(0.005)
+        first.kill()
+        first.wait()
+        at_kill = archived(db)
+        assert 0 < at_kill < total, (at_kill, log.read_text())
+        second = start_archive(db, nats_server.url, log)
+        try:
+            for _ in range(600):
+                if archived(db) >= total or second.poll() is not None:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            second.terminate()
+            assert second.wait(10) == 0, log.read_text()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    audit = audit_archive(db, ledger.sent, ledger.acked)
+    assert audit.ok and audit.checked == total, audit
+    assert archived(db) == total
+    assert "duplicates=" in log.read_text()  # the restarted archive's counters (redeliveries are duplicates)
+
+
+class _Crash(BaseException):
+    """Stands for the process dying between the SQLite commit and the JetStream ack."""
+
+
+async def test_messages_committed_but_not_acked_come_again_and_are_stored_once(
+    nats_server: NatsNode, tmp_path: Path, kit: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = js_config(tmp_path, [nats_server.url], "a")
+    a = await kit.start(config)
+    ledger = Ledger()
+    try:
+        await upload([a], kit, "VIN1", 20, ledger)
+    finally:
+        await kit.finish(a)
+
+    async def crash(self: Any) -> None:
+        raise _Crash
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Msg, "ack", crash)
+        first = Archive(config, fetch_batch=8, ack_wait_s=1.0)
+        with pytest.raises(_Crash):
+            await first.run(asyncio.Event())
+    assert first.stats.stored == 8 and first.stats.acked == 0
+    assert archived(config.db_path) == 8  # committed, not acked
+    # The 8 unacked messages come again after the ack wait: duplicates, not second copies.
+    second = await archive_until(config, 12, duplicates=8, fetch_batch=8, ack_wait_s=1.0)
+    assert (second.stats.stored, second.stats.duplicates) == (12, 8)
+    audit = audit_archive(config.db_path, ledger.sent, ledger.acked)
+    assert audit.ok and audit.checked == 20, audit
