@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,8 @@ __all__ = ["Archive", "ArchiveStats", "Audit", "audit_archive"]
 log = logging.getLogger(__name__)
 
 DURABLE: Final = "tcu-archive"
+_SETUP_S: Final = 30.0
+"""How long the archive tries to find or create the stream, buckets and consumer at start."""
 
 
 @dataclass(slots=True)
@@ -114,22 +117,31 @@ class Archive:
     ) -> None:
         cfg = self._js_config
         js = client.jetstream(timeout=cfg.publish_timeout_s)
-        await ensure_stream(js, cfg)
-        _, catalogs = await open_buckets(js, cfg)
-        try:
-            pull = await js.pull_subscribe(
-                f"{cfg.subject_prefix}.>",
-                durable=self._durable,
-                stream=cfg.stream,
-                config=ConsumerConfig(
-                    ack_policy=AckPolicy.EXPLICIT,
-                    deliver_policy=DeliverPolicy.ALL,
-                    ack_wait=self._ack_wait_s,
-                    max_ack_pending=self._fetch_batch * 4,
-                ),
-            )
-        except NATS_ERRORS as exc:
-            raise IngestError(f"JetStream consumer {self._durable} on {cfg.stream}: {exc}") from exc
+        deadline = time.monotonic() + _SETUP_S
+        while True:  # a cluster that lost a node may take a few seconds to answer for the stream
+            try:
+                await ensure_stream(js, cfg)
+                _, catalogs = await open_buckets(js, cfg)
+                try:
+                    pull = await js.pull_subscribe(
+                        f"{cfg.subject_prefix}.>",
+                        durable=self._durable,
+                        stream=cfg.stream,
+                        config=ConsumerConfig(
+                            ack_policy=AckPolicy.EXPLICIT,
+                            deliver_policy=DeliverPolicy.ALL,
+                            ack_wait=self._ack_wait_s,
+                            max_ack_pending=self._fetch_batch * 4,
+                        ),
+                    )
+                except NATS_ERRORS as exc:
+                    raise IngestError(f"JetStream consumer {self._durable} on {cfg.stream}: {exc!r}") from exc
+                break
+            except IngestError as exc:
+                if time.monotonic() >= deadline or stop.is_set():
+                    raise
+                log.warning("archive: %s; trying again", exc)
+                await asyncio.sleep(0.5)
         log.info("archive: consuming %s as %s into %s", cfg.stream, self._durable, self._config.db_path)
         if on_ready is not None:
             on_ready.set()

@@ -153,7 +153,7 @@ async def connect(
             log.warning("NATS (%s): disconnected, reconnecting", name)
 
     async def on_reconnect() -> None:
-        log.warning("NATS (%s): reconnected to %s", name, client.connected_url)
+        log.warning("NATS (%s): reconnected to %s", name, _where(client))
 
     options: dict[str, Any] = {
         "servers": list(config.servers),
@@ -187,6 +187,11 @@ async def connect(
     client.options["max_reconnect_attempts"] = -1  # once connected, keep reconnecting (fail over)
     up = True
     return client
+
+
+def _where(client: NatsClient) -> str:
+    url = client.connected_url
+    return url.netloc if url is not None else "?"
 
 
 def stream_config(config: JetStreamConfig) -> StreamConfig:
