@@ -504,8 +504,11 @@ class JetStreamSink:
             raise self._failed(label, "reading the watermark", exc) from exc
         if state.holds(item.seq):
             self.stats.duplicates += 1
+            # As in SQLite: a quarantined key is reported held only to a quarantined resend.
             return StoreResult(
-                duplicate=True, acked_seq=state.acked_seq, quarantined=item.seq in state.quarantined
+                duplicate=True,
+                acked_seq=state.acked_seq,
+                quarantined=quarantined and item.seq in state.quarantined,
             )
         duplicate = await self._publish(subject, payload, headers, label)
         acked_seq, held = await watermark.mark(item.seq, quarantined and not duplicate)
@@ -514,7 +517,7 @@ class JetStreamSink:
         else:
             self.stats.published += 1
         self.stats.last_error = ""
-        return StoreResult(duplicate=duplicate, acked_seq=acked_seq, quarantined=held)
+        return StoreResult(duplicate=duplicate, acked_seq=acked_seq, quarantined=quarantined and held)
 
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str], label: str) -> bool:
         """Publish until a PubAck comes (same Nats-Msg-Id every time); True for a JetStream duplicate."""

@@ -18,7 +18,10 @@ from ingest_helpers import rows
 from nats.aio.msg import Msg
 
 from tcu.api.v1 import fleet_pb2 as fleet_pb
+from tcu.api.v1 import ingest_pb2 as ingest_pb
+from tcu.api.v1 import telemetry_pb2 as telemetry_pb
 from tcu.demo.nats import NatsCluster, NatsNode
+from tcu.fleet_client import query_series
 from tcu.ingest import IngestConfig
 from tcu.ingest.archive import Archive, audit_archive
 from tcu.ingest.config import JetStreamConfig
@@ -454,3 +457,99 @@ async def test_a_cluster_node_killed_during_upload_loses_nothing(
     other = dataclasses.replace(config, db_path=tmp_path / "second.db")
     await archive_until(other, 239, durable="second")
     assert audit_archive(other.db_path, ledger.sent, ledger.acked).lost == [key]
+
+
+def _mixed_requests(kit: Any) -> list[ingest_pb.UploadRequest]:
+    """Every kind of batch (plain, strings, event, DataLoss, malformed, a resend) and a check-in."""
+    plain = kit.batch("VIN1", 1, soc=((0, 80.0), (50, 79.5)), operator=((0, "Telia"),))
+    event = kit.batch("VIN1", 2)
+    captured = event.batch.events.add(
+        campaign="harsh-brake",
+        campaign_version=2,
+        trigger_ns=kit.base_ns + 1_000,
+        start_ns=kit.base_ns + 500,
+        end_ns=kit.base_ns + 1_500,
+        history_incomplete=True,
+    )
+    captured.columns.add(signal_id=kit.speed, t_offset_ns=[0, 500, 1000], double_values=[50.0, 20.0, 5.0])
+    loss = ingest_pb.UploadRequest(
+        batch=telemetry_pb.TelemetryBatch(
+            vehicle_id="VIN1",
+            boot_epoch=1,
+            seq=3,
+            loss=telemetry_pb.DataLoss(reason="evicted", priority=2, created_ns=5, payload_bytes=99),
+        )
+    )
+    malformed = kit.batch("VIN1", 4)
+    malformed.batch.columns.add(signal_id=77, t_offset_ns=[0], double_values=[1.0])  # unknown signal id
+    checkin = ingest_pb.UploadRequest(
+        checkin=ingest_pb.CheckIn(campaigns=[ingest_pb.CampaignVersion(name="harsh-brake", version=2)])
+    )
+    return [plain, event, loss, malformed, kit.batch("VIN1", 1), kit.batch("VIN1", 5), checkin]
+
+
+def _ack_view(ack: ingest_pb.Ack) -> tuple[Any, ...]:
+    return (ack.batch_seq, ack.acked_seq, ack.duplicate, [(q.seq, q.reason) for q in ack.quarantined])
+
+
+_TABLES = {  # every column but the ingest's clock (stored_ns, last_seen_ns, checkin_ns, received_ns)
+    "batches": "SELECT vehicle_id, boot_epoch, seq, catalog_id, base_time_ns, created_ns, samples,"
+    " loss_reason, loss_priority, loss_created_ns, loss_bytes FROM batches ORDER BY 1, 2, 3",
+    "samples": "SELECT * FROM sample_rows ORDER BY 1, 2, 3",
+    "events": "SELECT vehicle_id, boot_epoch, seq, idx, campaign, campaign_version, trigger_ns, start_ns,"
+    " end_ns, truncated, history_incomplete, samples, body FROM events ORDER BY 1, 2, 3, 4",
+    "quarantine": "SELECT vehicle_id, boot_epoch, seq, reason, catalog_id, agent_version, payload"
+    " FROM quarantine",
+    "checkins": "SELECT vehicle_id, campaigns FROM checkins",
+    "catalogs": "SELECT * FROM catalog_signals ORDER BY 1, 2, 3",
+    "vehicles": "SELECT vehicle_id, boot_epoch, batches, samples, first_sample_ns, last_sample_ns,"
+    " lost_batches FROM vehicles",
+}
+
+
+async def test_the_archive_holds_what_the_sqlite_sink_holds(
+    nats_server: NatsNode, tmp_path: Path, kit: Any
+) -> None:
+    """The same uploads through the SQLite sink and through a replica + the archive: same acks, same rows."""
+    results: dict[str, tuple[list[Any], dict[str, Any], list[Any]]] = {}
+    for name in ("sqlite", "jetstream"):
+        if name == "sqlite":
+            config = IngestConfig(insecure=True, listen="127.0.0.1:0", db_path=tmp_path / "sqlite.db")
+        else:
+            config = js_config(tmp_path, [nats_server.url], "a")
+        running = await kit.start(config)
+        try:
+            call = await running.open_upload("VIN1")
+            acks = []
+            for request in _mixed_requests(kit):
+                await call.write(request)
+                if request.WhichOneof("kind") == "batch":
+                    acks.append(_ack_view(await kit.ack_of(call)))
+            await call.done_writing()
+            assert await call.read() is grpc.aio.EOF
+            if name == "jetstream":
+                await archive_until(config, 4)
+                for _ in range(100):  # the check-in follows the batches in the stream
+                    if rows(config.db_path, "SELECT count(*) FROM checkins") == [(1,)]:
+                        break
+                    await asyncio.sleep(0.05)
+            listed = await running.fleet.ListVehicles(fleet_pb.ListVehiclesRequest())
+            vehicles = [
+                (v.vehicle_id, v.batches, v.samples, v.lost_batches, v.quarantined_batches, list(v.signals))
+                for v in listed.vehicles
+            ]
+            series = await query_series(running.channel, "VIN1")  # a replica answers from the archive
+            tables = {table: rows(config.db_path, sql) for table, sql in _TABLES.items()}
+            tables["query"] = sorted(
+                (n, s.t_ns.tolist(), s.values.tolist(), s.strings) for n, s in series.items()
+            )
+            results[name] = (acks, tables, vehicles)
+        finally:
+            await kit.finish(running)
+    sqlite, jetstream = results["sqlite"], results["jetstream"]
+    assert jetstream[0] == sqlite[0]
+    assert [seq for seq, _, _, quarantined in sqlite[0] if quarantined] == [4]
+    for table in (*_TABLES, "query"):
+        assert jetstream[1][table] == sqlite[1][table], table
+    assert sqlite[1]["events"] and sqlite[1]["quarantine"] and sqlite[1]["checkins"]
+    assert jetstream[2] == sqlite[2] and sqlite[2][0][1:5] == (4, 9, 1, 1)
