@@ -503,7 +503,15 @@ def run(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise ConfigError(f"cannot write the port file: {exc}", key="--port-file") from exc
         print(
-            f"tcu ingest: listening on {host}:{port} (database {config.db_path})", file=sys.stderr, flush=True
+            f"tcu ingest: listening on {host}:{port} ("
+            + (
+                f"JetStream {config.jetstream.stream}, history from {config.db_path}"
+                if config.jetstream is not None
+                else f"database {config.db_path}"
+            )
+            + ")",
+            file=sys.stderr,
+            flush=True,
         )
 
     from tcu.sdnotify import Notifier, notify_settings

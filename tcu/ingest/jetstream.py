@@ -82,11 +82,14 @@ from tcu.ingest.store import SqliteSink
 from tcu.logutil import RateLimitedLog
 
 __all__ = [
+    "NATS_ERRORS",
     "JetStreamSink",
     "JetStreamStats",
     "connect",
     "ensure_stream",
     "open_buckets",
+    "read_catalog",
+    "where",
 ]
 
 log = logging.getLogger(__name__)
@@ -149,11 +152,11 @@ async def connect(
         log.log(logging.WARNING if up else logging.DEBUG, "NATS (%s): %s", name, exc)
 
     async def on_disconnect() -> None:
-        if up:
+        if up and not (client.is_closed or client.is_draining):
             log.warning("NATS (%s): disconnected, reconnecting", name)
 
     async def on_reconnect() -> None:
-        log.warning("NATS (%s): reconnected to %s", name, _where(client))
+        log.warning("NATS (%s): reconnected to %s", name, where(client))
 
     options: dict[str, Any] = {
         "servers": list(config.servers),
@@ -189,7 +192,7 @@ async def connect(
     return client
 
 
-def _where(client: NatsClient) -> str:
+def where(client: NatsClient) -> str:
     url = client.connected_url
     return url.netloc if url is not None else "?"
 
