@@ -40,7 +40,14 @@ from nats.js.kv import KeyValue
 from tcu.errors import IngestError
 from tcu.ingest import _jsformat as fmt
 from tcu.ingest.config import IngestConfig
-from tcu.ingest.jetstream import NATS_ERRORS, connect, ensure_stream, open_buckets, read_catalog
+from tcu.ingest.jetstream import (
+    NATS_ERRORS,
+    connect,
+    ensure_stream,
+    open_buckets,
+    open_shared_database,
+    read_catalog,
+)
 from tcu.ingest.model import Batch, Catalog, QuarantinedBatch, StoreResult
 from tcu.ingest.store import SqliteSink
 from tcu.logutil import RateLimitedLog
@@ -99,7 +106,7 @@ class Archive:
 
     async def run(self, stop: asyncio.Event, *, on_ready: asyncio.Event | None = None) -> None:
         """Archive until ``stop`` is set; the batch being written is committed and acked first."""
-        sink = await SqliteSink.open(self._config)
+        sink = await open_shared_database(self._config)
         try:
             client = await connect(self._js_config, name="tcu-archive")
             try:

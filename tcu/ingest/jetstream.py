@@ -88,6 +88,7 @@ __all__ = [
     "connect",
     "ensure_stream",
     "open_buckets",
+    "open_shared_database",
     "read_catalog",
     "where",
 ]
@@ -430,7 +431,7 @@ class JetStreamSink:
             js = client.jetstream(timeout=js_config.publish_timeout_s)
             await ensure_stream(js, js_config)
             watermarks, catalogs = await open_buckets(js, js_config)
-            archive = await SqliteSink.open(config) if read_archive else None
+            archive = await open_shared_database(config) if read_archive else None
         except BaseException:
             with contextlib.suppress(*NATS_ERRORS):
                 await client.close()
@@ -681,6 +682,25 @@ class JetStreamSink:
             stats.duplicates,
             stats.failed,
         )
+
+
+async def open_shared_database(config: IngestConfig, *, attempts: int = 5) -> SqliteSink:
+    """The archive's database, opened by several processes at once (replicas and the archive).
+
+    The first open of a new file creates its tables; two processes doing that at the same
+    moment collide on the schema row, and the one that lost finds the tables made on a retry.
+    """
+    for attempt in range(attempts):
+        try:
+            return await SqliteSink.open(config)
+        except IngestError as exc:
+            if attempt == attempts - 1:
+                raise
+            log.info(
+                "opening %s failed (%s); again (another process may be creating it)", config.db_path, exc
+            )
+            await asyncio.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 async def read_catalog(

@@ -553,3 +553,12 @@ async def test_the_archive_holds_what_the_sqlite_sink_holds(
         assert jetstream[1][table] == sqlite[1][table], table
     assert sqlite[1]["events"] and sqlite[1]["quarantine"] and sqlite[1]["checkins"]
     assert jetstream[2] == sqlite[2] and sqlite[2][0][1:5] == (4, 9, 1, 1)
+
+
+async def test_replicas_started_together_share_a_new_database(nats_server: NatsNode, tmp_path: Path) -> None:
+    """Several processes creating the archive's database at once (a fleet start): none fails."""
+    config = js_config(tmp_path, [nats_server.url], "a")
+    sinks = await asyncio.gather(*(JetStreamSink.open(config) for _ in range(4)))
+    for sink in sinks:
+        assert await sink.list_vehicles() == []
+        await sink.aclose()
