@@ -27,6 +27,7 @@ from tcu.ingest.archive import Archive, audit_archive
 from tcu.ingest.config import JetStreamConfig
 from tcu.ingest.hub import SubscriberOverflow
 from tcu.ingest.jetstream import JetStreamSink
+from tcu.ingest.metrics import ingest_health
 
 STREAM = "TCU_TELEMETRY"
 
@@ -83,6 +84,7 @@ async def test_no_puback_no_ack_counted(nats_server: NatsNode, tmp_path: Path, k
             await nc.jetstream().delete_stream(STREAM)  # JetStream stops answering for the subjects
         finally:
             await nc.close()
+        assert ingest_health(running.server)["healthy"]
         await call.write(kit.batch("VIN1", 2))
         with pytest.raises(grpc.aio.AioRpcError) as ended:
             await call.read()
@@ -92,6 +94,8 @@ async def test_no_puback_no_ack_counted(nats_server: NatsNode, tmp_path: Path, k
         assert isinstance(sink, JetStreamSink)
         assert sink.stats.failed == 1 and sink.stats.publish_errors >= 1
         assert sink.stats.published == 1
+        health = ingest_health(running.server)  # /healthz and gRPC health follow the last failure
+        assert not health["healthy"] and "no PubAck" in health["store"]["last_error"]
     finally:
         await kit.finish(running)
 
@@ -562,3 +566,28 @@ async def test_replicas_started_together_share_a_new_database(nats_server: NatsN
     for sink in sinks:
         assert await sink.list_vehicles() == []
         await sink.aclose()
+
+
+def test_jetstream_settings_are_checked() -> None:
+    from tcu.errors import ConfigError
+    from tcu.ingest.config import NatsTls
+
+    with pytest.raises(ConfigError, match=r"jetstream\.servers"):
+        JetStreamConfig(servers=("127.0.0.1:4222",))
+    with pytest.raises(ConfigError, match=r"jetstream\.replicas"):
+        JetStreamConfig(replicas=0)
+    with pytest.raises(ConfigError, match=r"jetstream\.stream"):
+        JetStreamConfig(stream="A.B")
+    with pytest.raises(ConfigError, match=r"jetstream\.tls"):
+        JetStreamConfig(tls=NatsTls(ca=Path("ca.pem"), cert=Path("c.pem")))
+    with pytest.raises(ConfigError, match=r"ingest\.sink"):
+        IngestConfig(insecure=True, db_path=Path("x.db"), sink="jetstream")
+
+
+def test_subjects_and_keys_hold_any_vehicle_id() -> None:
+    from tcu.ingest import _jsformat as fmt
+
+    assert fmt.subject("tcu.v1", "telemetry", "WTCU0000000000001") == "tcu.v1.telemetry.WTCU0000000000001"
+    assert fmt.token("a.b c>*") == "a=2Eb=20c=3E=2A"  # no subject wildcards or separators survive
+    assert fmt.token("") == "="
+    assert fmt.msg_id("V 1", 7, 9) == "V=201:7:9"
