@@ -502,10 +502,16 @@ class JetStreamSink:
             raise ClosedResourceError("the JetStream sink is closed")
         label = f"batch {item.boot_epoch}/{item.seq} of {item.vehicle_id}"
         watermark = self._watermark(item.vehicle_id, item.boot_epoch)
-        try:
-            state = await watermark.load()
-        except NATS_ERRORS as exc:
-            raise self._failed(label, "reading the watermark", exc) from exc
+        deadline = time.monotonic() + self._config.publish_retry_s
+        while True:
+            try:
+                state = await watermark.load()
+                break
+            except NATS_ERRORS as exc:
+                self.stats.publish_errors += 1
+                if time.monotonic() >= deadline:
+                    raise self._failed(label, "reading the watermark", exc) from exc
+                await asyncio.sleep(0.2)
         if state.holds(item.seq):
             self.stats.duplicates += 1
             # As in SQLite: a quarantined key is reported held only to a quarantined resend.
@@ -515,7 +521,10 @@ class JetStreamSink:
                 quarantined=quarantined and item.seq in state.quarantined,
             )
         duplicate = await self._publish(subject, payload, headers, label)
-        acked_seq, held = await watermark.mark(item.seq, quarantined and not duplicate)
+        try:
+            acked_seq, held = await watermark.mark(item.seq, quarantined and not duplicate)
+        except IngestError as exc:  # stored in the stream, not marked: the vehicle resends, a duplicate then
+            raise self._failed(label, "writing the watermark", exc) from exc
         if duplicate:
             self.stats.duplicates += 1
         else:
