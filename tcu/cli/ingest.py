@@ -152,6 +152,28 @@ def register(subparsers: Any) -> None:
         metavar="HOST:PORT",
         help="serve Prometheus /metrics and /healthz here (e.g. 127.0.0.1:9109; default: off)",
     )
+    bus = parser.add_argument_group("durable commands (NATS JetStream; default: in this process only)")
+    bus.add_argument(
+        "--commands-nats",
+        metavar="URL[,URL...]",
+        help="keep Fleet.SendCommand commands in JetStream, so any replica reaches the vehicle and a"
+        " command for an offline vehicle waits until it connects or expires (docs/commands.md)",
+    )
+    bus.add_argument(
+        "--commands-replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="JetStream replicas of the command streams: 3 on a 3-node cluster (default: 1)",
+    )
+    bus.add_argument(
+        "--commands-ack-wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a command delivered by a replica that died waits before another replica"
+        " delivers it again (default: 30)",
+    )
     parser.add_argument(
         "--check",
         action="store_true",
@@ -330,6 +352,19 @@ def run(args: argparse.Namespace) -> int:
 
     from tcu.sdnotify import Notifier, notify_settings
 
+    commands = None
+    if args.commands_nats:
+        from tcu.ingest.command_bus import CommandBusConfig, JetStreamCommandRouter
+
+        commands = JetStreamCommandRouter(
+            CommandBusConfig(
+                servers=tuple(url.strip() for url in args.commands_nats.split(",") if url.strip()),
+                name=f"tcu-ingest {config.listen}",
+                replicas=args.commands_replicas,
+                ack_wait_s=args.commands_ack_wait,
+            ),
+            max_pending=config.max_pending_commands,
+        )
     notifier = Notifier(notify_settings(os.environ))  # a no-op outside systemd (no $NOTIFY_SOCKET)
     try:
         asyncio.run(
@@ -338,6 +373,7 @@ def run(args: argparse.Namespace) -> int:
                 on_listening=on_listening,
                 notifier=notifier if notifier.enabled else None,
                 metrics_listen=args.metrics_listen,
+                commands=commands,
             )
         )
     finally:

@@ -19,7 +19,7 @@ from tcu.api.v1 import fleet_pb2 as fleet_pb
 from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
 from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.errors import ClosedResourceError, IngestError
-from tcu.ingest.commands import CommandRouter
+from tcu.ingest.commands import CommandPath, CommandRouter
 from tcu.ingest.config import IngestConfig
 from tcu.ingest.fleet import Caller, FleetService, peer_address, peer_host
 from tcu.ingest.hub import UpdateHub
@@ -58,7 +58,10 @@ class IngestServer:
     expired ones are refused (:class:`~tcu.pki.MtlsInterceptor`), vehicles may
     only call ``Ingest`` and backends only ``Fleet``, and every upload is bound
     to the vehicle id in the certificate. ``server_credentials`` and
-    ``identity`` override that (tests).
+    ``identity`` override that (tests). ``commands`` is the command router: by default the
+    in-process :class:`~tcu.ingest.commands.CommandRouter`; a
+    :class:`~tcu.ingest.command_bus.JetStreamCommandRouter` makes commands durable across
+    replicas (the server starts and closes it).
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class IngestServer:
         sink: Sink | None = None,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),  # type: ignore[type-arg]
         store_check_s: float = 1.0,
+        commands: CommandPath | None = None,
     ) -> None:
         self._config = config
         self._revocation: RevocationChecker | None = None
@@ -97,7 +101,9 @@ class IngestServer:
         self._server: grpc.aio.Server | None = None
         self._hub = UpdateHub(config.subscriber_queue, config.subscriber_max_bytes)
         self._ingest: IngestService | None = None
-        self._commands = CommandRouter(max_pending=config.max_pending_commands)
+        self._commands: CommandPath = (
+            commands if commands is not None else CommandRouter(max_pending=config.max_pending_commands)
+        )
         self.streams = StreamLimiter(
             max_streams=config.max_streams, max_per_identity=config.max_streams_per_identity
         )
@@ -123,7 +129,7 @@ class IngestServer:
         return dict(self._ingest.implausible_times) if self._ingest is not None else {}
 
     @property
-    def commands(self) -> CommandRouter:
+    def commands(self) -> CommandPath:
         """Connected vehicles and pending commands."""
         return self._commands
 
@@ -140,7 +146,12 @@ class IngestServer:
         if self._server is not None:
             raise IngestError("the ingest server is already started")
         config = self._config
-        sink: Sink = self._given_sink if self._given_sink is not None else await SqliteSink.open(config)
+        await self._commands.start()
+        try:
+            sink: Sink = self._given_sink if self._given_sink is not None else await SqliteSink.open(config)
+        except BaseException:
+            await self._commands.aclose()
+            raise
         self._sink = sink
         options: list[tuple[str, int]] = [
             *_CELLULAR_OPTIONS,
@@ -199,6 +210,7 @@ class IngestServer:
         except RuntimeError as exc:
             if self._given_sink is None:
                 await sink.aclose()
+            await self._commands.aclose()
             why = problem or _bind_problem(config.listen) or exc
             raise IngestError(f"ingest.listen: cannot listen on {config.listen}: {why}") from exc
         await server.start()
@@ -257,6 +269,7 @@ class IngestServer:
         self._hub.close()
         if self._server is not None:
             await self._server.stop(grace_s)
+        await self._commands.aclose()
         if self._sink is not None and self._given_sink is None:
             await self._sink.aclose()
         log.info("ingest stopped")
@@ -340,6 +353,7 @@ async def serve(
     stop: asyncio.Event | None = None,
     notifier: Notifier | None = None,
     metrics_listen: str | None = None,
+    commands: CommandPath | None = None,
 ) -> None:
     """Run the ingest until SIGTERM or SIGINT (or ``stop`` is set), then stop cleanly.
 
@@ -347,11 +361,12 @@ async def serve(
     With ``notifier`` (systemd), READY=1 follows, the watchdog follows the database writer
     and STOPPING=1 precedes the stop (:mod:`tcu.ingest.notify`). With ``metrics_listen``,
     Prometheus ``/metrics`` and ``/healthz`` are served there (:mod:`tcu.ingest.metrics`).
+    ``commands`` replaces the in-process command router (see :class:`IngestServer`).
     """
     from tcu.ingest.metrics import RpcCounter
 
     rpcs = RpcCounter()
-    server = IngestServer(config, interceptors=[rpcs] if metrics_listen else ())
+    server = IngestServer(config, interceptors=[rpcs] if metrics_listen else (), commands=commands)
     metrics: Any = None
     stop_event = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,0 +1,346 @@
+"""Durable commands across ingest replicas on real nats-server processes (issue 14).
+
+Two real ingest servers (gRPC on loopback; replica B a ``tcu ingest`` process where it must be
+killed) share one JetStream. The vehicle is the agent's own command executor
+(:class:`tcu.agent.commands.CommandHandler`: the signature verifier and its nonce store on
+disk) on a real Upload stream; a test kind counts how often the vehicle really ran a command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import grpc
+import nats
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from tcu.agent.commands import CommandHandler
+from tcu.api.v1 import fleet_pb2 as fleet_pb
+from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
+from tcu.api.v1 import ingest_pb2 as ingest_pb
+from tcu.api.v1 import ingest_pb2_grpc as ingest_grpc
+from tcu.api.v1 import telemetry_pb2 as telemetry_pb
+from tcu.config import CommandSettings
+from tcu.demo.nats import NatsCluster, NatsNode
+from tcu.ingest import IngestConfig, IngestServer
+from tcu.ingest.command_bus import COMMANDS_STREAM, CommandBusConfig, JetStreamCommandRouter
+from tcu.pki.commands import sign_command
+
+REPO = Path(__file__).resolve().parents[2]
+VIN = "WTCUSIM0000000001"
+KIND = "test.count"
+CATALOG = telemetry_pb.SignalCatalog(
+    catalog_id="cat-cmd",
+    signals=[
+        telemetry_pb.SignalInfo(
+            signal_id=1, name="Vehicle.Speed", unit="km/h", type=telemetry_pb.VALUE_TYPE_DOUBLE
+        )
+    ],
+)
+
+
+@dataclass
+class Keys:
+    signing: ed25519.Ed25519PrivateKey
+    verify_path: Path
+
+    def sign(self, command_id: str, *, ttl_s: float = 60.0, target: str = VIN) -> bytes:
+        return sign_command(self.signing, command_id=command_id, kind=KIND, target=target, ttl_s=ttl_s)
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    key = ed25519.Ed25519PrivateKey.generate()
+    path = tmp_path / "command-verify.pem"
+    path.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return Keys(key, path)
+
+
+@dataclass
+class Vehicle:
+    """One vehicle: the agent's CommandHandler (verifier + nonce store) on an Upload stream."""
+
+    keys: Keys
+    nonce_store: Path | Literal["memory"]
+    executed: list[str] = field(default_factory=list)
+    on_execute: Callable[[str], Awaitable[None]] | None = None
+    answers: list[ingest_pb.CommandResult] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _channel: grpc.aio.Channel | None = None
+    _call: Any = None
+
+    async def _count(self, payload: bytes, command_id: str) -> str | None:
+        self.executed.append(command_id)
+        if self.on_execute is not None:
+            await self.on_execute(command_id)
+        return None
+
+    async def connect(self, port: int) -> None:
+        """Open an Upload stream to the ingest on ``port`` (a new handler: as after an agent restart)."""
+        await self.disconnect()
+        outgoing: asyncio.Queue[ingest_pb.UploadRequest] = asyncio.Queue()
+
+        def send(request: ingest_pb.UploadRequest) -> None:
+            self.answers.append(request.command_result)
+            outgoing.put_nowait(request)
+
+        handler = CommandHandler(
+            CommandSettings(verify_key=self.keys.verify_path, nonce_store=self.nonce_store), VIN, send
+        )
+        handler.register(KIND, self._count)
+        self._channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        call = ingest_grpc.IngestStub(self._channel).Upload()
+        await call.write(
+            ingest_pb.UploadRequest(hello=ingest_pb.Hello(vehicle_id=VIN, boot_epoch=1, catalog=CATALOG))
+        )
+        self._call = call
+
+        async def read() -> None:
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+                async for response in call:
+                    if response.WhichOneof("kind") == "command":
+                        handler.on_command(response.command)
+
+        async def write() -> None:
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                while True:
+                    await call.write(await outgoing.get())
+
+        self._tasks = [asyncio.create_task(read()), asyncio.create_task(write())]
+
+    async def disconnect(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._call is not None:
+            self._call.cancel()
+        if self._channel is not None:
+            await self._channel.close()
+        self._call = self._channel = None
+
+
+def bus(urls: list[str], *, replicas: int = 1, name: str = "A") -> JetStreamCommandRouter:
+    return JetStreamCommandRouter(
+        CommandBusConfig(
+            servers=tuple(urls), name=name, replicas=replicas, ack_wait_s=2.0, request_timeout_s=2.0
+        )
+    )
+
+
+@contextlib.asynccontextmanager
+async def replica(
+    tmp_path: Path, urls: list[str], name: str, *, replicas: int = 1
+) -> AsyncIterator[IngestServer]:
+    """An in-process ingest server on a free loopback port with durable commands."""
+    server = IngestServer(
+        IngestConfig(insecure=True, listen="127.0.0.1:0", db_path=tmp_path / f"{name}.db"),
+        commands=bus(urls, replicas=replicas, name=name),
+    )
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(0)
+
+
+@contextlib.asynccontextmanager
+async def replica_process(
+    tmp_path: Path, url: str, name: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """``tcu ingest --commands-nats`` as its own process (so it can be SIGKILLed)."""
+    port_file = tmp_path / f"{name}.port"
+    log_file = (tmp_path / f"{name}.log").open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tcu.cli.main",
+        "ingest",
+        "--listen",
+        "127.0.0.1:0",
+        "--db",
+        str(tmp_path / f"{name}.db"),
+        "--port-file",
+        str(port_file),
+        "--insecure",
+        "--commands-nats",
+        url,
+        "--commands-ack-wait",
+        "2",
+        stderr=log_file,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            assert proc.returncode is None, (tmp_path / f"{name}.log").read_text()
+            assert time.monotonic() < deadline, "no port file"
+            await asyncio.sleep(0.05)
+        yield proc, int(port_file.read_text().strip())
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        log_file.close()
+
+
+async def send(port: int, envelope: bytes, command_id: str, timeout_ms: int) -> fleet_pb.SendCommandResponse:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        response: fleet_pb.SendCommandResponse = await fleet_grpc.FleetStub(channel).SendCommand(
+            fleet_pb.SendCommandRequest(
+                vehicle_id=VIN,
+                command_id=command_id,
+                kind=KIND,
+                signed_command=envelope,
+                timeout_ms=timeout_ms,
+            ),
+            timeout=60,
+        )
+    return response
+
+
+async def queued(url: str) -> int:
+    nc = await nats.connect(url)
+    try:
+        return int((await nc.jetstream().stream_info(COMMANDS_STREAM)).state.messages)
+    finally:
+        await nc.close()
+
+
+async def test_offline_command_reaches_the_vehicle_on_another_replica_and_the_sender_gets_the_result(
+    tmp_path: Path, nats_server: NatsNode, keys: Keys
+) -> None:
+    vehicle = Vehicle(keys, tmp_path / "nonces")
+    async with replica(tmp_path, [nats_server.url], "A") as a, replica(tmp_path, [nats_server.url], "B") as b:
+        sender = asyncio.create_task(send(a.bound_port, keys.sign("cmd-1"), "cmd-1", 20_000))
+        await asyncio.sleep(1.0)  # the vehicle is offline: the command waits in JetStream
+        assert not sender.done() and vehicle.executed == []
+        assert await queued(nats_server.url) == 1
+        await vehicle.connect(b.bound_port)
+        response = await asyncio.wait_for(sender, 20)
+        await vehicle.disconnect()
+    assert response.status == fleet_pb.COMMAND_STATUS_EXECUTED, response
+    assert vehicle.executed == ["cmd-1"]
+    assert await queued(nats_server.url) == 0  # acked: gone from the work queue
+
+
+async def test_result_of_a_call_that_timed_out_is_retrieved_by_sending_again(
+    tmp_path: Path, nats_server: NatsNode, keys: Keys
+) -> None:
+    vehicle = Vehicle(keys, tmp_path / "nonces")
+    envelope = keys.sign("cmd-2")
+    async with replica(tmp_path, [nats_server.url], "A") as a, replica(tmp_path, [nats_server.url], "B") as b:
+        first = await send(a.bound_port, envelope, "cmd-2", 300)
+        assert first.status == fleet_pb.COMMAND_STATUS_QUEUED, first
+        await vehicle.connect(b.bound_port)
+        deadline = time.monotonic() + 15
+        while not vehicle.answers:
+            assert time.monotonic() < deadline, "the vehicle never got the command"
+            await asyncio.sleep(0.05)
+        again = await send(a.bound_port, envelope, "cmd-2", 10_000)  # any replica: same answer
+        via_b = await send(b.bound_port, envelope, "cmd-2", 10_000)
+        await vehicle.disconnect()
+        assert a.commands.stats.duplicates >= 1  # type: ignore[attr-defined]
+    assert again.status == via_b.status == fleet_pb.COMMAND_STATUS_EXECUTED, (again, via_b)
+    assert vehicle.executed == ["cmd-2"]  # queued once, executed once
+
+
+async def test_expired_command_is_reported_to_the_sender_and_never_executed(
+    tmp_path: Path, nats_server: NatsNode, keys: Keys
+) -> None:
+    vehicle = Vehicle(keys, tmp_path / "nonces")
+    async with replica(tmp_path, [nats_server.url], "A") as a, replica(tmp_path, [nats_server.url], "B") as b:
+        response = await send(a.bound_port, keys.sign("cmd-3", ttl_s=1.0), "cmd-3", 10_000)
+        assert response.status == fleet_pb.COMMAND_STATUS_EXPIRED, response
+        assert "never delivered" in response.reason
+        await vehicle.connect(b.bound_port)  # connects after the expiry: the queued copy is dropped
+        deadline = time.monotonic() + 10
+        while await queued(nats_server.url):
+            assert time.monotonic() < deadline, "the expired command stayed queued"
+            await asyncio.sleep(0.1)
+        again = await send(b.bound_port, keys.sign("cmd-3", ttl_s=1.0), "cmd-3", 1000)
+        await vehicle.disconnect()
+    assert again.status == fleet_pb.COMMAND_STATUS_EXPIRED
+    assert vehicle.executed == [] and vehicle.answers == []
+
+
+@pytest.mark.parametrize("nonce_store", ["disk", "memory"])
+async def test_replica_killed_between_delivery_and_result_runs_the_command_once(
+    tmp_path: Path, nats_server: NatsNode, keys: Keys, nonce_store: str
+) -> None:
+    """Replica B (a process) is SIGKILLed while the vehicle runs the command, before the result is
+    recorded; JetStream redelivers it through replica A when the vehicle reconnects there.
+
+    With its nonce store on disk the vehicle refuses the second delivery: executed once, outcome
+    UNKNOWN saying so. The "memory" case is the check failing on purpose: a vehicle whose restarted
+    agent forgot its nonces runs the command twice, and this harness sees it."""
+    vehicle = Vehicle(keys, tmp_path / "nonces" if nonce_store == "disk" else "memory")
+    async with (
+        replica(tmp_path, [nats_server.url], "A") as a,
+        replica_process(tmp_path, nats_server.url, "B") as (
+            b_proc,
+            b_port,
+        ),
+    ):
+
+        async def kill_b(command_id: str) -> None:
+            if b_proc.returncode is None:
+                b_proc.send_signal(signal.SIGKILL)
+                await b_proc.wait()
+
+        vehicle.on_execute = kill_b
+        await vehicle.connect(b_port)
+        sender = asyncio.create_task(send(a.bound_port, keys.sign("cmd-4"), "cmd-4", 30_000))
+        deadline = time.monotonic() + 15
+        while b_proc.returncode is None:
+            assert time.monotonic() < deadline, "B never delivered"
+            await asyncio.sleep(0.05)
+        vehicle.on_execute = None
+        await vehicle.connect(a.bound_port)  # the vehicle reconnects to the other replica
+        response = await asyncio.wait_for(sender, 30)
+        await vehicle.disconnect()
+        stats = a.commands.stats  # type: ignore[attr-defined]
+    assert stats.redelivered == 1
+    if nonce_store == "disk":
+        assert vehicle.executed == ["cmd-4"]
+        assert response.status == fleet_pb.COMMAND_STATUS_UNKNOWN, response
+        assert "earlier delivery" in response.reason and "replayed" in response.reason
+    else:
+        assert vehicle.executed == ["cmd-4", "cmd-4"]  # the double execution is visible
+        assert response.status == fleet_pb.COMMAND_STATUS_EXECUTED
+
+
+async def test_cluster_offline_command_executes_via_another_replica_after_a_node_dies(
+    tmp_path: Path, nats_cluster: NatsCluster, keys: Keys
+) -> None:
+    """3 nodes, streams with 3 replicas; replica A talks to node 0, B to node 1; node 2 dies while
+    the command waits."""
+    vehicle = Vehicle(keys, tmp_path / "nonces")
+    urls = nats_cluster.urls
+    async with (
+        replica(tmp_path, [urls[0]], "A", replicas=3) as a,
+        replica(tmp_path, [urls[1]], "B", replicas=3) as b,
+    ):
+        sender = asyncio.create_task(send(a.bound_port, keys.sign("cmd-5"), "cmd-5", 30_000))
+        await asyncio.sleep(1.0)
+        nats_cluster.nodes[2].kill()
+        await vehicle.connect(b.bound_port)
+        response = await asyncio.wait_for(sender, 30)
+        await vehicle.disconnect()
+    assert response.status == fleet_pb.COMMAND_STATUS_EXECUTED, response
+    assert vehicle.executed == ["cmd-5"]
