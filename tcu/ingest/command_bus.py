@@ -542,6 +542,8 @@ class JetStreamCommandRouter:
         loop = asyncio.get_running_loop()
         delivered = False
         while True:
+            if self._closed:  # the command stays queued; sending it again gets its outcome
+                raise ClosedResourceError("the ingest is shutting down")
             register = await self._register(vehicle_id, command_id)
             if register.final is not None:
                 return register.final
@@ -569,7 +571,7 @@ class JetStreamCommandRouter:
                 break
             wake_s = (lost_after_ns if delivered else expires_ns) - now_ns
             with contextlib.suppress(nats.errors.TimeoutError):
-                await sub.next_msg(timeout=max(0.001, min(remaining, wake_s / _NS_PER_S)))
+                await sub.next_msg(timeout=max(0.001, min(remaining, wake_s / _NS_PER_S, 1.0)))
         if delivered:
             return CommandOutcome(
                 CommandState.TIMEOUT,

@@ -35,6 +35,7 @@ from tcu.config import CommandSettings
 from tcu.demo.nats import NatsCluster, NatsNode
 from tcu.ingest import IngestConfig, IngestServer
 from tcu.ingest.command_bus import COMMANDS_STREAM, CommandBusConfig, JetStreamCommandRouter
+from tcu.ingest.metrics import RpcCounter, ingest_snapshot
 from tcu.pki.commands import sign_command
 
 REPO = Path(__file__).resolve().parents[2]
@@ -234,6 +235,9 @@ async def test_offline_command_reaches_the_vehicle_on_another_replica_and_the_se
         await vehicle.connect(b.bound_port)
         response = await asyncio.wait_for(sender, 20)
         await vehicle.disconnect()
+        families = {f.name: f.samples for f in ingest_snapshot(b, RpcCounter())}
+    assert families["tcu_ingest_commands_delivered"] == [((), 1.0)]
+    assert families["tcu_ingest_command_outcomes"] == [(("EXECUTED",), 1.0)]
     assert response.status == fleet_pb.COMMAND_STATUS_EXECUTED, response
     assert vehicle.executed == ["cmd-1"]
     assert await queued(nats_server.url) == 0  # acked: gone from the work queue
@@ -344,3 +348,26 @@ async def test_cluster_offline_command_executes_via_another_replica_after_a_node
         await vehicle.disconnect()
     assert response.status == fleet_pb.COMMAND_STATUS_EXECUTED, response
     assert vehicle.executed == ["cmd-5"]
+
+
+async def test_sending_replica_stops_while_waiting_and_the_outcome_is_kept(
+    tmp_path: Path, nats_server: NatsNode, keys: Keys
+) -> None:
+    """The sender's replica goes away: its call ends UNAVAILABLE, the command stays queued, runs
+    when the vehicle connects elsewhere, and the same command sent to that replica returns it."""
+    vehicle = Vehicle(keys, tmp_path / "nonces")
+    envelope = keys.sign("cmd-6")
+    async with replica(tmp_path, [nats_server.url], "B") as b:
+        async with replica(tmp_path, [nats_server.url], "A") as a:
+            sender = asyncio.create_task(send(a.bound_port, envelope, "cmd-6", 30_000))
+            await asyncio.sleep(0.5)
+            await a.stop(1.0)
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                await asyncio.wait_for(sender, 10)
+            assert ended.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert await queued(nats_server.url) == 1
+        await vehicle.connect(b.bound_port)
+        response = await send(b.bound_port, envelope, "cmd-6", 10_000)
+        await vehicle.disconnect()
+    assert response.status == fleet_pb.COMMAND_STATUS_EXECUTED, response
+    assert vehicle.executed == ["cmd-6"]
