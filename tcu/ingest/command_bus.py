@@ -56,6 +56,7 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
+from google.protobuf.message import DecodeError
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -178,6 +179,8 @@ class CommandBusStats:
     """Records this replica tried to write after another writer (the other one counts)."""
     bus_errors: int = 0
     """JetStream requests that failed (logged each)."""
+    malformed: int = 0
+    """Messages on a vehicle's command subject that were not a queued command (removed, logged)."""
 
 
 def command_subject(vehicle_id: str) -> str:
@@ -615,9 +618,13 @@ class JetStreamCommandRouter:
                         await self._deliver(vehicle_id, msg)
             except ClosedResourceError:
                 return
-            except (nats.errors.Error, CommandUnavailable) as exc:
+            except (nats.errors.Error, CommandUnavailable, TimeoutError) as exc:
                 self.stats.bus_errors += 1
                 log.warning("command bus: pulling the commands of %s failed (retrying): %s", vehicle_id, exc)
+                await asyncio.sleep(backoff_s)
+            except Exception:  # a bug must not end the vehicle's commands silently: loud, and go on
+                self.stats.bus_errors += 1
+                log.exception("command bus: pulling the commands of %s failed (retrying)", vehicle_id)
                 await asyncio.sleep(backoff_s)
             finally:
                 with contextlib.suppress(nats.errors.Error):
@@ -625,8 +632,18 @@ class JetStreamCommandRouter:
 
     async def _pull_subscription(self, vehicle_id: str) -> JetStreamContext.PullSubscription:
         js = self._jetstream()
-        config = self._config
         name = consumer_name(vehicle_id)
+        try:
+            await self._add_consumer(js, name, vehicle_id)
+        except nats.js.errors.BadRequestError as exc:
+            # A consumer of this name with another configuration (a replica started with other
+            # settings): use it as it is, and say so.
+            await js.consumer_info(COMMANDS_STREAM, name)
+            log.warning("command bus: consumer %s of %s kept as it is: %s", name, vehicle_id, exc)
+        return await js.pull_subscribe_bind(durable=name, stream=COMMANDS_STREAM)
+
+    async def _add_consumer(self, js: JetStreamContext, name: str, vehicle_id: str) -> None:
+        config = self._config
         await js.add_consumer(
             COMMANDS_STREAM,
             ConsumerConfig(
@@ -642,13 +659,23 @@ class JetStreamCommandRouter:
                 inactive_threshold=config.consumer_inactive_s,
             ),
         )
-        return await js.pull_subscribe_bind(durable=name, stream=COMMANDS_STREAM)
 
     async def _deliver(self, vehicle_id: str, msg: Msg) -> None:
         """One command message: finish it from its register, or deliver it and record the outcome."""
-        command = ingest_pb.VehicleCommand.FromString(msg.data)
         headers = msg.headers or {}
-        expires_ns = int(headers.get("Tcu-Expires-Ns", "0"))
+        try:
+            command = ingest_pb.VehicleCommand.FromString(msg.data)
+            expires_ns = int(headers["Tcu-Expires-Ns"])
+        except (DecodeError, KeyError, ValueError) as exc:
+            self.stats.malformed += 1
+            log.error(
+                "command bus: a message on %s is not a queued command (%s: %s); removed (term)",
+                msg.subject,
+                type(exc).__name__,
+                exc,
+            )
+            await msg.term()
+            return
         command_id = command.command_id
         keepalive = asyncio.create_task(self._keep_alive(msg), name=f"tcu.ingest.commands.ack[{command_id}]")
         try:
@@ -709,7 +736,7 @@ class JetStreamCommandRouter:
                     "the vehicle accepted this command on an earlier delivery whose answer was lost, and"
                     f" refused this redelivery ({outcome.reason}): it ran once; its own result is unknown",
                 )
-            await self._write(vehicle_id, command_id, seq, outcome)
+            await self._record_final(vehicle_id, command_id, seq, outcome)
             await msg.ack()
         except asyncio.CancelledError:
             # The vehicle's last stream here ended, or the ingest stops: hand it on at once.
@@ -718,6 +745,27 @@ class JetStreamCommandRouter:
             raise
         finally:
             keepalive.cancel()
+
+    async def _record_final(
+        self, vehicle_id: str, command_id: str, seq: int, outcome: CommandOutcome
+    ) -> None:
+        """Write the vehicle's outcome, retrying through a JetStream failover: once the vehicle has
+        answered, a lost write would turn its answer into UNKNOWN on the redelivery."""
+        for attempt in range(20):
+            try:
+                await self._write(vehicle_id, command_id, seq, outcome)
+                return
+            except CommandUnavailable as exc:
+                if attempt == 19:
+                    log.error(
+                        "command %s for %s: outcome %s not recorded (%s); the redelivery will say UNKNOWN",
+                        command_id,
+                        vehicle_id,
+                        outcome.state.name,
+                        exc,
+                    )
+                    raise
+                await asyncio.sleep(0.5)
 
     async def _keep_alive(self, msg: Msg) -> None:
         """Tell JetStream the delivery is in progress, so it is not handed to another replica."""

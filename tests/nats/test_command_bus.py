@@ -34,7 +34,7 @@ from tcu.api.v1 import telemetry_pb2 as telemetry_pb
 from tcu.config import CommandSettings
 from tcu.demo.nats import NatsCluster, NatsNode
 from tcu.ingest import IngestConfig, IngestServer
-from tcu.ingest.command_bus import COMMANDS_STREAM, CommandBusConfig, JetStreamCommandRouter
+from tcu.ingest.command_bus import COMMANDS_STREAM, CommandBusConfig, JetStreamCommandRouter, command_subject
 from tcu.ingest.metrics import RpcCounter, ingest_snapshot
 from tcu.pki.commands import sign_command
 
@@ -371,3 +371,21 @@ async def test_sending_replica_stops_while_waiting_and_the_outcome_is_kept(
         await vehicle.disconnect()
     assert response.status == fleet_pb.COMMAND_STATUS_EXECUTED, response
     assert vehicle.executed == ["cmd-6"]
+
+
+async def test_a_foreign_message_on_the_command_subject_is_removed_loudly_and_commands_go_on(
+    tmp_path: Path, nats_server: NatsNode, keys: Keys
+) -> None:
+    vehicle = Vehicle(keys, tmp_path / "nonces")
+    async with replica(tmp_path, [nats_server.url], "A") as a:
+        nc = await nats.connect(nats_server.url)
+        try:
+            await nc.jetstream().publish(command_subject(VIN), b"\xff not a command")
+        finally:
+            await nc.close()
+        await vehicle.connect(a.bound_port)
+        response = await send(a.bound_port, keys.sign("cmd-7"), "cmd-7", 10_000)
+        await vehicle.disconnect()
+        stats = a.commands.stats  # type: ignore[attr-defined]
+    assert response.status == fleet_pb.COMMAND_STATUS_EXECUTED, response
+    assert stats.malformed == 1 and vehicle.executed == ["cmd-7"]
