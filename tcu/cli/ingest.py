@@ -1,5 +1,13 @@
 """``tcu ingest``: run the cloud ingest (gRPC Upload + Fleet API on an SQLite database).
 
+``tcu ingest --sink jetstream --nats URL ...`` runs a stateless replica on a NATS JetStream
+stream instead; ``tcu ingest archive --db PATH --nats URL ...`` writes that stream into the
+SQLite database the replicas answer Fleet.Query and ListVehicles from.
+
+``tcu ingest --sink jetstream --nats URL ...`` runs a stateless replica on a NATS JetStream
+stream instead; ``tcu ingest archive --db PATH --nats URL ...`` writes that stream into the
+SQLite database the replicas answer Fleet.Query and ListVehicles from.
+
 ``tcu ingest quarantine --db PATH [--vehicle VIN] [--export DIR] [--json]`` lists the
 batches the ingest kept in quarantine (malformed content) and exports their bytes.
 """
@@ -36,6 +44,23 @@ It serves tcu.api.v1.Ingest, tcu.api.v1.Fleet, grpc.health.v1.Health and server 
 Stop it with SIGINT or SIGTERM: in-flight batches are acked, then the database is closed.
 
   tcu ingest quarantine --db ./ingest.db --export ./quarantined   # batches kept as malformed
+
+scale-out on a NATS JetStream cluster (any number of replicas, one archive):
+  tcu ingest --sink jetstream --nats nats://10.0.0.1:4222 --nats nats://10.0.0.2:4222 \\
+      --stream-replicas 3 --db ./archive.db --pki ./pki --listen 0.0.0.0:50051
+  tcu ingest archive --nats nats://10.0.0.1:4222 --stream-replicas 3 --db ./archive.db
+With --sink jetstream, Fleet.SendCommand commands are durable on the same servers (any replica
+reaches the vehicle; a command waits for an offline vehicle until it expires); --commands jetstream
+gives the same to a single SQLite ingest, --commands local turns it off.
+"""
+
+_ARCHIVE_EXAMPLE = """\\
+example:
+  tcu ingest archive --nats nats://127.0.0.1:4222 --db ./archive.db
+
+A durable pull consumer (--durable, default tcu-archive) of the stream: each message is acked
+to JetStream only after the SQLite commit that holds it, so a killed archive restarts where it
+was without losing or duplicating a batch. Stop it with SIGINT or SIGTERM.
 """
 
 
@@ -68,6 +93,58 @@ _LIMIT_FLAGS: tuple[tuple[str, str, type, str], ...] = (
 _DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(IngestConfig)}
 
 
+def _add_nats_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("NATS JetStream (--sink jetstream and the archive)")
+    group.add_argument(
+        "--nats",
+        action="append",
+        metavar="URL",
+        help="a NATS server (nats://HOST:PORT or tls://HOST:PORT); repeat for the nodes of a cluster",
+    )
+    group.add_argument(
+        "--stream", default="TCU_TELEMETRY", metavar="NAME", help="the stream (default: TCU_TELEMETRY)"
+    )
+    group.add_argument(
+        "--stream-replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="replicas of the stream and its buckets when they are created: 1 on one server, 3 in a cluster",
+    )
+    group.add_argument("--nats-creds", type=Path, metavar="PATH", help="NATS credentials file (JWT + seed)")
+    group.add_argument("--nats-ca", type=Path, metavar="PEM", help="CA of the NATS servers' certificates")
+    group.add_argument("--nats-cert", type=Path, metavar="PEM", help="client certificate towards NATS")
+    group.add_argument("--nats-key", type=Path, metavar="PEM", help="the client certificate's private key")
+    group.add_argument(
+        "--publish-retry",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="retry one publish this long (a cluster failing over) before its stream ends (default: 10)",
+    )
+
+
+def _jetstream(args: argparse.Namespace) -> Any:
+    from tcu.errors import ConfigError
+    from tcu.ingest.config import JetStreamConfig, NatsTls
+
+    if not args.nats:
+        raise ConfigError("the JetStream sink needs at least one NATS server: give --nats URL", key="--nats")
+    tls = None
+    if args.nats_ca is not None:
+        tls = NatsTls(ca=args.nats_ca, cert=args.nats_cert, key=args.nats_key)
+    elif args.nats_cert is not None or args.nats_key is not None:
+        raise ConfigError("--nats-cert and --nats-key need --nats-ca", key="--nats-ca")
+    return JetStreamConfig(
+        servers=tuple(args.nats),
+        stream=args.stream,
+        replicas=args.stream_replicas,
+        credentials=args.nats_creds,
+        tls=tls,
+        publish_retry_s=args.publish_retry,
+    )
+
+
 def register(subparsers: Any) -> None:
     """Add the ``ingest`` subcommand."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
@@ -89,7 +166,19 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="share the port with other processes (SO_REUSEPORT); without it a port in use is refused",
     )
-    parser.add_argument("--db", type=Path, metavar="PATH", help="SQLite database file (required)")
+    parser.add_argument(
+        "--db",
+        type=Path,
+        metavar="PATH",
+        help="SQLite database file (required); with --sink jetstream the archive's, read for Query and"
+        " ListVehicles",
+    )
+    parser.add_argument(
+        "--sink",
+        choices=("sqlite", "jetstream"),
+        default="sqlite",
+        help="where batches go: the SQLite file (default) or a NATS JetStream stream (stateless replicas)",
+    )
     parser.add_argument(
         "--port-file",
         type=Path,
@@ -152,19 +241,14 @@ def register(subparsers: Any) -> None:
         metavar="HOST:PORT",
         help="serve Prometheus /metrics and /healthz here (e.g. 127.0.0.1:9109; default: off)",
     )
-    bus = parser.add_argument_group("durable commands (NATS JetStream; default: in this process only)")
+    bus = parser.add_argument_group("commands (Fleet.SendCommand)")
     bus.add_argument(
-        "--commands-nats",
-        metavar="URL[,URL...]",
-        help="keep Fleet.SendCommand commands in JetStream, so any replica reaches the vehicle and a"
-        " command for an offline vehicle waits until it connects or expires (docs/commands.md)",
-    )
-    bus.add_argument(
-        "--commands-replicas",
-        type=int,
-        default=1,
-        metavar="N",
-        help="JetStream replicas of the command streams: 3 on a 3-node cluster (default: 1)",
+        "--commands",
+        choices=("local", "jetstream"),
+        help="jetstream: durable commands on the --nats servers, so any replica reaches the vehicle and"
+        " a command for an offline vehicle waits until it connects or expires (docs/commands.md);"
+        " local: only this process's streams, for the length of the call (default: jetstream with"
+        " --sink jetstream, else local)",
     )
     bus.add_argument(
         "--commands-ack-wait",
@@ -180,8 +264,9 @@ def register(subparsers: Any) -> None:
         help="validate the TLS files and their dates, the database and the listen port, print a summary"
         " and exit: 1 with every problem listed",
     )
+    _add_nats_flags(parser)
     parser.set_defaults(func=run)
-    sub = parser.add_subparsers(title="commands", metavar="{quarantine}")
+    sub = parser.add_subparsers(title="commands", metavar="{quarantine,archive}")
     quarantine = sub.add_parser(
         "quarantine",
         help="list or export the batches kept in quarantine",
@@ -199,6 +284,76 @@ def register(subparsers: Any) -> None:
     )
     quarantine.add_argument("--json", action="store_true", help="one JSON object per batch on stdout")
     quarantine.set_defaults(func=run_quarantine)
+    archive = sub.add_parser(
+        "archive",
+        help="write the JetStream stream into the SQLite database (history for Fleet.Query)",
+        description="Consume the JetStream sink's stream with a durable consumer and store every batch,"
+        " quarantined batch and check-in in the SQLite database, with the SQLite sink's schema and dedup.",
+        epilog=_ARCHIVE_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    archive.add_argument("--db", required=True, type=Path, metavar="PATH", help="the SQLite database")
+    archive.add_argument(
+        "--durable",
+        default="tcu-archive",
+        metavar="NAME",
+        help="durable consumer name (default: tcu-archive)",
+    )
+    archive.add_argument(
+        "--fetch-batch",
+        type=int,
+        default=256,
+        metavar="N",
+        help="messages per fetch and commit (default: 256)",
+    )
+    archive.add_argument(
+        "--sqlite-synchronous",
+        choices=("FULL", "NORMAL"),
+        default="FULL",
+        help="FULL survives power loss, NORMAL only a process crash (default: FULL)",
+    )
+    _add_nats_flags(archive)
+    archive.set_defaults(func=run_archive)
+
+
+def run_archive(args: argparse.Namespace) -> int:
+    """Run the archive consumer until SIGINT or SIGTERM."""
+    import signal
+
+    from tcu.ingest.archive import Archive
+
+    config = IngestConfig(
+        db_path=args.db,
+        sqlite_synchronous=args.sqlite_synchronous,
+        insecure=True,  # the archive serves no port; the field is the gRPC server's
+        jetstream=_jetstream(args),
+    )
+    archive = Archive(config, durable=args.durable, fetch_batch=args.fetch_batch)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        ready = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+
+        async def say_ready() -> None:
+            await ready.wait()
+            print(
+                f"tcu ingest archive: consuming {args.stream} as {args.durable} into {args.db}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        announce = asyncio.create_task(say_ready())
+        try:
+            await archive.run(stop, on_ready=ready)
+        finally:
+            announce.cancel()
+
+    asyncio.run(main())
+    print(f"tcu ingest archive: stopped: {archive.stats}", file=sys.stderr)
+    return 0
 
 
 def run_quarantine(args: argparse.Namespace) -> int:
@@ -307,8 +462,19 @@ def _check(args: argparse.Namespace) -> int:
         tls = _tls(args)
     except TcuError as exc:
         tls_error = str(exc)
+    jetstream = None
+    if args.sink == "jetstream":
+        try:
+            jetstream = _jetstream(args)
+        except TcuError as exc:
+            tls_error = f"{tls_error}; {exc}" if tls_error else str(exc)
     report = check_ingest(
-        listen=args.listen, db_path=args.db, tls=tls, tls_error=tls_error, insecure=args.insecure
+        listen=args.listen,
+        db_path=args.db,
+        tls=tls,
+        tls_error=tls_error,
+        insecure=args.insecure,
+        jetstream=jetstream,
     )
     for line in report.lines():
         print(line)
@@ -328,6 +494,8 @@ def run(args: argparse.Namespace) -> int:
         listen=args.listen,
         reuse_port=args.reuse_port,
         db_path=args.db,
+        sink=args.sink,
+        jetstream=_jetstream(args) if args.sink == "jetstream" else None,
         sqlite_synchronous=args.sqlite_synchronous,
         grace_s=args.grace,
         tls=_tls(args),
@@ -353,14 +521,13 @@ def run(args: argparse.Namespace) -> int:
     from tcu.sdnotify import Notifier, notify_settings
 
     commands = None
-    if args.commands_nats:
+    if (args.commands or ("jetstream" if args.sink == "jetstream" else "local")) == "jetstream":
         from tcu.ingest.command_bus import CommandBusConfig, JetStreamCommandRouter
 
         commands = JetStreamCommandRouter(
             CommandBusConfig(
-                servers=tuple(url.strip() for url in args.commands_nats.split(",") if url.strip()),
-                name=f"tcu-ingest {config.listen}",
-                replicas=args.commands_replicas,
+                nats=config.jetstream if config.jetstream is not None else _jetstream(args),
+                name=f"tcu-ingest commands {config.listen}",
                 ack_wait_s=args.commands_ack_wait,
             ),
             max_pending=config.max_pending_commands,

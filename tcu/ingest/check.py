@@ -11,13 +11,13 @@ import sqlite3
 from pathlib import Path
 
 from tcu.checks import CheckReport, check_certificate, check_listen, check_private_key, check_writable_dir
-from tcu.ingest.config import IngestTls
+from tcu.ingest.config import IngestTls, JetStreamConfig
 
 __all__ = ["check_ingest"]
 
 
 def check_database(path: Path, report: CheckReport) -> None:
-    from tcu.ingest.store import _SCHEMA_VERSION
+    from tcu.ingest.store.schema import SCHEMA_VERSION as _SCHEMA_VERSION
 
     if not path.exists():
         check_writable_dir(path.parent, "--db (a new database)", report)
@@ -40,10 +40,62 @@ def check_database(path: Path, report: CheckReport) -> None:
     report.ok.append(f"--db: {path}: schema {_SCHEMA_VERSION}")
 
 
+def check_jetstream(config: JetStreamConfig, report: CheckReport) -> None:
+    """The NATS servers answer, JetStream is enabled, and the stream exists (or will be created)."""
+    import asyncio
+
+    async def probe() -> None:
+        import nats.js.errors
+
+        from tcu.errors import IngestError
+        from tcu.ingest.jetstream import NATS_ERRORS, connect
+
+        try:
+            client = await connect(config, name="tcu-ingest-check")
+        except IngestError as exc:
+            report.problems.append(f"--nats: {exc}")
+            return
+        try:
+            js = client.jetstream(timeout=config.publish_timeout_s)
+            try:
+                info = await js.stream_info(config.stream)
+            except nats.js.errors.NotFoundError:
+                report.ok.append(
+                    f"--nats: {client.connected_url}: JetStream answers; stream {config.stream} will be"
+                    f" created with {config.replicas} replicas"
+                )
+                return
+            except NATS_ERRORS as exc:
+                report.problems.append(
+                    f"--nats: JetStream on {client.connected_url}: {type(exc).__name__}: {exc}"
+                )
+                return
+            line = (
+                f"--nats: {client.connected_url}: stream {config.stream}, {info.state.messages} messages,"
+                f" {info.config.num_replicas} replicas"
+            )
+            if info.config.num_replicas != config.replicas:
+                report.warnings.append(f"{line} (--stream-replicas {config.replicas} is not applied to it)")
+            else:
+                report.ok.append(line)
+        finally:
+            await client.close()
+
+    asyncio.run(probe())
+
+
 def check_ingest(
-    *, listen: str, db_path: Path | None, tls: IngestTls | None, tls_error: str | None, insecure: bool
+    *,
+    listen: str,
+    db_path: Path | None,
+    tls: IngestTls | None,
+    tls_error: str | None,
+    insecure: bool,
+    jetstream: JetStreamConfig | None = None,
 ) -> CheckReport:
     report = CheckReport()
+    if jetstream is not None:
+        check_jetstream(jetstream, report)
     if tls_error is not None:
         report.problems.append(tls_error)
     if tls is not None:

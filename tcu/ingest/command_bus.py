@@ -82,6 +82,8 @@ from tcu.ingest.commands import (
     CommandUnavailable,
     Link,
 )
+from tcu.ingest.config import JetStreamConfig
+from tcu.ingest.jetstream import connect
 
 __all__ = [
     "COMMANDS_STREAM",
@@ -121,14 +123,13 @@ _STATUS_OF = {state: status for status, state in _STATE_OF.items()}
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CommandBusConfig:
-    """Where and how durable commands are kept (``tcu ingest --commands-nats``)."""
+    """Where and how durable commands are kept (``tcu ingest --commands jetstream``)."""
 
-    servers: tuple[str, ...]
-    """NATS URLs (``nats://127.0.0.1:4222``); any node of the cluster will do, all is better."""
-    name: str = "tcu-ingest"
+    nats: JetStreamConfig
+    """The NATS servers, credentials and TLS (those of the JetStream sink, ``--nats``); its
+    ``replicas`` are the command streams' too (3 on a 3-node cluster, 1 on a single server)."""
+    name: str = "tcu-ingest commands"
     """This replica's connection name (the NATS monitor and the log show it)."""
-    replicas: int = 1
-    """Stream replicas: 3 on a 3-node cluster, 1 on a single server."""
     ack_wait_s: float = 30.0
     """How long a delivery may go unacknowledged before JetStream hands the command to the next
     replica that pulls (the delay after a replica dies; a live replica extends it while it waits)."""
@@ -147,10 +148,8 @@ class CommandBusConfig:
     """One JetStream request (publish, read of a register)."""
 
     def __post_init__(self) -> None:
-        if not self.servers:
-            raise IngestError("command bus: no NATS server URL")
-        if self.replicas < 1 or self.max_queued < 1:
-            raise IngestError("command bus: replicas and max_queued must be at least 1")
+        if self.max_queued < 1:
+            raise IngestError("command bus: max_queued must be at least 1")
         for key in (
             "ack_wait_s",
             "answer_timeout_s",
@@ -259,19 +258,7 @@ class JetStreamCommandRouter:
     async def start(self) -> None:
         """Connect to NATS and make sure both streams exist."""
         config = self._config
-        try:
-            self._nc = await nats.connect(
-                servers=list(config.servers),
-                name=config.name,
-                connect_timeout=config.request_timeout_s,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                error_cb=self._on_error,
-                disconnected_cb=self._on_disconnected,
-                reconnected_cb=self._on_reconnected,
-            )
-        except (nats.errors.Error, OSError, TimeoutError) as exc:
-            raise IngestError(f"command bus: cannot connect to NATS {list(config.servers)}: {exc}") from exc
+        self._nc = await connect(config.nats, name=config.name)  # IngestError when none answers
         self._js = self._nc.jetstream(timeout=config.request_timeout_s)
         age_s = _MAX_VALIDITY_S + 2 * config.max_skew_s
         await self._ensure_stream(
@@ -280,7 +267,7 @@ class JetStreamCommandRouter:
                 subjects=[f"{_COMMANDS_PREFIX}.>"],
                 retention=RetentionPolicy.WORK_QUEUE,
                 storage=StorageType.FILE,
-                num_replicas=config.replicas,
+                num_replicas=config.nats.replicas,
                 max_age=age_s,
                 duplicate_window=age_s,
                 max_msgs=config.max_queued,
@@ -293,16 +280,16 @@ class JetStreamCommandRouter:
                 subjects=[f"{_RESULTS_PREFIX}.>"],
                 retention=RetentionPolicy.LIMITS,
                 storage=StorageType.FILE,
-                num_replicas=config.replicas,
+                num_replicas=config.nats.replicas,
                 max_age=config.results_max_age_s,
             )
         )
         log.info(
             "command bus: durable commands on JetStream %s (streams %s, %s; replicas %d)",
-            ",".join(config.servers),
+            ",".join(config.nats.servers),
             COMMANDS_STREAM,
             RESULTS_STREAM,
-            config.replicas,
+            config.nats.replicas,
         )
 
     async def _ensure_stream(self, stream: StreamConfig) -> None:
@@ -336,17 +323,6 @@ class JetStreamCommandRouter:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await self._nc.drain()
         self._nc = None
-
-    async def _on_error(self, exc: Exception) -> None:
-        log.warning("command bus: NATS: %s", exc)
-
-    async def _on_disconnected(self) -> None:
-        if not self._closed:
-            log.warning("command bus: disconnected from NATS; reconnecting")
-
-    async def _on_reconnected(self) -> None:
-        url = self._nc.connected_url if self._nc is not None else None
-        log.warning("command bus: reconnected to NATS %s", url.netloc if url is not None else "?")
 
     def _jetstream(self) -> JetStreamContext:
         if self._js is None:

@@ -8,7 +8,7 @@ from typing import Literal
 
 from tcu.errors import ConfigError
 
-__all__ = ["IngestConfig", "IngestTls"]
+__all__ = ["IngestConfig", "IngestTls", "JetStreamConfig", "NatsTls"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -26,6 +26,72 @@ class IngestTls:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class NatsTls:
+    """TLS towards the NATS servers, as file paths (client certificate and key optional)."""
+
+    ca: Path
+    """CA certificate(s) the NATS servers' certificates chain to."""
+    cert: Path | None = None
+    """Client certificate (PEM) when the servers verify clients (mTLS)."""
+    key: Path | None = None
+    """The client certificate's private key (PEM)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JetStreamConfig:
+    """Where the JetStream sink (``sink = "jetstream"``) and ``tcu ingest archive`` keep batches.
+
+    Batches go to stream ``stream`` on subjects ``<subject_prefix>.telemetry.<vehicle>``
+    (quarantined ones ``.quarantine.<vehicle>``, check-ins ``.checkin.<vehicle>``); the
+    acked watermarks and the catalogs live in the key-value buckets ``<stream>_WATERMARKS``
+    and ``<stream>_CATALOGS`` with the same number of replicas.
+    """
+
+    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    """NATS server URLs (any node of the cluster; the client fails over between them)."""
+    stream: str = "TCU_TELEMETRY"
+    subject_prefix: str = "tcu.v1"
+    replicas: int = 1
+    """Stream and bucket replicas: 1 on a single server, 3 in a 3-node cluster."""
+    duplicate_window_s: float = 120.0
+    """JetStream's Nats-Msg-Id dedup window (duplicates older than it are still stored once:
+    the watermark says so before publishing, and the archive's key is unique)."""
+    credentials: Path | None = None
+    """NATS credentials file (JWT and NKey seed), when the servers require one."""
+    tls: NatsTls | None = None
+    connect_timeout_s: float = 5.0
+    publish_timeout_s: float = 5.0
+    """Wait for one PubAck (or key-value answer)."""
+    publish_retry_s: float = 10.0
+    """How long one batch is retried with the same Nats-Msg-Id (a cluster failing over) before its
+    stream ends with UNAVAILABLE (the vehicle resends it)."""
+
+    def __post_init__(self) -> None:
+        if not self.servers:
+            raise ConfigError("at least one NATS server URL is needed", key="jetstream.servers")
+        for url in self.servers:
+            if "://" not in url:
+                raise ConfigError(
+                    f"expected nats://HOST:PORT or tls://HOST:PORT, got {url!r}", key="jetstream.servers"
+                )
+        if not 1 <= self.replicas <= 5:
+            raise ConfigError(f"must be 1 to 5, got {self.replicas}", key="jetstream.replicas")
+        for key in ("stream", "subject_prefix"):
+            value = getattr(self, key)
+            if not value or any(c in value for c in " *>\t") or (key == "stream" and "." in value):
+                raise ConfigError(f"not a usable name: {value!r}", key=f"jetstream.{key}")
+        for key in ("duplicate_window_s", "connect_timeout_s", "publish_timeout_s"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"must be positive, got {getattr(self, key)}", key=f"jetstream.{key}")
+        if self.publish_retry_s < 0:
+            raise ConfigError(
+                f"must not be negative, got {self.publish_retry_s}", key="jetstream.publish_retry_s"
+            )
+        if self.tls is not None and (self.tls.cert is None) != (self.tls.key is None):
+            raise ConfigError("the client certificate and key go together", key="jetstream.tls")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class IngestConfig:
     """Everything the ingest server needs; built by the CLI or by tests, never from the environment.
 
@@ -34,7 +100,14 @@ class IngestConfig:
     """
 
     db_path: Path
-    """SQLite database file of the embedded sink (created if missing; WAL mode)."""
+    """SQLite database file of the embedded sink (created if missing; WAL mode). With
+    ``sink = "jetstream"`` the archive's database (``tcu ingest archive``), which this
+    replica reads for Fleet.Query and ListVehicles."""
+    sink: Literal["sqlite", "jetstream"] = "sqlite"
+    """Where accepted batches go: the embedded SQLite file, or a NATS JetStream stream
+    (stateless replicas; see :mod:`tcu.ingest.jetstream`)."""
+    jetstream: JetStreamConfig | None = None
+    """The JetStream stream, servers and credentials (required with ``sink = "jetstream"``)."""
     listen: str = "127.0.0.1:50051"
     """``host:port`` to listen on; port 0 picks a free port."""
     reuse_port: bool = False
@@ -181,6 +254,12 @@ class IngestConfig:
                 f"must be positive and at most command_timeout_max_s={self.command_timeout_max_s},"
                 f" got {self.command_timeout_s}",
                 key="ingest.command_timeout_s",
+            )
+        if self.sink not in ("sqlite", "jetstream"):
+            raise ConfigError(f"must be sqlite or jetstream, got {self.sink!r}", key="ingest.sink")
+        if self.sink == "jetstream" and self.jetstream is None:
+            raise ConfigError(
+                "the jetstream sink needs the NATS servers (jetstream.servers)", key="ingest.sink"
             )
         if self.max_batches_per_s <= 0 or self.batch_burst < 1:
             raise ConfigError("must be positive", key="ingest.max_batches_per_s")

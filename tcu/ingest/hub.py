@@ -218,6 +218,17 @@ class UpdateHub:
                 )
                 sub._offer(update, update.ByteSize())
 
+    def overflow_all(self, why: str) -> None:
+        """End every subscriber as if it had fallen behind (its next get raises
+        :class:`SubscriberOverflow` with a count): the feed of this hub lost updates (``why``),
+        so no subscriber may go on with a silent gap."""
+        if not self._subscribers:
+            return
+        log.error("live updates lost upstream (%s): ending %d subscribers", why, len(self._subscribers))
+        for sub in list(self._subscribers):
+            if not sub.missed:
+                sub._overflow()
+
     def close(self) -> None:
         """End every subscription (their next get returns None). Idempotent."""
         self._closed = True

@@ -8,8 +8,9 @@ import errno
 import logging
 import signal
 import socket
+import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health_pb2 as health_pb
@@ -30,6 +31,9 @@ from tcu.ingest.streams import StreamLimiter
 from tcu.ingest.validate import Limits
 from tcu.pki import INGEST_POLICY, MtlsInterceptor, RevocationChecker, peer_identity, server_credentials
 from tcu.sdnotify import Notifier
+
+if TYPE_CHECKING:
+    from tcu.ingest.jetstream import JetStreamSink
 
 __all__ = ["SERVICE_NAMES", "IngestServer", "serve"]
 
@@ -148,11 +152,21 @@ class IngestServer:
         config = self._config
         await self._commands.start()
         try:
-            sink: Sink = self._given_sink if self._given_sink is not None else await SqliteSink.open(config)
+            sink: Sink = self._given_sink if self._given_sink is not None else await _open_sink(config)
         except BaseException:
             await self._commands.aclose()
             raise
         self._sink = sink
+        stream_sink = _jetstream(sink)
+        from_stream = stream_sink is not None
+        if stream_sink is not None:  # Subscribe is fed from the shared stream, not from this process
+            try:
+                await stream_sink.feed(self._hub)
+            except BaseException:
+                if self._given_sink is None:
+                    await sink.aclose()
+                await self._commands.aclose()
+                raise
         options: list[tuple[str, int]] = [
             *_CELLULAR_OPTIONS,
             ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -177,6 +191,7 @@ class IngestServer:
             commands=self._commands,
             streams=self.streams,
             hello_timeout_s=config.hello_timeout_s,
+            publish_live=not from_stream,
         )
         add_to_server(self._ingest, server)  # Upload keeps each batch's bytes as received
         fleet_grpc.add_FleetServicer_to_server(
@@ -221,7 +236,12 @@ class IngestServer:
         for name in ("", INGEST_SERVICE, FLEET_SERVICE):
             await self._health.set(name, health_pb.HealthCheckResponse.SERVING)
         self._store_task = asyncio.create_task(self._watch_store(), name="tcu.ingest.store-health")
-        log.info("ingest listening on %s (port %d), database %s", config.listen, port, config.db_path)
+        log.info(
+            "ingest listening on %s (port %d), %s",
+            config.listen,
+            port,
+            f"JetStream sink, history from {config.db_path}" if from_stream else f"database {config.db_path}",
+        )
         return port
 
     async def stop(self, grace_s: float | None = None) -> None:
@@ -277,6 +297,22 @@ class IngestServer:
     async def wait_for_termination(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
+
+
+async def _open_sink(config: IngestConfig) -> Sink:
+    if config.sink == "jetstream":
+        from tcu.ingest.jetstream import JetStreamSink
+
+        return await JetStreamSink.open(config)
+    return await SqliteSink.open(config)
+
+
+def _jetstream(sink: Sink) -> JetStreamSink | None:
+    module = sys.modules.get("tcu.ingest.jetstream")  # not imported: not a JetStream sink (no nats import)
+    if module is None:
+        return None
+    found: JetStreamSink | None = sink if isinstance(sink, module.JetStreamSink) else None
+    return found
 
 
 def _bind_problem(listen: str) -> str | None:

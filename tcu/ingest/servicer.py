@@ -205,8 +205,12 @@ class IngestService(ingest_grpc.IngestServicer):
         commands: CommandPath | None = None,
         streams: StreamLimiter | None = None,
         hello_timeout_s: float = 30.0,
+        publish_live: bool = True,
     ) -> None:
         self._sink = sink
+        self._publish_live = publish_live
+        """Offer each newly stored batch to the hub (False: the sink feeds the hub itself, from
+        the shared stream, as the JetStream sink does)."""
         self._hello_timeout_s = hello_timeout_s
         self._streams = (
             streams if streams is not None else StreamLimiter(max_streams=10_000, max_per_identity=4)
@@ -406,7 +410,8 @@ class IngestService(ingest_grpc.IngestServicer):
             except IngestError as exc:
                 out.put_nowait(_Stop(grpc.StatusCode.UNAVAILABLE, f"batch seq {item.batch.seq}: {exc}"))
                 return
-            if not result.duplicate and not result.quarantined and isinstance(item.batch, Batch):
+            new = not result.duplicate and not result.quarantined
+            if self._publish_live and new and isinstance(item.batch, Batch):
                 self._hub.publish(item.batch)
             out.put_nowait(_Ack(item.batch, result))
 

@@ -35,6 +35,7 @@ from tcu.config import CommandSettings
 from tcu.demo.nats import NatsCluster, NatsNode
 from tcu.ingest import IngestConfig, IngestServer
 from tcu.ingest.command_bus import COMMANDS_STREAM, CommandBusConfig, JetStreamCommandRouter, command_subject
+from tcu.ingest.config import JetStreamConfig
 from tcu.ingest.metrics import RpcCounter, ingest_snapshot
 from tcu.pki.commands import sign_command
 
@@ -139,7 +140,10 @@ class Vehicle:
 def bus(urls: list[str], *, replicas: int = 1, name: str = "A") -> JetStreamCommandRouter:
     return JetStreamCommandRouter(
         CommandBusConfig(
-            servers=tuple(urls), name=name, replicas=replicas, ack_wait_s=2.0, request_timeout_s=2.0
+            nats=JetStreamConfig(servers=tuple(urls), replicas=replicas),
+            name=name,
+            ack_wait_s=2.0,
+            request_timeout_s=2.0,
         )
     )
 
@@ -164,7 +168,7 @@ async def replica(
 async def replica_process(
     tmp_path: Path, url: str, name: str
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
-    """``tcu ingest --commands-nats`` as its own process (so it can be SIGKILLed)."""
+    """``tcu ingest --commands jetstream`` as its own process (so it can be SIGKILLed)."""
     port_file = tmp_path / f"{name}.port"
     log_file = (tmp_path / f"{name}.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
@@ -179,7 +183,9 @@ async def replica_process(
         "--port-file",
         str(port_file),
         "--insecure",
-        "--commands-nats",
+        "--commands",
+        "jetstream",
+        "--nats",
         url,
         "--commands-ack-wait",
         "2",
