@@ -1,15 +1,16 @@
 """Durable commands over NATS JetStream: ``Fleet.SendCommand`` on any ingest replica reaches the
 vehicle through whichever replica holds its Upload stream, also when the vehicle connects later.
 
-Two streams (created by the first replica that starts; the same configuration on every one):
+Two streams (created by the first replica that starts; the same configuration on every one),
+on subjects outside the JetStream sink's ``tcu.v1.>`` (two streams may not share a subject):
 
-* ``TCU_COMMANDS``, subjects ``tcu.v1.commands.<VIN>``, work-queue retention: the commands
+* ``TCU_COMMANDS``, subjects ``tcu.commands.v1.<VIN>``, work-queue retention: the commands
   waiting for their vehicle. A message is the ``VehicleCommand`` (the backend's signed envelope
   unchanged: replicas never re-sign, the vehicle verifies) with the headers ``Tcu-Command-Id``
   and ``Tcu-Expires-Ns`` (the envelope's ``expires_ns``, read, not verified) and
   ``Nats-Msg-Id`` = ``<VIN>/<command id>``, so a command sent again, to any replica, is queued
   once (the duplicate window is as long as a command can be valid).
-* ``TCU_COMMAND_RESULTS``, subjects ``tcu.v1.command-results.<VIN>.<command id, base64url>``:
+* ``TCU_COMMAND_RESULTS``, subjects ``tcu.command-results.v1.<VIN>.<command id, base64url>``:
   per command a small register, at most two records, each published with
   ``Nats-Expected-Last-Subject-Sequence`` so that the first writer wins:
 
@@ -101,8 +102,8 @@ log = logging.getLogger(__name__)
 
 COMMANDS_STREAM = "TCU_COMMANDS"
 RESULTS_STREAM = "TCU_COMMAND_RESULTS"
-_COMMANDS_PREFIX = "tcu.v1.commands"
-_RESULTS_PREFIX = "tcu.v1.command-results"
+_COMMANDS_PREFIX = "tcu.commands.v1"
+_RESULTS_PREFIX = "tcu.command-results.v1"
 _RECORD = "Tcu-Record"
 _DELIVERED = "delivered"
 _FINAL = "final"

@@ -23,7 +23,8 @@ Metric names (all prefixed ``tcu_ingest_``; counters end in ``_total``):
 ``commands_bus_errors_total``                 counter  JetStream requests that failed (each logged)
 ============================================  =======  ===========================================
 
-The ``commands_*`` families are there only with durable commands (``--commands jetstream``, the default of ``--sink jetstream``).
+The ``commands_*`` families are there only with durable commands (``--commands jetstream``, the
+default of ``--sink jetstream``).
 
 The mean group size is ``batches_total / commit_groups_total`` and the mean commit
 latency ``commit_seconds_total / commit_groups_total`` (rates of both in PromQL).
