@@ -395,3 +395,37 @@ async def test_a_foreign_message_on_the_command_subject_is_removed_loudly_and_co
         stats = a.commands.stats  # type: ignore[attr-defined]
     assert response.status == fleet_pb.COMMAND_STATUS_EXECUTED, response
     assert stats.malformed == 1 and vehicle.executed == ["cmd-7"]
+
+
+async def test_cli_asks_again_with_the_command_id_of_a_queued_answer(
+    tmp_path: Path, nats_server: NatsNode, keys: Keys
+) -> None:
+    """``tcu fleet command``: a QUEUED answer names the id; the same --command-id later gets the outcome."""
+    signing = tmp_path / "command-signing.key"
+    signing.write_bytes(
+        keys.signing.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    vehicle = Vehicle(keys, tmp_path / "nonces")
+
+    async def fleet_command(port: int, timeout_s: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "tcu.cli.main", "fleet", "command", VIN, KIND, "--payload", "x"),
+            *("--target", f"127.0.0.1:{port}", "--insecure", "--signing-key", str(signing)),
+            *("--timeout", timeout_s, "--command-id", "cli-1"),
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode()
+
+    async with replica(tmp_path, [nats_server.url], "A") as a, replica(tmp_path, [nats_server.url], "B") as b:
+        code, first = await fleet_command(a.bound_port, "0.5")
+        assert code == 1 and first.startswith(f"{VIN}: QUEUED: ") and "--command-id cli-1" in first, first
+        await vehicle.connect(b.bound_port)
+        code, again = await fleet_command(a.bound_port, "10")
+        await vehicle.disconnect()
+    assert (code, again.strip()) == (0, f"{VIN}: EXECUTED")
+    assert vehicle.executed == ["cli-1"]
