@@ -459,19 +459,31 @@ class JetStreamCommandRouter:
             sub = await self._nc.subscribe(result_subject(vehicle_id, command_id))
         except nats.errors.Error as exc:
             raise CommandUnavailable(f"command bus: {exc}") from exc
+        queued = False
         try:
-            register = await self._register(vehicle_id, command_id)
-            if register.final is not None:
-                self.stats.duplicates += 1
-                return register.final
-            if not register.delivered:
-                if self._clock() >= expires_ns:
-                    outcome = await self._expire(vehicle_id, command_id, expires_ns)
-                    if outcome is not None:
-                        return outcome
-                else:
-                    await self._queue(command, vehicle_id, expires_ns)
-            return await self._await_outcome(sub, vehicle_id, command_id, expires_ns, deadline)
+            while True:
+                try:
+                    register = await self._register(vehicle_id, command_id)
+                    if register.final is not None:
+                        if not queued:
+                            self.stats.duplicates += 1
+                        return register.final
+                    if not register.delivered:
+                        if self._clock() >= expires_ns:
+                            outcome = await self._expire(vehicle_id, command_id, expires_ns)
+                            if outcome is not None:
+                                return outcome
+                        elif not queued:
+                            await self._queue(command, vehicle_id, expires_ns)
+                            queued = True
+                    return await self._await_outcome(sub, vehicle_id, command_id, expires_ns, deadline)
+                except CommandUnavailable as exc:
+                    # A cluster electing a stream leader answers nothing for a few seconds: the
+                    # call goes on until its own deadline (queuing again is deduplicated).
+                    if self._closed or loop.time() + 0.5 >= deadline:
+                        raise
+                    log.warning("%s; retrying until the call's deadline", exc)
+                    await asyncio.sleep(0.5)
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
@@ -680,6 +692,16 @@ class JetStreamCommandRouter:
                     break
             if redelivery:
                 self.stats.redelivered += 1
+                if self._clock() > expires_ns + int(self._config.max_skew_s * _NS_PER_S):
+                    # The vehicle would refuse it as expired, which would hide an earlier run.
+                    outcome = CommandOutcome(
+                        CommandState.UNKNOWN,
+                        "delivered before its expiry, but that delivery's answer was lost, and the"
+                        " vehicle can no longer run it: it ran at most once",
+                    )
+                    await self._record_final(vehicle_id, command_id, seq, outcome)
+                    await msg.ack()
+                    return
                 log.warning(
                     "command %s for vehicle %s was delivered before without a recorded answer (a replica"
                     " died or the stream ended); delivering it again: the vehicle refuses a second run",
@@ -712,6 +734,16 @@ class JetStreamCommandRouter:
                     CommandState.UNKNOWN,
                     "the vehicle accepted this command on an earlier delivery whose answer was lost, and"
                     f" refused this redelivery ({outcome.reason}): it ran once; its own result is unknown",
+                )
+            elif (
+                redelivery
+                and outcome.state is CommandState.REJECTED
+                and outcome.reason.startswith("expired")
+            ):
+                outcome = CommandOutcome(
+                    CommandState.UNKNOWN,
+                    f"the vehicle refused this redelivery ({outcome.reason}); an earlier delivery whose"
+                    " answer was lost may have run it: it ran at most once",
                 )
             await self._record_final(vehicle_id, command_id, seq, outcome)
             await msg.ack()

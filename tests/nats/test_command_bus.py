@@ -137,25 +137,28 @@ class Vehicle:
         self._call = self._channel = None
 
 
-def bus(urls: list[str], *, replicas: int = 1, name: str = "A") -> JetStreamCommandRouter:
+def bus(
+    urls: list[str], *, replicas: int = 1, name: str = "A", max_skew_s: float = 30.0
+) -> JetStreamCommandRouter:
     return JetStreamCommandRouter(
         CommandBusConfig(
             nats=JetStreamConfig(servers=tuple(urls), replicas=replicas),
             name=name,
             ack_wait_s=2.0,
             request_timeout_s=2.0,
+            max_skew_s=max_skew_s,
         )
     )
 
 
 @contextlib.asynccontextmanager
 async def replica(
-    tmp_path: Path, urls: list[str], name: str, *, replicas: int = 1
+    tmp_path: Path, urls: list[str], name: str, *, replicas: int = 1, max_skew_s: float = 30.0
 ) -> AsyncIterator[IngestServer]:
     """An in-process ingest server on a free loopback port with durable commands."""
     server = IngestServer(
         IngestConfig(insecure=True, listen="127.0.0.1:0", db_path=tmp_path / f"{name}.db"),
-        commands=bus(urls, replicas=replicas, name=name),
+        commands=bus(urls, replicas=replicas, name=name, max_skew_s=max_skew_s),
     )
     await server.start()
     try:
@@ -429,3 +432,36 @@ async def test_cli_asks_again_with_the_command_id_of_a_queued_answer(
         await vehicle.disconnect()
     assert (code, again.strip()) == (0, f"{VIN}: EXECUTED")
     assert vehicle.executed == ["cli-1"]
+
+
+async def test_redelivery_after_the_expiry_is_not_delivered_and_says_unknown(
+    tmp_path: Path, nats_server: NatsNode, keys: Keys
+) -> None:
+    """Replica B dies while the vehicle runs a short-lived command; when the vehicle reconnects to A
+    the command has expired: A must not deliver it (the vehicle's "expired" would hide the first
+    run) and records UNKNOWN."""
+    vehicle = Vehicle(keys, tmp_path / "nonces")
+    envelope = keys.sign("cmd-8", ttl_s=3.0)
+    async with (
+        replica(tmp_path, [nats_server.url], "A", max_skew_s=0.0) as a,
+        replica_process(tmp_path, nats_server.url, "B") as (b_proc, b_port),
+    ):
+
+        async def kill_b(command_id: str) -> None:
+            b_proc.send_signal(signal.SIGKILL)
+            await b_proc.wait()
+
+        vehicle.on_execute = kill_b
+        await vehicle.connect(b_port)
+        sender = asyncio.create_task(send(a.bound_port, envelope, "cmd-8", 30_000))
+        deadline = time.monotonic() + 15
+        while b_proc.returncode is None:
+            assert time.monotonic() < deadline, "B never delivered"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(3.0)  # past expires_ns
+        await vehicle.connect(a.bound_port)
+        response = await asyncio.wait_for(sender, 30)
+        await vehicle.disconnect()
+    assert response.status == fleet_pb.COMMAND_STATUS_UNKNOWN, response
+    assert "can no longer run it" in response.reason
+    assert vehicle.executed == ["cmd-8"] and len(vehicle.answers) == 1  # not delivered again
