@@ -307,6 +307,14 @@ def register(subparsers: Any) -> None:
         help="messages per fetch and commit (default: 256)",
     )
     archive.add_argument(
+        "--ack-wait",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="messages fetched by an archive that died unacked are delivered again after this long"
+        " (the consumer's ack wait, set when it is created; default: 10)",
+    )
+    archive.add_argument(
         "--sqlite-synchronous",
         choices=("FULL", "NORMAL"),
         default="FULL",
@@ -328,7 +336,7 @@ def run_archive(args: argparse.Namespace) -> int:
         insecure=True,  # the archive serves no port; the field is the gRPC server's
         jetstream=_jetstream(args),
     )
-    archive = Archive(config, durable=args.durable, fetch_batch=args.fetch_batch)
+    archive = Archive(config, durable=args.durable, fetch_batch=args.fetch_batch, ack_wait_s=args.ack_wait)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -515,7 +523,15 @@ def run(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise ConfigError(f"cannot write the port file: {exc}", key="--port-file") from exc
         print(
-            f"tcu ingest: listening on {host}:{port} (database {config.db_path})", file=sys.stderr, flush=True
+            f"tcu ingest: listening on {host}:{port} ("
+            + (
+                f"JetStream {config.jetstream.stream}, history from {config.db_path}"
+                if config.jetstream is not None
+                else f"database {config.db_path}"
+            )
+            + ")",
+            file=sys.stderr,
+            flush=True,
         )
 
     from tcu.sdnotify import Notifier, notify_settings

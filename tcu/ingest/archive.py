@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,14 @@ from nats.js.kv import KeyValue
 from tcu.errors import IngestError
 from tcu.ingest import _jsformat as fmt
 from tcu.ingest.config import IngestConfig
-from tcu.ingest.jetstream import NATS_ERRORS, connect, ensure_stream, open_buckets, read_catalog
+from tcu.ingest.jetstream import (
+    NATS_ERRORS,
+    connect,
+    ensure_stream,
+    open_buckets,
+    open_shared_database,
+    read_catalog,
+)
 from tcu.ingest.model import Batch, Catalog, QuarantinedBatch, StoreResult
 from tcu.ingest.store import SqliteSink
 from tcu.logutil import RateLimitedLog
@@ -50,6 +58,8 @@ __all__ = ["Archive", "ArchiveStats", "Audit", "audit_archive"]
 log = logging.getLogger(__name__)
 
 DURABLE: Final = "tcu-archive"
+_SETUP_S: Final = 30.0
+"""How long the archive tries to find or create the stream, buckets and consumer at start."""
 
 
 @dataclass(slots=True)
@@ -72,7 +82,14 @@ class ArchiveStats:
 class Archive:
     """Consume the stream into ``config.db_path``; ``await Archive(config).run(stop)``."""
 
-    def __init__(self, config: IngestConfig, *, durable: str = DURABLE, fetch_batch: int = 256) -> None:
+    def __init__(
+        self,
+        config: IngestConfig,
+        *,
+        durable: str = DURABLE,
+        fetch_batch: int = 256,
+        ack_wait_s: float = 10.0,
+    ) -> None:
         if config.jetstream is None:
             raise IngestError("the archive needs the JetStream settings (servers, stream)")
         if fetch_batch < 1:
@@ -81,20 +98,23 @@ class Archive:
         self._js_config = config.jetstream
         self._durable = durable
         self._fetch_batch = fetch_batch
+        self._ack_wait_s = ack_wait_s
+        """Messages a killed archive had fetched but not acked come again after this long."""
         self._catalogs: dict[tuple[str, str], Catalog] = {}
         self._failures = RateLimitedLog(log)
         self.stats = ArchiveStats()
 
     async def run(self, stop: asyncio.Event, *, on_ready: asyncio.Event | None = None) -> None:
         """Archive until ``stop`` is set; the batch being written is committed and acked first."""
-        sink = await SqliteSink.open(self._config)
+        sink = await open_shared_database(self._config)
         try:
             client = await connect(self._js_config, name="tcu-archive")
             try:
                 await self._consume(client, sink, stop, on_ready)
             finally:
+                # Every ack was flushed after its fetch; a drain would wait out the pull subscription.
                 with contextlib.suppress(*NATS_ERRORS):
-                    await client.drain()
+                    await client.close()
         finally:
             await sink.aclose()
         log.info("archive stopped: %s", self.stats)
@@ -104,22 +124,31 @@ class Archive:
     ) -> None:
         cfg = self._js_config
         js = client.jetstream(timeout=cfg.publish_timeout_s)
-        await ensure_stream(js, cfg)
-        _, catalogs = await open_buckets(js, cfg)
-        try:
-            pull = await js.pull_subscribe(
-                f"{cfg.subject_prefix}.>",
-                durable=self._durable,
-                stream=cfg.stream,
-                config=ConsumerConfig(
-                    ack_policy=AckPolicy.EXPLICIT,
-                    deliver_policy=DeliverPolicy.ALL,
-                    ack_wait=60.0,
-                    max_ack_pending=self._fetch_batch * 4,
-                ),
-            )
-        except NATS_ERRORS as exc:
-            raise IngestError(f"JetStream consumer {self._durable} on {cfg.stream}: {exc}") from exc
+        deadline = time.monotonic() + _SETUP_S
+        while True:  # a cluster that lost a node may take a few seconds to answer for the stream
+            try:
+                await ensure_stream(js, cfg)
+                _, catalogs = await open_buckets(js, cfg)
+                try:
+                    pull = await js.pull_subscribe(
+                        f"{cfg.subject_prefix}.>",
+                        durable=self._durable,
+                        stream=cfg.stream,
+                        config=ConsumerConfig(
+                            ack_policy=AckPolicy.EXPLICIT,
+                            deliver_policy=DeliverPolicy.ALL,
+                            ack_wait=self._ack_wait_s,
+                            max_ack_pending=self._fetch_batch * 4,
+                        ),
+                    )
+                except NATS_ERRORS as exc:
+                    raise IngestError(f"JetStream consumer {self._durable} on {cfg.stream}: {exc!r}") from exc
+                break
+            except IngestError as exc:
+                if time.monotonic() >= deadline or stop.is_set():
+                    raise
+                log.warning("archive: %s; trying again", exc)
+                await asyncio.sleep(0.5)
         log.info("archive: consuming %s as %s into %s", cfg.stream, self._durable, self._config.db_path)
         if on_ready is not None:
             on_ready.set()
@@ -141,11 +170,23 @@ class Archive:
                     self._failures.log("fetch", logging.WARNING, "archive: fetch failed (%s), retrying", exc)
                     await asyncio.sleep(0.5)
                     continue
-                await self._write(messages, sink, catalogs)
+                progress = asyncio.create_task(self._in_progress(messages))
+                try:
+                    await self._write(messages, sink, catalogs)
+                finally:
+                    progress.cancel()
                 with contextlib.suppress(*NATS_ERRORS):
                     await client.flush(timeout=max(1, int(cfg.publish_timeout_s)))
         finally:
             stopping.cancel()
+
+    async def _in_progress(self, messages: list[Msg]) -> None:
+        """A commit that takes longer than half the ack wait tells JetStream the messages are in work."""
+        while True:
+            await asyncio.sleep(self._ack_wait_s / 2)
+            for msg in messages:
+                with contextlib.suppress(*NATS_ERRORS):
+                    await msg.in_progress()
 
     async def _item(
         self, msg: Msg, catalogs: KeyValue
@@ -198,17 +239,16 @@ class Archive:
         # All handed to the writer at once: one group commit (FIFO per vehicle, as queued).
         tasks = [asyncio.ensure_future(put(item)) if item is not None else None for item in items]
         await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
+        answers: list[tuple[Msg, float]] = []  # (message, 0: committed, else nak delay): after the group
         for msg, item, task in zip(messages, items, tasks, strict=True):
             if task is None or item is None:
-                with contextlib.suppress(*NATS_ERRORS):
-                    await msg.nak(delay=5.0)
+                answers.append((msg, 5.0))  # no key: it will not read better at once
                 continue
             error = task.exception()
             if error is not None:
                 self.stats.failed += 1
                 self._failures.log("commit", logging.ERROR, "archive: storing failed, will retry: %s", error)
-                with contextlib.suppress(*NATS_ERRORS):
-                    await msg.nak(delay=1.0)
+                answers.append((msg, 1.0))
                 continue
             result = task.result()
             if result is None:
@@ -219,9 +259,14 @@ class Archive:
                 self.stats.quarantined += 1
             else:
                 self.stats.stored += 1
+            answers.append((msg, 0.0))
+        for msg, nak_delay in answers:
             try:
-                await msg.ack()  # after the commit: a kill before this redelivers, and dedup keeps one
-                self.stats.acked += 1
+                if not nak_delay:
+                    await msg.ack()  # after the commit: a kill before this redelivers, and dedup keeps one
+                    self.stats.acked += 1
+                else:
+                    await msg.nak(delay=nak_delay)
             except NATS_ERRORS as exc:
                 self._failures.log(
                     "ack", logging.WARNING, "archive: ack failed (it will come again): %s", exc

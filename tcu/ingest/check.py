@@ -48,7 +48,7 @@ def check_jetstream(config: JetStreamConfig, report: CheckReport) -> None:
         import nats.js.errors
 
         from tcu.errors import IngestError
-        from tcu.ingest.jetstream import NATS_ERRORS, connect
+        from tcu.ingest.jetstream import NATS_ERRORS, connect, where
 
         try:
             client = await connect(config, name="tcu-ingest-check")
@@ -61,17 +61,15 @@ def check_jetstream(config: JetStreamConfig, report: CheckReport) -> None:
                 info = await js.stream_info(config.stream)
             except nats.js.errors.NotFoundError:
                 report.ok.append(
-                    f"--nats: {client.connected_url}: JetStream answers; stream {config.stream} will be"
+                    f"--nats: {where(client)}: JetStream answers; stream {config.stream} will be"
                     f" created with {config.replicas} replicas"
                 )
                 return
             except NATS_ERRORS as exc:
-                report.problems.append(
-                    f"--nats: JetStream on {client.connected_url}: {type(exc).__name__}: {exc}"
-                )
+                report.problems.append(f"--nats: JetStream on {where(client)}: {type(exc).__name__}: {exc}")
                 return
             line = (
-                f"--nats: {client.connected_url}: stream {config.stream}, {info.state.messages} messages,"
+                f"--nats: {where(client)}: stream {config.stream}, {info.state.messages} messages,"
                 f" {info.config.num_replicas} replicas"
             )
             if info.config.num_replicas != config.replicas:

@@ -82,11 +82,15 @@ from tcu.ingest.store import SqliteSink
 from tcu.logutil import RateLimitedLog
 
 __all__ = [
+    "NATS_ERRORS",
     "JetStreamSink",
     "JetStreamStats",
     "connect",
     "ensure_stream",
     "open_buckets",
+    "open_shared_database",
+    "read_catalog",
+    "where",
 ]
 
 log = logging.getLogger(__name__)
@@ -149,11 +153,11 @@ async def connect(
         log.log(logging.WARNING if up else logging.DEBUG, "NATS (%s): %s", name, exc)
 
     async def on_disconnect() -> None:
-        if up:
+        if up and not (client.is_closed or client.is_draining):
             log.warning("NATS (%s): disconnected, reconnecting", name)
 
     async def on_reconnect() -> None:
-        log.warning("NATS (%s): reconnected to %s", name, client.connected_url)
+        log.warning("NATS (%s): reconnected to %s", name, where(client))
 
     options: dict[str, Any] = {
         "servers": list(config.servers),
@@ -187,6 +191,11 @@ async def connect(
     client.options["max_reconnect_attempts"] = -1  # once connected, keep reconnecting (fail over)
     up = True
     return client
+
+
+def where(client: NatsClient) -> str:
+    url = client.connected_url
+    return url.netloc if url is not None else "?"
 
 
 def stream_config(config: JetStreamConfig) -> StreamConfig:
@@ -422,7 +431,7 @@ class JetStreamSink:
             js = client.jetstream(timeout=js_config.publish_timeout_s)
             await ensure_stream(js, js_config)
             watermarks, catalogs = await open_buckets(js, js_config)
-            archive = await SqliteSink.open(config) if read_archive else None
+            archive = await open_shared_database(config) if read_archive else None
         except BaseException:
             with contextlib.suppress(*NATS_ERRORS):
                 await client.close()
@@ -499,8 +508,11 @@ class JetStreamSink:
             raise self._failed(label, "reading the watermark", exc) from exc
         if state.holds(item.seq):
             self.stats.duplicates += 1
+            # As in SQLite: a quarantined key is reported held only to a quarantined resend.
             return StoreResult(
-                duplicate=True, acked_seq=state.acked_seq, quarantined=item.seq in state.quarantined
+                duplicate=True,
+                acked_seq=state.acked_seq,
+                quarantined=quarantined and item.seq in state.quarantined,
             )
         duplicate = await self._publish(subject, payload, headers, label)
         acked_seq, held = await watermark.mark(item.seq, quarantined and not duplicate)
@@ -509,7 +521,7 @@ class JetStreamSink:
         else:
             self.stats.published += 1
         self.stats.last_error = ""
-        return StoreResult(duplicate=duplicate, acked_seq=acked_seq, quarantined=held)
+        return StoreResult(duplicate=duplicate, acked_seq=acked_seq, quarantined=quarantined and held)
 
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str], label: str) -> bool:
         """Publish until a PubAck comes (same Nats-Msg-Id every time); True for a JetStream duplicate."""
@@ -670,6 +682,25 @@ class JetStreamSink:
             stats.duplicates,
             stats.failed,
         )
+
+
+async def open_shared_database(config: IngestConfig, *, attempts: int = 5) -> SqliteSink:
+    """The archive's database, opened by several processes at once (replicas and the archive).
+
+    The first open of a new file creates its tables; two processes doing that at the same
+    moment collide on the schema row, and the one that lost finds the tables made on a retry.
+    """
+    for attempt in range(attempts):
+        try:
+            return await SqliteSink.open(config)
+        except IngestError as exc:
+            if attempt == attempts - 1:
+                raise
+            log.info(
+                "opening %s failed (%s); again (another process may be creating it)", config.db_path, exc
+            )
+            await asyncio.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 async def read_catalog(

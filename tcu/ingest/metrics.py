@@ -32,6 +32,7 @@ latency ``commit_seconds_total / commit_groups_total`` (rates of both in PromQL)
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ import grpc
 from tcu.metrics import Family
 
 if TYPE_CHECKING:
+    from tcu.ingest.jetstream import JetStreamSink
     from tcu.ingest.server import IngestServer
 
 __all__ = ["RpcCounter", "ingest_health", "ingest_snapshot"]
@@ -90,6 +92,18 @@ def ingest_snapshot(server: IngestServer, rpcs: RpcCounter) -> Iterable[Family]:
         yield g("commit_group_size_max", "The largest group committed").add(s.largest_group)
         yield g("writer_queue_batches", "Batches waiting for the writer").add(sink.queued)
         yield g("writer_up", "1 while the writer thread runs").add(1 if sink.writer_alive else 0)
+    stream = _jetstream(sink)
+    if stream is not None:
+        j = stream.stats
+        yield c("jetstream_published", "Batches JetStream stored (PubAck)").add(j.published)
+        yield c("jetstream_duplicates", "Batches answered as duplicates").add(j.duplicates)
+        yield c("jetstream_publish_errors", "Publish attempts without a PubAck").add(j.publish_errors)
+        yield c("jetstream_failed", "Batches given up (not acked; the vehicle resends)").add(j.failed)
+        yield c("jetstream_watermark_conflicts", "Watermark writes another replica got in first").add(
+            j.watermark_conflicts
+        )
+        yield c("jetstream_live_errors", "Live feed messages lost or unreadable").add(j.live_errors)
+        yield g("jetstream_connected", "1 while connected to a NATS server").add(1 if stream.connected else 0)
     yield g("vehicles_connected", "Vehicles with an open Upload stream").add(
         len(server.commands.connected_vehicles())
     )
@@ -133,9 +147,26 @@ def ingest_health(server: IngestServer) -> dict[str, Any]:
             last_error=sink.stats.last_error,
         )
         healthy = sink.writer_alive and not sink.stats.last_error
+    stream = _jetstream(sink)
+    if stream is not None:
+        store.update(
+            stream=stream.config.stream,
+            connected=stream.connected,
+            failed=stream.stats.failed,
+            last_error=stream.stats.last_error,
+        )
+        healthy = stream.connected and not stream.stats.last_error
     return {
         "healthy": healthy,
         "store": store,
         "vehicles_connected": len(server.commands.connected_vehicles()),
         "subscribers": len(server.hub),
     }
+
+
+def _jetstream(sink: object) -> JetStreamSink | None:
+    module = sys.modules.get("tcu.ingest.jetstream")  # not imported: not a JetStream sink
+    found: JetStreamSink | None = (
+        sink if module is not None and isinstance(sink, module.JetStreamSink) else None
+    )
+    return found

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +15,19 @@ import grpc
 import nats
 import pytest
 from ingest_helpers import rows
+from nats.aio.msg import Msg
 
 from tcu.api.v1 import fleet_pb2 as fleet_pb
-from tcu.demo.nats import NatsNode
+from tcu.api.v1 import ingest_pb2 as ingest_pb
+from tcu.api.v1 import telemetry_pb2 as telemetry_pb
+from tcu.demo.nats import NatsCluster, NatsNode
+from tcu.fleet_client import query_series
 from tcu.ingest import IngestConfig
 from tcu.ingest.archive import Archive, audit_archive
 from tcu.ingest.config import JetStreamConfig
 from tcu.ingest.hub import SubscriberOverflow
 from tcu.ingest.jetstream import JetStreamSink
+from tcu.ingest.metrics import ingest_health
 
 STREAM = "TCU_TELEMETRY"
 
@@ -76,6 +84,7 @@ async def test_no_puback_no_ack_counted(nats_server: NatsNode, tmp_path: Path, k
             await nc.jetstream().delete_stream(STREAM)  # JetStream stops answering for the subjects
         finally:
             await nc.close()
+        assert ingest_health(running.server)["healthy"]
         await call.write(kit.batch("VIN1", 2))
         with pytest.raises(grpc.aio.AioRpcError) as ended:
             await call.read()
@@ -85,6 +94,8 @@ async def test_no_puback_no_ack_counted(nats_server: NatsNode, tmp_path: Path, k
         assert isinstance(sink, JetStreamSink)
         assert sink.stats.failed == 1 and sink.stats.publish_errors >= 1
         assert sink.stats.published == 1
+        health = ingest_health(running.server)  # /healthz and gRPC health follow the last failure
+        assert not health["healthy"] and "no PubAck" in health["store"]["last_error"]
     finally:
         await kit.finish(running)
 
@@ -221,14 +232,15 @@ async def upload(
     return streams
 
 
-async def archive_until(config: IngestConfig, count: int, **kw: Any) -> Archive:
-    """Run the archive in this process until the database holds ``count`` batches, then stop it."""
+async def archive_until(config: IngestConfig, count: int, *, duplicates: int = 0, **kw: Any) -> Archive:
+    """Run the archive in this process until it stored ``count`` batches and saw ``duplicates``."""
     archive = Archive(config, **kw)
     stop = asyncio.Event()
     task = asyncio.create_task(archive.run(stop))
     try:
         for _ in range(400):
-            if archive.stats.stored + archive.stats.quarantined >= count:
+            stats = archive.stats
+            if stats.stored + stats.quarantined >= count and stats.duplicates >= duplicates:
                 break
             if task.done():
                 task.result()
@@ -266,7 +278,7 @@ async def test_archive_stores_each_batch_once(nats_server: NatsNode, tmp_path: P
     finally:
         await kit.finish(a)
         await kit.finish(b)
-    archive = await archive_until(config, 7)
+    archive = await archive_until(config, 7, duplicates=1)
     assert (archive.stats.stored, archive.stats.duplicates, archive.stats.unreadable) == (7, 1, 0)
     audit = audit_archive(config.db_path, ledger.sent, ledger.acked)
     assert audit.ok and audit.checked == 7, audit
@@ -276,7 +288,6 @@ async def test_archive_stores_each_batch_once(nats_server: NatsNode, tmp_path: P
 def test_the_audit_sees_a_loss_and_a_duplicate(tmp_path: Path) -> None:
     """The check can fail: a batch deleted from the database is lost, a chunk written twice a duplicate."""
     import shutil
-    import sqlite3
 
     from tcu.ingest.model import Batch, Catalog, Column, SignalDef, ValueKind
     from tcu.ingest.store import SqliteSink
@@ -312,3 +323,271 @@ def test_the_audit_sees_a_loss_and_a_duplicate(tmp_path: Path) -> None:
         )
     assert audit_archive(lost, sent, acked).lost == [("VIN1", 1, 2)]
     assert audit_archive(dup, sent, acked).duplicates == [("VIN1", 1, 3)]
+
+
+def archived(db: Path) -> int:
+    """Batches in the archive's database now (0 before it exists)."""
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM batches").fetchone()[0])
+    except sqlite3.OperationalError:  # the tables are not there yet
+        return 0
+    finally:
+        conn.close()
+
+
+def start_archive(db: Path, url: str, log: Path) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "tcu.cli.main", "ingest", "archive", "--db", str(db), "--nats", url]
+    with log.open("ab") as stderr:
+        return subprocess.Popen([*command, "--fetch-batch", "2", "--ack-wait", "1"], stderr=stderr)
+
+
+async def test_a_killed_archive_restarts_without_loss_or_duplicates(
+    nats_server: NatsNode, tmp_path: Path, kit: Any
+) -> None:
+    config = js_config(tmp_path, [nats_server.url], "a")
+    a = await kit.start(config)
+    ledger = Ledger()
+    try:
+        await asyncio.gather(*(upload([a], kit, f"VIN{n}", 150, ledger) for n in (1, 2)))
+    finally:
+        await kit.finish(a)
+    total = len(ledger.acked)
+    assert total == 300
+    db, log = config.db_path, tmp_path / "archive.log"
+    first = start_archive(db, nats_server.url, log)
+    try:
+        for _ in range(3000):  # kill -9 as soon as it has committed something
+            if archived(db) > 0 or first.poll() is not None:
+                break
+            await asyncio.sleep(0.005)
+        first.kill()
+        first.wait()
+        at_kill = archived(db)
+        assert 0 < at_kill < total, (at_kill, log.read_text())
+        second = start_archive(db, nats_server.url, log)
+        try:
+            for _ in range(600):
+                if archived(db) >= total or second.poll() is not None:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            second.terminate()
+            assert second.wait(10) == 0, log.read_text()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    audit = audit_archive(db, ledger.sent, ledger.acked)
+    assert audit.ok and audit.checked == total, audit
+    assert archived(db) == total
+    assert "duplicates=" in log.read_text()  # the restarted archive's counters (redeliveries are duplicates)
+
+
+class _Crash(BaseException):
+    """Stands for the process dying between the SQLite commit and the JetStream ack."""
+
+
+async def test_messages_committed_but_not_acked_come_again_and_are_stored_once(
+    nats_server: NatsNode, tmp_path: Path, kit: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = js_config(tmp_path, [nats_server.url], "a")
+    a = await kit.start(config)
+    ledger = Ledger()
+    try:
+        await upload([a], kit, "VIN1", 20, ledger)
+    finally:
+        await kit.finish(a)
+
+    async def crash(self: Any) -> None:
+        raise _Crash
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Msg, "ack", crash)
+        first = Archive(config, fetch_batch=8, ack_wait_s=1.0)
+        with pytest.raises(_Crash):
+            await first.run(asyncio.Event())
+    assert first.stats.stored == 8 and first.stats.acked == 0
+    assert archived(config.db_path) == 8  # committed, not acked
+    # The 8 unacked messages come again after the ack wait: duplicates, not second copies.
+    second = await archive_until(config, 12, duplicates=8, fetch_batch=8, ack_wait_s=1.0)
+    assert (second.stats.stored, second.stats.duplicates) == (12, 8)
+    audit = audit_archive(config.db_path, ledger.sent, ledger.acked)
+    assert audit.ok and audit.checked == 20, audit
+
+
+async def test_a_cluster_node_killed_during_upload_loses_nothing(
+    nats_cluster: NatsCluster, tmp_path: Path, kit: Any
+) -> None:
+    config = js_config(tmp_path, nats_cluster.urls, "a", replicas=3, publish_timeout_s=1.0)
+    a, b = await kit.start(config), await kit.start(config)
+    ledger = Ledger()
+    try:
+        uploads = asyncio.gather(*(upload([a, b], kit, f"VIN{n}", 120, ledger) for n in (1, 2)))
+        for _ in range(2000):
+            if len(ledger.acked) >= 60:
+                break
+            await asyncio.sleep(0.005)
+        nc = await nats.connect(servers=nats_cluster.urls)
+        try:
+            leader = (await nc.jetstream().stream_info(STREAM)).cluster.leader  # type: ignore[union-attr]
+        finally:
+            await nc.close()
+        victim = next(node for node in nats_cluster.nodes if node.name == leader)
+        victim.kill()  # SIGKILL the stream's leader while both vehicles upload
+        acked_at_kill = len(ledger.acked)
+        streams = await uploads
+        assert acked_at_kill < 240 and len(ledger.acked) == 240
+        publish_errors = sum(r.server.sink.stats.publish_errors for r in (a, b))
+    finally:
+        await kit.finish(a)
+        await kit.finish(b)
+    victim.start()  # back in the cluster (it catches up from the others)
+    archive = await archive_until(config, 240)
+    audit = audit_archive(config.db_path, ledger.sent, ledger.acked)
+    assert audit.ok and audit.checked == 240, (audit, streams, publish_errors)
+    assert archive.stats.stored == 240
+    # The check can fail: one acked batch taken out of the stream is reported lost.
+    nc = await nats.connect(servers=nats_cluster.urls)
+    try:
+        js = nc.jetstream(timeout=10)
+        gone = await js.get_msg(STREAM, 17)
+        assert await js.delete_msg(STREAM, 17)
+    finally:
+        await nc.close()
+    headers = gone.headers or {}
+    key = next(k for k in ledger.sent if f"{k[0]}:{k[1]}:{k[2]}" == headers["Nats-Msg-Id"])
+    other = dataclasses.replace(config, db_path=tmp_path / "second.db")
+    await archive_until(other, 239, durable="second")
+    assert audit_archive(other.db_path, ledger.sent, ledger.acked).lost == [key]
+
+
+def _mixed_requests(kit: Any) -> list[ingest_pb.UploadRequest]:
+    """Every kind of batch (plain, strings, event, DataLoss, malformed, a resend) and a check-in."""
+    plain = kit.batch("VIN1", 1, soc=((0, 80.0), (50, 79.5)), operator=((0, "Telia"),))
+    event = kit.batch("VIN1", 2)
+    captured = event.batch.events.add(
+        campaign="harsh-brake",
+        campaign_version=2,
+        trigger_ns=kit.base_ns + 1_000,
+        start_ns=kit.base_ns + 500,
+        end_ns=kit.base_ns + 1_500,
+        history_incomplete=True,
+    )
+    captured.columns.add(signal_id=kit.speed, t_offset_ns=[0, 500, 1000], double_values=[50.0, 20.0, 5.0])
+    loss = ingest_pb.UploadRequest(
+        batch=telemetry_pb.TelemetryBatch(
+            vehicle_id="VIN1",
+            boot_epoch=1,
+            seq=3,
+            loss=telemetry_pb.DataLoss(reason="evicted", priority=2, created_ns=5, payload_bytes=99),
+        )
+    )
+    malformed = kit.batch("VIN1", 4)
+    malformed.batch.columns.add(signal_id=77, t_offset_ns=[0], double_values=[1.0])  # unknown signal id
+    checkin = ingest_pb.UploadRequest(
+        checkin=ingest_pb.CheckIn(campaigns=[ingest_pb.CampaignVersion(name="harsh-brake", version=2)])
+    )
+    return [plain, event, loss, malformed, kit.batch("VIN1", 1), kit.batch("VIN1", 5), checkin]
+
+
+def _ack_view(ack: ingest_pb.Ack) -> tuple[Any, ...]:
+    return (ack.batch_seq, ack.acked_seq, ack.duplicate, [(q.seq, q.reason) for q in ack.quarantined])
+
+
+_TABLES = {  # every column but the ingest's clock (stored_ns, last_seen_ns, checkin_ns, received_ns)
+    "batches": "SELECT vehicle_id, boot_epoch, seq, catalog_id, base_time_ns, created_ns, samples,"
+    " loss_reason, loss_priority, loss_created_ns, loss_bytes FROM batches ORDER BY 1, 2, 3",
+    "samples": "SELECT * FROM sample_rows ORDER BY 1, 2, 3",
+    "events": "SELECT vehicle_id, boot_epoch, seq, idx, campaign, campaign_version, trigger_ns, start_ns,"
+    " end_ns, truncated, history_incomplete, samples, body FROM events ORDER BY 1, 2, 3, 4",
+    "quarantine": "SELECT vehicle_id, boot_epoch, seq, reason, catalog_id, agent_version, payload"
+    " FROM quarantine",
+    "checkins": "SELECT vehicle_id, campaigns FROM checkins",
+    "catalogs": "SELECT * FROM catalog_signals ORDER BY 1, 2, 3",
+    "vehicles": "SELECT vehicle_id, boot_epoch, batches, samples, first_sample_ns, last_sample_ns,"
+    " lost_batches FROM vehicles",
+}
+
+
+async def test_the_archive_holds_what_the_sqlite_sink_holds(
+    nats_server: NatsNode, tmp_path: Path, kit: Any
+) -> None:
+    """The same uploads through the SQLite sink and through a replica + the archive: same acks, same rows."""
+    results: dict[str, tuple[list[Any], dict[str, Any], list[Any]]] = {}
+    for name in ("sqlite", "jetstream"):
+        if name == "sqlite":
+            config = IngestConfig(insecure=True, listen="127.0.0.1:0", db_path=tmp_path / "sqlite.db")
+        else:
+            config = js_config(tmp_path, [nats_server.url], "a")
+        running = await kit.start(config)
+        try:
+            call = await running.open_upload("VIN1")
+            acks = []
+            for request in _mixed_requests(kit):
+                await call.write(request)
+                if request.WhichOneof("kind") == "batch":
+                    acks.append(_ack_view(await kit.ack_of(call)))
+            await call.done_writing()
+            assert await call.read() is grpc.aio.EOF
+            if name == "jetstream":
+                await archive_until(config, 4)
+                for _ in range(100):  # the check-in follows the batches in the stream
+                    if rows(config.db_path, "SELECT count(*) FROM checkins") == [(1,)]:
+                        break
+                    await asyncio.sleep(0.05)
+            listed = await running.fleet.ListVehicles(fleet_pb.ListVehiclesRequest())
+            vehicles = [
+                (v.vehicle_id, v.batches, v.samples, v.lost_batches, v.quarantined_batches, list(v.signals))
+                for v in listed.vehicles
+            ]
+            series = await query_series(running.channel, "VIN1")  # a replica answers from the archive
+            tables = {table: rows(config.db_path, sql) for table, sql in _TABLES.items()}
+            tables["query"] = sorted(
+                (n, s.t_ns.tolist(), s.values.tolist(), s.strings) for n, s in series.items()
+            )
+            results[name] = (acks, tables, vehicles)
+        finally:
+            await kit.finish(running)
+    sqlite, jetstream = results["sqlite"], results["jetstream"]
+    assert jetstream[0] == sqlite[0]
+    assert [seq for seq, _, _, quarantined in sqlite[0] if quarantined] == [4]
+    for table in (*_TABLES, "query"):
+        assert jetstream[1][table] == sqlite[1][table], table
+    assert sqlite[1]["events"] and sqlite[1]["quarantine"] and sqlite[1]["checkins"]
+    assert jetstream[2] == sqlite[2] and sqlite[2][0][1:5] == (4, 9, 1, 1)
+
+
+async def test_replicas_started_together_share_a_new_database(nats_server: NatsNode, tmp_path: Path) -> None:
+    """Several processes creating the archive's database at once (a fleet start): none fails."""
+    config = js_config(tmp_path, [nats_server.url], "a")
+    sinks = await asyncio.gather(*(JetStreamSink.open(config) for _ in range(4)))
+    for sink in sinks:
+        assert await sink.list_vehicles() == []
+        await sink.aclose()
+
+
+def test_jetstream_settings_are_checked() -> None:
+    from tcu.errors import ConfigError
+    from tcu.ingest.config import NatsTls
+
+    with pytest.raises(ConfigError, match=r"jetstream\.servers"):
+        JetStreamConfig(servers=("127.0.0.1:4222",))
+    with pytest.raises(ConfigError, match=r"jetstream\.replicas"):
+        JetStreamConfig(replicas=0)
+    with pytest.raises(ConfigError, match=r"jetstream\.stream"):
+        JetStreamConfig(stream="A.B")
+    with pytest.raises(ConfigError, match=r"jetstream\.tls"):
+        JetStreamConfig(tls=NatsTls(ca=Path("ca.pem"), cert=Path("c.pem")))
+    with pytest.raises(ConfigError, match=r"ingest\.sink"):
+        IngestConfig(insecure=True, db_path=Path("x.db"), sink="jetstream")
+
+
+def test_subjects_and_keys_hold_any_vehicle_id() -> None:
+    from tcu.ingest import _jsformat as fmt
+
+    assert fmt.subject("tcu.v1", "telemetry", "WTCU0000000000001") == "tcu.v1.telemetry.WTCU0000000000001"
+    assert fmt.token("a.b c>*") == "a=2Eb=20c=3E=2A"  # no subject wildcards or separators survive
+    assert fmt.token("") == "="
+    assert fmt.msg_id("V 1", 7, 9) == "V=201:7:9"

@@ -23,6 +23,13 @@ batch's samples before the check to show that it does.
 ``--ingest-src DIR`` runs the ingest from another checkout's sources (``PYTHONPATH``), so
 that two versions can be compared with the same generator.
 
+``--sink jetstream`` runs the scale-out layout instead: ``--nats-nodes`` nats-server processes
+(1, or a 3-node cluster; the stream and its buckets get as many replicas), ``--ingest-replicas``
+``tcu ingest --sink jetstream`` processes (the client processes spread over them) and one
+``tcu ingest archive``; the check then reads the archive's database once it has caught up.
+The CPU of every process is reported (``cpu_cores``), with samples per CPU-second of them all
+and each group's CPU per million acked samples.
+
     .venv/bin/python tools/bench/ingest.py --vehicles 100 --duration 20 --json
 """
 
@@ -342,6 +349,18 @@ def _self_test_damage(db: Path) -> str:
         conn.close()
 
 
+def _stored_batches(db: Path) -> int:
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM batches").fetchone()[0])
+    except sqlite3.OperationalError:  # no tables yet
+        return 0
+    finally:
+        conn.close()
+
+
 def check(db: Path, vehicles: list[dict[str, Any]]) -> list[str]:
     problems: list[str] = []
     conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
@@ -420,12 +439,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     db = work / "ingest.sqlite"
     vins = [f"WBENCH{i:011d}" for i in range(args.vehicles)]
+    jetstream = args.sink == "jetstream"
     pki_dir = work / "pki"
     creds_backend: grpc.ChannelCredentials | None = None
     certs: list[tuple[str, str, str]] = []
     ingest_cmd = [sys.executable, "-m", "tcu.cli.main", "ingest", "--listen", "127.0.0.1:0", "--db", str(db)]
-    ingest_cmd += ["--port-file", str(work / "port"), "--sqlite-synchronous", args.synchronous]
+    ingest_cmd += ["--sqlite-synchronous", args.synchronous]
     ingest_cmd += ["--max-batches-per-s", "10000"]
+    nats_nodes: Any = None
+    nats_args: list[str] = []
+    if jetstream:
+        from tcu.demo.nats import NatsCluster, NatsNode
+
+        if args.nats_nodes == 1:
+            nats_nodes = NatsNode(name="single", home=work / "nats")
+        else:
+            nats_nodes = NatsCluster(home=work / "nats", size=args.nats_nodes)
+        nats_nodes.start()
+        urls = [nats_nodes.url] if args.nats_nodes == 1 else nats_nodes.urls
+        for url in urls:
+            nats_args += ["--nats", url]
+        nats_args += ["--stream-replicas", str(args.nats_nodes)]
+        ingest_cmd += ["--sink", "jetstream", *nats_args]
     if args.insecure:
         ingest_cmd.append("--insecure")
         certs = [(vin, "", "") for vin in vins]
@@ -451,16 +486,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.ingest_src:  # first on sys.path: also before the current directory that -m puts there
         cwd = str(Path(args.ingest_src).resolve())
         env["PYTHONPATH"] = cwd
-    with (work / "ingest.log").open("w") as log:
-        proc = subprocess.Popen(ingest_cmd, stderr=log, env=env, cwd=cwd)
+    replicas = args.ingest_replicas if jetstream else 1
+    procs: list[subprocess.Popen[bytes]] = []
+    archive: subprocess.Popen[bytes] | None = None
+    for index in range(replicas):
+        port_file = work / f"port{index}"
+        port_file.unlink(missing_ok=True)
+        with (work / f"ingest{index}.log").open("w") as log:
+            procs.append(
+                subprocess.Popen([*ingest_cmd, "--port-file", str(port_file)], stderr=log, env=env, cwd=cwd)
+            )
+    if jetstream:
+        archive_cmd = [sys.executable, "-m", "tcu.cli.main", "ingest", "archive", "--db", str(db), *nats_args]
+        with (work / "archive.log").open("w") as log:
+            archive = subprocess.Popen(
+                [*archive_cmd, "--sqlite-synchronous", args.synchronous], stderr=log, env=env, cwd=cwd
+            )
     try:
-        deadline = time.monotonic() + 30
-        while not (work / "port").exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"tcu ingest did not start; see {work / 'ingest.log'}")
-            time.sleep(0.05)
+        targets = []
+        for index, replica in enumerate(procs):
+            port_file = work / f"port{index}"
+            deadline = time.monotonic() + 30
+            while not port_file.exists():
+                if replica.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"tcu ingest did not start; see {work / f'ingest{index}.log'}")
+                time.sleep(0.05)
+            targets.append(f"127.0.0.1:{int(port_file.read_text())}")
         time.sleep(0.2)
-        target = f"127.0.0.1:{int((work / 'port').read_text())}"
+        target = targets[0]
         ctx = multiprocessing.get_context("spawn")
         children = []
         for p in range(args.processes):
@@ -468,7 +521,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if not mine:
                 continue
             plan = Plan(
-                target=target,
+                target=targets[p % len(targets)],
                 insecure=args.insecure,
                 ca=str(pki_dir / "ca.pem"),
                 vehicles=mine,
@@ -491,17 +544,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         measure_to = measure_from + args.duration
         for _child, pipe in children:
             pipe.send((start_at, measure_from, measure_to))
+        measured = {f"ingest{i}": r.pid for i, r in enumerate(procs)}
+        if archive is not None:
+            measured["archive"] = archive.pid
+        if jetstream:
+            nodes = [nats_nodes] if args.nats_nodes == 1 else nats_nodes.nodes
+            measured.update({f"nats-{n.name}": n.process.pid for n in nodes})
         time.sleep(max(0.0, measure_from - time.time()))
-        cpu0, t0 = _cpu_s(proc.pid), time.monotonic()
+        cpu_start, t0 = {name: _cpu_s(pid) for name, pid in measured.items()}, time.monotonic()
         time.sleep(max(0.0, measure_to - time.time()))
-        cpu1, t1 = _cpu_s(proc.pid), time.monotonic()
-        rss_kib = _status_kib(proc.pid, "VmRSS")
+        cpu_end, t1 = {name: _cpu_s(pid) for name, pid in measured.items()}, time.monotonic()
+        cpu_cores = {name: round((cpu_end[name] - cpu_start[name]) / (t1 - t0), 3) for name in measured}
+        cpu0, cpu1 = (
+            sum(cpu_start[f"ingest{i}"] for i in range(replicas)),
+            sum(cpu_end[f"ingest{i}"] for i in range(replicas)),
+        )
+        rss_kib = sum(_status_kib(r.pid, "VmRSS") for r in procs)
         vehicles: list[dict[str, Any]] = []
         for child, pipe in children:
             if not pipe.poll(600):
                 raise SystemExit("a client process did not report within 600 s")
             vehicles.extend(pipe.recv()["vehicles"])
             child.join(10)
+        archive_wait_s = 0.0
+        if archive is not None:  # history: until the archive holds every acked batch
+            acked_batches = sum(len(v["acked"]) for v in vehicles)
+            waited = time.monotonic()
+            while _stored_batches(db) < acked_batches and time.monotonic() - waited < 300:
+                if archive.poll() is not None:
+                    raise SystemExit(f"the archive ended; see {work / 'archive.log'}")
+                time.sleep(0.1)
+            archive_wait_s = time.monotonic() - waited
         query: dict[str, Any] = {}
         if args.query:
             conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
@@ -510,14 +583,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ).fetchone()
             conn.close()
             query = asyncio.run(_query(target, creds_backend, vin, int(samples)))
-        peak_kib = _status_kib(proc.pid, "VmHWM")
+        peak_kib = sum(_status_kib(r.pid, "VmHWM") for r in procs)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        for child_proc in [*procs, *([archive] if archive is not None else [])]:
+            child_proc.send_signal(signal.SIGTERM)
+        for child_proc in [*procs, *([archive] if archive is not None else [])]:
+            try:
+                child_proc.wait(60)
+            except subprocess.TimeoutExpired:
+                child_proc.kill()
+                child_proc.wait()
+        if nats_nodes is not None:
+            nats_nodes.stop()
     problems = [p for v in vehicles for p in v["problems"]]
     problems += query.get("problems", [])
     damage = _self_test_damage(db) if args.self_test else ""
@@ -546,7 +623,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ack_p99_ms": round(_percentile(latencies, 99) * 1000, 1),
         "ack_max_ms": round(max(latencies, default=float("nan")) * 1000, 1),
         "max_send_lag_ms": round(max((v["max_lag"] for v in vehicles), default=0.0) * 1000, 1),
+        "sink": args.sink,
+        "nats_nodes": args.nats_nodes if jetstream else None,
+        "ingest_replicas": replicas,
         "ingest_cpu_cores": round((cpu1 - cpu0) / (t1 - t0), 2),
+        "cpu_cores": cpu_cores,
+        "samples_per_cpu_s": (
+            round(window_samples / args.duration / sum(cpu_cores.values()))
+            if sum(cpu_cores.values())
+            else None
+        ),
+        "ingest_cpu_s_per_million_samples": (
+            round((cpu1 - cpu0) / window_samples * 1e6, 2) if window_samples else None
+        ),
+        "all_cpu_s_per_million_samples": (
+            round((sum(cpu_end.values()) - sum(cpu_start.values())) / window_samples * 1e6, 2)
+            if window_samples
+            else None
+        ),
+        "archive_catch_up_s": round(archive_wait_s, 2) if jetstream else None,
         "ingest_rss_mib": rss_kib // 1024,
         "ingest_peak_rss_mib": peak_kib // 1024,
         "samples_stored": stored,
@@ -585,6 +680,17 @@ def main() -> int:
     parser.add_argument("--ingest-src", help="run the ingest from this source tree (PYTHONPATH)")
     parser.add_argument("--workdir", help="keep the database, PKI and log here")
     parser.add_argument("--json", action="store_true", help="the result as one JSON line")
+    parser.add_argument("--sink", choices=("sqlite", "jetstream"), default="sqlite")
+    parser.add_argument(
+        "--nats-nodes",
+        type=int,
+        choices=(1, 3),
+        default=1,
+        help="jetstream: nats-server nodes (= stream replicas)",
+    )
+    parser.add_argument(
+        "--ingest-replicas", type=int, default=2, help="jetstream: tcu ingest processes (default 2)"
+    )
     args = parser.parse_args()
     if not 1 <= args.vehicles <= 5000:
         parser.error("--vehicles must be 1 to 5000")

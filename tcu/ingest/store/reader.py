@@ -284,6 +284,7 @@ class SqliteReader:
         result: list[QuarantinedBatch] = await self._read(read_quarantine, vehicle_id)
         return result
 
+
 def read_quarantine(conn: sqlite3.Connection, vehicle_id: str | None = None) -> list[QuarantinedBatch]:
     """The rows of ``quarantine`` (of one vehicle, or all), by vehicle, boot epoch and seq."""
     where, args = ("WHERE vehicle_id = ?", (vehicle_id,)) if vehicle_id is not None else ("", ())

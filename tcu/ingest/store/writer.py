@@ -106,6 +106,7 @@ VALUES (?, ?, 0, 0, NULL, NULL, ?, 0)
 ON CONFLICT (vehicle_id) DO UPDATE SET boot_epoch = excluded.boot_epoch, last_seen_ns = excluded.last_seen_ns
 """
 
+
 @dataclass(slots=True)
 class WriterStats:
     """Counters of the writer thread (read them for tests and benchmarks)."""
