@@ -261,7 +261,7 @@ class JetStreamCommandRouter:
         config = self._config
         self._nc = await connect(config.nats, name=config.name)  # IngestError when none answers
         self._js = self._nc.jetstream(timeout=config.request_timeout_s)
-        age_s = _MAX_VALIDITY_S + 2 * config.max_skew_s
+        age_s = _MAX_VALIDITY_S + 3600.0  # the same on every replica, whatever its settings
         await self._ensure_stream(
             StreamConfig(
                 name=COMMANDS_STREAM,
@@ -338,16 +338,25 @@ class JetStreamCommandRouter:
         vehicle_id = link.vehicle_id
         with self._local.attach(link):
             if vehicle_id not in self._pumps and not self._closed:
-                self._pumps[vehicle_id] = asyncio.create_task(
+                pump = asyncio.create_task(
                     self._pump(vehicle_id), name=f"tcu.ingest.commands.pull[{vehicle_id}]"
                 )
+                pump.add_done_callback(self._pump_ended)
+                self._pumps[vehicle_id] = pump
             try:
                 yield link
             finally:
                 if not self._local.connected(vehicle_id):
-                    pump = self._pumps.pop(vehicle_id, None)
-                    if pump is not None:
-                        pump.cancel()
+                    ended = self._pumps.pop(vehicle_id, None)
+                    if ended is not None:
+                        ended.cancel()
+
+    def _pump_ended(self, pump: asyncio.Task[None]) -> None:
+        if not pump.cancelled() and pump.exception() is not None:  # a bug: loud, never silent
+            self.stats.bus_errors += 1
+            log.error(
+                "command bus: %s ended: %r", pump.get_name(), pump.exception(), exc_info=pump.exception()
+            )
 
     def connected(self, vehicle_id: str) -> bool:
         """True while the vehicle has an Upload stream on *this* replica."""
@@ -585,7 +594,7 @@ class JetStreamCommandRouter:
         while not self._closed:
             try:
                 sub = await self._pull_subscription(vehicle_id)
-            except (nats.errors.Error, TimeoutError) as exc:
+            except (nats.errors.Error, TimeoutError, CommandUnavailable) as exc:
                 self.stats.bus_errors += 1
                 log.warning(
                     "command bus: cannot pull the commands of %s (retry in %.1f s): %s",
@@ -736,9 +745,7 @@ class JetStreamCommandRouter:
                     f" refused this redelivery ({outcome.reason}): it ran once; its own result is unknown",
                 )
             elif (
-                redelivery
-                and outcome.state is CommandState.REJECTED
-                and outcome.reason.startswith("expired")
+                redelivery and outcome.state is CommandState.REJECTED and outcome.reason.startswith("expired")
             ):
                 outcome = CommandOutcome(
                     CommandState.UNKNOWN,

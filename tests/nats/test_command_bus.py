@@ -321,6 +321,7 @@ async def test_replica_killed_between_delivery_and_result_runs_the_command_once(
         sender = asyncio.create_task(send(a.bound_port, keys.sign("cmd-4"), "cmd-4", 30_000))
         deadline = time.monotonic() + 15
         while b_proc.returncode is None:
+            assert not sender.done(), sender.result()
             assert time.monotonic() < deadline, "B never delivered"
             await asyncio.sleep(0.05)
         vehicle.on_execute = None
@@ -441,7 +442,6 @@ async def test_redelivery_after_the_expiry_is_not_delivered_and_says_unknown(
     the command has expired: A must not deliver it (the vehicle's "expired" would hide the first
     run) and records UNKNOWN."""
     vehicle = Vehicle(keys, tmp_path / "nonces")
-    envelope = keys.sign("cmd-8", ttl_s=3.0)
     async with (
         replica(tmp_path, [nats_server.url], "A", max_skew_s=0.0) as a,
         replica_process(tmp_path, nats_server.url, "B") as (b_proc, b_port),
@@ -453,9 +453,11 @@ async def test_redelivery_after_the_expiry_is_not_delivered_and_says_unknown(
 
         vehicle.on_execute = kill_b
         await vehicle.connect(b_port)
+        envelope = keys.sign("cmd-8", ttl_s=3.0)  # signed once B is up (its start may take seconds)
         sender = asyncio.create_task(send(a.bound_port, envelope, "cmd-8", 30_000))
         deadline = time.monotonic() + 15
         while b_proc.returncode is None:
+            assert not sender.done(), sender.result()
             assert time.monotonic() < deadline, "B never delivered"
             await asyncio.sleep(0.05)
         await asyncio.sleep(3.0)  # past expires_ns
