@@ -467,3 +467,24 @@ async def test_redelivery_after_the_expiry_is_not_delivered_and_says_unknown(
     assert response.status == fleet_pb.COMMAND_STATUS_UNKNOWN, response
     assert "can no longer run it" in response.reason
     assert vehicle.executed == ["cmd-8"] and len(vehicle.answers) == 1  # not delivered again
+
+
+async def test_a_full_command_queue_refuses_the_next_command_loudly(
+    tmp_path: Path, nats_server: NatsNode, keys: Keys
+) -> None:
+    server = IngestServer(
+        IngestConfig(insecure=True, listen="127.0.0.1:0", db_path=tmp_path / "A.db"),
+        commands=JetStreamCommandRouter(
+            CommandBusConfig(nats=JetStreamConfig(servers=(nats_server.url,)), max_queued=1)
+        ),
+    )
+    await server.start()
+    try:
+        first = await send(server.bound_port, keys.sign("q-1"), "q-1", 300)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await send(server.bound_port, keys.sign("q-2"), "q-2", 300)
+    finally:
+        await server.stop(0)
+    assert first.status == fleet_pb.COMMAND_STATUS_QUEUED
+    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_queued" in str(refused.value.details())
