@@ -75,6 +75,12 @@ def add_command_args(p: argparse.ArgumentParser, *, timeout_s: float = 30.0) -> 
         default=timeout_s,
         help=f"seconds to wait for the vehicle's answer (default {timeout_s:g})",
     )
+    p.add_argument(
+        "--command-id",
+        metavar="ID",
+        help="the command's id (default: a new one); on an ingest with durable commands, sending"
+        " again with the id of a QUEUED or TIMEOUT answer returns that command's outcome",
+    )
 
 
 async def send_signed_command(
@@ -83,13 +89,15 @@ async def send_signed_command(
     """Sign a ``kind`` command for ``args.vehicle``, send it, wait; returns (status, reason).
 
     ``status`` is the ``CommandStatus`` name without its prefix (``EXECUTED``, ``REJECTED``,
-    ``NOT_CONNECTED``, ``TIMEOUT``); ``reason`` is the vehicle's (or the ingest's) reason.
+    ``NOT_CONNECTED``, ``TIMEOUT``, and with durable commands ``EXPIRED``, ``QUEUED``,
+    ``UNKNOWN``); ``reason`` is the vehicle's (or the ingest's) reason, for ``QUEUED`` and
+    ``TIMEOUT`` followed by the ``--command-id`` to ask again with.
     """
     from tcu.api.v1 import fleet_pb2 as fleet_pb
     from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
     from tcu.pki import load_signing_key, sign_command
 
-    command_id = f"{id_prefix}-{uuid.uuid4().hex[:12]}"
+    command_id = getattr(args, "command_id", None) or f"{id_prefix}-{uuid.uuid4().hex[:12]}"
     blob = sign_command(
         load_signing_key(signing_key_path(args)),
         command_id=command_id,
@@ -112,4 +120,8 @@ async def send_signed_command(
             raise TcuError(
                 f"SendCommand to {args.target} failed: {exc.code().name}: {exc.details()}"
             ) from exc
-    return fleet_pb.CommandStatus.Name(reply.status).removeprefix("COMMAND_STATUS_"), reply.reason
+    status = fleet_pb.CommandStatus.Name(reply.status).removeprefix("COMMAND_STATUS_")
+    reason = reply.reason
+    if status in ("QUEUED", "TIMEOUT"):  # the command goes on: say how to ask for its outcome
+        reason = f"{reason} [ask again: --command-id {command_id}]"
+    return status, reason

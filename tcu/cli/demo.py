@@ -35,7 +35,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         " replaced)",
     )
     p.add_argument(
-        "--keep", action="store_true", help="keep the temporary work directory (always kept for border)"
+        "--keep",
+        action="store_true",
+        help="keep the temporary work directory (always kept for border and fleet)",
     )
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line last")
     p.add_argument(
@@ -43,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="drive",
         choices=sorted(load_scenarios()),
         help="what to show: drive (default), hard-brake (condition campaign), border (eSIM roaming), "
-        "v2n (seven vehicles warn each other of hazards over MQTT)",
+        "v2n (seven vehicles warn each other of hazards over MQTT), fleet (the border drive on a 3-node"
+        " NATS JetStream cluster with two ingest replicas and a durable command)",
     )
     p.add_argument(
         "--insecure", action="store_true", help="plain TCP instead of mTLS with a dev PKI (default: mTLS)"
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         speed=args.speed,
         seed=args.seed,
         workdir=args.workdir,
-        keep=args.keep or args.scenario == "border",  # its summary names the audit log to verify
+        keep=args.keep or args.scenario in ("border", "fleet"),  # the summary names the audit log to verify
         mtls=not args.insecure,
         scenario=load_scenarios()[args.scenario](),
     )

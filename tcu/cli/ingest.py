@@ -49,6 +49,9 @@ scale-out on a NATS JetStream cluster (any number of replicas, one archive):
   tcu ingest --sink jetstream --nats nats://10.0.0.1:4222 --nats nats://10.0.0.2:4222 \\
       --stream-replicas 3 --db ./archive.db --pki ./pki --listen 0.0.0.0:50051
   tcu ingest archive --nats nats://10.0.0.1:4222 --stream-replicas 3 --db ./archive.db
+With --sink jetstream, Fleet.SendCommand commands are durable on the same servers (any replica
+reaches the vehicle; a command waits for an offline vehicle until it expires); --commands jetstream
+gives the same to a single SQLite ingest, --commands local turns it off.
 """
 
 _ARCHIVE_EXAMPLE = """\\
@@ -245,6 +248,23 @@ def register(subparsers: Any) -> None:
         "--metrics-listen",
         metavar="HOST:PORT",
         help="serve Prometheus /metrics and /healthz here (e.g. 127.0.0.1:9109; default: off)",
+    )
+    bus = parser.add_argument_group("commands (Fleet.SendCommand)")
+    bus.add_argument(
+        "--commands",
+        choices=("local", "jetstream"),
+        help="jetstream: durable commands on the --nats servers, so any replica reaches the vehicle and"
+        " a command for an offline vehicle waits until it connects or expires (docs/commands.md);"
+        " local: only this process's streams, for the length of the call (default: jetstream with"
+        " --sink jetstream, else local)",
+    )
+    bus.add_argument(
+        "--commands-ack-wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long a command delivered by a replica that died waits before another replica"
+        " delivers it again (default: 30)",
     )
     parser.add_argument(
         "--check",
@@ -527,6 +547,18 @@ def run(args: argparse.Namespace) -> int:
 
     from tcu.sdnotify import Notifier, notify_settings
 
+    commands = None
+    if (args.commands or ("jetstream" if args.sink == "jetstream" else "local")) == "jetstream":
+        from tcu.ingest.command_bus import CommandBusConfig, JetStreamCommandRouter
+
+        commands = JetStreamCommandRouter(
+            CommandBusConfig(
+                nats=config.jetstream if config.jetstream is not None else _jetstream(args),
+                name=f"tcu-ingest commands {config.listen}",
+                ack_wait_s=args.commands_ack_wait,
+            ),
+            max_pending=config.max_pending_commands,
+        )
     notifier = Notifier(notify_settings(os.environ))  # a no-op outside systemd (no $NOTIFY_SOCKET)
     if config.workers > 1:
         import functools
@@ -553,6 +585,7 @@ def run(args: argparse.Namespace) -> int:
                 on_listening=on_listening,
                 notifier=notifier if notifier.enabled else None,
                 metrics_listen=args.metrics_listen,
+                commands=commands,
             )
         )
     finally:

@@ -28,7 +28,7 @@ import grpc
 from tcu.api.v1 import fleet_pb2 as fleet_pb
 from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
 from tcu.demo.procs import DemoError, Proc, read_json_line, read_stats, spawn, wait_file
-from tcu.demo.scenario import Scenario, ScenarioContext
+from tcu.demo.scenario import CloudContext, Scenario, ScenarioContext
 from tcu.demo.verify import Series, expected_samples, load_ground_truth, verify_store
 from tcu.fleet_client import query_series, series_pairs
 from tcu.pki import DevPki, channel_credentials
@@ -200,26 +200,39 @@ async def run_demo(options: DemoOptions, progress: Callable[[str], None] | None 
         security = await asyncio.to_thread(_make_security, options, workdir)
         if security.pki is not None:
             say(f"development PKI in {security.pki.directory}: mTLS for the agent and the backend")
-        ingest = await spawn(
-            "ingest",
-            [
-                sys.executable,
-                "-m",
-                "tcu.cli.main",
-                "ingest",
-                "--listen",
-                "127.0.0.1:0",
-                "--db",
-                str(workdir / "ingest.sqlite"),
-                "--port-file",
-                str(workdir / "ingest.port"),
-                *security.ingest_args(),
-            ],
-            workdir,
+        target = await scenario.start_cloud(
+            CloudContext(
+                workdir=workdir,
+                vehicle_id=options.vehicle_id,
+                security_args=security.ingest_args(),
+                command_keys=security.pki.directory if security.pki is not None else None,
+                channel=security.channel,
+                startup_timeout_s=options.startup_timeout_s,
+                say=say,
+            )
         )
-        procs.append(ingest)
-        ingest_port = int(await wait_file(workdir / "ingest.port", ingest, options.startup_timeout_s))
-        say(f"ingest listening on 127.0.0.1:{ingest_port}")
+        if target is None:
+            ingest = await spawn(
+                "ingest",
+                [
+                    sys.executable,
+                    "-m",
+                    "tcu.cli.main",
+                    "ingest",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--db",
+                    str(workdir / "ingest.sqlite"),
+                    "--port-file",
+                    str(workdir / "ingest.port"),
+                    *security.ingest_args(),
+                ],
+                workdir,
+            )
+            procs.append(ingest)
+            ingest_port = int(await wait_file(workdir / "ingest.port", ingest, options.startup_timeout_s))
+            target = f"127.0.0.1:{ingest_port}"
+            say(f"ingest listening on {target}")
 
         ground_truth = workdir / "ground_truth.npz"
         sim = await spawn(
@@ -239,7 +252,7 @@ async def run_demo(options: DemoOptions, progress: Callable[[str], None] | None 
                 "--ground-truth",
                 str(ground_truth),
                 *scenario.sim_args,
-                *scenario.ingest_sim_args(f"127.0.0.1:{ingest_port}"),
+                *scenario.ingest_sim_args(target),
             ],
             workdir,
             stdout=asyncio.subprocess.PIPE,
@@ -255,7 +268,7 @@ async def run_demo(options: DemoOptions, progress: Callable[[str], None] | None 
             config_path.write_text,
             _agent_config(
                 ready,
-                scenario.uplink_target(ready, f"127.0.0.1:{ingest_port}"),
+                scenario.uplink_target(ready, target),
                 options.vehicle_id,
                 security,
                 scenario.uplink_toml(),
@@ -322,7 +335,8 @@ async def run_demo(options: DemoOptions, progress: Callable[[str], None] | None 
         if agent.proc.returncode != 0:
             raise agent.failed(f"exited with status {agent.proc.returncode}")
 
-        stored, _batches = await _fetch_stored(security, f"127.0.0.1:{ingest_port}", options.vehicle_id)
+        await scenario.settle()
+        stored, _batches = await _fetch_stored(security, target, options.vehicle_id)
         dbc = load_dbc(ready["dbc"])
         catalog = build_catalog(
             load_mapping(ready["mapping"]), {ready["channel"]: [dbc]}, mapping_path=ready["mapping"]
@@ -330,7 +344,6 @@ async def run_demo(options: DemoOptions, progress: Callable[[str], None] | None 
         # The CAN signals are checked here; signals the agent produces itself are the scenario's.
         can_names = {s.name for s in catalog.signals}
         stored = {name: series for name, series in stored.items() if name in can_names}
-        target = f"127.0.0.1:{ingest_port}"
         extra = await scenario.summarize(
             ScenarioContext(
                 workdir=workdir,
@@ -370,5 +383,6 @@ async def run_demo(options: DemoOptions, progress: Callable[[str], None] | None 
     finally:
         for p in reversed(procs):
             await p.stop()
+        await scenario.aclose()
         if not options.keep and options.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -25,7 +25,20 @@ from tcu.signals.mapping import Catalog
 if TYPE_CHECKING:
     from tcu.demo.run import DemoOptions, DemoResult
 
-__all__ = ["SCENARIOS", "Scenario", "ScenarioContext", "load_scenarios", "register"]
+__all__ = ["SCENARIOS", "CloudContext", "Scenario", "ScenarioContext", "load_scenarios", "register"]
+
+
+@dataclass(frozen=True, slots=True)
+class CloudContext:
+    """What a scenario that starts the cloud side itself gets (see :meth:`Scenario.start_cloud`)."""
+
+    workdir: Path
+    vehicle_id: str
+    security_args: list[str]  # the ingest's --pki DIR or --insecure
+    command_keys: Path | None  # a directory with command-signing.key / command-verify.pem (mTLS PKI)
+    channel: Callable[[str], grpc.aio.Channel]  # a backend channel to a target (mTLS or plain)
+    startup_timeout_s: float
+    say: Callable[[str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +74,18 @@ class Scenario:
 
     def prepare(self, workdir: Path) -> None:
         """Write files the scenario needs (campaigns, policies) before anything starts."""
+
+    async def start_cloud(self, ctx: CloudContext) -> str | None:
+        """Start the cloud side itself and return the ingest target the backend queries
+        (``127.0.0.1:PORT``), or None for the default: one ``tcu ingest`` on an SQLite file.
+        What it starts is stopped by :meth:`aclose`."""
+        return None
+
+    async def settle(self) -> None:
+        """After the agent stopped, before the stored data is read (e.g. an archive catching up)."""
+
+    async def aclose(self) -> None:
+        """Stop what :meth:`start_cloud` started (always called, also after a failure)."""
 
     def ingest_sim_args(self, ingest_target: str) -> list[str]:
         """Simulator arguments that need the ingest's address (``127.0.0.1:PORT``), after ``sim_args``."""

@@ -16,6 +16,11 @@ stream or for a result); one more raises :class:`CommandsExhausted`
 (RESOURCE_EXHAUSTED). A link's queue is therefore bounded by the stream's pipeline
 depth (acks) plus ``max_pending`` (commands). A command whose stream ends before
 the vehicle answered is not resent: its sender gets TIMEOUT at the deadline.
+
+:class:`CommandPath` is the seam both routers fill: this in-process one (the default; a
+command lives only as long as its SendCommand call) and the JetStream one of
+:mod:`tcu.ingest.command_bus` (durable: a command waits in JetStream for its vehicle on
+any replica, until it expires).
 """
 
 from __future__ import annotations
@@ -24,17 +29,21 @@ import asyncio
 import enum
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.errors import ClosedResourceError, IngestError
 
 __all__ = [
     "CommandConflict",
+    "CommandInvalid",
     "CommandOutcome",
+    "CommandPath",
     "CommandRouter",
     "CommandState",
+    "CommandUnavailable",
     "CommandsExhausted",
     "Link",
 ]
@@ -50,6 +59,14 @@ class CommandConflict(IngestError):
     """A command with this id is already pending for this vehicle."""
 
 
+class CommandInvalid(IngestError):
+    """The command cannot be routed as sent (INVALID_ARGUMENT; the message says what is wrong)."""
+
+
+class CommandUnavailable(IngestError):
+    """The command store cannot be reached now (UNAVAILABLE; the cause is in ``__cause__``)."""
+
+
 class CommandState(enum.Enum):
     """How a command ended (``CommandStatus`` on the wire)."""
 
@@ -57,6 +74,12 @@ class CommandState(enum.Enum):
     REJECTED = "rejected"
     NOT_CONNECTED = "not_connected"
     TIMEOUT = "timeout"
+    EXPIRED = "expired"
+    """Durable commands: expired before any delivery; the vehicle never received it."""
+    QUEUED = "queued"
+    """Durable commands: not delivered within the call's timeout; it still waits for the vehicle."""
+    UNKNOWN = "unknown"
+    """Durable commands: delivered, but the vehicle's answer was lost; it ran at most once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +107,28 @@ class _Pending:
     future: asyncio.Future[CommandOutcome] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+
+
+class CommandPath(Protocol):
+    """What the Upload servicer and ``Fleet.SendCommand`` need of a command router."""
+
+    def attach(self, link: Link) -> AbstractContextManager[Link]: ...
+
+    def connected(self, vehicle_id: str) -> bool: ...
+
+    def connected_vehicles(self) -> frozenset[str]: ...
+
+    async def send(
+        self, command: ingest_pb.VehicleCommand, vehicle_id: str, timeout_s: float
+    ) -> CommandOutcome: ...
+
+    def resolve(self, vehicle_id: str, result: ingest_pb.CommandResult) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 class CommandRouter:
@@ -217,6 +262,12 @@ class CommandRouter:
         state = CommandState.EXECUTED if result.executed else CommandState.REJECTED
         entry.future.set_result(CommandOutcome(state, result.reason))
         return True
+
+    async def start(self) -> None:
+        """Nothing to open: the in-process router holds everything in memory."""
+
+    async def aclose(self) -> None:
+        self.close()
 
     def close(self) -> None:
         """Fail waiting senders with ClosedResourceError and deliver nothing more. Idempotent."""

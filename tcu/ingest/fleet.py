@@ -16,7 +16,15 @@ from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.errors import ClosedResourceError
 from tcu.ingest._events import capture_pb
 from tcu.ingest._query_wire import signal_update_bytes
-from tcu.ingest.commands import CommandConflict, CommandRouter, CommandsExhausted, CommandState
+from tcu.ingest.commands import (
+    CommandConflict,
+    CommandInvalid,
+    CommandPath,
+    CommandRouter,
+    CommandsExhausted,
+    CommandState,
+    CommandUnavailable,
+)
 from tcu.ingest.hub import SubscriberOverflow, Subscription, UpdateHub
 from tcu.ingest.model import HistoryQuery, VehicleNotFound
 from tcu.ingest.store import Sink
@@ -37,6 +45,9 @@ _STATUS = {
     CommandState.REJECTED: fleet_pb.COMMAND_STATUS_REJECTED,
     CommandState.NOT_CONNECTED: fleet_pb.COMMAND_STATUS_NOT_CONNECTED,
     CommandState.TIMEOUT: fleet_pb.COMMAND_STATUS_TIMEOUT,
+    CommandState.EXPIRED: fleet_pb.COMMAND_STATUS_EXPIRED,
+    CommandState.QUEUED: fleet_pb.COMMAND_STATUS_QUEUED,
+    CommandState.UNKNOWN: fleet_pb.COMMAND_STATUS_UNKNOWN,
 }
 
 
@@ -68,7 +79,9 @@ class FleetService(fleet_grpc.FleetServicer):
     SendCommand: see :mod:`tcu.ingest.commands`. INVALID_ARGUMENT for an empty
     vehicle id, command id, kind or envelope, or an envelope above
     ``max_command_bytes``; ALREADY_EXISTS when the same command id is pending for the
-    vehicle; RESOURCE_EXHAUSTED beyond the vehicle's pending bound. The signature is
+    vehicle; RESOURCE_EXHAUSTED beyond the vehicle's pending bound. With durable commands
+    (:mod:`tcu.ingest.command_bus`): INVALID_ARGUMENT for an envelope without a readable
+    ``expires_ns``, UNAVAILABLE while JetStream cannot be reached. The signature is
     not checked here (the vehicle checks it); mTLS restricts the method to backend
     certificates (``INGEST_POLICY``), and every command is logged with its caller.
     """
@@ -80,7 +93,7 @@ class FleetService(fleet_grpc.FleetServicer):
         *,
         default_chunk: int,
         max_chunk: int,
-        commands: CommandRouter | None = None,
+        commands: CommandPath | None = None,
         caller: Caller = peer_address,
         command_timeout_s: float = 30.0,
         command_timeout_max_s: float = 3600.0,
@@ -99,7 +112,7 @@ class FleetService(fleet_grpc.FleetServicer):
         self._hub = hub
         self._default_chunk = default_chunk
         self._max_chunk = max_chunk
-        self._commands = commands if commands is not None else CommandRouter()
+        self._commands: CommandPath = commands if commands is not None else CommandRouter()
         self._caller = caller
         self._command_timeout_s = command_timeout_s
         self._command_timeout_max_s = command_timeout_max_s
@@ -297,6 +310,10 @@ class FleetService(fleet_grpc.FleetServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except CommandConflict as exc:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        except CommandInvalid as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{label}: {exc}")
+        except CommandUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{label}: {exc}")
         except ClosedResourceError:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, "ingest is shutting down; send the command again"

@@ -15,7 +15,16 @@ Metric names (all prefixed ``tcu_ingest_``; counters end in ``_total``):
 ``writer_up``                                 gauge    1 while the writer thread runs
 ``vehicles_connected``                        gauge    vehicles with an open Upload stream
 ``subscribers``                               gauge    open Fleet.Subscribe streams
+``commands_queued_total``                     counter  durable commands this replica put in JetStream
+``commands_duplicate_total``                  counter  SendCommand calls for a command queued or finished
+``commands_delivered_total``                  counter  deliveries by this replica (redeliveries included)
+``commands_redelivered_total``                counter  deliveries of a command delivered before
+``command_outcomes_total{state}``             counter  final outcomes this replica recorded
+``commands_bus_errors_total``                 counter  JetStream requests that failed (each logged)
 ============================================  =======  ===========================================
+
+The ``commands_*`` families are there only with durable commands (``--commands jetstream``, the
+default of ``--sink jetstream``).
 
 The mean group size is ``batches_total / commit_groups_total`` and the mean commit
 latency ``commit_seconds_total / commit_groups_total`` (rates of both in PromQL).
@@ -99,6 +108,21 @@ def ingest_snapshot(server: IngestServer, rpcs: RpcCounter) -> Iterable[Family]:
         len(server.commands.connected_vehicles())
     )
     yield g("subscribers", "Open Fleet.Subscribe streams").add(len(server.hub))
+    bus = getattr(server.commands, "stats", None)
+    if bus is not None:
+        yield c("commands_queued", "Durable commands this replica put in JetStream").add(bus.queued)
+        yield c("commands_duplicate", "SendCommand calls for a command queued or finished").add(
+            bus.duplicates
+        )
+        yield c("commands_delivered", "Command deliveries by this replica").add(bus.delivered)
+        yield c("commands_redelivered", "Deliveries of a command delivered before").add(bus.redelivered)
+        outcomes = c("command_outcomes", "Final command outcomes this replica recorded", ("state",))
+        for state, count in sorted(bus.outcomes.items()):
+            outcomes.add(count, state)
+        yield outcomes
+        yield c("commands_bus_errors", "JetStream requests of the command bus that failed").add(
+            bus.bus_errors
+        )
     implausible = c(
         "samples_implausible_time", "Samples stored dated before 2000 or in the future", ("vehicle",)
     )

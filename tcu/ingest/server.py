@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2_grpc as health_grpc
 from tcu.api.v1 import fleet_pb2 as fleet_pb
 from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.errors import ClosedResourceError, IngestError
-from tcu.ingest.commands import CommandRouter
+from tcu.ingest.commands import CommandPath, CommandRouter
 from tcu.ingest.config import IngestConfig
 from tcu.ingest.fleet import Caller, FleetService, peer_address, peer_host
 from tcu.ingest.fleet import add_to_server as add_fleet_to_server
@@ -62,7 +62,10 @@ class IngestServer:
     expired ones are refused (:class:`~tcu.pki.MtlsInterceptor`), vehicles may
     only call ``Ingest`` and backends only ``Fleet``, and every upload is bound
     to the vehicle id in the certificate. ``server_credentials`` and
-    ``identity`` override that (tests).
+    ``identity`` override that (tests). ``commands`` is the command router: by default the
+    in-process :class:`~tcu.ingest.commands.CommandRouter`; a
+    :class:`~tcu.ingest.command_bus.JetStreamCommandRouter` makes commands durable across
+    replicas (the server starts and closes it).
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class IngestServer:
         store_check_s: float = 1.0,
         worker: int | None = None,
         write_turn: contextlib.AbstractContextManager[object] | None = None,
+        commands: CommandPath | None = None,
     ) -> None:
         self._config = config
         self._worker = worker
@@ -105,7 +109,9 @@ class IngestServer:
         self._server: grpc.aio.Server | None = None
         self._hub = UpdateHub(config.subscriber_queue, config.subscriber_max_bytes)
         self._ingest: IngestService | None = None
-        self._commands = CommandRouter(max_pending=config.max_pending_commands)
+        self._commands: CommandPath = (
+            commands if commands is not None else CommandRouter(max_pending=config.max_pending_commands)
+        )
         self.streams = StreamLimiter(
             max_streams=config.max_streams, max_per_identity=config.max_streams_per_identity
         )
@@ -131,7 +137,7 @@ class IngestServer:
         return dict(self._ingest.implausible_times) if self._ingest is not None else {}
 
     @property
-    def commands(self) -> CommandRouter:
+    def commands(self) -> CommandPath:
         """Connected vehicles and pending commands."""
         return self._commands
 
@@ -148,11 +154,16 @@ class IngestServer:
         if self._server is not None:
             raise IngestError("the ingest server is already started")
         config = self._config
-        sink: Sink = (
-            self._given_sink
-            if self._given_sink is not None
-            else await _open_sink(config, write_turn=self._write_turn)
-        )
+        await self._commands.start()
+        try:
+            sink: Sink = (
+                self._given_sink
+                if self._given_sink is not None
+                else await _open_sink(config, write_turn=self._write_turn)
+            )
+        except BaseException:
+            await self._commands.aclose()
+            raise
         self._sink = sink
         stream_sink = _jetstream(sink)
         from_stream = stream_sink is not None
@@ -162,6 +173,7 @@ class IngestServer:
             except BaseException:
                 if self._given_sink is None:
                     await sink.aclose()
+                await self._commands.aclose()
                 raise
         options: list[tuple[str, int]] = [
             *_CELLULAR_OPTIONS,
@@ -223,6 +235,7 @@ class IngestServer:
         except RuntimeError as exc:
             if self._given_sink is None:
                 await sink.aclose()
+            await self._commands.aclose()
             why = problem or _bind_problem(config.listen) or exc
             raise IngestError(f"ingest.listen: cannot listen on {config.listen}: {why}") from exc
         await server.start()
@@ -286,6 +299,7 @@ class IngestServer:
         self._hub.close()
         if self._server is not None:
             await self._server.stop(grace_s)
+        await self._commands.aclose()
         if self._sink is not None and self._given_sink is None:
             await self._sink.aclose()
         log.info("ingest stopped")
@@ -389,6 +403,7 @@ async def serve(
     metrics_listen: str | None = None,
     worker: int | None = None,
     write_turn: contextlib.AbstractContextManager[object] | None = None,
+    commands: CommandPath | None = None,
 ) -> None:
     """Run the ingest until SIGTERM or SIGINT (or ``stop`` is set), then stop cleanly.
 
@@ -398,12 +413,17 @@ async def serve(
     Prometheus ``/metrics`` and ``/healthz`` are served there (:mod:`tcu.ingest.metrics`).
     ``worker`` is this process's index under ``tcu ingest --workers N`` (:mod:`tcu.ingest.workers`),
     ``write_turn`` the workers' shared FIFO turn for writing the database.
+    ``commands`` replaces the in-process command router (see :class:`IngestServer`).
     """
     from tcu.ingest.metrics import RpcCounter
 
     rpcs = RpcCounter()
     server = IngestServer(
-        config, interceptors=[rpcs] if metrics_listen else (), worker=worker, write_turn=write_turn
+        config,
+        interceptors=[rpcs] if metrics_listen else (),
+        worker=worker,
+        write_turn=write_turn,
+        commands=commands,
     )
     metrics: Any = None
     stop_event = stop if stop is not None else asyncio.Event()

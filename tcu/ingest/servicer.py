@@ -66,7 +66,7 @@ from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.api.v1 import ingest_pb2_grpc as ingest_grpc
 from tcu.api.v1 import telemetry_pb2 as telemetry_pb
 from tcu.errors import BatchRejected, ClosedResourceError, IngestError, StreamRejected
-from tcu.ingest.commands import CommandRouter, Link
+from tcu.ingest.commands import CommandPath, CommandRouter, Link
 from tcu.ingest.hub import UpdateHub
 from tcu.ingest.model import Batch, QuarantinedBatch, StoreResult
 from tcu.ingest.store import Sink
@@ -202,7 +202,7 @@ class IngestService(ingest_grpc.IngestServicer):
         batch_burst: int = 2000,
         throttle_max_wait_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
-        commands: CommandRouter | None = None,
+        commands: CommandPath | None = None,
         streams: StreamLimiter | None = None,
         hello_timeout_s: float = 30.0,
         worker: int | None = None,
@@ -218,7 +218,7 @@ class IngestService(ingest_grpc.IngestServicer):
         self._streams = (
             streams if streams is not None else StreamLimiter(max_streams=10_000, max_per_identity=4)
         )
-        self._commands = commands if commands is not None else CommandRouter()
+        self._commands: CommandPath = commands if commands is not None else CommandRouter()
         self._hub = hub
         self._limits = limits
         self._depth = pipeline_depth

@@ -34,6 +34,16 @@ class _CommandStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Command
     """no Upload stream of that vehicle within the timeout"""
     COMMAND_STATUS_TIMEOUT: _CommandStatus.ValueType  # 4
     """delivered, no answer within the timeout"""
+    COMMAND_STATUS_EXPIRED: _CommandStatus.ValueType  # 5
+    """With durable commands (an ingest on JetStream, docs/commands.md "Durable commands"):
+    its expires_ns passed before any delivery; the vehicle never got it
+    """
+    COMMAND_STATUS_QUEUED: _CommandStatus.ValueType  # 6
+    """not delivered within the timeout; it waits until the vehicle"""
+    COMMAND_STATUS_UNKNOWN: _CommandStatus.ValueType  # 7
+    """connects or it expires (send it again for the result)
+    delivered, but the vehicle's answer was lost; it ran at most once
+    """
 
 class CommandStatus(_CommandStatus, metaclass=_CommandStatusEnumTypeWrapper): ...
 
@@ -46,6 +56,16 @@ COMMAND_STATUS_NOT_CONNECTED: CommandStatus.ValueType  # 3
 """no Upload stream of that vehicle within the timeout"""
 COMMAND_STATUS_TIMEOUT: CommandStatus.ValueType  # 4
 """delivered, no answer within the timeout"""
+COMMAND_STATUS_EXPIRED: CommandStatus.ValueType  # 5
+"""With durable commands (an ingest on JetStream, docs/commands.md "Durable commands"):
+its expires_ns passed before any delivery; the vehicle never got it
+"""
+COMMAND_STATUS_QUEUED: CommandStatus.ValueType  # 6
+"""not delivered within the timeout; it waits until the vehicle"""
+COMMAND_STATUS_UNKNOWN: CommandStatus.ValueType  # 7
+"""connects or it expires (send it again for the result)
+delivered, but the vehicle's answer was lost; it ran at most once
+"""
 Global___CommandStatus: _TypeAlias = CommandStatus  # noqa: Y015
 
 @_typing.final
@@ -393,7 +413,7 @@ class SendCommandRequest(_message.Message):
     signed_command: _builtins.bytes
     """tcu.pki.commands.sign_command(...)"""
     timeout_ms: _builtins.int
-    """0: 30 s"""
+    """0: 30 s (durable commands: how long this call waits, not the command)"""
     def __init__(
         self,
         *,
