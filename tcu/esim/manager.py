@@ -114,13 +114,17 @@ class ProfileManager:
 
     async def enabled(self) -> es10.ProfileInfo | None:
         """The enabled profile (None if none); :class:`CardStateError` if more than one."""
+        return (await self.state())[1]
+
+    async def state(self) -> tuple[tuple[es10.ProfileInfo, ...], es10.ProfileInfo | None]:
+        """All profiles and the enabled one, from one read; :class:`CardStateError` if two are enabled."""
         profiles = await self.profiles()
         enabled = [p for p in profiles if p.state is es10.ProfileState.enabled]
         if len(enabled) > 1:
             raise CardStateError(
                 f"card reports {len(enabled)} enabled profiles: {[p.iccid for p in enabled]}"
             )
-        return enabled[0] if enabled else None
+        return profiles, enabled[0] if enabled else None
 
     async def notifications(self) -> tuple[es10.NotificationMetadata, ...]:
         return await self._es10("ListNotification", lambda s: s.list_notifications())
@@ -216,13 +220,22 @@ class ProfileManager:
 
     # --- policy decisions -------------------------------------------------------------
 
-    async def execute(self, decision: Decision) -> SwitchOutcome:
-        """Audit ``decision`` and carry it out; never raises for card errors (see ``error``)."""
+    async def execute(
+        self, decision: Decision, *, prepare: Callable[[], Awaitable[None]] | None = None
+    ) -> SwitchOutcome:
+        """Audit ``decision`` and carry it out; never raises for card errors (see ``error``).
+
+        ``prepare`` runs after the decision is audited and before the enable (a ``download``
+        decision fetches the profile there); its :class:`EsimError` fails the decision like a
+        card refusal.
+        """
         await self._log("decision", decision.to_fields())
         if decision.kind is DecisionKind.hold or decision.target_iccid is None:
             return SwitchOutcome(ok=True, enabled_iccid=None)
         target = decision.target_iccid
         try:
+            if prepare is not None:
+                await prepare()
             await self._switch(target)
         except EsimError as exc:
             log.warning("decision %s to %s failed: %s", decision.kind.name, decision.target_iccid, exc)
