@@ -107,6 +107,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _P = "Vehicle.Connectivity."
+_NOTIFY_RETRY_S = 60.0  # wall seconds between delivery rounds while notifications stay undelivered
 
 SIGNALS: tuple[ExtraSignal, ...] = (
     ExtraSignal(_P + "Iccid", "", "string", "esim"),
@@ -188,6 +189,9 @@ class ConnectivitySource:
         self.download_failures = 0
         self._installed: frozenset[str] | None = None
         self._lpa: Lpa | None = None
+        self._notify_due = True
+        """Deliver the card's pending notifications at the next registered poll (with an LPA)."""
+        self._notify_after_mono = 0.0
         self._audit: AuditLog | None = None
         self._enabled: str | None = None
         self._card_read_mono: float | None = None
@@ -407,6 +411,24 @@ class ConnectivitySource:
         observed, ok = self._enabled, True
         if decision is not None:
             ok = await self._carry_out(decision, manager, emit, t_ns)
+            self._notify_due = self._notify_due or decision.kind is not DecisionKind.hold
+        elif (
+            self._notify_due
+            and reg.registered
+            and self._lpa is not None
+            and self.policy.pending_target is None
+            and now >= self._notify_after_mono
+        ):
+            # the link allows: hand the card's notifications to their SM-DP+ (removed once delivered)
+            self._notify_due = False
+            report = await self._lpa.deliver_notifications()
+            if report.pending:
+                self._notify_due, self._notify_after_mono = True, time.monotonic() + _NOTIFY_RETRY_S
+                log.warning(
+                    "connectivity: notifications %s not delivered; again in %.0f s",
+                    report.pending,
+                    _NOTIFY_RETRY_S,
+                )
         self._follow_order(reg, observed, decision, ok)
         return decision
 
@@ -466,7 +488,7 @@ class ConnectivitySource:
                     )
 
         outcome = await manager.execute(decision, prepare=prepare)
-        self.policy.record_outcome(decision, outcome.ok)
+        self.policy.record_outcome(decision, outcome.ok, t_ns=self.clock.now_ns())
         self.decisions.append((decision, outcome.ok))
         self._last_error = outcome.error
         if decision.kind is DecisionKind.hold:

@@ -21,7 +21,8 @@ gone) the audit log and the error say so. Once the card has answered a ProfileIn
 (success or error), that result is the end of the session and is delivered as a notification.
 
 Every step goes to the audit log (kinds ``download``, ``es10``, ``es9``, ``cancel_session``,
-``notification``), as the profile manager writes switches. Errors are :class:`DownloadError` with the
+``notification`` per notification and ``notifications`` per delivery round), as the profile
+manager writes switches. Errors are :class:`DownloadError` with the
 step that failed and whether the session was cancelled; the card's own refusal is in the message.
 """
 
@@ -446,4 +447,5 @@ class Lpa:
                     continue
                 delivered.append(seq)
                 await self._log("notification", {**fields, "delivered": True, "removed": True})
+        await self._log("notifications", {"delivered": delivered, "pending": pending})
         return NotificationReport(tuple(delivered), tuple(pending))

@@ -576,8 +576,16 @@ class RoamingPolicy:
         self._order = _Order(target, t, self.country, replaced=held)
         return Decision(DecisionKind.order, target, reason, t_ns, self.country, enabled, command_id)
 
-    def record_outcome(self, decision: Decision, ok: bool) -> None:
-        """Tell the engine whether ``decision`` was carried out on the card."""
+    def record_outcome(self, decision: Decision, ok: bool, *, t_ns: int | None = None) -> None:
+        """Tell the engine whether ``decision`` was carried out on the card (at ``t_ns``, if known).
+
+        For a ``download`` the attach deadline runs from ``t_ns``, when the profile was fetched and
+        enabled, not from the decision (the download itself takes a while).
+        """
+        pending = self._pending
+        fetched = ok and t_ns is not None and decision.kind is DecisionKind.download
+        if fetched and t_ns is not None and pending is not None and pending.target == decision.target_iccid:
+            pending.t_s = t_ns / 1e9
         if ok or decision.target_iccid is None:
             return
         self._pending = None

@@ -58,11 +58,11 @@ def test_a_country_without_its_profile_asks_for_a_download_then_supervises_the_a
     assert decision.target_iccid == LOCAL and decision.activation_code == CODE
     assert decision.previous_iccid == HOME and "download it (attempt 1)" in decision.reason
     assert decision.to_fields()["activation_code"] == CODE
-    policy.record_outcome(decision, True)
+    policy.record_outcome(decision, True, t_ns=40 * S)  # fetched and enabled at 40 s
     assert policy.pending_target == LOCAL
-    # the new profile never attaches: back to the previous one
-    assert policy.step(obs(30, LOCAL, registered=False, installed=(HOME, LOCAL))) is None
-    rollback = policy.step(obs(80, LOCAL, registered=False, installed=(HOME, LOCAL)))
+    # the new profile never attaches: back to the previous one, attach_deadline_s after the enable
+    assert policy.step(obs(80, LOCAL, registered=False, installed=(HOME, LOCAL))) is None
+    rollback = policy.step(obs(101, LOCAL, registered=False, installed=(HOME, LOCAL)))
     assert rollback is not None and rollback.kind is DecisionKind.rollback and rollback.target_iccid == HOME
 
 
