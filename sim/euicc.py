@@ -391,7 +391,7 @@ class SimulatedEuicc:
             response, sw = self._es10(request)
         except EsimError:
             return b"", SW_WRONG_DATA
-        if self.config.always_chain or len(response) > self.config.max_response_b:
+        if response and (self.config.always_chain or len(response) > self.config.max_response_b):
             state.pending, state.pending_sw = response, sw
             return b"", 0x6100 | (min(len(response), 256) & 0xFF)
         return response, sw
