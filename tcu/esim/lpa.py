@@ -423,7 +423,7 @@ class Lpa:
             listing = await self._card("RetrieveNotificationsList", session.retrieve_notifications())
             for der in listing.notifications:
                 seq, address, iccid = es10b.pending_notification_address(der)
-                fields: dict[str, Any] = {"seq": seq, "smdp": address, "iccid": iccid}
+                fields: dict[str, Any] = {"notification_seq": seq, "smdp": address, "iccid": iccid}
                 client = clients.get(address.lower())
                 if client is None:
                     client = clients[address.lower()] = self._client(address)
@@ -437,7 +437,7 @@ class Lpa:
                     )
                     continue
                 try:
-                    await self._card("NotificationSent", session.notification_sent(seq), seq=seq)
+                    await self._card("NotificationSent", session.notification_sent(seq), notification_seq=seq)
                 except EsimError as exc:
                     pending.append(seq)
                     await self._log(
