@@ -36,6 +36,7 @@ _EXAMPLE = """examples:
   tcu esim --port /dev/ttyUSB2 notifications --deliver --ca gsma-ci.pem
   tcu esim audit verify /var/lib/tcu/esim-audit.jsonl
   tcu esim order WTCUSIM0000000001 89352010001234567802 --reason "maintenance" --pki ./pki
+  tcu esim order-download WTCUSIM0000000001 'LPA:1$smdp.example.com$MATCHING-ID' --pki ./pki
 """
 
 
@@ -107,6 +108,22 @@ def register(subparsers: Any) -> None:
     )
     order.add_argument("--reason", default="", help="why (audited on the vehicle; at most 200 characters)")
     add_command_args(order, timeout_s=300.0)
+    order_dl = actions.add_parser(
+        "order-download",
+        help="order a vehicle to download a profile and enable it (signed command esim.download)",
+        description="Sign an esim.download command with the backend's command key and send it through the "
+        "ingest's Fleet.SendCommand. The vehicle's agent verifies it, downloads the profile the activation "
+        "code names from the SM-DP+ (its [connectivity] smdp_ca must be set), enables it like an "
+        "esim.enable order and answers once the outcome is known. --port is not used.",
+        epilog="Example: tcu esim order-download WTCUSIM0000000001 'LPA:1$smdp.example.com$MATCHING-ID' "
+        "--pki ./pki",
+    )
+    order_dl.add_argument("vehicle", help="vehicle id (VIN)")
+    order_dl.add_argument(
+        "order_code", metavar="ACTIVATION_CODE", help="LPA:1$<SM-DP+ address>$<matching id>"
+    )
+    order_dl.add_argument("--reason", default="", help="why (audited on the vehicle; at most 200 characters)")
+    add_command_args(order_dl, timeout_s=600.0)
     parser.set_defaults(func=run)
 
 
@@ -147,6 +164,27 @@ def order_payload(iccid: str, reason: str = "") -> bytes:
     return payload
 
 
+def download_payload(code: str, reason: str = "") -> bytes:
+    """The ``esim.download`` payload, checked as the vehicle will check it (:class:`InputError`)."""
+    from tcu.agent.commands import parse_download_order
+
+    payload = code.encode("utf-8") + (b"\n" + reason.encode("utf-8") if reason else b"")
+    parse_download_order(payload)
+    return payload
+
+
+def run_order_download(args: argparse.Namespace) -> int:
+    try:
+        payload = download_payload(args.order_code, args.reason)
+    except InputError as exc:
+        raise InputError(f"esim order-download: {exc}") from exc
+    status, reason = asyncio.run(
+        send_signed_command(args, kind="esim.download", payload=payload, id_prefix="esim-download")
+    )
+    print(f"{args.vehicle}: {status}{(': ' + reason) if reason else ''}")
+    return 0 if status == "EXECUTED" else 1
+
+
 def run_order(args: argparse.Namespace) -> int:
     try:
         payload = order_payload(args.order_iccid, args.reason)
@@ -162,6 +200,8 @@ def run_order(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.action == "order":
         return run_order(args)
+    if args.action == "order-download":
+        return run_order_download(args)
     if args.action == "audit":
         count = verify(args.file)
         print(f"{args.file}: {count} entries, hash chain intact")
