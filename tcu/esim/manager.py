@@ -210,7 +210,7 @@ class ProfileManager:
         )
 
     async def acknowledge(self, seq: int) -> None:
-        await self._es10("NotificationSent", lambda s: s.notification_sent(seq), seq=seq)
+        await self._es10("NotificationSent", lambda s: s.notification_sent(seq), notification_seq=seq)
 
     async def _reread_after_error(self) -> None:
         try:
