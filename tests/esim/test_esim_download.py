@@ -334,3 +334,42 @@ def test_a_link_loss_before_the_notification_keeps_it_on_the_card_until_delivere
     assert report.delivered == result.notifications.pending and report.pending == ()
     assert not [n for n in setup.card.notifications if n.iccid == TS48_ICCID]
     assert verify(setup.audit) > 0
+
+
+class _CardLinkDrops(EuiccTransport):
+    """The modem's link to the card goes away ``after`` APDUs into the package (the card goes mute)."""
+
+    def __init__(self, card: SimulatedEuicc, after: int) -> None:
+        super().__init__(card)
+        self.after = after
+        self.counting = False
+
+    async def transmit(self, handle: int, apdu: bytes) -> bytes:
+        if apdu[1] == 0xE2 and apdu[3] == 0 and apdu[5:7] == b"\xbf\x36":
+            self.counting = True  # the first block of the first package piece
+        if self.counting:
+            if self.after <= 0:
+                self.card.mute = True
+            self.after -= 1
+        return await super().transmit(handle, apdu)
+
+
+@pytest.mark.parametrize("after", [0, 3, 60])
+def test_a_card_link_loss_while_loading_leaves_the_card_as_it_was(
+    smdpp: SmdpPlus, setup: Setup, after: int
+) -> None:
+    import asyncio
+
+    transport = _CardLinkDrops(setup.card, after)
+    lpa = Lpa(transport, _es9(smdpp), audit=AuditLog(setup.audit))
+    code = parse_activation_code(smdpp.activation_code(MATCHING_ID))
+    with pytest.raises(DownloadError) as caught:
+        asyncio.run(lpa.download(code))
+    assert caught.value.step == "LoadBoundProfilePackage" and "transport failed" in str(caught.value)
+    assert "card CancelSession failed" in caught.value.cancelled
+    # the modem resets the card; the half-loaded profile must not be there, and a new try works
+    setup.card.mute = False
+    setup.card.power_cycle()
+    setup.assert_unchanged()
+    result = asyncio.run(setup.lpa(_es9(smdpp)).download(code))
+    assert result.iccid == TS48_ICCID and [p.iccid for p in setup.card.profiles] == [HOME, TS48_ICCID]
