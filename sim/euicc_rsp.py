@@ -145,6 +145,16 @@ class CancelReason(enum.IntEnum):
     undefinedReason = 127
 
 
+_STAGE_COMMAND = {
+    "secured": BppCommand.configureISDP,
+    "configured": BppCommand.storeMetadata,
+    "metadata": BppCommand.storeMetadata,
+    "metadata_done": BppCommand.replaceSessionKeys,
+    "keys": BppCommand.loadProfileElements,
+    "loading": BppCommand.loadProfileElements,
+}
+
+
 class _Refused(Exception):
     def __init__(self, code: int, why: str) -> None:
         super().__init__(why)
@@ -397,6 +407,19 @@ class DownloadFunctions:
             raise es10.Es10Error(f"ES10b {tag:X}", str(exc)) from exc
         return self._bpp_piece(tag, der)
 
+    def interrupt(self, why: str) -> None:
+        """Drop the session (a reset, or a new AuthenticateServer). A BPP that had begun ends with an
+        errorResult ``installFailedDueToInterruption`` as its pending install notification."""
+        session = self.session
+        if session is None:
+            return
+        if self._in_bpp():
+            command = _STAGE_COMMAND.get(session.stage, BppCommand.loadProfileElements)
+            self._fail(session, _BppFailed(command, BppError.installFailedDueToInterruption, why))
+        else:
+            self._refuse("session", AuthenticateError.undefinedError, f"interrupted before the BPP: {why}")
+            self.session = None
+
     def _in_bpp(self) -> bool:
         return self.session is not None and self.session.stage not in ("authenticated", "prepared")
 
@@ -415,7 +438,7 @@ class DownloadFunctions:
         transaction_id = fields.get(0x80, b"")
         challenge = self.card.euicc_challenge
         self.card.euicc_challenge = None  # single use
-        self.session = None
+        self.interrupt("a new AuthenticateServer")
         try:
             if set(fields) != {0x80, 0x81, 0x83, 0x84}:
                 raise _Refused(AuthenticateError.undefinedError, "serverSigned1 is incomplete")
