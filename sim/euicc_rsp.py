@@ -84,7 +84,7 @@ BPP_PIECE_TAGS = frozenset({0xA0, 0xA1, 0xA2, 0xA3, 0x86, 0x88})
 OID_DP_AUTH = x509.ObjectIdentifier("2.23.146.1.2.1.4")  # id-rspRole-dp-auth-v2
 OID_DP_PB = x509.ObjectIdentifier("2.23.146.1.2.1.5")  # id-rspRole-dp-pb-v2
 _MAC_LEN = 8
-_SIMA_OK = bytes.fromhex("3007A00530038001 00")  # EUICCResponse { peStatus { PEStatus { status ok(0) } } }
+_SIMA_OK = bytes.fromhex("3007A0053003800100")  # EUICCResponse { peStatus { PEStatus { status ok(0) } } }
 
 
 class AuthenticateError(enum.IntEnum):
@@ -404,6 +404,7 @@ class DownloadFunctions:
             if tag == TAG_CANCEL_SESSION:
                 return self._cancel_session(decode_one(der, context="CancelSession"))
         except DerError as exc:
+            self.refusals.append(f"ES10b {tag:X}: malformed (6A80): {exc}")
             raise es10.Es10Error(f"ES10b {tag:X}", str(exc)) from exc
         return self._bpp_piece(tag, der)
 

@@ -378,3 +378,12 @@ async def test_a_new_authenticate_server_ends_a_session_before_its_bpp(flow: Flo
         "session: undefinedError: interrupted before the BPP: a new AuthenticateServer"
     ]
     assert flow.card.download.session is not None and flow.card.download.session.transaction_id != first
+
+
+async def test_a_malformed_download_request_is_refused_with_6a80_and_counted(flow: Flow) -> None:
+    request = flow.smdp.authenticate_server(await flow.challenge())
+    broken = request[:4] + request[5:]  # a byte short: the DER lengths no longer add up
+    with pytest.raises(ApduStatusError) as raised:
+        await flow.session.store_data(broken)
+    assert raised.value.sw == 0x6A80
+    assert flow.card.download.refusals[0].startswith("ES10b BF38: malformed (6A80)")
