@@ -292,9 +292,10 @@ class SimulatedEuicc:
         return next((p for p in self.profiles if p.state is es10.ProfileState.enabled), None)
 
     def power_cycle(self) -> None:
-        """Reset: all logical channels closed, partial commands dropped."""
+        """Reset: all logical channels closed, partial commands dropped, a download interrupted."""
         with self._lock:
             self._channels = {0: _Channel()}
+            self.download.interrupt("power cycle")
 
     # --- APDU level --------------------------------------------------------------------
 

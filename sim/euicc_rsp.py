@@ -84,7 +84,7 @@ BPP_PIECE_TAGS = frozenset({0xA0, 0xA1, 0xA2, 0xA3, 0x86, 0x88})
 OID_DP_AUTH = x509.ObjectIdentifier("2.23.146.1.2.1.4")  # id-rspRole-dp-auth-v2
 OID_DP_PB = x509.ObjectIdentifier("2.23.146.1.2.1.5")  # id-rspRole-dp-pb-v2
 _MAC_LEN = 8
-_SIMA_OK = bytes.fromhex("3007A00530038001 00")  # EUICCResponse { peStatus { PEStatus { status ok(0) } } }
+_SIMA_OK = bytes.fromhex("3007A0053003800100")  # EUICCResponse { peStatus { PEStatus { status ok(0) } } }
 
 
 class AuthenticateError(enum.IntEnum):
@@ -143,6 +143,16 @@ class CancelReason(enum.IntEnum):
     metadataMismatch = 4
     loadBppExecutionError = 5
     undefinedReason = 127
+
+
+_STAGE_COMMAND = {
+    "secured": BppCommand.configureISDP,
+    "configured": BppCommand.storeMetadata,
+    "metadata": BppCommand.storeMetadata,
+    "metadata_done": BppCommand.replaceSessionKeys,
+    "keys": BppCommand.loadProfileElements,
+    "loading": BppCommand.loadProfileElements,
+}
 
 
 class _Refused(Exception):
@@ -394,8 +404,22 @@ class DownloadFunctions:
             if tag == TAG_CANCEL_SESSION:
                 return self._cancel_session(decode_one(der, context="CancelSession"))
         except DerError as exc:
+            self.refusals.append(f"ES10b {tag:X}: malformed (6A80): {exc}")
             raise es10.Es10Error(f"ES10b {tag:X}", str(exc)) from exc
         return self._bpp_piece(tag, der)
+
+    def interrupt(self, why: str) -> None:
+        """Drop the session (a reset, or a new AuthenticateServer). A BPP that had begun ends with an
+        errorResult ``installFailedDueToInterruption`` as its pending install notification."""
+        session = self.session
+        if session is None:
+            return
+        if self._in_bpp():
+            command = _STAGE_COMMAND.get(session.stage, BppCommand.loadProfileElements)
+            self._fail(session, _BppFailed(command, BppError.installFailedDueToInterruption, why))
+        else:
+            self._refuse("session", AuthenticateError.undefinedError, f"interrupted before the BPP: {why}")
+            self.session = None
 
     def _in_bpp(self) -> bool:
         return self.session is not None and self.session.stage not in ("authenticated", "prepared")
@@ -415,7 +439,7 @@ class DownloadFunctions:
         transaction_id = fields.get(0x80, b"")
         challenge = self.card.euicc_challenge
         self.card.euicc_challenge = None  # single use
-        self.session = None
+        self.interrupt("a new AuthenticateServer")
         try:
             if set(fields) != {0x80, 0x81, 0x83, 0x84}:
                 raise _Refused(AuthenticateError.undefinedError, "serverSigned1 is incomplete")

@@ -8,10 +8,13 @@ turns that skip into a failure.
 
 Fixtures (imported by ``tests/conftest.py``, so every test folder has them):
 
-* ``smdpp_tree`` (session): :class:`SmdppTree`, the prepared tree and its certificate files.
-* ``smdpp`` (module): :class:`SmdpPlus`, a running ``osmo-smdpp.py -H 127.0.0.1 -p PORT -c generated``
-  in its own working folder (its session store and log there), stopped after the module.
-* ``smdpp_proxy`` (module): :class:`ConnectProxy`, an HTTP CONNECT proxy on 127.0.0.1 that maps
+* ``smdpp_tree`` (session): :class:`SmdppTree`, the prepared tree and its certificate files;
+  ``smdpp_tree.card_credentials()`` and ``smdpp_tree.eid`` make a simulated card osmo-smdpp trusts.
+* ``smdpp`` (session): :class:`SmdpPlus`, a running ``osmo-smdpp.py -H 127.0.0.1 -p PORT -c generated``
+  in its own working folder (its session store and log there), stopped at the end of the run
+  (one for all tests: its start costs 2 to 10 s; read its log after :meth:`SmdpPlus.log_mark`).
+  ``run_smdpp(tree, folder)`` starts a private one.
+* ``smdpp_proxy`` (session): :class:`ConnectProxy`, an HTTP CONNECT proxy on 127.0.0.1 that maps
   ``testsmdpplus1.example.com:443`` to the running ``smdpp`` and refuses every other target
   (counted). For clients that can only be pointed at a name (lpac: ``https_proxy``).
 
@@ -42,6 +45,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from loopback import free_port
+
+from sim.euicc import CardCredentials
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_NAME = "testsmdpplus1.example.com"  # osmo-smdpp's HOSTNAME, the DPtls certificate's name
@@ -113,6 +118,12 @@ class SmdppTree:
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         return key
 
+    def card_credentials(self) -> CardCredentials:
+        """The simulated card's identity from this set (``EuiccConfig(eid=self.eid, credentials=...)``)."""
+        return CardCredentials.from_files(
+            self.euicc_certificate, self.euicc_key, self.eum_certificate, self.ci_certificate_der
+        )
+
     def ci_pkid(self) -> bytes:
         """The CI's SubjectKeyIdentifier (20 bytes), the eUICC's euiccCiPKId."""
         cert = x509.load_der_x509_certificate(self.ci_certificate_der.read_bytes())
@@ -144,8 +155,13 @@ class SmdpPlus:
     def log_path(self) -> Path:
         return self.workdir / "osmo-smdpp.log"
 
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    def log_text(self, since: int = 0) -> str:
+        """Its log (stdout and stderr, ``-v``: debug lines), from character ``since`` on."""
+        return self.log_path.read_text(errors="replace")[since:]
+
+    def log_mark(self) -> int:
+        """Where the log ends now: ``log_text(since=mark)`` is what came after."""
+        return len(self.log_text())
 
     def activation_code(self, matching_id: str) -> str:
         """SGP.22 §4.1 activation code ``LPA:1$<SM-DP+ address>$<matching id>``."""
@@ -317,13 +333,13 @@ def smdpp_tree() -> SmdppTree:
     return _prepare()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def smdpp(smdpp_tree: SmdppTree, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmdpPlus]:
     with run_smdpp(smdpp_tree, tmp_path_factory.mktemp("smdpp")) as server:
         yield server
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def smdpp_proxy(smdpp: SmdpPlus) -> Iterator[ConnectProxy]:
     with run_connect_proxy((smdpp.host, smdpp.port), smdpp.server_name) as proxy:
         yield proxy

@@ -332,3 +332,58 @@ async def test_cancel_session(flow: Flow) -> None:
     with pytest.raises(ApduStatusError):
         await flow.load(flow.smdp.bpp())
     assert snapshot(flow.card) == [(HOME, "enabled", 1000)]
+
+
+# --- interruptions --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stop_after", [1, 2, 4, -3], ids=["isc", "configure", "metadata", "elements"])
+async def test_an_interrupted_bpp_leaves_the_card_as_it_was_and_a_new_download_works(
+    pki: Pki, stop_after: int
+) -> None:
+    card = make_card(pki)
+    transport = EuiccTransport(card)
+    smdp = SmdpSide(pki)
+    async with IsdrSession(transport) as session:
+        flow = Flow(card, session, smdp)
+        await flow.ready()
+        pieces = smdp.bpp()
+        for piece in pieces[:stop_after]:
+            assert await session.store_data(piece) == b""
+    card.power_cycle()  # the link (and the modem's power) went away in the middle
+    assert snapshot(card) == [(HOME, "enabled", 1000)]
+    assert card.download.session is None
+    assert card.download.refusals[-1].split(": ")[:2] == [
+        "LoadBoundProfilePackage",
+        "installFailedDueToInterruption",
+    ]
+    kind, result = final_result(card.install_results[card.notifications[-1].seq])
+    assert (kind, result["errorReason"]) == ("errorResult", 11)
+    async with IsdrSession(transport) as session:
+        with pytest.raises(ApduStatusError):  # the rest of the old package is not accepted
+            await session.store_data(pieces[stop_after])
+        flow = Flow(card, session, SmdpSide(pki))
+        await flow.ready()
+        pir, _ = await flow.load(flow.smdp.bpp())
+    assert final_result(pir)[0] == "successResult"
+    assert [p.iccid for p in card.profiles] == [HOME, flow.smdp.iccid]
+
+
+async def test_a_new_authenticate_server_ends_a_session_before_its_bpp(flow: Flow) -> None:
+    await flow.ready()
+    first = flow.smdp.transaction_id
+    flow.smdp = SmdpSide(flow.smdp.pki)
+    assert (await flow.authenticate())["kind"] == "authenticateResponseOk"
+    assert flow.card.download.refusals == [
+        "session: undefinedError: interrupted before the BPP: a new AuthenticateServer"
+    ]
+    assert flow.card.download.session is not None and flow.card.download.session.transaction_id != first
+
+
+async def test_a_malformed_download_request_is_refused_with_6a80_and_counted(flow: Flow) -> None:
+    request = flow.smdp.authenticate_server(await flow.challenge())
+    broken = request[:4] + request[5:]  # a byte short: the DER lengths no longer add up
+    with pytest.raises(ApduStatusError) as raised:
+        await flow.session.store_data(broken)
+    assert raised.value.sw == 0x6A80
+    assert flow.card.download.refusals[0].startswith("ES10b BF38: malformed (6A80)")

@@ -80,10 +80,11 @@ def test_tls_is_refused_without_the_ci_or_with_another_name(smdpp: SmdpPlus) -> 
 
 
 def test_the_proxy_tunnels_only_to_the_smdp(smdpp: SmdpPlus, smdpp_proxy: ConnectProxy) -> None:
+    refused = len(smdpp_proxy.refused)
     with socket.create_connection(("127.0.0.1", smdpp_proxy.port), timeout=10) as sock:
         sock.sendall(b"CONNECT elsewhere.example.com:443 HTTP/1.1\r\n\r\n")
         assert sock.recv(100).startswith(b"HTTP/1.1 403")
-    assert smdpp_proxy.refused == ["CONNECT elsewhere.example.com:443 HTTP/1.1"]
+    assert smdpp_proxy.refused[refused:] == ["CONNECT elsewhere.example.com:443 HTTP/1.1"]
     before = smdpp_proxy.tunnels
     with socket.create_connection(("127.0.0.1", smdpp_proxy.port), timeout=10) as raw:
         raw.sendall(f"CONNECT {smdpp.server_name}:443 HTTP/1.1\r\n\r\n".encode())

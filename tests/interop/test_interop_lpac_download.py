@@ -30,7 +30,7 @@ import pytest
 from cryptography import x509
 from smdpp_server import ConnectProxy, SmdpPlus, SmdppTree
 
-from sim.euicc import CardCredentials, EuiccConfig, ProfileSpec, SimulatedEuicc
+from sim.euicc import EuiccConfig, ProfileSpec, SimulatedEuicc
 from sim.euicc_rsp import verify_raw_signature
 from sim.modem import SimModemConfig, SimulatedModem
 from tcu.esim import der
@@ -50,12 +50,7 @@ class Result:
 
 @pytest.fixture
 def modem(smdpp_tree: SmdppTree, smdpp: SmdpPlus) -> Iterator[SimulatedModem]:
-    credentials = CardCredentials.from_files(
-        smdpp_tree.euicc_certificate,
-        smdpp_tree.euicc_key,
-        smdpp_tree.eum_certificate,
-        smdpp_tree.ci_certificate_der,
-    )
+    credentials = smdpp_tree.card_credentials()
     card = SimulatedEuicc(
         EuiccConfig(
             eid=smdpp_tree.eid,
@@ -100,6 +95,7 @@ def test_lpac_downloads_a_ts48_profile_and_delivers_the_notifications(
     smdpp_proxy: ConnectProxy,
 ) -> None:
     card = modem.card
+    refused_before = len(smdpp_proxy.refused)
     served = (smdpp_tree.upp_dir / f"{MATCHING_ID}.der").read_bytes()
     header = {t.tag: t.value for t in der.decode_seq(served)[0].children()}
     iccid = header[0x83].hex().upper().rstrip("F")
@@ -138,10 +134,10 @@ def test_lpac_downloads_a_ts48_profile_and_delivers_the_notifications(
     euicc_cert = x509.load_der_x509_certificate(smdpp_tree.euicc_certificate.read_bytes())
     assert verify_raw_signature(euicc_cert, decoded["euiccSignPIR"], data_tlv)
 
-    before = smdpp.log_text().count('POST /gsma/rsp2/es9plus/handleNotification HTTP/1.1" 204')
+    mark = smdpp.log_mark()
     ok(lpac(lpac_binary, modem, smdpp_proxy, "notification", "process", "-a", "-r"))
-    log = smdpp.log_text()
-    assert log.count('POST /gsma/rsp2/es9plus/handleNotification HTTP/1.1" 204') == before + 1
+    log = smdpp.log_text(since=mark)
+    assert log.count('POST /gsma/rsp2/es9plus/handleNotification HTTP/1.1" 204') == 1
     assert "Rx profileInstallationResult" in log
     assert card.notifications == [] and card.install_results == {}
 
@@ -149,12 +145,13 @@ def test_lpac_downloads_a_ts48_profile_and_delivers_the_notifications(
     # checks the certificate chain and our signature before it logs the EID and the ICCID.
     ok(lpac(lpac_binary, modem, smdpp_proxy, "profile", "enable", iccid))
     assert card.enabled_iccids == [iccid]
+    mark = smdpp.log_mark()
     ok(lpac(lpac_binary, modem, smdpp_proxy, "notification", "process", "-a", "-r"))
-    log = smdpp.log_text()
+    log = smdpp.log_text(since=mark)
     assert f"handleNotification: EID {smdpp_tree.eid}" in log
     assert f"of {iccid}" in log
     assert card.notifications == []
-    assert smdpp_proxy.refused == []
+    assert smdpp_proxy.refused[refused_before:] == []  # lpac went nowhere else
 
 
 def test_the_card_refuses_a_second_copy_and_stays_as_it_was(
@@ -192,3 +189,40 @@ def test_an_unknown_matching_id_changes_nothing(
     assert refused.payload["code"] != 0
     assert [p.iccid for p in card.profiles] == [HOME]
     assert card.notifications == []
+
+
+def test_a_declined_preview_cancels_the_session_on_card_and_server(
+    lpac_binary: Path, modem: SimulatedModem, smdpp: SmdpPlus, smdpp_proxy: ConnectProxy
+) -> None:
+    """``lpac profile download -p`` answered ``n``: ES10b CancelSession, then ES9+ cancelSession.
+
+    osmo-smdpp checks our euiccCancelSessionSignature (it would answer "eUICC signature is
+    invalid") and then compares the smdpOid with the OID of its DPauth certificate's
+    SubjectAlternativeName *extension* (2.5.29.17), not with the registeredID in it, so it answers
+    8.8/3.10 to every CancelSession; that is osmo-smdpp's code, the test only reads its log.
+    """
+    card = modem.card
+    mark = smdpp.log_mark()
+    done = subprocess.run(
+        [str(lpac_binary), "profile", "download", "-p", "-a", smdpp.activation_code("TS48V1-A-UNIQUE")],
+        env=dict(
+            os.environ,
+            LPAC_APDU="at",
+            LPAC_APDU_AT_DEVICE=modem.port,
+            https_proxy=smdpp_proxy.url,
+            HTTPS_PROXY=smdpp_proxy.url,
+            no_proxy="",
+            NO_PROXY="",
+        ),
+        input="n\n",
+        capture_output=True,
+        text=True,
+        timeout=LPAC_TIMEOUT_S,
+        check=False,
+    )
+    assert '"message":"es10b_cancel_session"' in done.stdout and '"message":"cancelled"' in done.stdout
+    assert card.download.session is None and card.download.refusals == []
+    assert [p.iccid for p in card.profiles] == [HOME] and card.notifications == []
+    log = smdpp.log_text(since=mark)
+    assert "Rx cancelSessionResponseOk" in log and "'smdpOid': '2.999.10', 'reason': 0" in log
+    assert "eUICC signature is invalid" not in log
