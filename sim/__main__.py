@@ -127,6 +127,19 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="with --modem: forward TCP from a 127.0.0.1 port to HOST:PORT while the modem is registered",
     )
+    p.add_argument(
+        "--euicc-credentials",
+        metavar="DIR",
+        default=None,
+        help="with --modem: the card's eUICC certificate and key from this generate_smdpp_certs.py folder; "
+        "it then starts without a German profile (downloaded from the SM-DP+ trusting that set)",
+    )
+    p.add_argument(
+        "--notification-address",
+        metavar="FQDN",
+        default=None,
+        help="with --euicc-credentials: the SM-DP+ the card's notifications go to",
+    )
     p.add_argument("--start-epoch-us", type=int, default=None, help="simulated start time (default: now)")
     p.add_argument(
         "--start-at",
@@ -275,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.data_proxy is not None and not args.modem:
         parser.error("--data-proxy needs --modem")
+    if args.euicc_credentials is not None and not args.modem:
+        parser.error("--euicc-credentials needs --modem")
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -310,7 +325,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # A daemon thread; the modem and its card run in a child process that ends with us.
     radio = (
-        BorderRadio(drive, separate_process=True, data_proxy=args.data_proxy).start() if args.modem else None
+        BorderRadio(
+            drive,
+            separate_process=True,
+            data_proxy=args.data_proxy,
+            card_credentials=args.euicc_credentials,
+            notification_address=args.notification_address,
+        ).start()
+        if args.modem
+        else None
     )
     if radio is not None:
         atexit.register(radio.stop)

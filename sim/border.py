@@ -156,7 +156,10 @@ class BorderRadio:
         tunnel: Tunnel | None = TUNNEL,
         separate_process: bool = False,
         data_proxy: tuple[str, int] | None = None,
+        card_credentials: str | None = None,
+        notification_address: str | None = None,
     ) -> None:
+        """``card_credentials``: see :func:`sim.cellular.build_card` (the download drive)."""
         self.drive = drive
         self.period_s = period_s
         self.tunnel = tunnel
@@ -167,10 +170,14 @@ class BorderRadio:
         self._proxy: DataLinkProxy | None = None
         if separate_process:  # python -m sim --modem: answers in time however busy the drive is
             self.modem = ModemProcess(
-                country=start_country, attach_delay_s=attach_delay_s, data_proxy=data_proxy
+                country=start_country,
+                attach_delay_s=attach_delay_s,
+                data_proxy=data_proxy,
+                card_credentials=card_credentials,
+                notification_address=notification_address,
             )
         else:
-            self.card = build_card()
+            self.card = build_card(card_credentials, notification_address)
             modem = build_modem(self.card, country=start_country, attach_delay_s=attach_delay_s)
             self.modem = modem
             if data_proxy is not None:

@@ -16,9 +16,10 @@
   notifications with rising sequence numbers on enable / disable / delete (listed, and
   retrieved signed with RetrieveNotificationsList), nicknames, eUICCMemoryReset,
   GetEuiccInfo1/2, GetEuiccChallenge, EuiccConfiguredAddresses, SetDefaultDpAddress and
-  GetRAT. Requests of the download family (AuthenticateServer, PrepareDownload, BPP)
-  are not implemented yet and answer ``6A80``. Enable/disable with refreshFlag TRUE answer
-  ``9110`` (REFRESH pending).
+  GetRAT, and the download family (AuthenticateServer, PrepareDownload, the bound profile
+  package's pieces, CancelSession: :mod:`sim.euicc_rsp`). Enable/disable with refreshFlag TRUE
+  answer ``9110`` (REFRESH pending). A downloaded profile's notifications go to the addresses
+  its metadata names; the install notification is the signed ProfileInstallationResult.
 
 Fault injection: :attr:`SimulatedEuicc.cat_busy`, :meth:`inject_sw` (e.g. ``6F00`` for the
 next N ES10 commands), :meth:`inject_truncation` (the next N responses lose their SW),
@@ -41,6 +42,7 @@ import functools
 import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -48,6 +50,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from sim.euicc_rsp import DownloadFunctions, Metadata
 from tcu.errors import EsimError
 from tcu.esim import es10
 from tcu.esim.der import Tlv, encode_tlv
@@ -82,6 +85,7 @@ class ProfileSpec:
     profile_class: es10.ProfileClass = es10.ProfileClass.operational
     enabled: bool = False
     nickname: str | None = None
+    size_b: int = 0
 
 
 def _name(common_name: str) -> x509.Name:
@@ -102,6 +106,32 @@ class CardCredentials:
     eum_certificate: bytes
     euicc_certificate: bytes
     euicc_key: ec.EllipticCurvePrivateKey
+
+    @classmethod
+    def from_files(
+        cls, euicc_certificate: Path, euicc_key: Path, eum_certificate: Path, ci_certificate: Path
+    ) -> CardCredentials:
+        """Load a set from files (certificates DER or PEM, the key PEM), e.g. pySim's generated set."""
+
+        def cert(path: Path) -> x509.Certificate:
+            data = path.read_bytes()
+            if data.startswith(b"-----BEGIN"):
+                return x509.load_pem_x509_certificate(data)
+            return x509.load_der_x509_certificate(data)
+
+        key = serialization.load_pem_private_key(euicc_key.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise EsimError(f"{euicc_key}: not an EC private key")
+        ci = cert(ci_certificate)
+        ski = ci.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+        der = serialization.Encoding.DER
+        return cls(
+            ski,
+            ci.public_bytes(der),
+            cert(eum_certificate).public_bytes(der),
+            cert(euicc_certificate).public_bytes(der),
+            key,
+        )
 
     @classmethod
     def generate(cls, eid: str = "89049032001001234500012345678901") -> CardCredentials:
@@ -158,6 +188,9 @@ class EuiccConfig:
     """Rules Authorisation Table: by default PPR1/PPR2 for any operator (wildcard), with consent."""
     credentials: CardCredentials | None = None
     """The card's certificates and key; ``None``: a test chain generated once per process."""
+    memory_b: int | None = None
+    """Bytes of profile packages the card can hold (``None``: no limit); profiles configured at
+    power-on count with their ``ProfileSpec.size_b``."""
 
 
 @dataclass(slots=True)
@@ -169,6 +202,12 @@ class SimProfile:
     profile_class: es10.ProfileClass
     state: es10.ProfileState
     nickname: str | None = None
+    size_b: int = 0
+    elements: int = 0
+    """How many profile elements a downloaded profile had (0 for one configured at power-on)."""
+    notify_to: dict[es10.NotificationEvent, str] | None = None
+    """Where the notifications of each event go (from the download's metadata; an event not named
+    has none); ``None`` (a profile configured at power-on): every event to the card's address."""
 
     def info(self) -> es10.ProfileInfo:
         return es10.ProfileInfo(
@@ -211,10 +250,15 @@ class SimulatedEuicc:
                 profile_class=p.profile_class,
                 state=es10.ProfileState.enabled if p.enabled else es10.ProfileState.disabled,
                 nickname=p.nickname,
+                size_b=p.size_b,
             )
             for i, p in enumerate(config.profiles)
         ]
+        self._next_isdp = len(self.profiles)
         self.notifications: list[es10.NotificationMetadata] = []
+        self.install_results: dict[int, bytes] = {}
+        """The signed ProfileInstallationResult (BF37) of each pending install notification, by seq."""
+        self.download = DownloadFunctions(self)
         self.next_seq = 1
         self.cat_busy = False
         self.mute = False
@@ -248,9 +292,10 @@ class SimulatedEuicc:
         return next((p for p in self.profiles if p.state is es10.ProfileState.enabled), None)
 
     def power_cycle(self) -> None:
-        """Reset: all logical channels closed, partial commands dropped."""
+        """Reset: all logical channels closed, partial commands dropped, a download interrupted."""
         with self._lock:
             self._channels = {0: _Channel()}
+            self.download.interrupt("power cycle")
 
     # --- APDU level --------------------------------------------------------------------
 
@@ -347,7 +392,7 @@ class SimulatedEuicc:
             response, sw = self._es10(request)
         except EsimError:
             return b"", SW_WRONG_DATA
-        if self.config.always_chain or len(response) > self.config.max_response_b:
+        if response and (self.config.always_chain or len(response) > self.config.max_response_b):
             state.pending, state.pending_sw = response, sw
             return b"", 0x6100 | (min(len(response), 256) & 0xFF)
         return response, sw
@@ -362,13 +407,54 @@ class SimulatedEuicc:
                 return profile
         return None
 
-    def _notify(self, event: es10.NotificationEvent, iccid: str) -> None:
-        self.notifications.append(
-            es10.NotificationMetadata(self.next_seq, event, self.config.notification_address, iccid)
+    def _notify(self, event: es10.NotificationEvent, profile: SimProfile) -> None:
+        if profile.notify_to is None:
+            address: str | None = self.config.notification_address
+        else:
+            address = profile.notify_to.get(event)
+        if address is None:
+            return
+        self.notifications.append(es10.NotificationMetadata(self.next_seq, event, address, profile.iccid))
+        self.next_seq += 1
+
+    # --- the download family's card side (called by sim.euicc_rsp under the lock) --------------
+
+    def euicc_info2_der(self) -> bytes:
+        return self._euicc_info2().encode()
+
+    def used_memory_b(self) -> int:
+        return sum(p.size_b for p in self.profiles)
+
+    def install_profile(self, meta: Metadata, size_b: int, elements: int) -> SimProfile:
+        """Add a downloaded profile, disabled, in a new ISD-P."""
+        aid = bytes.fromhex(f"A0000005591010FFFFFFFF89{0x1000 + 0x100 * self._next_isdp:08X}")
+        self._next_isdp += 1
+        profile = SimProfile(
+            iccid=meta.iccid,
+            aid=aid,
+            name=meta.name,
+            provider=meta.service_provider,
+            profile_class=meta.profile_class,
+            state=es10.ProfileState.disabled,
+            size_b=size_b,
+            elements=elements,
+            notify_to=dict(meta.notify_to),
         )
+        self.profiles.append(profile)
+        return profile
+
+    def add_install_notification(self, metadata: es10.NotificationMetadata, result: bytes) -> None:
+        """Keep a ProfileInstallationResult as the pending install notification ``metadata.seq``."""
+        if metadata.seq != self.next_seq:
+            raise EsimError(f"install notification {metadata.seq}, expected {self.next_seq}")
+        self.notifications.append(metadata)
+        self.install_results[metadata.seq] = result
         self.next_seq += 1
 
     def _es10(self, der: bytes) -> tuple[bytes, int]:  # noqa: PLR0911 - one answer per case
+        if self.download.handles(der):
+            self.es10_log.append(f"ES10b {der[:2].hex().upper()}")
+            return self.download.handle(der), SW_OK
         request = es10.decode_request(der)
         self.es10_log.append(type(request).__name__)
         sw = SW_OK
@@ -435,6 +521,7 @@ class SimulatedEuicc:
             raise es10.Es10Error("ES10 request", f"{type(request).__name__} is not supported by this card")
         before = len(self.notifications)
         self.notifications = [n for n in self.notifications if n.seq != request.seq]
+        self.install_results.pop(request.seq, None)
         status = (
             es10.NotificationSentResult.ok
             if len(self.notifications) < before
@@ -456,7 +543,8 @@ class SimulatedEuicc:
             return es10.RetrieveNotificationsListResponse(error=none)
         creds = self.credentials
         signed = tuple(
-            es10.other_signed_notification(
+            self.install_results.get(n.seq)
+            or es10.other_signed_notification(
                 n, creds.sign(n.encode()), creds.euicc_certificate, creds.eum_certificate
             )
             for n in selected
@@ -474,9 +562,9 @@ class SimulatedEuicc:
         current = self.enabled
         if current is not None:
             current.state = es10.ProfileState.disabled
-            self._notify(es10.NotificationEvent.disable, current.iccid)
+            self._notify(es10.NotificationEvent.disable, current)
         profile.state = es10.ProfileState.enabled
-        self._notify(es10.NotificationEvent.enable, profile.iccid)
+        self._notify(es10.NotificationEvent.enable, profile)
         return es10.EnableResult.ok
 
     def _disable(self, ref: es10.ProfileRef) -> es10.DisableResult:
@@ -488,7 +576,7 @@ class SimulatedEuicc:
         if self.cat_busy:
             return es10.DisableResult.catBusy
         profile.state = es10.ProfileState.disabled
-        self._notify(es10.NotificationEvent.disable, profile.iccid)
+        self._notify(es10.NotificationEvent.disable, profile)
         return es10.DisableResult.ok
 
     def _delete(self, ref: es10.ProfileRef) -> es10.DeleteResult:
@@ -498,7 +586,7 @@ class SimulatedEuicc:
         if profile.state is es10.ProfileState.enabled:
             return es10.DeleteResult.profileNotInDisabledState
         self.profiles.remove(profile)
-        self._notify(es10.NotificationEvent.delete, profile.iccid)
+        self._notify(es10.NotificationEvent.delete, profile)
         return es10.DeleteResult.ok
 
     def _memory_reset(self, request: es10.EuiccMemoryResetRequest) -> es10.MemoryResetResult:

@@ -352,9 +352,7 @@ class SimulatedModem:
         if command == "+COPS":
             target, _ = self._target()
             networks = self.config.countries[self.country] if target != 0 and self.coverage else ()
-            found = "".join(
-                f'({2 if plmn == self._serving else 1},"","","{plmn}",7),' for plmn in networks
-            )
+            found = "".join(f'({2 if plmn == self._serving else 1},"","","{plmn}",7),' for plmn in networks)
             return [f"+COPS: {found},(0-4),(2)", "OK"]
         ranges = _TEST_FORMS.get(command)
         if ranges is None:

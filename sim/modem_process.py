@@ -40,7 +40,11 @@ _START_TIMEOUT_S = 30.0
 
 
 def _child(
-    conn: Connection, country: str, attach_delay_s: float, data_proxy: tuple[str, int] | None = None
+    conn: Connection,
+    country: str,
+    attach_delay_s: float,
+    data_proxy: tuple[str, int] | None = None,
+    card: tuple[str | None, str | None] = (None, None),
 ) -> None:
     """Child process: build the card, the modem (and proxy), report them, apply updates until EOF."""
     from sim.cellular import build_card, build_modem  # imported in the child (spawn)
@@ -53,7 +57,7 @@ def _child(
             format="%(asctime)s sim-modem %(levelname)s %(name)s: %(message)s",
         )
 
-    modem = build_modem(build_card(), country=country, attach_delay_s=attach_delay_s).start()
+    modem = build_modem(build_card(*card), country=country, attach_delay_s=attach_delay_s).start()
     proxy: DataLinkProxy | None = None
     try:
         if data_proxy is not None:
@@ -92,8 +96,11 @@ class ModemProcess:
         country: str = "FR",
         attach_delay_s: float = 0.2,
         data_proxy: tuple[str, int] | None = None,
+        card_credentials: str | None = None,
+        notification_address: str | None = None,
     ) -> None:
         self.country = country
+        self._card = (card_credentials, notification_address)
         self.coverage = True
         self._position: tuple[float, float] | None = None
         self._attach_delay_s = attach_delay_s
@@ -116,7 +123,7 @@ class ModemProcess:
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(
             target=_child,
-            args=(child, self.country, self._attach_delay_s, self._data_proxy),
+            args=(child, self.country, self._attach_delay_s, self._data_proxy, self._card),
             name="sim-modem",
             daemon=True,
         )

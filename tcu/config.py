@@ -340,6 +340,9 @@ CONNECTIVITY_KEYS: Mapping[str, type] = {
     "clock": str,
     "reopen_after_errors": int,
     "reopen_backoff_s": float,
+    "smdp_ca": str,
+    "smdp_connect": str,
+    "es9_timeout_s": float,
 }
 """The keys of ``[connectivity]`` (checked by :func:`parse_connectivity`)."""
 
@@ -363,6 +366,11 @@ class ConnectivityConfig:
     clock: Literal["gnss", "wall"] = "gnss"
     reopen_after_errors: int = 5
     reopen_backoff_s: float = 1.0
+    smdp_ca: Path | None = None
+    """CA file (PEM) SM-DP+ TLS certificates must chain to; without it the agent downloads nothing."""
+    smdp_connect: tuple[str, int] | None = None
+    """Connect to this ``(host, port)`` instead of an activation code's SM-DP+ (tests, a local relay)."""
+    es9_timeout_s: float = 30.0
 
 
 def _conn_str(table: Mapping[str, Any], key: str, source: str | None, default: str | None = None) -> str:
@@ -418,7 +426,20 @@ def parse_connectivity(
         clock="gnss" if clock == "gnss" else "wall",
         reopen_after_errors=reopen,
         reopen_backoff_s=_conn_positive(table, "reopen_backoff_s", source, 1.0),
+        smdp_ca=base / _conn_str(table, "smdp_ca", source) if "smdp_ca" in table else None,
+        smdp_connect=_host_port(table, "smdp_connect", source),
+        es9_timeout_s=_conn_positive(table, "es9_timeout_s", source, 30.0),
     )
+
+
+def _host_port(table: Mapping[str, Any], key: str, source: str | None) -> tuple[str, int] | None:
+    if key not in table:
+        return None
+    text = _conn_str(table, key, source)
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"expected HOST:PORT, got {text!r}", key=f"connectivity.{key}", path=source)
+    return host.strip("[]"), int(port)
 
 
 KNOWN_KEYS: Mapping[str, Mapping[str, type]] = {

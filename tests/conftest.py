@@ -23,3 +23,4 @@ from tools.shared_data import ENV, shared_root  # noqa: E402 - after the sys.pat
 os.environ.setdefault(ENV, str(shared_root()))
 
 from nats_servers import nats_cluster, nats_server  # noqa: E402,F401 - fixtures for every test folder
+from smdpp_server import smdpp, smdpp_proxy, smdpp_tree  # noqa: E402,F401 - the osmo-smdpp fixtures

@@ -240,8 +240,13 @@ class Agent:
             self.commands.register("campaigns.replace", self._replace_campaigns)
             if self.connectivity is not None:
                 self.commands.register("esim.enable", self._order_profile)
+                if self.connectivity.config.smdp_ca is not None:
+                    self.commands.register("esim.download", self._order_download)
+                else:
+                    self.commands.unavailable("esim.download", "no [connectivity] smdp_ca configured")
             else:
                 self.commands.unavailable("esim.enable", "no connectivity configured")
+                self.commands.unavailable("esim.download", "no connectivity configured")
         self.emitter = Emitter(self.catalog, self.builder)
         self._batches_built = 0
         self.unspooled_at_stop = 0
@@ -520,6 +525,12 @@ class Agent:
         from tcu.agent.connectivity import parse_esim_order  # loaded with the source
 
         return await self.connectivity.order(parse_esim_order(payload), command_id=command_id)
+
+    async def _order_download(self, payload: bytes, command_id: str) -> str:
+        assert self.connectivity is not None
+        from tcu.agent.commands import parse_download_order
+
+        return await self.connectivity.order(parse_download_order(payload), command_id=command_id)
 
     async def _stats_loop(self) -> None:
         while True:

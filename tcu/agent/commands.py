@@ -23,6 +23,13 @@ Kinds:
   outcome is known: executed (enabled and registered), ``rolled_back: ...`` (no
   registration within the policy's ``attach_deadline_s``), ``failed: ...`` (the card
   refused, with its result code) or ``busy: ...`` (another order is still pending).
+* ``esim.download`` (payload: an activation code ``LPA:1$<SM-DP+ address>$<matching id>`` as
+  ASCII, at most 255 characters, optionally followed by a newline and a reason as above).
+  Registered with ``[connectivity]``; without ``smdp_ca`` there the answer is ``unavailable``.
+  The connectivity source downloads the profile from the SM-DP+ (ES9+, then ES10b to the card,
+  every step audited), then enables it exactly as an ``esim.enable`` order; the answers are
+  those of ``esim.enable``, and ``failed: download failed at <step>: ...`` when the download
+  itself fails (the card is left as it was).
 """
 
 from __future__ import annotations
@@ -41,7 +48,14 @@ from tcu.config import CommandSettings
 from tcu.errors import ConfigError, InputError, SecurityError, TcuError
 from tcu.pki import CommandRejected, CommandVerifier, NonceStore, load_verify_key
 
-__all__ = ["CommandHandler", "CommandRefused", "EsimOrder", "parse_esim_order"]
+__all__ = [
+    "CommandHandler",
+    "CommandRefused",
+    "DownloadOrder",
+    "EsimOrder",
+    "parse_download_order",
+    "parse_esim_order",
+]
 
 log = logging.getLogger(__name__)
 
@@ -204,3 +218,34 @@ def parse_esim_order(payload: bytes) -> EsimOrder:
     if any(not ch.isprintable() for ch in reason):
         raise InputError("reason contains control characters")
     return EsimOrder(iccid.removesuffix("F"), reason)
+
+
+# --- the esim.download order payload -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadOrder:
+    """The checked payload of an ``esim.download`` command."""
+
+    activation_code: str
+    reason: str = ""
+
+
+def parse_download_order(payload: bytes) -> DownloadOrder:
+    """``ACTIVATION_CODE`` or ``ACTIVATION_CODE\\nreason``; :class:`InputError` says what is wrong.
+
+    The activation code is ASCII ``LPA:1$<SM-DP+ address>$<matching id>`` (SGP.22 4.1), at most
+    255 characters; the reason as for ``esim.enable``.
+    """
+    from tcu.esim.es9 import parse_activation_code
+
+    head, newline, tail = payload.partition(b"\n")
+    try:
+        code = head.decode("ascii")
+    except UnicodeDecodeError:
+        raise InputError(f"activation code {head[:40]!r} is not ASCII") from None
+    if len(code) > 255:
+        raise InputError(f"activation code has {len(code)} characters, more than 255")
+    parse_activation_code(code)
+    reason = parse_esim_order(b"0" * 18 + newline + tail).reason if newline else ""
+    return DownloadOrder(code, reason)

@@ -69,7 +69,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tcu.agent.commands import CommandRefused, EsimOrder, parse_esim_order
+from tcu.agent.commands import CommandRefused, DownloadOrder, EsimOrder, parse_esim_order
 from tcu.agent.sources import Emitter
 from tcu.config import AgentConfig, ConnectivityConfig
 from tcu.config import parse_connectivity as parse_config
@@ -84,6 +84,8 @@ from tcu.esim import (
     RoamingPolicy,
 )
 from tcu.esim import load_policy as load_roaming_policy
+from tcu.esim.es9 import Es9Config, parse_activation_code
+from tcu.esim.lpa import DownloadError, DownloadResult, Lpa
 from tcu.modem import AtApduTransport, AtChannel, AtConfig, Modem, ModemProfile, modem_profile
 from tcu.modem.clock import GnssClock, fix_time_ns
 from tcu.modem.device import Registration
@@ -105,6 +107,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _P = "Vehicle.Connectivity."
+_NOTIFY_RETRY_S = 60.0  # wall seconds between delivery rounds while notifications stay undelivered
 
 SIGNALS: tuple[ExtraSignal, ...] = (
     ExtraSignal(_P + "Iccid", "", "string", "esim"),
@@ -116,6 +119,7 @@ SIGNALS: tuple[ExtraSignal, ...] = (
     ExtraSignal(_P + "ProfileSwitch", "", "string", "esim"),
     ExtraSignal(_P + "Rollback", "", "string", "esim"),
     ExtraSignal(_P + "SwitchError", "", "string", "esim"),
+    ExtraSignal(_P + "ProfileDownload", "", "string", "esim"),
 )
 """The signals this source declares (they join the agent's catalog)."""
 
@@ -140,7 +144,7 @@ def _check_modem_profile(config: ConnectivityConfig, source: str | None) -> Conn
 
 @dataclass(eq=False, slots=True)
 class _QueuedOrder:
-    order: EsimOrder
+    order: EsimOrder | DownloadOrder
     command_id: str
     done: asyncio.Future[str]
     decision: Decision | None = None
@@ -180,6 +184,14 @@ class ConnectivitySource:
         """Every executed decision with whether the card carried it out (for tests and stats)."""
         self.errors = 0
         self.reopens = 0
+        self.downloads: list[DownloadResult] = []
+        """Every profile this source downloaded (policy or order), in order."""
+        self.download_failures = 0
+        self._installed: frozenset[str] | None = None
+        self._lpa: Lpa | None = None
+        self._notify_due = True
+        """Deliver the card's pending notifications at the next registered poll (with an LPA)."""
+        self._notify_after_mono = 0.0
         self._audit: AuditLog | None = None
         self._enabled: str | None = None
         self._card_read_mono: float | None = None
@@ -199,8 +211,16 @@ class ConnectivitySource:
         """The command id of the order queued or awaiting its outcome, if any."""
         return self._order.command_id if self._order is not None else None
 
-    async def order(self, order: EsimOrder, *, command_id: str) -> str:
+    def _order_label(self, order: EsimOrder | DownloadOrder) -> str:
+        if isinstance(order, DownloadOrder):
+            return f"download {order.activation_code}"
+        return self.policy_config.label(order.iccid)
+
+    async def order(self, order: EsimOrder | DownloadOrder, *, command_id: str) -> str:
         """Have the loop enable ``order.iccid`` (module docstring); returns a note on success.
+
+        A :class:`DownloadOrder` first downloads the profile (``failed`` if that fails), then
+        enables the profile the card installed, as an ``esim.enable`` order would.
 
         Raises :class:`CommandRefused`: ``busy`` (an order is pending), ``failed`` (the card
         did not enable it), ``rolled_back`` (no registration within the attach deadline).
@@ -209,14 +229,14 @@ class ConnectivitySource:
             queued = self._order
             raise CommandRefused(
                 "busy",
-                f"order {queued.command_id} for {self.policy_config.label(queued.order.iccid)} is still "
+                f"order {queued.command_id} for {self._order_label(queued.order)} is still "
                 "pending; send again when it is answered",
             )
         queued = _QueuedOrder(order, command_id, asyncio.get_running_loop().create_future())
         # Retrieve the outcome also when the caller went away (agent shutdown): no asyncio warning.
         queued.done.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._order = queued
-        log.info("connectivity: order %s queued: enable %s", command_id, order.iccid)
+        log.info("connectivity: order %s queued: %s", command_id, self._order_label(order))
         try:
             return await asyncio.shield(queued.done)
         finally:
@@ -235,6 +255,7 @@ class ConnectivitySource:
             queued.done.set_result(result)
 
     def _order_decision(self, queued: _QueuedOrder, t_ns: int) -> Decision:
+        assert isinstance(queued.order, EsimOrder)
         reason = f"ordered by backend (command {queued.command_id})"
         if queued.order.reason:
             reason += f": {queued.order.reason}"
@@ -253,7 +274,7 @@ class ConnectivitySource:
         ``decision`` what it decided then (carried out: ``ok``).
         """
         queued = self._order
-        if queued is None or queued.decision is None:
+        if queued is None or queued.decision is None or not isinstance(queued.order, EsimOrder):
             return
         target = queued.order.iccid
         label = f"{target} ({self.policy_config.label(target)})"
@@ -313,6 +334,14 @@ class ConnectivitySource:
             refresh=profile.refresh_flag,
             after_switch=modem.after_profile_switch,
         )
+        self._lpa = None
+        if self.config.smdp_ca is not None:
+            es9 = Es9Config(
+                ca_file=self.config.smdp_ca,
+                connect_to=self.config.smdp_connect,
+                timeout_s=self.config.es9_timeout_s,
+            )
+            self._lpa = Lpa(AtApduTransport(channel, profile), es9, audit=self._audit)
         gnss = asyncio.create_task(self._follow_gnss(modem), name="tcu.agent.connectivity.gnss")
         failures = 0
         try:
@@ -360,28 +389,106 @@ class ConnectivitySource:
         signal = await modem.signal()
         now = time.monotonic()
         if self._card_read_mono is None or now - self._card_read_mono >= self.config.card_refresh_s:
-            enabled = await manager.enabled()
+            profiles, enabled = await manager.state()
             self._enabled = enabled.iccid if enabled is not None else None
+            self._installed = frozenset(p.iccid for p in profiles if p.iccid is not None)
             self._card_read_mono = now
         t_ns = self.clock.now_ns()
         self._emit_state(emit, t_ns, reg, signal)
         queued = self._order
+        ordered_download = (
+            queued is not None and queued.decision is None and isinstance(queued.order, DownloadOrder)
+        )
+        if ordered_download and queued is not None and not await self._download_ordered(queued, emit, t_ns):
+            return None
+        decision: Decision | None
         if queued is not None and queued.decision is None:
-            decision: Decision | None = self._order_decision(queued, t_ns)
+            decision = self._order_decision(queued, t_ns)
         else:
             decision = self.policy.step(
-                Observation(t_ns, self._enabled, reg.registered, reg.mcc, self.position)
+                Observation(t_ns, self._enabled, reg.registered, reg.mcc, self.position, self._installed)
             )
         observed, ok = self._enabled, True
         if decision is not None:
             ok = await self._carry_out(decision, manager, emit, t_ns)
+            self._notify_due = self._notify_due or decision.kind is not DecisionKind.hold
+        elif (
+            self._notify_due
+            and reg.registered
+            and self._lpa is not None
+            and self.policy.pending_target is None
+            and now >= self._notify_after_mono
+        ):
+            # the link allows: hand the card's notifications to their SM-DP+ (removed once delivered)
+            self._notify_due = False
+            report = await self._lpa.deliver_notifications()
+            if report.pending:
+                self._notify_due, self._notify_after_mono = True, time.monotonic() + _NOTIFY_RETRY_S
+                log.warning(
+                    "connectivity: notifications %s not delivered; again in %.0f s",
+                    report.pending,
+                    _NOTIFY_RETRY_S,
+                )
         self._follow_order(reg, observed, decision, ok)
         return decision
 
+    async def _download(self, code: str, emit: Emitter, t_ns: int, why: str) -> DownloadResult:
+        """Download the profile ``code`` names (audited by the LPA); emits ``ProfileDownload``."""
+        if self._lpa is None:
+            self.download_failures += 1
+            text = f"download {code} ({why}) impossible: no [connectivity] smdp_ca configured"
+            emit.emit(_P + "ProfileDownload", f"failed: {text}", t_ns=t_ns)
+            raise DownloadError("start", text, cancelled="nothing started", transaction_id=None)
+        try:
+            result = await self._lpa.download(parse_activation_code(code))
+        except DownloadError as exc:
+            self.download_failures += 1
+            emit.emit(_P + "ProfileDownload", f"failed {code} ({why}): {exc}", t_ns=t_ns)
+            raise
+        self.downloads.append(result)
+        self._installed = (self._installed or frozenset()) | {result.iccid}
+        pending = (
+            f", {len(result.notifications.pending)} notification(s) pending"
+            if result.notifications.pending
+            else ""
+        )
+        emit.emit(
+            _P + "ProfileDownload",
+            f"installed {result.iccid} from {result.smdp_address} ({why}){pending}",
+            t_ns=t_ns,
+        )
+        return result
+
+    async def _download_ordered(self, queued: _QueuedOrder, emit: Emitter, t_ns: int) -> bool:
+        """Download what an ``esim.download`` order names; it becomes an enable order of that profile."""
+        order = queued.order
+        assert isinstance(order, DownloadOrder)
+        try:
+            result = await self._download(order.activation_code, emit, t_ns, f"order {queued.command_id}")
+        except (DownloadError, TcuError) as exc:
+            self._finish_order(CommandRefused("failed", str(exc)))
+            return False
+        queued.order = EsimOrder(result.iccid, order.reason)
+        return True
+
     async def _carry_out(self, decision: Decision, manager: ProfileManager, emit: Emitter, t_ns: int) -> bool:
         log.info("roaming decision: %s %s: %s", decision.kind.value, decision.target_iccid, decision.reason)
-        outcome = await manager.execute(decision)
-        self.policy.record_outcome(decision, outcome.ok)
+        prepare = None
+        if decision.kind is DecisionKind.download and decision.activation_code is not None:
+            code, target = decision.activation_code, decision.target_iccid
+
+            async def prepare() -> None:
+                result = await self._download(code, emit, t_ns, "policy")
+                if result.iccid != target:
+                    raise DownloadError(
+                        "check",
+                        f"the activation code installed {result.iccid}, the policy expected {target}",
+                        cancelled="the profile stays installed, disabled",
+                        transaction_id=result.transaction_id,
+                    )
+
+        outcome = await manager.execute(decision, prepare=prepare)
+        self.policy.record_outcome(decision, outcome.ok, t_ns=self.clock.now_ns())
         self.decisions.append((decision, outcome.ok))
         self._last_error = outcome.error
         if decision.kind is DecisionKind.hold:

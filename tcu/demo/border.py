@@ -5,7 +5,11 @@ Thionville into Luxembourg, round Luxembourg City and over the Sauer into German
 Trier, with a modem and an eUICC on a pseudo-terminal. The car starts in France on the
 French profile; in Luxembourg the policy localises to the Luxembourg profile, which never
 attaches there, so the TCU rolls back to the French one (roaming); a tunnel on the A1 is a
-short coverage hole; in Germany the policy localises to the German profile. The agent runs
+short coverage hole; Germany is a country where the card holds no profile at the start: the
+policy downloads one (the TS.48 test profile) from a real SM-DP+, osmo-smdpp, which the demo
+starts on loopback (:mod:`tcu.demo.smdpp`; the card carries the eUICC certificate of the same
+test certificate set), enables it and the car attaches on it. The ES9+ calls go straight to
+osmo-smdpp on loopback, not through the simulated cellular data path. The agent runs
 the roaming loop (:mod:`tcu.agent.connectivity`) with the policy written here, its
 telemetry goes through the on-disk spool, and the connectivity events travel with it.
 
@@ -13,7 +17,10 @@ Checked after the drive (all must hold for exit 0, besides no CAN sample lost):
 
 * the audit log's hash chain verifies (:func:`tcu.esim.verify`);
 * the switches the policy asked for and the card performed are exactly
-  :data:`EXPECTED_SWITCHES`, and exactly one rollback happened (:data:`EXPECTED_ROLLBACKS`);
+  :data:`EXPECTED_SWITCHES` (the German one by download), and exactly one rollback happened
+  (:data:`EXPECTED_ROLLBACKS`);
+* exactly one profile was downloaded (``profiles_downloaded``), no download failed, and the
+  card's notifications reached the SM-DP+ (``notifications_pending`` 0 at the last delivery);
 * the ingest stored one ``Vehicle.Connectivity.ProfileSwitch`` event per performed switch
   and one ``Vehicle.Connectivity.Rollback`` per rollback;
 * the agent's uplink went through the simulated modem's cellular data path
@@ -30,11 +37,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tcu.demo.procs import DemoError, Proc
 from tcu.demo.scenario import Scenario, ScenarioContext, register
+from tcu.demo.smdpp import SERVER_NAME as SMDPP_NAME
+from tcu.demo.smdpp import Smdpp, start_smdpp
 from tcu.errors import TcuError
 from tcu.esim import AuditError, verify
 from tcu.fleet_client import query_series
@@ -44,6 +55,8 @@ __all__ = [
     "BORDER_SPEED",
     "BORDER_START_AT",
     "BORDER_UPLINK_BACKOFF_MAX_S",
+    "DOWNLOAD_MATCHING_ID",
+    "EXPECTED_DOWNLOADS",
     "EXPECTED_ROLLBACKS",
     "EXPECTED_SWITCHES",
     "PROFILES",
@@ -63,23 +76,30 @@ BORDER_SPEED = "60"
 #: The agent's maximum reconnect backoff in the demo (wall seconds; see :meth:`BorderScenario.uplink_toml`).
 BORDER_UPLINK_BACKOFF_MAX_S = 2.0
 
-#: label → ICCID, as installed on the simulated eUICC (``sim/border.py``).
+#: label → ICCID of the policy: the first three are installed on the simulated eUICC
+#: (``sim/cellular.py``), ``de-ts48`` is downloaded in Germany (the TS.48 profile's ICCID).
 PROFILES: dict[str, str] = {
     "bootstrap": "8988211000000000001",
     "fr-orange": "89330100001234567801",
     "lu-post": "89352010001234567802",
-    "de-telekom": "89490200001234567803",
+    "de-ts48": "8949449999999990049",
 }
+#: What osmo-smdpp serves the German profile as (a file of its ``smdpp-data/upp``).
+DOWNLOAD_MATCHING_ID = "TS48V2-SAIP2-1-BERTLV-UNIQUE"
 
-#: Profiles the policy switches to (and the card enables), in order.
-EXPECTED_SWITCHES: tuple[str, ...] = ("lu-post", "de-telekom")
+#: Profiles the policy switches to (and the card enables), in order; the last after its download.
+EXPECTED_SWITCHES: tuple[str, ...] = ("lu-post", "de-ts48")
+#: Profiles downloaded, in order.
+EXPECTED_DOWNLOADS: tuple[str, ...] = ("de-ts48",)
 #: Profiles rolled back to, in order (the Luxembourg profile never attaches).
 EXPECTED_ROLLBACKS: tuple[str, ...] = ("fr-orange",)
 
 CONNECTIVITY_PREFIX = "Vehicle.Connectivity."
 
 
-def roaming_policy_toml() -> str:
+def roaming_policy_toml(
+    download_code: str = f"LPA:1$testsmdpplus1.example.com${DOWNLOAD_MATCHING_ID}",
+) -> str:
     """The demo's roaming policy (times in simulated seconds: the agent's clock is GNSS)."""
     profiles = "\n".join(f'{label} = "{iccid}"' for label, iccid in PROFILES.items())
     return f"""# Roaming policy of the border demo (tcu demo --scenario border).
@@ -91,6 +111,8 @@ attach_deadline_s = 90           # no registration on a new profile within 90 s:
 fallback_after_s = 300           # 5 min without any network: bootstrap profile
 max_switches_per_hour = 4
 retry_after_s = 3600             # a failed profile is not tried again in that country for 1 h
+download_attempts = 3            # a missing preferred profile is downloaded at most 3 times ...
+download_retry_s = 60            # ... a minute apart
 fallback = "bootstrap"
 
 [profiles]
@@ -107,7 +129,8 @@ preferred = "fr-orange"
 bbox = [42.3, -4.8, 49.469, 8.23]
 
 [countries.DE]
-preferred = "de-telekom"
+preferred = "de-ts48"
+download = "{download_code}"   # the card holds no German profile
 bbox = [47.27, 6.50, 55.06, 15.04]
 """
 
@@ -118,6 +141,11 @@ class _AuditCount:
     switches: list[str] = field(default_factory=list)
     rollbacks: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    downloads: list[str] = field(default_factory=list)
+    download_failures: list[str] = field(default_factory=list)
+    notifications_delivered: int = 0
+    notifications_pending: int = 0
+    """Pending on the card after the last delivery round."""
     es10_calls: int = 0
     errors: int = 0
 
@@ -137,6 +165,14 @@ def _read_audit(path: Path) -> _AuditCount:
             pending = entry
         elif kind == "es10":
             count.es10_calls += 1
+        elif kind == "download" and entry.get("step") == "done":
+            count.downloads.append(_label(entry.get("iccid")))
+        elif kind == "download" and entry.get("step") == "failed":
+            count.download_failures.append(f"{entry.get('failed_step')}: {entry.get('error')}")
+        elif kind == "notification" and entry.get("removed"):
+            count.notifications_delivered += 1
+        elif kind == "notifications":
+            count.notifications_pending = len(entry.get("pending", []))
         elif kind == "error":
             count.errors += 1
         elif kind == "outcome" and pending is not None:
@@ -145,7 +181,7 @@ def _read_audit(path: Path) -> _AuditCount:
                 count.failed.append(f"{pending.get('decision')} {target}")
             elif pending.get("decision") == "rollback":
                 count.rollbacks.append(target)
-            elif pending.get("decision") in ("switch", "fallback"):
+            elif pending.get("decision") in ("switch", "fallback", "download"):
                 count.switches.append(target)
             pending = None
     return count
@@ -161,6 +197,7 @@ class BorderScenario(Scenario):
             speed=BORDER_SPEED,
             sim_args=["--modem", "--start-at", BORDER_START_AT],
         )
+        self.smdpp: Smdpp | None = None
 
     @staticmethod
     def audit_path(workdir: Path) -> Path:
@@ -171,9 +208,23 @@ class BorderScenario(Scenario):
         (workdir / "roaming.toml").write_text(roaming_policy_toml(), encoding="utf-8")
         self.audit_path(workdir).unlink(missing_ok=True)
 
+    async def start_peers(self, workdir: Path, say: Callable[[str], None]) -> list[Proc]:
+        """osmo-smdpp, the SM-DP+ the German profile is downloaded from (fails loudly without it)."""
+        try:
+            self.smdpp = await start_smdpp(workdir, say)
+        except DemoError as exc:
+            raise DemoError(f"border scenario: Germany's profile must be downloaded, but {exc}") from exc
+        (workdir / "roaming.toml").write_text(
+            roaming_policy_toml(self.smdpp.activation_code(DOWNLOAD_MATCHING_ID)), encoding="utf-8"
+        )
+        return [self.smdpp.proc]
+
     def ingest_sim_args(self, ingest_target: str) -> list[str]:
-        """The simulated modem's cellular data path leads to the ingest."""
-        return ["--data-proxy", ingest_target]
+        """The simulated modem's cellular data path leads to the ingest; the card trusts the SM-DP+'s CI."""
+        args = ["--data-proxy", ingest_target]
+        if self.smdpp is not None:
+            args += ["--euicc-credentials", str(self.smdpp.generated), "--notification-address", SMDPP_NAME]
+        return args
 
     def uplink_target(self, ready: dict[str, Any], ingest_target: str) -> str:
         """The agent's uplink goes through the modem's data path (the port in the ready line)."""
@@ -209,6 +260,12 @@ class BorderScenario(Scenario):
             "command_timeout_s = 5.0\n"
             "card_refresh_s = 10.0\n"
             'clock = "gnss"\n'
+            + (
+                f"smdp_ca = {json.dumps(str(self.smdpp.ci_certificate))}\n"
+                f'smdp_connect = "127.0.0.1:{self.smdpp.port}"\n'
+                if self.smdpp is not None
+                else ""
+            )
         )
 
     async def summarize(self, ctx: ScenarioContext) -> dict[str, Any]:
@@ -232,6 +289,18 @@ class BorderScenario(Scenario):
             problems.append(f"switches {audit.switches}, expected {list(EXPECTED_SWITCHES)}")
         if tuple(audit.rollbacks) != EXPECTED_ROLLBACKS:
             problems.append(f"rollbacks {audit.rollbacks}, expected {list(EXPECTED_ROLLBACKS)}")
+        if tuple(audit.downloads) != EXPECTED_DOWNLOADS:
+            problems.append(f"downloads {audit.downloads}, expected {list(EXPECTED_DOWNLOADS)}")
+        if audit.download_failures:
+            problems.append(f"failed downloads: {audit.download_failures}")
+        if audit.notifications_pending:
+            problems.append(f"{audit.notifications_pending} notification(s) left undelivered on the card")
+        stored_downloads = events.get(CONNECTIVITY_PREFIX + "ProfileDownload", [])
+        if len(stored_downloads) != len(audit.downloads) + len(audit.download_failures):
+            problems.append(
+                f"ingest stored {len(stored_downloads)} download events, the audit log has "
+                f"{len(audit.downloads) + len(audit.download_failures)}"
+            )
         if len(stored_switches) != len(audit.switches) or len(stored_rollbacks) != len(audit.rollbacks):
             problems.append(
                 f"ingest stored {len(stored_switches)} switch and {len(stored_rollbacks)} rollback events, "
@@ -254,6 +323,10 @@ class BorderScenario(Scenario):
             f"({link.get('bytes_up', 0)} bytes up)"
         )
         ctx.say(
+            f"downloads: {audit.downloads} from the SM-DP+, {len(audit.download_failures)} failed; "
+            f"notifications: {audit.notifications_delivered} delivered, {audit.notifications_pending} pending"
+        )
+        ctx.say(
             f"roaming: switched to {audit.switches}, rolled back to {audit.rollbacks}; "
             f"audit log {audit_path} ({audit.entries} entries, chain {'verified' if audit_ok else 'BROKEN'})"
         )
@@ -262,6 +335,12 @@ class BorderScenario(Scenario):
             "rollbacks": len(audit.rollbacks),
             "switched_to": audit.switches,
             "rolled_back_to": audit.rollbacks,
+            "profiles_downloaded": len(audit.downloads),
+            "downloaded": audit.downloads,
+            "download_failures": audit.download_failures,
+            "notifications_delivered": audit.notifications_delivered,
+            "notifications_pending": audit.notifications_pending,
+            "download_events_stored": len(stored_downloads),
             "failed_decisions": audit.failed,
             "audit_log": str(audit_path),
             "audit_entries": audit.entries,

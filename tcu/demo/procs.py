@@ -65,7 +65,10 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-async def spawn(name: str, args: list[str], workdir: Path, *, stdout: int | None = None) -> Proc:
+async def spawn(
+    name: str, args: list[str], workdir: Path, *, stdout: int | None = None, cwd: Path | None = None
+) -> Proc:
+    """Start ``args`` with stderr (and stdout unless piped) in ``workdir/<name>.log``; in ``cwd`` if given."""
     log_path = workdir / f"{name}.log"
     log_file = log_path.open("wb")
     try:
@@ -75,6 +78,7 @@ async def spawn(name: str, args: list[str], workdir: Path, *, stdout: int | None
             stdout=stdout or log_file,
             stderr=log_file,
             preexec_fn=die_with_parent,
+            cwd=cwd,
         )
     finally:
         log_file.close()

@@ -197,6 +197,7 @@ async def run_demo(options: DemoOptions, progress: Callable[[str], None] | None 
     procs: list[Proc] = []
     try:
         await asyncio.to_thread(scenario.prepare, workdir)
+        procs.extend(await scenario.start_peers(workdir, say))
         security = await asyncio.to_thread(_make_security, options, workdir)
         if security.pki is not None:
             say(f"development PKI in {security.pki.directory}: mTLS for the agent and the backend")

@@ -23,6 +23,7 @@ import grpc
 from tcu.signals.mapping import Catalog
 
 if TYPE_CHECKING:
+    from tcu.demo.procs import Proc
     from tcu.demo.run import DemoOptions, DemoResult
 
 __all__ = ["SCENARIOS", "CloudContext", "Scenario", "ScenarioContext", "load_scenarios", "register"]
@@ -86,6 +87,14 @@ class Scenario:
 
     async def aclose(self) -> None:
         """Stop what :meth:`start_cloud` started (always called, also after a failure)."""
+
+    async def start_peers(self, workdir: Path, say: Callable[[str], None]) -> list[Proc]:
+        """Start processes the scenario needs besides ingest, simulator and agent (after :meth:`prepare`).
+
+        They are stopped with the others when the run ends. Raise :class:`~tcu.demo.procs.DemoError`
+        when one cannot be started: the run then fails with that message.
+        """
+        return []
 
     def ingest_sim_args(self, ingest_target: str) -> list[str]:
         """Simulator arguments that need the ingest's address (``127.0.0.1:PORT``), after ``sim_args``."""

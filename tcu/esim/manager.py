@@ -8,9 +8,11 @@ reset) and closes it afterwards.
 
 Rules kept here:
 
-* the card state is re-read before any change and after any error; a switch
-  (:meth:`ProfileManager.execute`) reads the profile list once before (to decide) and once after
-  (to verify), not again inside :meth:`~ProfileManager.enable`;
+* the card state is re-read after any change and after any error; a switch
+  (:meth:`ProfileManager.execute`) reads the profile list once, after the enable, to verify it: it
+  does not read first to decide, because the card itself answers ``profileNotInDisabledState``
+  when the target is already the enabled one (then nothing changed and the read confirms it);
+  :meth:`~ProfileManager.enable` from the CLI still reads before and after;
 * after a change the card must report exactly one enabled profile, otherwise
   :class:`CardStateError` (and the audit log shows the listing);
 * every decision and every ES10 call (with outcome) goes to the audit log, if one is given;
@@ -29,7 +31,7 @@ from tcu.errors import EsimError
 from tcu.esim import es10
 from tcu.esim.audit import AuditLog
 from tcu.esim.policy import Decision, DecisionKind
-from tcu.esim.session import ApduTransport, IsdrSession
+from tcu.esim.session import ApduTransport, Es10ResultError, IsdrSession
 
 __all__ = ["CardStateError", "ProfileManager", "SwitchOutcome"]
 
@@ -74,6 +76,14 @@ class ProfileManager:
         self._after_switch = after_switch
         self._segment_size = segment_size
 
+    @property
+    def transport(self) -> ApduTransport:
+        return self._transport
+
+    @property
+    def audit(self) -> AuditLog | None:
+        return self._audit
+
     async def _log(self, kind: str, fields: dict[str, Any]) -> None:
         if self._audit is not None:
             await self._audit.aappend(kind, fields)
@@ -104,13 +114,17 @@ class ProfileManager:
 
     async def enabled(self) -> es10.ProfileInfo | None:
         """The enabled profile (None if none); :class:`CardStateError` if more than one."""
+        return (await self.state())[1]
+
+    async def state(self) -> tuple[tuple[es10.ProfileInfo, ...], es10.ProfileInfo | None]:
+        """All profiles and the enabled one, from one read; :class:`CardStateError` if two are enabled."""
         profiles = await self.profiles()
         enabled = [p for p in profiles if p.state is es10.ProfileState.enabled]
         if len(enabled) > 1:
             raise CardStateError(
                 f"card reports {len(enabled)} enabled profiles: {[p.iccid for p in enabled]}"
             )
-        return enabled[0] if enabled else None
+        return profiles, enabled[0] if enabled else None
 
     async def notifications(self) -> tuple[es10.NotificationMetadata, ...]:
         return await self._es10("ListNotification", lambda s: s.list_notifications())
@@ -137,6 +151,35 @@ class ProfileManager:
             now = current.iccid if current else "none"
             raise CardStateError(f"EnableProfile {iccid} answered ok but the card reports {now} enabled")
         if self._after_switch is not None:
+            await self._after_switch()
+
+    async def _switch(self, iccid: str) -> None:
+        """Enable ``iccid`` without reading first; one read after, to verify (see the module rules)."""
+        ref = es10.ProfileRef(iccid=iccid)
+        changed = True
+        fields: dict[str, Any] = {"function": "EnableProfile", "iccid": iccid}
+        try:
+            async with IsdrSession(self._transport, segment_size=self._segment_size) as session:
+                await session.enable_profile(ref, refresh=self._refresh)
+        except Es10ResultError as exc:
+            already = exc.result is es10.EnableResult.profileNotInDisabledState
+            note = {"note": "already enabled, checked by the read that follows"} if already else {}
+            await self._log("es10", {**fields, "ok": False, "error": str(exc), **note})
+            if not already:
+                await self._reread_after_error()
+                raise
+            changed = False
+        except EsimError as exc:
+            await self._log("es10", {**fields, "ok": False, "error": str(exc)})
+            await self._reread_after_error()
+            raise
+        else:
+            await self._log("es10", {**fields, "ok": True})
+        current = await self.enabled()
+        if current is None or current.iccid != iccid:
+            now = current.iccid if current else "none"
+            raise CardStateError(f"EnableProfile {iccid} answered ok but the card reports {now} enabled")
+        if changed and self._after_switch is not None:
             await self._after_switch()
 
     async def disable(self, iccid: str) -> None:
@@ -167,7 +210,7 @@ class ProfileManager:
         )
 
     async def acknowledge(self, seq: int) -> None:
-        await self._es10("NotificationSent", lambda s: s.notification_sent(seq), seq=seq)
+        await self._es10("NotificationSent", lambda s: s.notification_sent(seq), notification_seq=seq)
 
     async def _reread_after_error(self) -> None:
         try:
@@ -177,16 +220,23 @@ class ProfileManager:
 
     # --- policy decisions -------------------------------------------------------------
 
-    async def execute(self, decision: Decision) -> SwitchOutcome:
-        """Audit ``decision`` and carry it out; never raises for card errors (see ``error``)."""
+    async def execute(
+        self, decision: Decision, *, prepare: Callable[[], Awaitable[None]] | None = None
+    ) -> SwitchOutcome:
+        """Audit ``decision`` and carry it out; never raises for card errors (see ``error``).
+
+        ``prepare`` runs after the decision is audited and before the enable (a ``download``
+        decision fetches the profile there); its :class:`EsimError` fails the decision like a
+        card refusal.
+        """
         await self._log("decision", decision.to_fields())
         if decision.kind is DecisionKind.hold or decision.target_iccid is None:
             return SwitchOutcome(ok=True, enabled_iccid=None)
+        target = decision.target_iccid
         try:
-            current = await self.enabled()
-            if current is not None and current.iccid == decision.target_iccid:
-                return SwitchOutcome(ok=True, enabled_iccid=current.iccid)
-            await self._enable_read(decision.target_iccid)  # the state read just above is the one before
+            if prepare is not None:
+                await prepare()
+            await self._switch(target)
         except EsimError as exc:
             log.warning("decision %s to %s failed: %s", decision.kind.name, decision.target_iccid, exc)
             enabled_iccid = None

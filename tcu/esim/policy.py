@@ -24,6 +24,14 @@ Rules, in order of priority:
      after that long in the country on another profile, switch to ``preferred``.
      Without ``preferred`` the current profile keeps roaming.
 
+   * ``download``: an activation code for ``preferred``. When the card is known not to hold the
+     preferred profile (:attr:`Observation.installed`), the engine asks for it to be downloaded
+     (a ``download`` decision: the agent's LPA fetches it from the SM-DP+ and enables it) instead
+     of switching to a profile that is not there. The attach is supervised as for a switch
+     (rollback to the profile enabled before). A failed download is tried again after
+     ``download_retry_s``, at most ``download_attempts`` times per country and profile; then the
+     engine gives up with one ``hold`` decision saying so (audited like every decision).
+
 4. **Cap.** At most ``max_switches_per_hour`` policy switches in any 60 minutes; a
    switch over the cap becomes a ``hold`` decision (emitted once per reason). Rollbacks,
    fallbacks and orders are never held; they count towards the cap.
@@ -51,6 +59,8 @@ Example (``roaming.toml``)::
     fallback_after_s = 600
     max_switches_per_hour = 4
     order_hold_s = 86400                   # an ordered profile holds in its country for a day
+    download_attempts = 3                  # downloads of a missing preferred profile, per country
+    download_retry_s = 600                 # wait after a failed download
     fallback = "bootstrap"
 
     [profiles]
@@ -67,6 +77,7 @@ Example (``roaming.toml``)::
     max_roaming_days = 0                   # localize as soon as the country is confirmed
     allow_roaming = ["home-de", "bootstrap"]
     bbox = [46.37, 9.53, 49.02, 17.16]
+    download = "LPA:1$smdp.operator-at.example$AT-FLEET-0001"   # if the card lacks local-at
 """
 
 from __future__ import annotations
@@ -113,6 +124,7 @@ class DecisionKind(enum.Enum):
     fallback = "fallback"
     hold = "hold"
     order = "order"
+    download = "download"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +137,8 @@ class Decision:
     previous_iccid: str | None = None
     command_id: str | None = None
     """For an ``order``: the id of the backend's command."""
+    activation_code: str | None = None
+    """For a ``download``: the activation code of the profile to fetch (then enable)."""
 
     def to_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {
@@ -137,6 +151,8 @@ class Decision:
         }
         if self.command_id is not None:
             fields["command_id"] = self.command_id
+        if self.activation_code is not None:
+            fields["activation_code"] = self.activation_code
         return fields
 
 
@@ -147,6 +163,8 @@ class Observation:
     registered: bool
     mcc: str | None = None
     position: tuple[float, float] | None = None
+    installed: frozenset[str] | None = None
+    """The ICCIDs on the card (``None``: not known; then no download is asked for)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +174,8 @@ class CountryRule:
     allow_roaming: tuple[str, ...] | None = None
     max_roaming_s: float = 0.0
     bbox: tuple[float, float, float, float] | None = None
+    download: str | None = None
+    """Activation code of ``preferred``, fetched when the card does not hold it."""
 
     def contains(self, position: tuple[float, float]) -> bool:
         if self.bbox is None:
@@ -176,6 +196,8 @@ class PolicyConfig:
     max_switches_per_hour: int = 4
     retry_after_s: float = 3600.0
     order_hold_s: float = 86400.0
+    download_attempts: int = 3
+    download_retry_s: float = 600.0
     mcc_countries: Mapping[str, str] = field(default_factory=lambda: dict(MCC_COUNTRIES))
 
     def label(self, iccid: str | None) -> str:
@@ -195,6 +217,8 @@ _POLICY_KEYS = {
     "max_switches_per_hour": int,
     "retry_after_s": float,
     "order_hold_s": float,
+    "download_attempts": int,
+    "download_retry_s": float,
 }
 
 
@@ -242,7 +266,7 @@ def parse_policy(text: str, *, source: str = "<string>") -> PolicyConfig:
         prefix = f"countries.{code}"
         if not isinstance(rule, dict):
             raise ConfigError("must be a table", key=prefix, path=source)
-        extra = set(rule) - {"preferred", "allow_roaming", "max_roaming_days", "bbox"}
+        extra = set(rule) - {"preferred", "allow_roaming", "max_roaming_days", "bbox", "download"}
         if extra:
             raise ConfigError(f"unknown key(s) {sorted(extra)}", key=prefix, path=source)
         preferred = (
@@ -270,7 +294,23 @@ def parse_policy(text: str, *, source: str = "<string>") -> PolicyConfig:
                     "must be [lat_min, lon_min, lat_max, lon_max]", key=f"{prefix}.bbox", path=source
                 )
             bbox = (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
-        countries[code] = CountryRule(code, preferred, allow, float(days) * 86400.0, bbox)
+        download = rule.get("download")
+        if download is not None:
+            if preferred is None:
+                raise ConfigError(
+                    "needs preferred (the profile it downloads)", key=f"{prefix}.download", path=source
+                )
+            if (
+                not isinstance(download, str)
+                or not download.upper().startswith("LPA:1$")
+                or download.count("$") < 2
+            ):
+                raise ConfigError(
+                    f"must be an activation code LPA:1$<SM-DP+>$<matching id>, got {download!r}",
+                    key=f"{prefix}.download",
+                    path=source,
+                )
+        countries[code] = CountryRule(code, preferred, allow, float(days) * 86400.0, bbox, download)
     mcc = dict(MCC_COUNTRIES)
     for code, country in data.get("mcc", {}).items():
         if not (isinstance(code, str) and len(code) == 3 and code.isdigit() and isinstance(country, str)):
@@ -334,6 +374,8 @@ class RoamingPolicy:
         self._switch_times: deque[float] = deque()
         self._last_hold: str | None = None
         self._order: _Order | None = None
+        self._downloads: dict[tuple[str, str], tuple[int, float]] = {}
+        """(profile, country) -> (download attempts, time of the last failed one)."""
 
     @property
     def pending_target(self) -> str | None:
@@ -386,9 +428,13 @@ class RoamingPolicy:
             self._switch_times.append(t)
             self._last_hold = None
             assert target is not None
-            previous = obs.enabled_iccid if kind is DecisionKind.switch else None
+            previous = obs.enabled_iccid if kind in (DecisionKind.switch, DecisionKind.download) else None
             self._pending = _Pending(target, previous, t, self.country)
-        return Decision(kind, target, reason, obs.t_ns, self.country, obs.enabled_iccid)
+        code = None
+        if kind is DecisionKind.download:
+            rule = self.config.countries.get(self.country or "")
+            code = rule.download if rule is not None else None
+        return Decision(kind, target, reason, obs.t_ns, self.country, obs.enabled_iccid, activation_code=code)
 
     def _recently_failed(self, iccid: str, t: float) -> bool:
         when = self._failed.get((iccid, self.country))
@@ -461,6 +507,8 @@ class RoamingPolicy:
             )
         if desired is None or desired == current or self._recently_failed(desired, t):
             return None
+        if obs.installed is not None and desired not in obs.installed:
+            return self._download(rule, desired, reason, obs, t)
         if len(self._switch_times) >= cfg.max_switches_per_hour:
             hold = f"switch cap of {cfg.max_switches_per_hour}/h reached; wanted {cfg.label(desired)}"
             if hold == self._last_hold:
@@ -468,6 +516,30 @@ class RoamingPolicy:
             self._last_hold = hold
             return self._emit(DecisionKind.hold, None, hold, obs, t)
         return self._emit(DecisionKind.switch, desired, reason, obs, t)
+
+    def _download(
+        self, rule: CountryRule, desired: str, reason: str, obs: Observation, t: float
+    ) -> Decision | None:
+        """The card lacks ``desired``: ask for its download (bounded), or give up once, loudly."""
+        cfg = self.config
+        if rule.download is None:
+            return None  # nothing to switch to and nothing to fetch: keep the current profile
+        key = (desired, rule.country)
+        attempts, last = self._downloads.get(key, (0, -math.inf))
+        if attempts >= cfg.download_attempts:
+            hold = (
+                f"download of {cfg.label(desired)} for {rule.country} given up after {attempts} attempts; "
+                f"staying on {cfg.label(obs.enabled_iccid)}"
+            )
+            if hold == self._last_hold:
+                return None
+            self._last_hold = hold
+            return self._emit(DecisionKind.hold, None, hold, obs, t)
+        if t - last < cfg.download_retry_s:
+            return None
+        self._downloads[key] = (attempts + 1, last)
+        why = f"{reason}; the card holds no {cfg.label(desired)}: download it (attempt {attempts + 1})"
+        return self._emit(DecisionKind.download, desired, why, obs, t)
 
     def _holds_order(self, obs: Observation, t: float) -> bool:
         order = self._order
@@ -504,11 +576,24 @@ class RoamingPolicy:
         self._order = _Order(target, t, self.country, replaced=held)
         return Decision(DecisionKind.order, target, reason, t_ns, self.country, enabled, command_id)
 
-    def record_outcome(self, decision: Decision, ok: bool) -> None:
-        """Tell the engine whether ``decision`` was carried out on the card."""
+    def record_outcome(self, decision: Decision, ok: bool, *, t_ns: int | None = None) -> None:
+        """Tell the engine whether ``decision`` was carried out on the card (at ``t_ns``, if known).
+
+        For a ``download`` the attach deadline runs from ``t_ns``, when the profile was fetched and
+        enabled, not from the decision (the download itself takes a while).
+        """
+        pending = self._pending
+        fetched = ok and t_ns is not None and decision.kind is DecisionKind.download
+        if fetched and t_ns is not None and pending is not None and pending.target == decision.target_iccid:
+            pending.t_s = t_ns / 1e9
         if ok or decision.target_iccid is None:
             return
         self._pending = None
+        if decision.kind is DecisionKind.download:
+            key = (decision.target_iccid, decision.country or "")
+            attempts, _ = self._downloads.get(key, (1, 0.0))
+            self._downloads[key] = (attempts, decision.t_ns / 1e9)
+            return  # retried after download_retry_s (bounded by download_attempts), not retry_after_s
         self._failed[(decision.target_iccid, decision.country)] = decision.t_ns / 1e9
         if decision.kind is DecisionKind.order and self._order is not None:
             self._order = self._order.replaced

@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import Protocol, Self, TypeVar
 
 from tcu.errors import ClosedResourceError, EsimError, TcuError
-from tcu.esim import es10
+from tcu.esim import es10, es10b
 
 __all__ = [
     "ECASD_AID",
@@ -276,3 +276,34 @@ class IsdrSession:
 
     async def memory_reset(self, request: es10.EuiccMemoryResetRequest) -> None:
         await self._result(request, es10.EuiccMemoryResetResponse, "eUICCMemoryReset")
+
+    # --- ES10b download family (the LPA relays the server's pieces; see tcu.esim.es10b) -------
+
+    async def get_euicc_info1_der(self) -> bytes:
+        """EUICCInfo1 exactly as the card encoded it (the LPA forwards it to the SM-DP+)."""
+        raw = await self.store_data(es10.GetEuiccInfo1Request().encode(), step="GetEuiccInfo1")
+        es10.EuiccInfo1.decode(raw)
+        return raw
+
+    async def authenticate_server(
+        self, request: es10b.AuthenticateServerRequest
+    ) -> es10b.AuthenticateServerResponse:
+        raw = await self.store_data(request.encode(), step="AuthenticateServer")
+        return es10b.AuthenticateServerResponse.decode(raw)
+
+    async def prepare_download(self, request: es10b.PrepareDownloadRequest) -> es10b.PrepareDownloadResponse:
+        raw = await self.store_data(request.encode(), step="PrepareDownload")
+        return es10b.PrepareDownloadResponse.decode(raw)
+
+    async def load_bpp_piece(self, piece: bytes, index: int) -> es10b.ProfileInstallationResult | None:
+        """One piece of LoadBoundProfilePackage; the card's result if it answered one (last or failed)."""
+        raw = await self.store_data(piece, step=f"LoadBoundProfilePackage piece {index}")
+        return es10b.ProfileInstallationResult.decode(raw) if raw else None
+
+    async def cancel_session(
+        self, transaction_id: bytes, reason: es10b.CancelSessionReason
+    ) -> es10b.CancelSessionResponse:
+        raw = await self.store_data(
+            es10b.CancelSessionRequest(transaction_id, reason).encode(), step="CancelSession"
+        )
+        return es10b.CancelSessionResponse.decode(raw)

@@ -12,12 +12,12 @@ import pytest
 
 
 @pytest.mark.slow
-def test_border_demo_switches_rolls_back_once_and_loses_nothing_through_outages(tmp_path: Path) -> None:
+def test_border_demo_switches_rolls_back_once_downloads_once_and_loses_nothing(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "tcu.cli.main", "demo", "--scenario", "border", "--json"],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=420,
         check=False,
         cwd=tmp_path,
     )
@@ -25,7 +25,12 @@ def test_border_demo_switches_rolls_back_once_and_loses_nothing_through_outages(
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["scenario"] == "border"
     assert summary["profile_switches"] == 2
-    assert summary["switched_to"] == ["lu-post", "de-telekom"]
+    assert summary["switched_to"] == ["lu-post", "de-ts48"]
+    # Germany: the card held no profile; the policy downloaded one from osmo-smdpp and attached on it
+    assert summary["profiles_downloaded"] == 1
+    assert summary["downloaded"] == ["de-ts48"] and summary["download_failures"] == []
+    assert summary["download_events_stored"] == 1
+    assert summary["notifications_pending"] == 0 and summary["notifications_delivered"] >= 3
     assert summary["rollbacks"] == 1
     assert summary["rolled_back_to"] == ["fr-orange"]
     assert summary["samples_lost"] == 0
@@ -55,8 +60,10 @@ def test_border_demo_switches_rolls_back_once_and_loses_nothing_through_outages(
         assert [json.loads(x)["decision"] for x in lines if '"kind":"decision"' in x] == [
             "switch",
             "rollback",
-            "switch",
+            "download",
         ]
+        kinds = {json.loads(x)["kind"] for x in lines}
+        assert {"download", "es9", "notification", "notifications"} <= kinds
         # the same command refuses the log once one entry is edited
         tampered = tmp_path / "tampered.jsonl"
         lines[3] = lines[3].replace('"kind":', '"kind": ', 1)

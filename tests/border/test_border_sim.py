@@ -17,7 +17,9 @@ import pytest
 
 from sim.border import PROFILES, TUNNEL, BorderRadio, conditions_at, route_starting_at
 from sim.canbus import Drive
+from sim.cellular import DOWNLOAD_MATCHING_ID, DOWNLOAD_REPLACES, DOWNLOADED
 from tcu.demo.border import BORDER_START_AT, EXPECTED_ROLLBACKS, EXPECTED_SWITCHES, roaming_policy_toml
+from tcu.demo.border import DOWNLOAD_MATCHING_ID as DEMO_MATCHING_ID
 from tcu.demo.border import PROFILES as DEMO_PROFILES
 from tcu.errors import ConfigError
 from tcu.esim import parse_policy
@@ -93,9 +95,14 @@ def test_a_tunnel_passed_between_two_updates_is_still_a_coverage_hole() -> None:
 
 
 def test_demo_policy_matches_the_simulated_card() -> None:
-    assert {p.label: p.iccid for p in PROFILES} == DEMO_PROFILES
+    # the demo's card (with the SM-DP+'s credentials) lacks the German profile and downloads de-ts48
+    on_card = {p.label: p.iccid for p in PROFILES if p.label != DOWNLOAD_REPLACES}
+    assert on_card | {DOWNLOADED.label: DOWNLOADED.iccid} == DEMO_PROFILES
+    assert DOWNLOAD_MATCHING_ID == DEMO_MATCHING_ID
     policy = parse_policy(roaming_policy_toml())
-    assert set(policy.profiles.values()) == {p.iccid for p in PROFILES}
+    assert set(policy.profiles.values()) == set(DEMO_PROFILES.values())
+    assert policy.countries["DE"].preferred == DOWNLOADED.iccid
+    assert policy.countries["DE"].download == f"LPA:1$testsmdpplus1.example.com${DOWNLOAD_MATCHING_ID}"
     assert set(EXPECTED_SWITCHES) | set(EXPECTED_ROLLBACKS) <= set(DEMO_PROFILES)
     # while unregistered the policy takes the country from the boxes: they agree with the
     # route's countries except within a kilometre of a border

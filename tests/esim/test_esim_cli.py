@@ -117,3 +117,13 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Non
     bad.write_text('{"seq": 1, "prev": "x"}\n')
     assert main(["esim", "audit", "verify", str(bad)]) == 1
     assert "bad.jsonl:1: hash chain broken" in capsys.readouterr().err
+
+
+def test_acknowledging_a_notification_is_audited(modem: SimulatedModem, tmp_path: Path) -> None:
+    audit = tmp_path / "audit.jsonl"
+    assert esim(modem, "enable", LOCAL) == 0
+    seq = modem.card.notifications[0].seq
+    assert esim(modem, "--audit", str(audit), "notifications", "--ack", str(seq)) == 0
+    assert seq not in [n.seq for n in modem.card.notifications]
+    assert f'"notification_seq":{seq}' in audit.read_text()
+    assert main(["esim", "audit", "verify", str(audit)]) == 0
