@@ -16,6 +16,7 @@ everything, then cancel the uplink.
 from __future__ import annotations
 
 import asyncio
+import collections
 import importlib
 import json
 import logging
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import can
+import numpy as np
 
 from tcu import __version__
 from tcu.agent.campaigns import CampaignRuntime
@@ -95,7 +97,9 @@ class AgentStats:
     """Frames the kernel dropped before a SocketCAN reader got them (``SO_RXQ_OVFL``; logged)."""
     frame_lag_ms_max: float = 0.0
     """Worst delay from a frame's source time to the end of its decode and sampling (wall clock; meaningful
-    when the bus's times are wall-clock times, as on a live bus)."""
+    when the bus's times are wall-clock times, as on a live bus), per tick: of the newest frame taken."""
+    frame_lag_ms_p99: float = 0.0
+    """The 99th percentile of that delay over the last 65,536 ticks that took frames."""
     ticks: int = 0
     """Times the pipeline took frames from the bus buffers."""
     stopped: bool = False
@@ -224,6 +228,7 @@ class Agent:
         )
         self._readers_done = asyncio.Event()
         self._frame_lag_ns_max = 0
+        self._lags: collections.deque[int] = collections.deque(maxlen=65_536)
         self._overflow_reported_at = -OVERFLOW_REPORT_S
         # Catalogs of batches still in the spool (written by an agent with other DBCs or mapping).
         self._catalog_message = catalog_message(self.catalog)
@@ -395,6 +400,7 @@ class Agent:
             frames_dropped_overflow=sum(self.collector.overflow.values()),
             frames_dropped_kernel=sum(r.stats.kernel_dropped for r in self.readers),
             frame_lag_ms_max=round(self._frame_lag_ns_max / 1e6, 3),
+            frame_lag_ms_p99=round(float(np.percentile(self._lags, 99)) / 1e6, 3) if self._lags else 0.0,
             ticks=self.collector.takes,
             v2x=self.v2x.stats() if self.v2x is not None else None,
         )
@@ -509,6 +515,7 @@ class Agent:
                 await pipeline.feed(batch)
                 lag = time.time_ns() - int(batch.t_ns.max())
                 self._frame_lag_ns_max = max(self._frame_lag_ns_max, lag)
+                self._lags.append(lag)
             await self._report_overflow(final=closing)
             if closing:
                 heartbeat.beat()

@@ -6,8 +6,9 @@
                                │                        events ──────────────event_batch────────▶ sink
                                └──▶ on_decoded hooks (e.g. the V2X adapter), before any selection
 
-:meth:`Pipeline.feed` takes one :class:`~tcu.frames.FrameBatch` (one bus's, from a bus
-reader or a replayed log) and carries it all the way: the decoder
+:meth:`Pipeline.feed` takes one :class:`~tcu.frames.FrameBatch` (the agent's: every bus's
+frames of one tick, the ``channel`` column naming the bus; or one bus's, from a replayed log)
+and carries it all the way: the decoder
 (:class:`~tcu.signals.decoder.SignalDecoder`) turns it into catalog signal columns, every
 ``on_decoded`` hook gets those columns, the campaign engine
 (:class:`~tcu.collect.engine.CampaignEngine`, which also runs the default periodic
@@ -89,7 +90,7 @@ class Pipeline:
         driver, if a shutdown deadline cancels that wait)."""
 
     async def feed(self, frames: FrameBatch) -> None:
-        """Carry one bus's frames through decoder, hooks, engine and builder; hand on what is due."""
+        """Carry a batch (one bus or several) through decoder, hooks, engine, builder; hand on what is due."""
         self.stats.frames += len(frames)
         self.engine.record_frames(frames)
         columns = self.decoder.decode(frames)
