@@ -97,7 +97,7 @@ class AgentStats:
     """Frames the kernel dropped before a SocketCAN reader got them (``SO_RXQ_OVFL``; logged)."""
     frame_lag_ms_max: float = 0.0
     """Worst delay from a frame's source time to the end of its decode and sampling (wall clock; meaningful
-    when the bus's times are wall-clock times, as on a live bus), per tick: of the newest frame taken."""
+    when the bus's times are wall-clock times, as on a live bus), per tick: of the oldest frame taken."""
     frame_lag_ms_p99: float = 0.0
     """The 99th percentile of that delay over the last 65,536 ticks that took frames."""
     ticks: int = 0
@@ -513,7 +513,7 @@ class Agent:
             if batch is not None:
                 heartbeat.beat()
                 await pipeline.feed(batch)
-                lag = time.time_ns() - int(batch.t_ns.max())
+                lag = time.time_ns() - int(batch.t_ns.min())  # the oldest frame of the tick
                 self._frame_lag_ns_max = max(self._frame_lag_ns_max, lag)
                 self._lags.append(lag)
             await self._report_overflow(final=closing)

@@ -13,6 +13,7 @@ import grpc
 from agent_helpers import agent_config, wait_until
 
 from tcu.agent import Agent
+from tcu.agent.metrics import agent_snapshot
 from tcu.api.v1 import fleet_pb2 as fleet_pb
 from tcu.api.v1 import fleet_pb2_grpc as fleet_grpc
 from tcu.config import BusConfig
@@ -93,6 +94,8 @@ async def test_a_full_bus_buffer_drops_counted_frames_and_reports_a_data_loss(
     assert 0 < dropped <= 296
     assert agent.readers[0].stats.overflow_frames == dropped
     assert agent.pipeline.stats.frames == 300 - dropped  # what was not dropped was decoded
+    family = next(f for f in agent_snapshot(agent) if f.name == "tcu_agent_frames_dropped")
+    assert (("can0", "buffer"), float(dropped)) in family.samples
     async with grpc.aio.insecure_channel(f"127.0.0.1:{ingest.bound_port}") as ch:
         info = (await fleet_grpc.FleetStub(ch).ListVehicles(fleet_pb.ListVehiclesRequest())).vehicles[0]
     assert info.lost_batches >= 1

@@ -35,7 +35,7 @@ read + frames dropped at full bus buffers, and the samples the ingest stored (Fl
 Lag, two ways: ``max_send_lag_s``, the worst delay of a bus's send behind its schedule (TCP
 flow control blocks it when the agent does not read; a loaded machine delays it too), and
 ``frame_lag_ms_max`` / ``frame_lag_ms_p99`` from the agent's stats: per tick, the wall clock
-after decoding and sampling minus the newest frame's source time (the frames are stamped with
+after decoding and sampling minus the oldest frame's source time (the frames are stamped with
 their scheduled wall-clock time), over the whole run. The agent runs with a ``power-loss``
 spool (``--spool``: an fdatasync per batch) unless told otherwise. ``--agent-tree DIR`` runs the
 agent from another checkout (its ``.venv``), for A/B runs against it with the same buses,

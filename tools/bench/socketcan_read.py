@@ -78,7 +78,9 @@ def read_recvmmsg(sock: socket.socket, n: int) -> tuple[FrameBatch, float]:
             continue
         parts.append(batch)
         got += len(batch)
-    return concat_frames(parts), time.thread_time() - started
+    cpu = time.thread_time() - started
+    bus.shutdown()
+    return concat_frames(parts), cpu
 
 
 def read_recvmsg(sock: socket.socket, n: int) -> tuple[FrameBatch, float]:
