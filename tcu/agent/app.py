@@ -100,6 +100,11 @@ class AgentStats:
     when the bus's times are wall-clock times, as on a live bus), per tick: of the oldest frame taken."""
     frame_lag_ms_p99: float = 0.0
     """The 99th percentile of that delay over the last 65,536 ticks that took frames."""
+    hold_ms_max: float = 0.0
+    """Worst time frames spent inside the agent: from the reader's hand-off of the oldest frames of a
+    tick to the end of their decode and sampling (excludes the sender and the socket)."""
+    hold_ms_p99: float = 0.0
+    """Its 99th percentile over the last 65,536 ticks that took frames."""
     ticks: int = 0
     """Times the pipeline took frames from the bus buffers."""
     stopped: bool = False
@@ -229,6 +234,8 @@ class Agent:
         self._readers_done = asyncio.Event()
         self._frame_lag_ns_max = 0
         self._lags: collections.deque[int] = collections.deque(maxlen=65_536)
+        self._hold_s_max = 0.0
+        self._holds: collections.deque[float] = collections.deque(maxlen=65_536)
         self._overflow_reported_at = -OVERFLOW_REPORT_S
         # Catalogs of batches still in the spool (written by an agent with other DBCs or mapping).
         self._catalog_message = catalog_message(self.catalog)
@@ -401,6 +408,8 @@ class Agent:
             frames_dropped_kernel=sum(r.stats.kernel_dropped for r in self.readers),
             frame_lag_ms_max=round(self._frame_lag_ns_max / 1e6, 3),
             frame_lag_ms_p99=round(float(np.percentile(self._lags, 99)) / 1e6, 3) if self._lags else 0.0,
+            hold_ms_max=round(self._hold_s_max * 1e3, 3),
+            hold_ms_p99=round(float(np.percentile(self._holds, 99)) * 1e3, 3) if self._holds else 0.0,
             ticks=self.collector.takes,
             v2x=self.v2x.stats() if self.v2x is not None else None,
         )
@@ -516,6 +525,9 @@ class Agent:
                 lag = time.time_ns() - int(batch.t_ns.min())  # the oldest frame of the tick
                 self._frame_lag_ns_max = max(self._frame_lag_ns_max, lag)
                 self._lags.append(lag)
+                hold = time.monotonic() - self.collector.taken_since
+                self._hold_s_max = max(self._hold_s_max, hold)
+                self._holds.append(hold)
             await self._report_overflow(final=closing)
             if closing:
                 heartbeat.beat()

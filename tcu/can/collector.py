@@ -93,6 +93,9 @@ class FrameCollector:
         self._logged_at = dict.fromkeys(self.buses, -_LOG_EVERY_S)
         self.taken_frames = 0
         self.takes = 0
+        self._first_put: float | None = None
+        self.taken_since: float = 0.0
+        """``time.monotonic()`` of the first put of what the last :meth:`take` handed out."""
 
     def held(self) -> int:
         """Frames buffered now, all buses."""
@@ -132,6 +135,8 @@ class FrameCollector:
                     self._room.wait(0.1)
             self._parts[i].append(batch)
             self._held[i] += n
+            if self._first_put is None:
+                self._first_put = time.monotonic()
         return "ok"
 
     def _drop(self, bus: str, batch: FrameBatch) -> None:
@@ -163,6 +168,8 @@ class FrameCollector:
                 return None
             parts, self._parts = self._parts, [[] for _ in self.buses]
             self._held = [0] * len(self.buses)
+            self.taken_since = self._first_put if self._first_put is not None else time.monotonic()
+            self._first_put = None
             self._room.notify_all()
         batch = merge_buses(self.buses, parts)
         self.taken_frames += len(batch)

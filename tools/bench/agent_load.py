@@ -36,7 +36,9 @@ Lag, two ways: ``max_send_lag_s``, the worst delay of a bus's send behind its sc
 flow control blocks it when the agent does not read; a loaded machine delays it too), and
 ``frame_lag_ms_max`` / ``frame_lag_ms_p99`` from the agent's stats: per tick, the wall clock
 after decoding and sampling minus the oldest frame's source time (the frames are stamped with
-their scheduled wall-clock time), over the whole run. The agent runs with a ``power-loss``
+their scheduled wall-clock time, so a sender that falls behind shows here too), over the whole
+run; and ``agent_hold_ms_max`` / ``_p99``, only the agent's part: from the reader's hand-off of
+a tick's oldest frames to the end of their decode and sampling. The agent runs with a ``power-loss``
 spool (``--spool``: an fdatasync per batch) unless told otherwise. ``--agent-tree DIR`` runs the
 agent from another checkout (its ``.venv``), for A/B runs against it with the same buses,
 ingest and config.
@@ -531,6 +533,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "dropped_at_full_bus_buffers": dropped_overflow,
             "frame_lag_ms_max": lag_ms,
             "frame_lag_ms_p99": stopped.get("frame_lag_ms_p99"),
+            "agent_hold_ms_max": stopped.get("hold_ms_max"),
+            "agent_hold_ms_p99": stopped.get("hold_ms_p99"),
             "ticks": stopped.get("ticks"),
             "read_fps_steady": round((last["frames"] - first["frames"]) / wall, 1),
             "send_finished": done["finished"],
