@@ -39,6 +39,8 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from tcu.collect.batch import BatchBuilder
 from tcu.collect.engine import CampaignEngine, CapturedEvent
 from tcu.frames import FrameBatch
@@ -76,11 +78,15 @@ class Pipeline:
         event_batch: Callable[[CapturedEvent], bytes],
         notify: Callable[[], None] = lambda: None,
         on_decoded: Sequence[OnDecoded] = (),
+        chunk_frames: int = 8192,
     ) -> None:
         self.decoder = decoder
         self.engine = engine
         self.builder = builder
         self.on_decoded: list[OnDecoded] = list(on_decoded)
+        self.chunk_frames = chunk_frames
+        """A larger batch (a tick after a stall, a simulator faster than real time) is carried through
+        in parts of this many frames, so that a built batch stays near ``[batch] max_samples``."""
         self.stats = PipelineStats()
         self._sink = sink
         self._event_batch = event_batch
@@ -91,6 +97,14 @@ class Pipeline:
 
     async def feed(self, frames: FrameBatch) -> None:
         """Carry a batch (one bus or several) through decoder, hooks, engine, builder; hand on what is due."""
+        n = len(frames)
+        if n <= self.chunk_frames:
+            await self._feed(frames)
+            return
+        for start in range(0, n, self.chunk_frames):
+            await self._feed(frames.select(np.arange(start, min(n, start + self.chunk_frames))))
+
+    async def _feed(self, frames: FrameBatch) -> None:
         self.stats.frames += len(frames)
         self.engine.record_frames(frames)
         columns = self.decoder.decode(frames)
