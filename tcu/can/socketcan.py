@@ -42,6 +42,7 @@ import can
 import numpy as np
 import numpy.typing as npt
 
+from tcu.errors import BusError
 from tcu.frames import FrameBatch, concat_frames
 
 __all__ = ["BATCH", "CANFD_MTU", "CAN_MTU", "SocketcanBus", "parse_control"]
@@ -148,6 +149,9 @@ class SocketcanBus(can.BusABC):
     def __init__(
         self, channel: str, *, fd: bool = True, receive_own_messages: bool = False, **kwargs: Any
     ) -> None:
+        if kwargs.get("can_filters"):
+            # python-can applies filters in recv(), which this reader does not use: refuse, not ignore.
+            raise BusError(f'socketcan {channel}: can_filters need reader = "python-can" (bulk: no filters)')
         sock = socket.socket(AF_CAN, socket.SOCK_RAW, CAN_RAW)
         try:
             if fd:

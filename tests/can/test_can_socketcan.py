@@ -24,6 +24,7 @@ from tcu.can.bus import BusReader
 from tcu.can.collector import FrameCollector
 from tcu.can.socketcan import BATCH, SCM_TIMESTAMPNS, SO_RXQ_OVFL, SocketcanBus, parse_control
 from tcu.config import BusConfig
+from tcu.errors import BusError
 from tcu.frames import concat_frames
 
 
@@ -175,3 +176,9 @@ async def test_bus_reader_drains_the_socket_once_per_tick_into_the_collector(
     assert last is not None and last.arbitration_id.tolist() == [0x321]
     assert reader.stats.error_frames == 1 and reader.stats.remote_frames == 1 and reader.stats.frames == 6
     assert opened == [bus]
+
+
+def test_can_filters_are_refused_not_ignored() -> None:
+    """python-can filters in recv(), which the bulk reader does not call; it must not pass every frame."""
+    with pytest.raises(BusError, match="can_filters"):
+        SocketcanBus("vcan0", can_filters=[{"can_id": 0x123, "can_mask": 0x7FF}])
