@@ -117,6 +117,7 @@ class BatchConfig:
     max_age_ms: int = 1000
 
 
+FrameOverflow = Literal["drop", "block"]
 Durability = Literal["power-loss", "crash"]
 Compression = Literal["none", "zstd"]
 OnDamage = Literal["refuse", "start-fresh"]
@@ -314,9 +315,14 @@ class AgentConfig:
     mapping: Path
     uplink: UplinkConfig
     batch: BatchConfig = BatchConfig()
-    frame_queue_batches: int = 64
     reader_batch_frames: int = 512
     reader_batch_ms: int = 20
+    tick_ms: int = 20
+    """``[frames] tick_ms``: the pipeline takes every bus's frames once per tick."""
+    frame_buffer_frames: int = 65_536
+    """``[frames] buffer_frames``: frames each bus's buffer holds between ticks at most."""
+    frame_overflow: FrameOverflow = "drop"
+    """``[frames] overflow``: ``drop`` (counted, DataLoss) or ``block`` (the log replay bus always blocks)."""
     spool: SpoolSettings | None = None
     campaigns: CampaignSettings | None = None
     commands: CommandSettings | None = None
@@ -469,6 +475,7 @@ KNOWN_KEYS: Mapping[str, Mapping[str, type]] = {
     },
     "uplink.tls": {"ca_cert": str, "cert": str, "key": str, "server_name": str},
     "batch": {"max_samples": int, "max_age_ms": int},
+    "frames": {"tick_ms": int, "buffer_frames": int, "overflow": str},
     "spool": {
         "directory": str,
         "durability": str,
@@ -838,6 +845,19 @@ def _build(doc: dict[str, Any], base: Path, source: Path, env: Mapping[str, str]
     )
     if batch.max_samples < 1 or batch.max_age_ms < 1:
         raise ConfigError("max_samples and max_age_ms must be positive", key="batch")
+    fr = _get(doc, "frames", "frames", dict, {})
+    check_keys(fr, KNOWN_KEYS["frames"], "frames")
+    tick_ms = _get(fr, "tick_ms", "frames.tick_ms", int, 20)
+    if not 1 <= tick_ms <= 1000:
+        raise ConfigError(f"expected 1 to 1000 ms, got {tick_ms}", key="frames.tick_ms")
+    buffer_frames = _get(fr, "buffer_frames", "frames.buffer_frames", int, 65_536)
+    if buffer_frames < 1:
+        raise ConfigError(
+            f"expected a positive number of frames, got {buffer_frames}", key="frames.buffer_frames"
+        )
+    overflow = _get(fr, "overflow", "frames.overflow", str, "drop")
+    if overflow not in ("drop", "block"):
+        raise ConfigError(f"expected 'drop' or 'block', got {overflow!r}", key="frames.overflow")
     spool = None
     sp = _get(doc, "spool", "spool", dict, None)
     if sp is not None:
@@ -902,6 +922,10 @@ def _build(doc: dict[str, Any], base: Path, source: Path, env: Mapping[str, str]
         mapping=mapping,
         uplink=uplink,
         batch=batch,
+        reader_batch_ms=tick_ms,
+        tick_ms=tick_ms,
+        frame_buffer_frames=buffer_frames,
+        frame_overflow="block" if overflow == "block" else "drop",
         spool=spool,
         campaigns=campaigns,
         commands=commands,

@@ -450,6 +450,8 @@ class _Chaos:
             f'options = {{ host = "{ready["host"]}", port = {int(ready["port"])} }}\n\n'
             f"[signals]\nmapping = {json.dumps(ready['mapping'])}\n\n"
             f"[batch]\nmax_age_ms = {self.o.max_age_ms}\n\n"
+            # The simulator runs faster than real time and expects the agent to pace it (TCP).
+            '[frames]\noverflow = "block"\n\n'
             f"[spool]\ndirectory = {json.dumps(str(self.spool_dir))}\n"
             f"durability = {json.dumps(self.o.durability)}\n\n"
             f'[uplink]\ntarget = "127.0.0.1:{proxy_port}"\n'

@@ -1,10 +1,14 @@
 """Composition root of the vehicle service: buses → decode → collect → batch → outbox → uplink.
 
 One ``TaskGroup`` holds the named tasks: a reader per bus
-(``tcu.agent.bus[<name>]``), the pipeline (``tcu.agent.pipeline``), the uplink
-(``tcu.agent.uplink``) and the stats writer (``tcu.agent.stats``). Shutdown
-order on ``stop``: close the bus readers (their last partial batch is still
-delivered), let the pipeline decode what is queued and flush the last
+(``tcu.agent.bus[<name>]``, whose thread fills the bus's buffer in a
+:class:`~tcu.can.collector.FrameCollector`), the pipeline (``tcu.agent.pipeline``: once per
+``[frames] tick_ms`` it takes every bus's frames in one hand-off and feeds them to the
+pipeline as one batch), the uplink (``tcu.agent.uplink``) and the stats writer
+(``tcu.agent.stats``). Frames dropped because a bus's buffer was full are counted, logged
+and sent upstream as a ``DataLoss`` batch (reason ``frames-overflow``, at most one a second).
+Shutdown order on ``stop``: close the bus readers (their last partial batch is still
+delivered), let the pipeline decode what is buffered and flush the last
 telemetry batch, wait up to ``uplink.drain_timeout_s`` for the ingest to ack
 everything, then cancel the uplink.
 """
@@ -12,6 +16,7 @@ everything, then cancel the uplink.
 from __future__ import annotations
 
 import asyncio
+import collections
 import importlib
 import json
 import logging
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import can
+import numpy as np
 
 from tcu import __version__
 from tcu.agent.campaigns import CampaignRuntime
@@ -34,12 +40,11 @@ from tcu.agent.pipeline import Pipeline
 from tcu.agent.sources import Emitter, SignalSource
 from tcu.api.v1 import ingest_pb2 as ingest_pb
 from tcu.api.v1 import telemetry_pb2 as telemetry_pb
-from tcu.can import BusReader, open_bus
+from tcu.can import BusReader, FrameCollector, open_bus
 from tcu.collect import BatchBuilder
 from tcu.collect.engine import CampaignEngine, CapturedEvent
 from tcu.config import AgentConfig, BusConfig, CampaignSettings
 from tcu.errors import InputError
-from tcu.frames import FrameBatch
 from tcu.fsutil import write_atomic
 from tcu.sdnotify import Heartbeat, Notifier
 from tcu.signals.dbc import load_dbc
@@ -86,6 +91,22 @@ class AgentStats:
     """Samples not spooled because the outbox stayed full until the shutdown deadline (logged)."""
     frames_lost_at_stop: int = 0
     """Frames read but not decoded then."""
+    frames_dropped_overflow: int = 0
+    """Frames dropped because a bus's buffer was full (``[frames] overflow = "drop"``; sent as DataLoss)."""
+    frames_dropped_kernel: int = 0
+    """Frames the kernel dropped before a SocketCAN reader got them (``SO_RXQ_OVFL``; logged)."""
+    frame_lag_ms_max: float = 0.0
+    """Worst delay from a frame's source time to the end of its decode and sampling (wall clock; meaningful
+    when the bus's times are wall-clock times, as on a live bus), per tick: of the oldest frame taken."""
+    frame_lag_ms_p99: float = 0.0
+    """The 99th percentile of that delay over the last 65,536 ticks that took frames."""
+    hold_ms_max: float = 0.0
+    """Worst time frames spent inside the agent: from the reader's hand-off of the oldest frames of a
+    tick to the end of their decode and sampling (excludes the sender and the socket)."""
+    hold_ms_p99: float = 0.0
+    """Its 99th percentile over the last 65,536 ticks that took frames."""
+    ticks: int = 0
+    """Times the pipeline took frames from the bus buffers."""
     stopped: bool = False
     v2x: dict[str, Any] | None = None
     """The V2N client and station counters (``[v2x]`` only)."""
@@ -133,11 +154,8 @@ def open_outbox(config: AgentConfig) -> Outbox:
     return SpoolOutbox(spool, vehicle_id=config.vehicle_id, backlog_bytes=s.backlog_bytes)
 
 
-def _drain_queue(queue: asyncio.Queue[FrameBatch | None]) -> list[FrameBatch | None]:
-    items: list[FrameBatch | None] = []
-    while not queue.empty():
-        items.append(queue.get_nowait())
-    return items
+OVERFLOW_REPORT_S = 1.0
+"""Frames dropped at a full bus buffer are sent upstream as one DataLoss batch at most this often."""
 
 
 class Agent:
@@ -198,10 +216,27 @@ class Agent:
         )
         self.readers = [
             BusReader(
-                b, batch_frames=config.reader_batch_frames, batch_ms=config.reader_batch_ms, opener=opener
+                b,
+                batch_frames=config.reader_batch_frames,
+                batch_ms=config.reader_batch_ms,
+                tick_ms=config.tick_ms,
+                opener=opener,
             )
             for b in config.buses
         ]
+        # A replayed log has no real time to lose: its reader waits for room instead of dropping.
+        blocking = [
+            b.name for b in config.buses if config.frame_overflow == "block" or b.interface == "replay"
+        ]
+        self.collector = FrameCollector(
+            [b.name for b in config.buses], max_frames=config.frame_buffer_frames, block=blocking
+        )
+        self._readers_done = asyncio.Event()
+        self._frame_lag_ns_max = 0
+        self._lags: collections.deque[int] = collections.deque(maxlen=65_536)
+        self._hold_s_max = 0.0
+        self._holds: collections.deque[float] = collections.deque(maxlen=65_536)
+        self._overflow_reported_at = -OVERFLOW_REPORT_S
         # Catalogs of batches still in the spool (written by an agent with other DBCs or mapping).
         self._catalog_message = catalog_message(self.catalog)
         self.catalog_files: CatalogFiles | None = None
@@ -374,16 +409,23 @@ class Agent:
             bus_open_failures=sum(r.stats.open_failures for r in self.readers),
             samples_lost_at_stop=self.unspooled_at_stop,
             frames_lost_at_stop=self.unspooled_frames_at_stop,
+            frames_dropped_overflow=sum(self.collector.overflow.values()),
+            frames_dropped_kernel=sum(r.stats.kernel_dropped for r in self.readers),
+            frame_lag_ms_max=round(self._frame_lag_ns_max / 1e6, 3),
+            frame_lag_ms_p99=round(float(np.percentile(self._lags, 99)) / 1e6, 3) if self._lags else 0.0,
+            hold_ms_max=round(self._hold_s_max * 1e3, 3),
+            hold_ms_p99=round(float(np.percentile(self._holds, 99)) * 1e3, 3) if self._holds else 0.0,
+            ticks=self.collector.takes,
             v2x=self.v2x.stats() if self.v2x is not None else None,
         )
 
     async def run(self, stop: asyncio.Event) -> AgentStats:
-        frames: asyncio.Queue[FrameBatch | None] = asyncio.Queue(maxsize=self.config.frame_queue_batches)
+        frames = self.collector
         async with asyncio.TaskGroup() as tg:
             readers = [
                 tg.create_task(r.run(frames), name=f"tcu.agent.bus[{r.config.name}]") for r in self.readers
             ]
-            pipeline = tg.create_task(self._pipeline(frames), name="tcu.agent.pipeline")
+            pipeline = tg.create_task(self._pipeline(), name="tcu.agent.pipeline")
             uplink = tg.create_task(self.uplink.run(), name="tcu.agent.uplink")
             stats = tg.create_task(self._stats_loop(), name="tcu.agent.stats")
             notify = tg.create_task(self.notify.run(uplink), name="tcu.agent.notify") if self.notify else None
@@ -407,12 +449,13 @@ class Agent:
             for r in self.readers:
                 r.stop()
             await asyncio.gather(*readers, return_exceptions=True)
+            self._readers_done.set()  # the pipeline takes what the buffers hold, decodes it and ends
             # One deadline for flushing and draining: a full outbox (the ingest unreachable) blocks
             # the pipeline's last appends, and those wait for acks only until it passes.
             drain_s = self.config.uplink.drain_timeout_s
             deadline = asyncio.get_running_loop().time() + drain_s
             try:
-                await asyncio.wait_for(self._finish_pipeline(frames, pipeline), timeout=drain_s)
+                await asyncio.wait_for(pipeline, timeout=drain_s)
             except TimeoutError:
                 self._log_unspooled(frames, drain_s)
             if v2x is not None and self.v2x is not None:
@@ -446,23 +489,16 @@ class Agent:
             self.outbox.spool.close()
         return final
 
-    @staticmethod
-    async def _finish_pipeline(
-        frames: asyncio.Queue[FrameBatch | None], pipeline: asyncio.Task[None]
-    ) -> None:
-        """Let the pipeline decode what is queued, flush the last batch and end."""
-        await frames.put(None)
-        await pipeline
-
-    def _log_unspooled(self, frames: asyncio.Queue[FrameBatch | None], drain_s: float) -> None:
+    def _log_unspooled(self, frames: FrameCollector, drain_s: float) -> None:
         """The pipeline was cancelled at the shutdown deadline: say what it held (never silently)."""
-        queued = [b for b in _drain_queue(frames) if b is not None]
+        left = frames.take()
+        queued = [] if left is None else [left]
         self.unspooled_at_stop = self.builder.samples + self.pipeline.handing_on_samples
         self.unspooled_frames_at_stop = sum(len(b) for b in queued)
         log.error(
             "agent: the pipeline did not finish within the %.1f s drain timeout (outbox: %d batches"
             " unacked, room for %d more): lost at shutdown, not spooled: %d samples of the last"
-            " batches and %d frames in %d queued bus batches",
+            " batches and %d frames in %d buffered tick batches",
             drain_s,
             self.outbox.unacked(),
             max(0, self.outbox.space()),
@@ -471,23 +507,70 @@ class Agent:
             len(queued),
         )
 
-    async def _pipeline(self, frames: asyncio.Queue[FrameBatch | None]) -> None:
-        """Drive the pipeline: feed each bus batch; flush an old batch also between frames."""
+    async def _pipeline(self) -> None:
+        """Drive the pipeline: once per tick, take every bus's frames in one hand-off and feed them.
+
+        Between ticks the task sleeps (sources add samples meanwhile; an old batch is flushed
+        at each tick). When the readers have finished (stop), what the buffers hold is
+        decoded, the open captures are closed and the last batch is flushed.
+        """
         pipeline = self.pipeline
+        loop = asyncio.get_running_loop()
+        tick_s = self.config.tick_ms / 1000
+        next_tick = loop.time()
+        heartbeat = self.heartbeat
+        heartbeat.waiting("frames")
         while True:
-            # Sources add samples between frames: look at the batch at least twice a second.
-            self.heartbeat.waiting("frames")
-            try:
-                batch = await asyncio.wait_for(frames.get(), timeout=pipeline.wait_s())
-            except TimeoutError:
-                self.heartbeat.beat()
-                await pipeline.flush_due()
-                continue
-            self.heartbeat.beat()
-            if batch is None:
+            closing = self._readers_done.is_set()
+            beats = heartbeat.beats
+            batch = self.collector.take()
+            if batch is not None:
+                heartbeat.beat()
+                await pipeline.feed(batch)
+                lag = time.time_ns() - int(batch.t_ns.min())  # the oldest frame of the tick
+                self._frame_lag_ns_max = max(self._frame_lag_ns_max, lag)
+                self._lags.append(lag)
+                hold = time.monotonic() - self.collector.taken_since
+                self._hold_s_max = max(self._hold_s_max, hold)
+                self._holds.append(hold)
+            await self._report_overflow(final=closing)
+            if closing:
+                heartbeat.beat()
                 await pipeline.close()
                 return
-            await pipeline.feed(batch)
+            if pipeline.builder.due():
+                heartbeat.beat()
+                await pipeline.flush()
+            if heartbeat.beats != beats:  # worked this tick: idle again (an idle tick leaves it alone)
+                heartbeat.waiting("frames")
+            next_tick += tick_s
+            delay = next_tick - loop.time()
+            if delay < 0:  # behind (a slow tick): take the next batch at once, the ticks start again from now
+                next_tick = loop.time()
+                delay = 0
+            await asyncio.sleep(delay)
+
+    async def _report_overflow(self, *, final: bool = False) -> None:
+        """Frames dropped at full bus buffers go upstream as one DataLoss batch (at most once a second)."""
+        now = time.monotonic()
+        if not final and now - self._overflow_reported_at < OVERFLOW_REPORT_S:
+            return
+        loss = self.collector.take_overflow()
+        if loss is None:
+            return
+        self._overflow_reported_at = now
+        detail = ", ".join(f"{bus} {n}" for bus, n in sorted(loss.frames.items()))
+        payload = telemetry_pb.TelemetryBatch(
+            vehicle_id=self.config.vehicle_id,
+            created_ns=time.time_ns(),
+            loss=telemetry_pb.DataLoss(
+                reason=f"frames-overflow: {loss.total} CAN frames dropped at full bus buffers ({detail})",
+                priority=0,
+                created_ns=loss.first_ns,
+                payload_bytes=loss.payload_bytes,
+            ),
+        ).SerializeToString()
+        await self._append(payload, priority=0)
 
     async def _append_batch(self, payload: bytes, priority: int) -> None:
         await self._append(payload, priority=priority)

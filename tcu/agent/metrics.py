@@ -6,6 +6,8 @@ Metric names (all prefixed ``tcu_agent_``; counters end in ``_total``):
 ``frames_read_total{bus}``                 counter  CAN frames read from the bus
 ``bus_up{bus}``                            gauge    1 while the bus is open and read
 ``bus_open_failures_total{bus}``           counter  failed attempts to open or reopen the bus
+``frames_dropped_total{bus,where}``        counter  DataLoss: frames dropped at a full bus buffer
+                                                    (``where="buffer"``) or by the kernel (``"kernel"``)
 ``frames_decoded_total``                   counter  frames of a mapped message, decoded (all buses)
 ``frames_unknown_total``                   counter  frames of an id no DBC defines (all buses)
 ``frames_length_mismatch_total``           counter  frames whose length differs from the DBC
@@ -58,11 +60,14 @@ def agent_snapshot(agent: Agent) -> Iterable[Family]:
     read = c("frames_read", "CAN frames read from the bus", ("bus",))
     up = g("bus_up", "1 while the bus is open and read", ("bus",))
     failures = c("bus_open_failures", "Failed attempts to open or reopen the bus", ("bus",))
+    dropped = c("frames_dropped", "Frames dropped at a full bus buffer or by the kernel", ("bus", "where"))
     for r in agent.readers:
         read.add(r.stats.frames, r.config.name)
         up.add(1 if r.up else 0, r.config.name)
         failures.add(r.stats.open_failures, r.config.name)
-    yield from (read, up, failures)
+        dropped.add(r.stats.overflow_frames, r.config.name, "buffer")
+        dropped.add(r.stats.kernel_dropped, r.config.name, "kernel")
+    yield from (read, up, failures, dropped)
     d = agent.decoder.counts
     yield c("frames_decoded", "Frames of a mapped message, decoded").add(d.decoded)
     yield c("frames_unknown", "Frames of an id no DBC defines").add(d.unknown)

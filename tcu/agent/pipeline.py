@@ -6,8 +6,9 @@
                                │                        events ──────────────event_batch────────▶ sink
                                └──▶ on_decoded hooks (e.g. the V2X adapter), before any selection
 
-:meth:`Pipeline.feed` takes one :class:`~tcu.frames.FrameBatch` (one bus's, from a bus
-reader or a replayed log) and carries it all the way: the decoder
+:meth:`Pipeline.feed` takes one :class:`~tcu.frames.FrameBatch` (the agent's: every bus's
+frames of one tick, the ``channel`` column naming the bus; or one bus's, from a replayed log)
+and carries it all the way: the decoder
 (:class:`~tcu.signals.decoder.SignalDecoder`) turns it into catalog signal columns, every
 ``on_decoded`` hook gets those columns, the campaign engine
 (:class:`~tcu.collect.engine.CampaignEngine`, which also runs the default periodic
@@ -37,6 +38,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from tcu.collect.batch import BatchBuilder
 from tcu.collect.engine import CampaignEngine, CapturedEvent
@@ -75,11 +78,15 @@ class Pipeline:
         event_batch: Callable[[CapturedEvent], bytes],
         notify: Callable[[], None] = lambda: None,
         on_decoded: Sequence[OnDecoded] = (),
+        chunk_frames: int = 8192,
     ) -> None:
         self.decoder = decoder
         self.engine = engine
         self.builder = builder
         self.on_decoded: list[OnDecoded] = list(on_decoded)
+        self.chunk_frames = chunk_frames
+        """A larger batch (a tick after a stall, a simulator faster than real time) is carried through
+        in parts of this many frames, so that a built batch stays near ``[batch] max_samples``."""
         self.stats = PipelineStats()
         self._sink = sink
         self._event_batch = event_batch
@@ -89,7 +96,15 @@ class Pipeline:
         driver, if a shutdown deadline cancels that wait)."""
 
     async def feed(self, frames: FrameBatch) -> None:
-        """Carry one bus's frames through decoder, hooks, engine and builder; hand on what is due."""
+        """Carry a batch (one bus or several) through decoder, hooks, engine, builder; hand on what is due."""
+        n = len(frames)
+        if n <= self.chunk_frames:
+            await self._feed(frames)
+            return
+        for start in range(0, n, self.chunk_frames):
+            await self._feed(frames.select(np.arange(start, min(n, start + self.chunk_frames))))
+
+    async def _feed(self, frames: FrameBatch) -> None:
         self.stats.frames += len(frames)
         self.engine.record_frames(frames)
         columns = self.decoder.decode(frames)

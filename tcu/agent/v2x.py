@@ -1,8 +1,8 @@
 """V2N in the agent: decoded signals → CAMs and DENMs; received warnings → telemetry and log lines.
 
 The pipeline hands every decoded batch of columns to :meth:`V2xTap.feed` right after decoding,
-before sampling and batching, so hazard detection waits for nothing but the bus reader's own
-batching (at most ``reader_batch_ms``, 20 ms by default). Triggers are campaign expressions
+before sampling and batching, so hazard detection waits for nothing but the pipeline's tick
+(``[frames] tick_ms``, 20 ms by default). Triggers are campaign expressions
 (:mod:`tcu.collect.expr`) over VSS signals, evaluated at every sample time of their signals in
 the batch (like the campaign engine); each change of a trigger condition steps the station at
 that sample's source time, which becomes the DENM's detection and reference time.

@@ -1,5 +1,6 @@
-"""CAN adapter: open python-can buses from config and deliver :class:`~tcu.frames.FrameBatch` es."""
+"""CAN adapter: open buses from config, read them into per-bus buffers of frame batches."""
 
 from tcu.can.bus import BusReader, open_bus
+from tcu.can.collector import FrameCollector
 
-__all__ = ["BusReader", "open_bus"]
+__all__ = ["BusReader", "FrameCollector", "open_bus"]

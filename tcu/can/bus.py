@@ -1,12 +1,22 @@
-"""Open python-can buses from config and read them in a thread, in batches.
+"""Open python-can buses from config and read them in a thread each, into per-bus frame buffers.
 
-python-can's ``recv()`` blocks, so each bus is read by its own thread, which
-groups frames into a :class:`~tcu.frames.FrameBatch` (up to ``batch_frames`` frames or
-``batch_ms`` of waiting) and hands it to the event loop through a bounded
-``asyncio.Queue``. Queue policy: **block**. When the consumer falls behind, the
-reader thread waits, the interface's own buffer fills (kernel socket buffer for
-SocketCAN, TCP window for socketcand) and the sender is paced; nothing is
-dropped silently inside the agent.
+Each bus is read by its own thread, which appends :class:`~tcu.frames.FrameBatch` es to its
+bus's bounded buffer in a :class:`~tcu.can.collector.FrameCollector`; the agent's event loop
+takes the buffers of all buses once per tick (see :mod:`tcu.can.collector`, which also
+states the overflow policy: a batch that does not fit is dropped and counted, reported as
+``DataLoss``; the log replay bus blocks instead).
+
+How a thread reads depends on the bus:
+
+* a bus that can be drained without blocking (:class:`PolledSource`: the bulk socketcand
+  reader :class:`~tcu.can.socketcand.SocketcandBus` and the SocketCAN reader
+  :class:`~tcu.can.socketcan.SocketcanBus`) is read once per tick: the thread sleeps until
+  the next tick and takes everything the socket holds in as few system calls as it can
+  (one ``recv`` of up to 256 KiB on TCP, ``recvmmsg`` of up to 256 frames on SocketCAN), so
+  it wakes ``1000 / tick_ms`` times a second however fast frames come;
+* a bus that hands out columns (:class:`FrameSource`: the log replay bus) is read with
+  ``recv_frames`` (up to ``batch_frames`` frames or ``batch_ms`` of waiting);
+* any other python-can bus with ``recv()``, grouped into batches the same way.
 
 A bus that cannot be opened (socketcand not up yet, interface missing or down,
 ``[Errno 97]`` where the kernel has no CAN) or fails while it is read is opened
@@ -22,7 +32,6 @@ reader checks the socket for end of file whenever a receive returns nothing.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import importlib
 import logging
@@ -36,16 +45,29 @@ from typing import Any, Protocol, runtime_checkable
 import can
 import numpy as np
 
+from tcu.can.collector import FrameCollector
+from tcu.can.socketcan import SocketcanBus
 from tcu.can.socketcand import SocketcandBus
 from tcu.config import BusConfig
 from tcu.errors import BusError
 from tcu.frames import FrameBatch
 
-__all__ = ["SOCKETCAND_READERS", "BusReader", "BusStats", "FrameSource", "open_bus"]
+__all__ = [
+    "BULK_READERS",
+    "SOCKETCAND_READERS",
+    "BusReader",
+    "BusStats",
+    "FrameSource",
+    "PolledSource",
+    "open_bus",
+]
 
-SOCKETCAND_READERS = ("bulk", "python-can")
-"""``options.reader`` of a socketcand bus: the bulk reader
-(:class:`~tcu.can.socketcand.SocketcandBus`, default) or python-can's client."""
+BULK_READERS = ("bulk", "python-can")
+"""``options.reader`` of a socketcand or socketcan bus: the project's bulk reader
+(:class:`~tcu.can.socketcand.SocketcandBus`, :class:`~tcu.can.socketcan.SocketcanBus`;
+default) or python-can's own."""
+
+SOCKETCAND_READERS = BULK_READERS
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +98,19 @@ def open_bus(config: BusConfig) -> can.BusABC:
     kwargs: dict[str, Any] = dict(config.options)
     if config.bitrate is not None:
         kwargs["bitrate"] = config.bitrate
-    reader = kwargs.pop("reader", "bulk") if config.interface == "socketcand" else "python-can"
-    if reader not in SOCKETCAND_READERS:
+    bulk_capable = config.interface in ("socketcand", "socketcan")
+    reader = kwargs.pop("reader", "bulk") if bulk_capable else "python-can"
+    if reader not in BULK_READERS:
         raise BusError(
-            f"bus {config.name!r}: option reader = {reader!r}: "
-            f"expected one of {', '.join(SOCKETCAND_READERS)}"
+            f"bus {config.name!r}: option reader = {reader!r}: expected one of {', '.join(BULK_READERS)}"
         )
     try:
         if config.interface == "socketcand":
             _probe_socketcand(kwargs)
-        if reader == "bulk":
-            bus: can.BusABC = SocketcandBus(channel=config.channel, **kwargs)
+        if reader == "bulk" and config.interface == "socketcan":
+            bus: can.BusABC = SocketcanBus(channel=config.channel, **kwargs)
+        elif reader == "bulk":
+            bus = SocketcandBus(channel=config.channel, **kwargs)
         elif config.interface == "replay":
             # Imported by name: the replay bus is optional and pulls in the log readers.
             replay = importlib.import_module("tcu.can.logs.replay")
@@ -139,12 +163,31 @@ class FrameSource(Protocol):
     def shutdown(self) -> None: ...
 
 
+@runtime_checkable
+class PolledSource(Protocol):
+    """A bus that can be drained without blocking (bulk socketcand, SocketCAN): read once per tick.
+
+    ``poll_frames`` returns every frame the bus holds now (None when none), without
+    waiting; it raises (``can.CanError``, ``OSError``) when the bus failed, after handing
+    out the frames read before the failure.
+    """
+
+    def poll_frames(self) -> FrameBatch | None: ...
+
+    def shutdown(self) -> None: ...
+
+
 @dataclass(slots=True)
 class BusStats:
     frames: int = 0
+    """Data frames read (also those dropped afterwards: see ``overflow_frames``)."""
     error_frames: int = 0
     remote_frames: int = 0
     batches: int = 0
+    overflow_frames: int = 0
+    """Frames dropped because the bus's buffer was full (policy ``drop``; reported as DataLoss)."""
+    kernel_dropped: int = 0
+    """Frames the kernel dropped before the reader got them (SocketCAN ``SO_RXQ_OVFL``)."""
     reopened: int = 0
     """Times the bus was opened again after it failed while being read."""
     open_failures: int = 0
@@ -168,7 +211,11 @@ def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
 
 
 class BusReader:
-    """Reads one bus in a thread and posts :class:`FrameBatch` es to a queue."""
+    """Reads one bus in a thread into its buffer of a :class:`~tcu.can.collector.FrameCollector`.
+
+    ``tick_ms``: how often a :class:`PolledSource` is drained; ``batch_frames`` /
+    ``batch_ms``: how other buses group frames before they go to the buffer.
+    """
 
     def __init__(
         self,
@@ -176,11 +223,13 @@ class BusReader:
         *,
         batch_frames: int = 512,
         batch_ms: int = 20,
+        tick_ms: int = 20,
         opener: Callable[[BusConfig], can.BusABC] = open_bus,
     ) -> None:
         self.config = config
         self.batch_frames = batch_frames
         self.batch_s = batch_ms / 1000
+        self.tick_s = tick_ms / 1000
         self.stats = BusStats()
         self._opener = opener
         self._stop = threading.Event()
@@ -190,7 +239,7 @@ class BusReader:
         self.up = False
         """True while the bus is open and read."""
 
-    async def run(self, out: asyncio.Queue[FrameBatch | None]) -> None:
+    async def run(self, out: FrameCollector) -> None:
         """Open the bus (retrying until it opens) and read it until :meth:`stop`.
 
         Open and receive failures never end the reader: they are logged, counted and
@@ -206,7 +255,7 @@ class BusReader:
             try:
                 bus = self._open()
                 if bus is not None:
-                    self._loop(bus, loop, out)
+                    self._loop(bus, out)
             except BaseException as exc:  # handed to the awaiting task
                 error = exc
             with contextlib.suppress(RuntimeError):  # the loop may be closed already
@@ -294,53 +343,51 @@ class BusReader:
             return bus
         return None
 
-    def _post(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        out: asyncio.Queue[FrameBatch | None],
-        batch: FrameBatch,
-        *,
-        final: bool = False,
-    ) -> bool:
-        """Hand a batch to the loop; blocks while the queue is full (the stated policy).
+    def _post(self, out: FrameCollector, batch: FrameBatch, *, final: bool = False) -> bool:
+        """Hand a batch to the bus's buffer (its policy: see :mod:`tcu.can.collector`).
 
-        ``final``: the last batch at shutdown, delivered although stop is set (the agent
-        keeps consuming until every reader has finished), for at most 5 s.
+        False only when the reader should end (stopped while a ``block`` buffer was full).
+        ``final``: the last batch at shutdown, delivered although stop is set (the agent keeps
+        taking until every reader has finished), waiting at most 5 s for room.
         """
-        try:
-            future = asyncio.run_coroutine_threadsafe(out.put(batch), loop)
-        except RuntimeError:  # the loop is closed
+        deadline = time.monotonic() + 5.0 if final else None
+        result = out.put(self.config.name, batch, stopped=self._stop, deadline=deadline)
+        if result == "stopped":
+            log.warning("bus %s: %d frames not delivered at shutdown", self.config.name, len(batch))
             return False
-        deadline = time.monotonic() + 5.0
-        while True:
-            try:
-                future.result(timeout=0.2)
-            except concurrent.futures.TimeoutError:
-                if loop.is_closed() or (self._stop.is_set() and (not final or time.monotonic() > deadline)):
-                    future.cancel()
-                    log.warning("bus %s: %d frames not delivered at shutdown", self.config.name, len(batch))
-                    return False
-                continue
-            except (concurrent.futures.CancelledError, RuntimeError):
-                return False
-            self.stats.batches += 1
+        if result == "dropped":
+            self.stats.overflow_frames += len(batch)
             return True
+        self.stats.batches += 1
+        return True
 
-    def _loop_frames(
-        self, bus: FrameSource, loop: asyncio.AbstractEventLoop, out: asyncio.Queue[FrameBatch | None]
-    ) -> None:
-        """A bus that hands out frame batches (bulk socketcand, log replay): no ``can.Message`` per frame.
+    def _loop_frames(self, bus: FrameSource | PolledSource, out: FrameCollector) -> None:
+        """A bus that hands out frame batches (bulk socketcand, SocketCAN, log replay): no ``can.Message``.
 
+        A :class:`PolledSource` is drained once per tick (the thread sleeps in between); a
+        :class:`FrameSource` is asked for ``batch_frames`` frames within ``batch_ms``.
         A receive failure (CanError, OSError: the server closed the connection, the socket
         broke) is counted and logged, and the bus is opened again with backoff, as in :meth:`_loop`.
         """
         name = self.config.name
-        current: FrameSource | None = bus
+        current: FrameSource | PolledSource | None = bus
+        next_tick = time.monotonic()
         try:
-            while not self._stop.is_set():
+            while True:
                 assert current is not None
+                stopping = self._stop.is_set()
+                if stopping and not isinstance(current, PolledSource):
+                    break
                 try:
-                    got = current.recv_frames(timeout=self.batch_s, max_frames=self.batch_frames)
+                    if isinstance(current, PolledSource):
+                        wait = next_tick - time.monotonic()
+                        if not stopping and wait > 0 and self._stop.wait(wait):
+                            stopping = True  # one last drain: what the socket holds is delivered too
+                        next_tick = max(next_tick + self.tick_s, time.monotonic())
+                        got = current.poll_frames()
+                        self.stats.kernel_dropped = int(getattr(current, "kernel_dropped", 0))
+                    else:
+                        got = current.recv_frames(timeout=self.batch_s, max_frames=self.batch_frames)
                 except (can.CanError, OSError) as exc:
                     self.stats.receive_failures += 1
                     self.stats.last_error = str(exc)
@@ -348,50 +395,59 @@ class BusReader:
                     self.up = False
                     current.shutdown()
                     current = None
+                    if stopping:
+                        break
                     reopened = self._open(reopen=True)
                     if reopened is None:  # stopped while reopening
                         break
-                    if not isinstance(reopened, FrameSource):  # the opener changed its mind
+                    if not isinstance(reopened, (FrameSource, PolledSource)):  # the opener changed its mind
                         reopened.shutdown()
                         raise BusError(f"bus {name}: reopened as a bus without frame batches") from exc
                     current = reopened
                     self.stats.reopened += 1
                     continue
-                if got is None or len(got) == 0:
-                    continue
-                special = got.is_error | got.is_remote
-                if special.any():
-                    self.stats.error_frames += int(got.is_error.sum())
-                    self.stats.remote_frames += int((got.is_remote & ~got.is_error).sum())
-                    got = got.select(~special)
-                    if len(got) == 0:
-                        continue
-                # Source times at µs resolution, as from python-can's float seconds on every other bus.
-                t_ns = np.round((got.t_ns / 1e9) * 1_000_000).astype(np.int64) * 1000
-                batch = FrameBatch.of_bus(
-                    name,
-                    t_ns,
-                    got.arbitration_id,
-                    got.is_extended,
-                    dlc=got.dlc,
-                    data=got.data,
-                    is_fd=got.is_fd,
-                    bitrate_switch=got.bitrate_switch,
-                )
-                self.stats.frames += len(batch)
-                if not self._post(loop, out, batch):
+                if (
+                    got is not None
+                    and len(got)
+                    and not self._deliver(got, out, live=isinstance(current, PolledSource), final=stopping)
+                ):
                     return
+                if stopping:
+                    break
         finally:
             self.up = False
             if current is not None:
                 current.shutdown()
             log.info("bus %s: closed after %d frames", name, self.stats.frames)
 
-    def _loop(
-        self, bus: can.BusABC, loop: asyncio.AbstractEventLoop, out: asyncio.Queue[FrameBatch | None]
-    ) -> None:
-        if isinstance(bus, FrameSource):
-            self._loop_frames(bus, loop, out)
+    def _deliver(self, got: FrameBatch, out: FrameCollector, *, live: bool, final: bool) -> bool:
+        """Count error and remote frames, leave them out, post the data frames; False: end the reader."""
+        special = got.is_error | got.is_remote
+        if special.any():
+            self.stats.error_frames += int(got.is_error.sum())
+            self.stats.remote_frames += int((got.is_remote & ~got.is_error).sum())
+            got = got.select(~special)
+            if len(got) == 0:
+                return True
+        # A live bus's own times (ns from SocketCAN, µs from socketcand); others at µs resolution,
+        # as from python-can's float seconds on every other bus.
+        t_ns = got.t_ns if live else np.round((got.t_ns / 1e9) * 1_000_000).astype(np.int64) * 1000
+        batch = FrameBatch.of_bus(
+            self.config.name,
+            t_ns,
+            got.arbitration_id,
+            got.is_extended,
+            dlc=got.dlc,
+            data=got.data,
+            is_fd=got.is_fd,
+            bitrate_switch=got.bitrate_switch,
+        )
+        self.stats.frames += len(batch)
+        return self._post(out, batch, final=final)
+
+    def _loop(self, bus: can.BusABC, out: FrameCollector) -> None:
+        if isinstance(bus, (FrameSource, PolledSource)):
+            self._loop_frames(bus, out)
             return
         name = self.config.name
         t_ns: list[int] = []
@@ -417,7 +473,7 @@ class BusReader:
                     if data:  # what was read before the failure goes on now, not after the reopen
                         batch = _batch(name, t_ns, ids, ext, fd, brs, data)
                         t_ns, ids, ext, fd, brs, data = [], [], [], [], [], []
-                        if not self._post(loop, out, batch, final=True):
+                        if not self._post(out, batch, final=True):
                             return
                     # Down from here: a stop no longer waits for this thread (it holds no frames).
                     self.up = False
@@ -449,11 +505,11 @@ class BusReader:
                 ):
                     batch = _batch(name, t_ns, ids, ext, fd, brs, data)
                     t_ns, ids, ext, fd, brs, data = [], [], [], [], [], []
-                    if not self._post(loop, out, batch):
+                    if not self._post(out, batch):
                         return
             if data:  # stopped with a partial batch: deliver it too
                 batch = _batch(name, t_ns, ids, ext, fd, brs, data)
-                self._post(loop, out, batch, final=True)
+                self._post(out, batch, final=True)
         finally:
             self.up = False
             if current is not None:

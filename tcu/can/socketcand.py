@@ -8,8 +8,10 @@ agent's reader threads' CPU. :class:`SocketcandBus` speaks the same protocol (``
 ``RECV_BYTES`` per system call and parses all complete messages of the buffer at once:
 one regular expression pass (C), the ids and times as integers, the payloads with one
 ``binascii.unhexlify`` of the joined hex when every frame has 8 bytes (the common case).
-:meth:`SocketcandBus.recv_frames` hands them out as a :class:`~tcu.frames.FrameBatch`,
-which :class:`tcu.can.bus.BusReader` takes without a ``can.Message`` per frame.
+:meth:`SocketcandBus.recv_frames` hands them out as a :class:`~tcu.frames.FrameBatch`;
+:meth:`SocketcandBus.poll_frames` does the same without waiting, which is how
+:class:`tcu.can.bus.BusReader` reads it: once per tick, everything the socket holds, without
+a ``can.Message`` per frame.
 
 Semantics kept from python-can's client: an id of 3 hex digits is standard, any other
 length extended; the payload length is the frame's DLC; ``< error ID SECS.USECS >`` is an
@@ -36,12 +38,15 @@ import numpy as np
 
 from tcu.frames import FrameBatch, concat_frames
 
-__all__ = ["RECV_BYTES", "SocketcandBus"]
+__all__ = ["POLL_BYTES", "RECV_BYTES", "SocketcandBus"]
 
 log = logging.getLogger(__name__)
 
 RECV_BYTES = 1 << 18
 """Bytes asked for per ``recv`` (the kernel returns what it holds, up to this)."""
+
+POLL_BYTES = 1 << 22
+"""At most this many bytes are read per :meth:`SocketcandBus.poll_frames` (about 100,000 frames)."""
 
 MAX_MESSAGE = 512
 """A buffer tail longer than this without a ``>`` is not socketcand."""
@@ -150,6 +155,41 @@ class SocketcandBus(can.BusABC):
             if chunks:
                 self._feed(b"".join(chunks))
         return self._take(max_frames)
+
+    def poll_frames(self) -> FrameBatch | None:
+        """Every frame the socket holds now, without waiting (the reader's once-per-tick drain).
+
+        Reads with ``MSG_DONTWAIT`` until the kernel has nothing more (at most ``POLL_BYTES``
+        per call, so one fast bus cannot hold the thread), parses all of it in one pass and
+        returns it (None when nothing came). End of file or a socket error raises, after the
+        frames read before it were handed out (the next call raises).
+        """
+        if self._failed is not None and not self._pending_n:
+            raise self._failed
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while size < POLL_BYTES:
+                try:
+                    chunk = self._sock.recv(RECV_BYTES, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    failure: Exception = exc
+                else:
+                    if chunk:
+                        chunks.append(chunk)
+                        size += len(chunk)
+                        continue
+                    failure = can.CanError("the socketcand server closed the connection")
+                if not chunks and not self._pending_n:
+                    raise failure
+                self._failed = failure
+                break
+        finally:
+            if chunks:
+                self._feed(b"".join(chunks))
+        return self._take(1 << 62)
 
     def _take(self, max_frames: int) -> FrameBatch | None:
         if not self._pending_n:

@@ -301,15 +301,26 @@ class CampaignEngine:
         return out
 
     def record_frames(self, frames: FrameBatch) -> None:
-        """Offer one bus's raw frames (time-ordered) for the ``raw_frames`` of condition campaigns.
+        """Offer raw frames (time-ordered per bus) for the ``raw_frames`` of condition campaigns.
 
-        Call it with a frame batch *before* :meth:`process` of the columns decoded
-        from that batch; the frames are used by the next :meth:`process` call.
-        Only ids some campaign captures are kept (a vectorised filter otherwise).
+        The batch may hold several buses (the agent's once-per-tick batch): each frame
+        belongs to the bus its ``channel`` names. Call it with a frame batch *before*
+        :meth:`process` of the columns decoded from that batch; the frames are used by the
+        next :meth:`process` call. Only ids some campaign captures are kept (a vectorised
+        filter otherwise).
         """
-        if len(frames) == 0:
+        if len(frames) == 0 or not self._active.frame_ids:
             return
-        bus = frames.bus
+        if len(frames.channels) <= 1:
+            self._record_bus(frames.channels[0] if frames.channels else "", frames)
+            return
+        for index, bus in enumerate(frames.channels):
+            if self._active.frame_ids.get(bus):
+                rows = np.flatnonzero(frames.channel == index)
+                if len(rows):
+                    self._record_bus(bus, frames.select(rows))
+
+    def _record_bus(self, bus: str, frames: FrameBatch) -> None:
         wanted = self._active.frame_ids.get(bus)
         if not wanted:
             return

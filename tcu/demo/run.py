@@ -148,6 +148,9 @@ def _agent_config(
         f"dbc = [{json.dumps(ready['dbc'])}]\n"
         f'options = {{ host = "{ready["host"]}", port = {int(ready["port"])} }}\n\n'
         f"[signals]\nmapping = {json.dumps(ready['mapping'])}\n\n"
+        "# The simulator runs up to 60 times faster than real time: the agent paces it (TCP flow\n"
+        "# control) instead of dropping frames at a full bus buffer.\n"
+        '[frames]\noverflow = "block"\n\n'
         f"[uplink]\ntarget = {json.dumps(uplink_target)}\n{uplink_extra}" + security.agent_toml(vehicle_id)
     )
 

@@ -252,3 +252,28 @@ def test_connectivity_is_a_frozen_dataclass_with_absolute_paths(
     assert isinstance(connectivity, ConnectivityConfig)
     assert connectivity.policy == tmp_path / "roaming.toml"
     assert (connectivity.port, connectivity.clock) == ("/dev/ttyUSB2", "gnss")
+
+
+def test_frames_table_sets_the_tick_the_buffers_and_their_overflow_policy(
+    tmp_path: Path, small_dbc: Path, small_mapping: Path
+) -> None:
+    default = load_agent_config(_write(tmp_path, GOOD, small_dbc, small_mapping))
+    assert (default.tick_ms, default.frame_buffer_frames, default.frame_overflow) == (20, 65_536, "drop")
+    body = GOOD + '\n[frames]\ntick_ms = 50\nbuffer_frames = 1000\noverflow = "block"\n'
+    cfg = load_agent_config(_write(tmp_path, body, small_dbc, small_mapping))
+    assert (cfg.tick_ms, cfg.frame_buffer_frames, cfg.frame_overflow) == (50, 1000, "block")
+    assert cfg.reader_batch_ms == 50  # python-can buses group frames over one tick
+    env = load_agent_config(
+        _write(tmp_path, GOOD, small_dbc, small_mapping), env={"TCU_FRAMES_TICK_MS": "10"}
+    )
+    assert env.tick_ms == 10
+    for bad, key in (
+        ("tick_ms = 0", "frames.tick_ms"),
+        ("tick_ms = 5000", "frames.tick_ms"),
+        ("buffer_frames = 0", "frames.buffer_frames"),
+        ('overflow = "oldest"', "frames.overflow"),
+        ("tick = 5", "frames.tick"),
+    ):
+        path = _write(tmp_path, GOOD + f"\n[frames]\n{bad}\n", small_dbc, small_mapping)
+        with pytest.raises(ConfigError, match=key):
+            load_agent_config(path)

@@ -161,3 +161,42 @@ def test_pipeline_feeds_hooks_every_decoded_sample_then_batches_the_kept_ones(
     speed = next(c for c in batch.columns if c.signal_id == sid)
     assert list(speed.double_values) == [0.0, 10.0] and priority == 0  # windows 0 and 100 ms
     assert pipeline.stats.batches_built == 1 and pipeline.stats.frames == 20
+
+
+def test_a_large_batch_is_carried_in_parts_so_built_batches_stay_near_max_samples(
+    small_dbc: Path, small_mapping: Path
+) -> None:
+    """A tick after a stall (or of a simulator faster than real time) can hold many seconds of frames."""
+    import asyncio
+
+    from tcu.agent.pipeline import Pipeline
+
+    catalog, decoder, db = _setup(small_dbc, small_mapping)
+    n = 2000  # 20 s of Dyn every 10 ms: Speed (100 ms) and Accel (50 ms) keep 600 samples
+    payloads = [db.encode_message("Dyn", {"Speed": 1.0, "Accel": 0.0, "Gear": 1})] * n  # type: ignore[attr-defined]
+    frames = FrameBatch.of_payloads(
+        "can0", np.arange(n, dtype=np.int64) * 10_000_000, np.full(n, 256, np.uint32), payloads
+    )
+    sizes: list[int] = []
+
+    async def sink(payload: bytes, priority: int) -> None:
+        batch = telemetry_pb.TelemetryBatch.FromString(payload)
+        sizes.append(sum(len(c.t_offset_ns) for c in batch.columns))
+
+    pipeline = Pipeline(
+        decoder,
+        CampaignEngine((), catalog, {}, 0, default_periodic=True),
+        BatchBuilder(vehicle_id="V1", catalog_id=catalog.catalog_id, max_samples=50, max_age_ms=60_000),
+        sink,
+        event_batch=lambda event: b"",
+        chunk_frames=100,
+    )
+
+    async def run() -> None:
+        await pipeline.feed(frames)
+        await pipeline.close()
+
+    asyncio.run(run())
+    assert sum(sizes) == 600 and pipeline.stats.frames == n
+    assert max(sizes) <= 50 + 30  # at most one part's samples (1 s: 10 + 20) past the bound
+    assert len(sizes) >= 600 // 80

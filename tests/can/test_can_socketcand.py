@@ -11,9 +11,11 @@ from collections.abc import Iterator
 import can
 import numpy as np
 import pytest
+from loopback import next_frames
 
 from sim import Drive, DriveConfig, SocketcandConfig, SocketcandServer
 from tcu.can.bus import BusReader, open_bus
+from tcu.can.collector import FrameCollector
 from tcu.can.socketcand import SocketcandBus
 from tcu.config import BusConfig
 from tcu.errors import BusError
@@ -208,15 +210,15 @@ async def test_bus_reader_reopens_the_bulk_bus_after_the_server_dropped_it() -> 
         retry_max_s=0.2,
     )
     reader = BusReader(config, batch_ms=20)
-    out: asyncio.Queue[FrameBatch | None] = asyncio.Queue(maxsize=8)
+    out = FrameCollector(["pt"])
     task = asyncio.create_task(reader.run(out))
     first, second = _extra()[:2], _extra()[2:]
     try:
         assert await asyncio.to_thread(srv.wait_for_client, 5.0)
         srv.send_frames(first)
-        got = [await asyncio.wait_for(out.get(), 5.0)]
+        got = [await next_frames(out, 5.0)]
         while sum(len(b) for b in got if b is not None) < 2:
-            got.append(await asyncio.wait_for(out.get(), 5.0))
+            got.append(await next_frames(out, 5.0))
         conn = srv._conn
         assert conn is not None
         conn.sock.shutdown(socket.SHUT_RDWR)  # the server drops the client
@@ -227,7 +229,7 @@ async def test_bus_reader_reopens_the_bulk_bus_after_the_server_dropped_it() -> 
         assert await asyncio.to_thread(srv.wait_for_client, 5.0)
         srv.send_frames(second)
         while sum(len(b) for b in got if b is not None) < 4:
-            got.append(await asyncio.wait_for(out.get(), 5.0))
+            got.append(await next_frames(out, 5.0))
     finally:
         reader.stop()
         await asyncio.wait_for(task, 10)

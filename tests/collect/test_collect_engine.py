@@ -379,3 +379,60 @@ def test_collect_out_of_order_samples_of_buffered_signals_dropped(catalog: Catal
     (event,) = engine.flush()
     assert event.trigger_t_ns == 300 * MS and event.truncated
     np.testing.assert_array_equal(event.columns[1][1], np.array([100, 200, 300, 300, 310]) * MS)
+
+
+def test_collect_raw_frames_of_a_multi_bus_batch_go_to_their_own_bus(catalog: Catalog) -> None:
+    """One batch holding several buses (the agent's tick): each bus's frames are captured under its name."""
+    series, triggers = braking_drive()
+    text = braking().replace(
+        "post_trigger_ms = 5000",
+        "post_trigger_ms = 5000\nraw_frames = ["
+        '{bus = "can0", arbitration_id = 0x123}, {bus = "can1", arbitration_id = 0x124}]',
+    )
+    frame_t = np.arange(1, 60_000, 10, dtype=np.int64) * MS
+    engine = CampaignEngine(
+        parse_campaigns(text),
+        catalog,
+        RATES,
+        1 << 20,
+        frame_rates={("can0", 0x123): 100.0, ("can1", 0x124): 100.0},
+    )
+    events: list[CapturedEvent] = []
+    for cols in batches(series, 20 * MS):
+        if cols:
+            lo = int(min(t[0] for _, t, _ in cols)) // (20 * MS) * 20 * MS
+            sel = np.flatnonzero((frame_t >= lo) & (frame_t < lo + 20 * MS))
+            if len(sel):
+                n = len(sel)
+                # Channel 0 is can1 and channel 1 is can0: the names decide, not the position.
+                # Both buses carry 0x123 and 0x124; only (can0, 0x123) and (can1, 0x124) are captured.
+                t = np.concatenate([frame_t[sel]] * 4)
+                ids = np.array([0x123] * n + [0x124] * n + [0x123] * n + [0x124] * n, np.uint32)
+                chan = np.array([0] * (2 * n) + [1] * (2 * n), np.int16)
+                payloads = [b"1-123"] * n + [b"1-124"] * n + [b"0-123"] * n + [b"0-124"] * n
+                one = FrameBatch.of_payloads("x", t, ids, payloads)
+                engine.record_frames(
+                    FrameBatch(
+                        one.t_ns,
+                        one.arbitration_id,
+                        one.is_extended,
+                        chan,
+                        ("can1", "can0"),
+                        one.dlc,
+                        one.data,
+                        one.is_fd,
+                        one.bitrate_switch,
+                        one.is_error,
+                        one.is_remote,
+                        one.is_rx,
+                    )
+                )
+        events.extend(engine.process(cols).events)
+    assert [e.trigger_t_ns for e in events] == triggers
+    for e in events:
+        got = {(f.bus, f.arbitration_id): f for f in e.frames}
+        assert sorted(got) == [("can0", 0x123), ("can1", 0x124)]
+        inside = np.flatnonzero((frame_t >= e.start_t_ns) & (frame_t <= e.end_t_ns))
+        for (bus, arb), payload in {("can0", 0x123): b"0-123", ("can1", 0x124): b"1-124"}.items():
+            np.testing.assert_array_equal(got[bus, arb].t_ns, frame_t[inside])
+            assert set(got[bus, arb].data) == {payload}

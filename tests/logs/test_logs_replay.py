@@ -103,7 +103,10 @@ def test_bus_reader_takes_the_replay_frames_as_columns_with_fd_flags(tmp_path: P
     """The agent's reader gets FrameBatches from the replay bus (no can.Message), CAN FD flags kept."""
     import asyncio
 
+    from loopback import next_frames
+
     from tcu.can.bus import BusReader
+    from tcu.can.collector import FrameCollector
     from tcu.config import BusConfig
     from tcu.frames import FrameBatch
 
@@ -126,11 +129,11 @@ def test_bus_reader_takes_the_replay_frames_as_columns_with_fd_flags(tmp_path: P
     reader = BusReader(config, batch_ms=50)
 
     async def run() -> list[FrameBatch]:
-        queue: asyncio.Queue[FrameBatch | None] = asyncio.Queue()
+        queue = FrameCollector(["pt"], block=["pt"])
         task = asyncio.create_task(reader.run(queue))
         got: list[FrameBatch] = []
         while sum(len(b) for b in got) < 3:
-            batch = await asyncio.wait_for(queue.get(), 10)
+            batch = await next_frames(queue, 10)
             assert batch is not None
             got.append(batch)
         reader.stop()

@@ -9,6 +9,7 @@ counts must say what happened to the others.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -17,9 +18,9 @@ import cantools
 import numpy as np
 import pytest
 
-from tcu.frames import FrameBatch
+from tcu.frames import FrameBatch, concat_frames
 from tcu.signals import compile_database, load_dbc
-from tcu.signals.decoder import FrameDecoder
+from tcu.signals.decoder import DecodeCounts, FrameDecoder, MessageBlock
 
 DBC_DIR = Path(os.environ["TCU_SHARED_DATA"], "can/dbc")
 SHARED_DBCS = sorted(DBC_DIR.glob("*.dbc"))
@@ -123,3 +124,68 @@ def test_frame_decoder_equals_cantools_decode_message(path: Path) -> None:
     assert (c.decoded, c.unknown, c.errors, c.short, c.unmapped) == (len(want), unknown, refused, short, 0)
     assert c.decoded + c.unknown + c.errors + c.skipped == c.frames
     assert short > 0 and len(want) > 0
+
+
+def _values(blocks: list[MessageBlock]) -> dict[tuple[str, int], tuple[str, dict[str, float]]]:
+    out: dict[tuple[str, int], tuple[str, dict[str, float]]] = {}
+    for block in blocks:
+        for k, row in enumerate(block.rows.tolist()):
+            if block.decoded.ok[k]:
+                names = block.codec.signal_names
+                out[block.bus, row] = (
+                    block.codec.name,
+                    {n: float(block.decoded.values[n][k]) for n in names if block.decoded.present[n][k]},
+                )
+    return out
+
+
+def test_a_multi_bus_batch_decodes_like_each_bus_alone_with_its_own_dbc_and_j1939() -> None:
+    """The agent's tick batch: several buses in one call, each with its DBC (and J1939 on one)."""
+    rng = np.random.default_rng(12)
+    names = {
+        "pt": "toyota_new_mc_pt_flattened.dbc",
+        "adas": "toyota_adas.dbc",
+        "truck": "CSS-Electronics-SAE-J1939-DEMO.dbc",
+    }
+    dbs = {bus: load_dbc(DBC_DIR / name) for bus, name in names.items()}
+    alone = {bus: _frames(db, rng).renamed((bus,)) for bus, db in dbs.items()}
+    truck = alone["truck"]  # other source addresses: only a PGN match finds these
+    sa = np.where(truck.is_extended, (truck.arbitration_id & 0x1FFFFF00) | 0x3D, truck.arbitration_id)
+    alone["truck"] = dataclasses.replace(truck, arbitration_id=sa.astype(np.uint32))
+    buses = tuple(names)
+    parts = [alone[b] for b in buses]
+    # Interleave the buses' frames in a random arrival order (each bus keeps its own order).
+    owner = rng.permutation(np.repeat(np.arange(len(buses)), [len(p) for p in parts]))
+    local = np.zeros(len(owner), np.intp)
+    for i in range(len(buses)):
+        local[owner == i] = np.arange(len(parts[i]))
+    offsets = np.cumsum([0] + [len(p) for p in parts[:-1]])
+    pick = offsets[owner] + local  # merged row -> row of the concatenated parts
+    every = concat_frames([p.renamed(("",)) for p in parts])
+    merged = dataclasses.replace(every.select(pick), channel=owner.astype(np.int16), channels=buses)
+    codecs = {bus: compile_database(db) for bus, db in dbs.items()}
+    one = FrameDecoder(codecs, j1939=["truck"])
+    got = _values(one.decode(merged))
+    want: dict[tuple[str, int], tuple[str, dict[str, float]]] = {}
+    total = DecodeCounts()
+    for i, bus in enumerate(buses):
+        single = FrameDecoder({bus: codecs[bus]}, j1939=[bus] if bus == "truck" else [])
+        rows = np.flatnonzero(owner == i)
+        for (b, k), value in _values(single.decode(alone[bus])).items():
+            want[b, int(rows[k])] = value
+        for field in ("frames", "decoded", "unknown", "unmapped", "errors", "short", "skipped"):
+            setattr(total, field, getattr(total, field) + getattr(single.counts, field))
+        total.unknown_ids |= single.counts.unknown_ids
+    assert got.keys() == want.keys()
+    for key, (name, values) in want.items():
+        assert got[key][0] == name
+        assert got[key][1] == values or all(
+            a == b or (math.isnan(a) and math.isnan(b))
+            for a, b in zip(got[key][1].values(), values.values(), strict=True)
+        ), key
+    assert one.counts == total
+    assert {b for b, _ in got} == set(buses)
+    truck_decoded = sum(1 for b, _ in got if b == "truck")
+    assert truck_decoded > 0 and not set(alone["truck"].arbitration_id.tolist()) & {
+        m.frame_id for m in dbs["truck"].messages if m.is_extended_frame
+    }  # every truck frame was found by its PGN

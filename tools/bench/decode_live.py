@@ -3,7 +3,11 @@
 Frames: a simulated drive (``sim.Drive`` over ``sim/data/tcu_sim.dbc``, every message the
 simulator sends), cut into batches of ``--batch-frames`` frames as a bus reader hands
 them to the agent (72 frames: 20 ms of one bus at 80 % of 500 kbit/s), decoded for the
-simulator's VSS mapping (``sim/data/tcu_sim_vss.toml``, 67 signals).
+simulator's VSS mapping (``sim/data/tcu_sim_vss.toml``, 67 signals). With ``--buses N`` the
+same frames travel on N buses (``can0`` ... , each with the DBC and the mapping repeated,
+``Vehicle.BusI...`` names as in ``agent_load.py``) and each batch holds ``--batch-frames``
+frames of *every* bus, as the agent's once-per-tick hand-off gives the decoder one batch of
+all buses (288 frames = 4 buses × 72 at 80 % of 500 kbit/s and a 20 ms tick).
 
 * **ours**: :class:`tcu.signals.decoder.SignalDecoder` (the agent's decoder) on the
   :class:`~tcu.frames.FrameBatch` es, as ``Pipeline.feed`` calls it;
@@ -31,6 +35,7 @@ import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +51,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import sim  # noqa: E402
+from tcu.can.collector import merge_buses  # noqa: E402
 from tcu.frames import FrameBatch  # noqa: E402
 from tcu.signals.dbc import load_dbc  # noqa: E402
 from tcu.signals.decoder import SignalColumns, SignalDecoder, compile_codecs  # noqa: E402
@@ -59,19 +65,20 @@ def drive_frames(seconds: float) -> list[can.Message]:
     return list(drive.frames())
 
 
-def batches(messages: Sequence[can.Message], size: int) -> list[FrameBatch]:
+def batches(messages: Sequence[can.Message], size: int, buses: int = 1) -> list[FrameBatch]:
+    """``size`` frames per bus per batch; several buses are merged as the agent's tick merges them."""
     out: list[FrameBatch] = []
+    names = tuple(f"can{i}" for i in range(buses))
     for start in range(0, len(messages), size):
         part = messages[start : start + size]
-        out.append(
-            FrameBatch.of_payloads(
-                "can0",
-                np.array([round(m.timestamp * 1_000_000) * 1000 for m in part], np.int64),
-                np.array([m.arbitration_id for m in part], np.uint32),
-                [bytes(m.data) for m in part],
-                is_extended=np.array([m.is_extended_id for m in part], np.bool_),
-            )
+        one = FrameBatch.of_payloads(
+            "can0",
+            np.array([round(m.timestamp * 1_000_000) * 1000 for m in part], np.int64),
+            np.array([m.arbitration_id for m in part], np.uint32),
+            [bytes(m.data) for m in part],
+            is_extended=np.array([m.is_extended_id for m in part], np.bool_),
         )
+        out.append(one if buses == 1 else merge_buses(names, [[one.renamed((n,))] for n in names]))
     return out
 
 
@@ -81,7 +88,7 @@ def ours(decoder: SignalDecoder, frame_batches: Sequence[FrameBatch]) -> list[Si
 
 def cantools_side(
     db: cantools.database.can.Database,
-    routes: dict[int, list[tuple[str, int]]],
+    bus_routes: Sequence[dict[int, list[tuple[str, int]]]],
     messages: Sequence[can.Message],
     size: int,
 ) -> list[SignalColumns]:
@@ -90,7 +97,7 @@ def cantools_side(
     for start in range(0, len(messages), size):
         times: dict[int, list[int]] = {}
         values: dict[int, list[float]] = {}
-        for msg in messages[start : start + size]:
+        for routes, msg in ((r, m) for r in bus_routes for m in messages[start : start + size]):
             wanted = routes.get(msg.arbitration_id)
             if wanted is None:
                 continue
@@ -109,6 +116,23 @@ def cantools_side(
             [(sid, np.array(times[sid], np.int64), np.array(values[sid], np.float64)) for sid in times]
         )
     return out
+
+
+def _mapping(path: Path, buses: int) -> Path:
+    """The simulator's mapping once per bus (as ``tools/bench/agent_load.py`` writes it)."""
+    import tomllib
+
+    entries = tomllib.loads(sim.DEFAULT_MAPPING_PATH.read_text())["signal"]
+    out = ["version = 1\n"]
+    for i in range(buses):
+        for e in entries:
+            name = e["name"] if i == 0 else e["name"].replace("Vehicle.", f"Vehicle.Bus{i}.", 1)
+            out.append(
+                f'[[signal]]\nname = "{name}"\nmessage = "{e["message"]}"\nsignal = "{e["signal"]}"\n'
+                f'period_ms = {e["period_ms"]}\nbus = "can{i}"\n'
+            )
+    path.write_text("\n".join(out))
+    return path
 
 
 def merged(outputs: Sequence[SignalColumns]) -> Series:
@@ -144,32 +168,39 @@ def _stats(rates: list[float]) -> dict[str, int]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     db = load_dbc(sim.DEFAULT_DBC_PATH)
-    catalog: Catalog = build_catalog(load_mapping(sim.DEFAULT_MAPPING_PATH), {"can0": [db]})
-    codecs = compile_codecs({"can0": [db]})
-    routes: dict[int, list[tuple[str, int]]] = {}
+    names = [f"can{i}" for i in range(args.buses)]
+    databases = {n: [db] for n in names}
+    with tempfile.TemporaryDirectory() as tmp:
+        mapping = _mapping(Path(tmp) / "vss.toml", args.buses) if args.buses > 1 else sim.DEFAULT_MAPPING_PATH
+        catalog: Catalog = build_catalog(load_mapping(mapping), databases)
+    codecs = compile_codecs(databases)
+    bus_routes: list[dict[int, list[tuple[str, int]]]] = [{} for _ in names]
     for spec in catalog.signals:
         frame_id = db.get_message_by_name(spec.message).frame_id
-        routes.setdefault(frame_id, []).append((spec.signal, spec.signal_id))
+        bus_routes[names.index(spec.bus)].setdefault(frame_id, []).append((spec.signal, spec.signal_id))
     messages = drive_frames(args.seconds)
-    frame_batches = batches(messages, args.batch_frames)
+    frame_batches = batches(messages, args.batch_frames, args.buses)
     values = check_equal(
         merged(ours(SignalDecoder(catalog, codecs), frame_batches)),
-        merged(cantools_side(db, routes, messages, args.batch_frames)),
+        merged(cantools_side(db, bus_routes, messages, args.batch_frames)),
     )
+    total = len(messages) * args.buses
     rates: dict[str, list[float]] = {"ours": [], "cantools": []}
     for _ in range(args.rounds):
         decoder = SignalDecoder(catalog, codecs)
         started = time.perf_counter()
         ours(decoder, frame_batches)
-        rates["ours"].append(len(messages) / (time.perf_counter() - started))
+        rates["ours"].append(total / (time.perf_counter() - started))
         started = time.perf_counter()
-        cantools_side(db, routes, messages, args.batch_frames)
-        rates["cantools"].append(len(messages) / (time.perf_counter() - started))
+        cantools_side(db, bus_routes, messages, args.batch_frames)
+        rates["cantools"].append(total / (time.perf_counter() - started))
     return {
         "bench": "decode_live",
         "dbc": sim.DEFAULT_DBC_PATH.name,
-        "frames": len(messages),
+        "frames": total,
+        "buses": args.buses,
         "batch_frames": args.batch_frames,
+        "frames_per_decode_call": args.batch_frames * args.buses,
         "batches": len(frame_batches),
         "signals": len(catalog.signals),
         "values_checked": values,
@@ -187,11 +218,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="simulated drive length (default 60)")
     parser.add_argument("--batch-frames", type=int, default=72, help="frames per batch (default 72)")
     parser.add_argument("--rounds", type=int, default=5, help="timed runs per side (default 5)")
+    parser.add_argument("--buses", type=int, default=1, help="buses merged into each batch (default 1)")
     parser.add_argument("--json", action="store_true", help="print the JSON line last (always printed)")
     args = parser.parse_args()
     result = run(args)
     print(
-        f"{result['frames']} frames in batches of {args.batch_frames}: ours "
+        f"{result['frames']} frames in batches of {args.batch_frames} x {args.buses} buses: ours "
         f"{result['ours_frames_per_s']['median']:,} frames/s, cantools "
         f"{result['cantools_frames_per_s']['median']:,} frames/s (median of {args.rounds}): "
         f"x{result['ratio']}",
