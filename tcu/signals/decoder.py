@@ -172,6 +172,8 @@ class FrameDecoder:
         else:
             rows_all = np.flatnonzero(usable)
             counts.skipped += n - len(rows_all)
+            if len(rows_all) == 0:  # only error and remote frames (e.g. a BLF of error frames)
+                return []
             keys = frames.keys()[rows_all]
             chan = frames.channel[rows_all]
         if len(frames.channels) > 1:
