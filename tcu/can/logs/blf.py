@@ -361,7 +361,7 @@ def _parse_objects(
     err = np.zeros(n, dtype=np.bool_)
     rtr = np.zeros(n, dtype=np.bool_)
     rx = np.ones(n, dtype=np.bool_)
-    wide = bool(np.isin(obj_type, [CAN_FD_MESSAGE, CAN_FD_MESSAGE_64]).any())
+    wide = bool(((obj_type == CAN_FD_MESSAGE) | (obj_type == CAN_FD_MESSAGE_64)).any())
     data = np.zeros((n, 64 if wide else 8), dtype=np.uint8)
 
     for kind, header_version, sel in _groups(obj_type, version):
@@ -423,8 +423,11 @@ def _parse_objects(
     ident &= np.uint32(0x1FFFFFFF)
     chan -= 1
     codes = np.zeros(n, dtype=np.int16)
-    for value in np.unique(chan).tolist():
-        codes[chan == value] = channels.code(str(value))
+    if n and bool((chan == chan[0]).all()):  # one channel in the container: the usual case
+        codes[:] = channels.code(str(int(chan[0])))
+    else:
+        for value in np.unique(chan).tolist():
+            codes[chan == value] = channels.code(str(value))
     chunk = FrameBatch(
         t_ns=t_ns,
         arbitration_id=ident,
