@@ -40,7 +40,7 @@ Targets (issue 13): ratio >= 10 on ``comma2k19`` and on the Ford synthetic log (
 formats), and ours above 2 M frames/s on the synthetic BLF (``hyundai-blf``); ``targets``
 in the JSON says which are met. ``--require-targets`` exits 2 when one is missed.
 
-    .venv/bin/python tools/bench/decode.py --json                       # all, ~3 min here
+    .venv/bin/python tools/bench/decode.py --json                       # all, 9 min at load 9-16
     .venv/bin/python tools/bench/decode.py --only comma2k19 --json      # one scenario
     .venv/bin/python tools/bench/decode.py --only ford-blf --frames 20000 --rounds 1 --corrupt  # exits 1
 
