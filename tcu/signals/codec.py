@@ -118,6 +118,20 @@ class MessageCodec:
             f"extended={self.is_extended}, length={self.length})"
         )
 
+    @property
+    def word_path(self) -> bool:
+        """Whether :meth:`decode_words` serves this message (every signal a plain integer
+        within the payload's first 8 bytes, no multiplexing)."""
+        return self._word is not None and self.decodable
+
+    def decode_words(self, little: _U64) -> Decoded:
+        """Decode payloads given as their first 8 bytes read as one little-endian uint64 each
+        (bytes past the message's length are never read); only when :attr:`word_path`.
+        Equals :meth:`decode_frames` of the same payloads."""
+        if self._word is None or not self.decodable:
+            raise ValueError(f"{self.name}: not a message of one 8-byte word")
+        return self._word.decode_words(little, self.signal_names)
+
     def decode(self, payloads: U8Array) -> dict[str, F64Array]:
         """Physical values per signal: float64[n], NaN where cantools has no value."""
         return self.decode_frames(payloads).values
@@ -382,7 +396,18 @@ class _WordPlan:
     arithmetic on both sides).
     """
 
-    __slots__ = ("big", "mask", "offset", "scale", "shift", "up")
+    __slots__ = (
+        "big",
+        "has_big",
+        "has_offset",
+        "has_scale",
+        "has_signed",
+        "mask",
+        "offset",
+        "scale",
+        "shift",
+        "up",
+    )
 
     def __init__(self, plans: list[_SignalPlan]) -> None:
         self.shift = np.array([p.word_shift for p in plans], np.uint64)[:, None]
@@ -391,6 +416,10 @@ class _WordPlan:
         self.scale = np.array([float(p.scale) for p in plans], np.float64)[:, None]
         self.offset = np.array([float(p.offset) for p in plans], np.float64)[:, None]
         self.big = np.array([p.big_endian for p in plans], np.bool_)[:, None]
+        self.has_big = bool(self.big.any())
+        self.has_signed = bool(self.up.any())
+        self.has_scale = bool((self.scale != 1.0).any())
+        self.has_offset = bool((self.offset != 0.0).any())
 
     @classmethod
     def of(cls, plans: list[_SignalPlan]) -> _WordPlan | None:
@@ -417,20 +446,43 @@ class _WordPlan:
         else:
             block = np.zeros((n, 8), dtype=np.uint8)
             block[:, :length] = payloads[:, :length]
-        little = block.view("<u8").reshape(1, n)
-        if self.big.any():
-            word = np.where(self.big, block.view(">u8").reshape(1, n).astype(np.uint64), little)
-        else:
-            word = little
+        return self.decode_words(block.view("<u8").reshape(n), names)
+
+    def decode_words(self, little: _U64, names: tuple[str, ...]) -> Decoded:
+        """Decode from each payload's first 8 bytes read as one little-endian uint64."""
+        n = little.shape[0]
+        word = little.reshape(1, n)
+        if self.has_big:
+            word = np.where(self.big, little.byteswap().reshape(1, n), word)
         raw = (word >> self.shift) & self.mask
-        ints = (raw << self.up).view(np.int64) >> self.up.view(np.int64)
-        matrix = ints.astype(np.float64)
-        matrix *= self.scale
-        matrix += self.offset
-        everywhere = np.ones(n, dtype=np.bool_)
-        everywhere.flags.writeable = False
+        # Steps that change nothing for this message are skipped (x * 1.0 and x + 0.0 are
+        # exact, and a shift by 0 is the identity), so the values are the same.
+        if self.has_signed:
+            ints = (raw << self.up).view(np.int64) >> self.up.view(np.int64)
+            matrix = ints.astype(np.float64)
+        else:  # every raw value is below 2**53: as uint64 or int64, the same float64
+            matrix = raw.astype(np.float64)
+        if self.has_scale:
+            matrix *= self.scale
+        if self.has_offset:
+            matrix += self.offset
+        everywhere = _everywhere(n)
         values = dict(zip(names, matrix, strict=True))
         return Decoded(values, dict.fromkeys(names, everywhere), everywhere, complete=True)
+
+
+_ONES: list[BoolArray] = [np.ones(0, dtype=np.bool_)]
+
+
+def _everywhere(n: int) -> BoolArray:
+    """A read-only all-True bool[n] (a view of one shared buffer, grown when needed)."""
+    ones = _ONES[0]
+    if len(ones) < n:
+        ones = np.ones(max(n, 2 * len(ones), 4096), dtype=np.bool_)
+        ones.flags.writeable = False
+        _ONES[0] = ones
+    view: BoolArray = ones[:n]
+    return view
 
 
 def _is_int(value: Any) -> bool:

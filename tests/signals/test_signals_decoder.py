@@ -189,3 +189,27 @@ def test_a_multi_bus_batch_decodes_like_each_bus_alone_with_its_own_dbc_and_j193
     assert truck_decoded > 0 and not set(alone["truck"].arbitration_id.tolist()) & {
         m.frame_id for m in dbs["truck"].messages if m.is_extended_frame
     }  # every truck frame was found by its PGN
+
+
+def test_batch_of_only_error_and_remote_frames_is_skipped() -> None:
+    """A batch with no usable frame (a BLF of error frames only) decodes to nothing and counts them."""
+    db = load_dbc(DBC_DIR / "hyundai_2015_ccan.dbc")
+    n = 4
+    frames = FrameBatch(
+        t_ns=np.arange(n, dtype=np.int64),
+        arbitration_id=np.full(n, db.messages[0].frame_id, np.uint32),
+        is_extended=np.zeros(n, np.bool_),
+        channel=np.zeros(n, np.int16),
+        channels=("can0",),
+        dlc=np.full(n, 8, np.uint8),
+        data=np.zeros((n, 8), np.uint8),
+        is_fd=np.zeros(n, np.bool_),
+        bitrate_switch=np.zeros(n, np.bool_),
+        is_error=np.array([True, True, False, False]),
+        is_remote=np.array([False, False, True, True]),
+        is_rx=np.ones(n, np.bool_),
+    )
+    decoder = FrameDecoder({None: compile_database(db)})
+    assert decoder.decode(frames) == []
+    c = decoder.counts
+    assert (c.frames, c.skipped, c.decoded, c.unknown, c.errors) == (4, 4, 0, 0, 0)

@@ -203,16 +203,28 @@ def _chain(buf: bytes, arr: npt.NDArray[np.uint8], limit: int) -> tuple[npt.NDAr
     a = arr[:limit]
     cand = np.flatnonzero((a[:-3] == 76) & (a[1:-2] == 79) & (a[2:-1] == 66) & (a[3:] == 74))
     if len(cand) and cand[0] <= 4:
-        sizes = _u32(arr, cand + 8).astype(np.int64)
-        ends = cand + sizes
+        # An object whose 16-byte header is cut by the container's end is the unfinished rest.
+        cut = int(cand[-1]) + 16 > limit
+        headed = cand[:-1] if cut else cand
+        sizes = _u32(arr, headed + 8).astype(np.int64)
+        ends = headed + sizes
         complete = ends <= limit
-        steps = cand[1:] - ends[:-1]
-        n_complete = int(np.argmin(complete)) if not complete.all() else len(cand)
+        steps = headed[1:] - ends[:-1]
+        n_complete = int(np.argmin(complete)) if not complete.all() else len(headed)
         chain_ok = bool((sizes >= 16).all()) and bool(((steps >= 0) & (steps <= 4)).all())
-        if chain_ok and (n_complete == len(cand) or n_complete == len(cand) - 1):
+        if cut:
+            gap = int(cand[-1]) - (int(ends[-1]) if len(headed) else 0)
+            chain_ok = chain_ok and n_complete == len(headed) and 0 <= gap <= 4
+            if chain_ok:
+                return headed.astype(np.int64), int(cand[-1])
+        elif chain_ok and (n_complete == len(cand) or n_complete == len(cand) - 1):
             rest = int(cand[n_complete]) if n_complete < len(cand) else int(ends[-1]) if len(cand) else 0
             return cand[:n_complete].astype(np.int64), rest
-    # Walk object by object (an 'LOBJ' inside a payload, or an odd layout).
+    return _walk(buf, limit)
+
+
+def _walk(buf: bytes, limit: int) -> tuple[npt.NDArray[np.int64], int]:
+    """Walk object by object (an 'LOBJ' inside a payload, or an odd layout)."""
     positions: list[int] = []
     pos = 0
     while True:
@@ -264,7 +276,9 @@ def _rows(arr: npt.NDArray[np.uint8], pos: npt.NDArray[np.int64], width: int) ->
                 arr[int(pos[0]) :], shape=(n, width), strides=(step, 1), writeable=False
             )
             return view
-    gathered: npt.NDArray[np.uint8] = arr[pos[:, None] + np.arange(width)]
+    # Row copies out of a sliding-window view: one memcpy per object, not an index per byte.
+    windows = np.lib.stride_tricks.sliding_window_view(arr, width)
+    gathered: npt.NDArray[np.uint8] = windows[pos]
     return gathered
 
 
@@ -347,7 +361,7 @@ def _parse_objects(
     err = np.zeros(n, dtype=np.bool_)
     rtr = np.zeros(n, dtype=np.bool_)
     rx = np.ones(n, dtype=np.bool_)
-    wide = bool(np.isin(obj_type, [CAN_FD_MESSAGE, CAN_FD_MESSAGE_64]).any())
+    wide = bool(((obj_type == CAN_FD_MESSAGE) | (obj_type == CAN_FD_MESSAGE_64)).any())
     data = np.zeros((n, 64 if wide else 8), dtype=np.uint8)
 
     for kind, header_version, sel in _groups(obj_type, version):
@@ -409,8 +423,11 @@ def _parse_objects(
     ident &= np.uint32(0x1FFFFFFF)
     chan -= 1
     codes = np.zeros(n, dtype=np.int16)
-    for value in np.unique(chan).tolist():
-        codes[chan == value] = channels.code(str(value))
+    if n and bool((chan == chan[0]).all()):  # one channel in the container: the usual case
+        codes[:] = channels.code(str(int(chan[0])))
+    else:
+        for value in np.unique(chan).tolist():
+            codes[chan == value] = channels.code(str(value))
     chunk = FrameBatch(
         t_ns=t_ns,
         arbitration_id=ident,
