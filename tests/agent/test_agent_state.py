@@ -115,8 +115,8 @@ async def test_without_a_spool_section_batches_survive_a_kill_in_the_default_sta
         "offline",
         small_dbc,
         small_mapping,
-        _closed_port(),
-        f'interface = "replay"\nchannel = "{log}"',
+        port=_closed_port(),
+        bus=f'interface = "replay"\nchannel = "{log}"',
     )
     stats = tmp_path / "stats.json"
     first = _start(offline, state, "--stats-file", str(stats))
