@@ -36,14 +36,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tcu.collect.batch import BatchBuilder
 from tcu.collect.engine import CampaignEngine, CapturedEvent
 from tcu.frames import FrameBatch
 from tcu.signals.decoder import SignalColumns, SignalDecoder
 
-__all__ = ["OnDecoded", "Pipeline", "PipelineStats", "Sink"]
+__all__ = ["BusCounts", "OnDecoded", "Pipeline", "PipelineStats", "Sink"]
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,23 @@ Sink = Callable[[bytes, int], Awaitable[None]]
 
 
 @dataclass(slots=True)
+class BusCounts:
+    """Per bus: frames fed, decoded (a mapped message) and of an id no DBC of the bus defines."""
+
+    frames: int = 0
+    decoded: int = 0
+    unknown: int = 0
+
+
+@dataclass(slots=True)
 class PipelineStats:
     frames: int = 0
     batches_built: int = 0
     events: int = 0
     hook_errors: int = 0
+    by_bus: dict[str, BusCounts] = field(default_factory=dict)
+    """Keyed by the batch's channel: a bus reader's batch has one, its bus name. A batch of
+    several channels (a replayed log) is counted under its channels joined by ``+``."""
 
 
 class Pipeline:
@@ -92,7 +104,17 @@ class Pipeline:
         """Carry one bus's frames through decoder, hooks, engine and builder; hand on what is due."""
         self.stats.frames += len(frames)
         self.engine.record_frames(frames)
+        counts = self.decoder.counts
+        decoded, unknown = counts.decoded, counts.unknown
         columns = self.decoder.decode(frames)
+        # Per bus from the decoder's running totals: two subtractions per batch, nothing per frame.
+        name = frames.channels[0] if len(frames.channels) == 1 else "+".join(frames.channels)
+        bus = self.stats.by_bus.get(name)
+        if bus is None:
+            bus = self.stats.by_bus[name] = BusCounts()
+        bus.frames += len(frames)
+        bus.decoded += counts.decoded - decoded
+        bus.unknown += counts.unknown - unknown
         for hook in self.on_decoded:
             try:
                 hook(columns)

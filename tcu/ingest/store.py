@@ -88,6 +88,7 @@ import numpy.typing as npt
 
 from tcu.api.v1 import fleet_pb2 as fleet_pb
 from tcu.errors import ClosedResourceError, IngestError
+from tcu.histogram import LATENCY_BUCKETS_S, SIZE_BUCKETS, Histogram
 from tcu.ingest._chunks import decode_chunk, encode_doubles, encode_strings, sort_column
 from tcu.ingest._events import capture_from_pb, capture_pb
 from tcu.ingest._fair import FairQueue
@@ -319,6 +320,10 @@ class WriterStats:
     """The error of the latest failed transaction; cleared by the next commit that works."""
     commit_seconds: float = 0.0
     """Time spent in transactions that committed, all together (with ``groups``: the mean)."""
+    commit_durations: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_S))
+    """Seconds of each committed transaction (``tcu_ingest_commit_duration_seconds``)."""
+    group_sizes: Histogram = field(default_factory=lambda: Histogram(SIZE_BUCKETS))
+    """Jobs (batches and check-ins) of each committed group (``tcu_ingest_commit_group_size_batches``)."""
 
 
 @dataclass(slots=True)
@@ -555,7 +560,10 @@ class SqliteSink:
         started = time.perf_counter()
         try:
             outcome = self._write_group(conn, [job.batch for job in jobs])
-            self.stats.commit_seconds += time.perf_counter() - started
+            took = time.perf_counter() - started
+            self.stats.commit_seconds += took
+            self.stats.commit_durations.observe(took)
+            self.stats.group_sizes.observe(len(jobs))
             self.stats.last_error = ""
         except sqlite3.Error as exc:
             self._failures.log(
