@@ -110,8 +110,13 @@ class UplinkConfig:
     tls: TlsConfig | None = None
     connect_timeout_s: float = 10.0
     backoff_initial_s: float = 0.2
-    backoff_max_s: float = 30.0
+    backoff_max_s: float = 5.0
+    """Reconnect waits grow to this (jittered): after a long outage the next attempt is at most
+    this far away (``tools/bench/wakeup.py`` measures the wake-up; 30 s before 2026-12-06)."""
     keepalive_s: float = 45.0
+    ack_timeout_s: float = 30.0
+    """A stream on which batches were sent and nothing came back for this long is given up and
+    reconnected (a silent cellular link); 0: never."""
     max_unacked_batches: int = 10_000
     drain_timeout_s: float = 15.0
 
@@ -456,6 +461,7 @@ KNOWN_KEYS: Mapping[str, Mapping[str, type]] = {
         "backoff_initial_s": float,
         "backoff_max_s": float,
         "keepalive_s": float,
+        "ack_timeout_s": float,
         "max_unacked_batches": int,
         "drain_timeout_s": float,
     },
@@ -811,8 +817,9 @@ def _build(doc: dict[str, Any], base: Path, source: Path, env: Mapping[str, str]
         tls=tls,
         connect_timeout_s=_get(up, "connect_timeout_s", "uplink.connect_timeout_s", float, 10.0),
         backoff_initial_s=_get(up, "backoff_initial_s", "uplink.backoff_initial_s", float, 0.2),
-        backoff_max_s=_get(up, "backoff_max_s", "uplink.backoff_max_s", float, 30.0),
+        backoff_max_s=_get(up, "backoff_max_s", "uplink.backoff_max_s", float, defaults.backoff_max_s),
         keepalive_s=_get(up, "keepalive_s", "uplink.keepalive_s", float, 45.0),
+        ack_timeout_s=_get(up, "ack_timeout_s", "uplink.ack_timeout_s", float, defaults.ack_timeout_s),
         max_unacked_batches=_get(up, "max_unacked_batches", "uplink.max_unacked_batches", int, 10_000),
         drain_timeout_s=_get(up, "drain_timeout_s", "uplink.drain_timeout_s", float, 15.0),
     )
@@ -821,6 +828,10 @@ def _build(doc: dict[str, Any], base: Path, source: Path, env: Mapping[str, str]
     for key in ("connect_timeout_s", "backoff_initial_s", "backoff_max_s"):
         if not getattr(uplink, key) > 0:
             raise ConfigError(f"must be positive, got {getattr(uplink, key)}", key=f"uplink.{key}")
+    if uplink.ack_timeout_s < 0:
+        raise ConfigError(
+            f"must not be negative (0: off), got {uplink.ack_timeout_s}", key="uplink.ack_timeout_s"
+        )
     if uplink.drain_timeout_s < 0:
         raise ConfigError(f"must not be negative, got {uplink.drain_timeout_s}", key="uplink.drain_timeout_s")
 
