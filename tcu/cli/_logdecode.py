@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tcu.errors import InputError
 
@@ -57,8 +57,13 @@ def add_log_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_dbc_args(values: list[str]) -> dict[str | None, DatabaseCodec]:
-    """``FILE`` → default for every channel; ``CHANNEL=FILE`` → that channel."""
+def parse_dbc_args(
+    values: list[str], databases: dict[Path, Any] | None = None
+) -> dict[str | None, DatabaseCodec]:
+    """``FILE`` → default for every channel; ``CHANNEL=FILE`` → that channel.
+
+    ``databases``, when given, receives each file's cantools database (units, choices).
+    """
     from tcu.signals.codec import compile_database
     from tcu.signals.dbc import load_dbc
 
@@ -75,7 +80,10 @@ def parse_dbc_args(values: list[str]) -> dict[str | None, DatabaseCodec]:
         if channel in codecs:
             raise InputError(f"--dbc {value!r}: a DBC for {channel or 'all channels'} was already given")
         if file not in by_file:
-            by_file[file] = compile_database(load_dbc(file))
+            database = load_dbc(file)
+            by_file[file] = compile_database(database)
+            if databases is not None:
+                databases[file] = database
         codecs[channel] = by_file[file]
     return codecs
 
