@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from tcu.cli._logdecode import LOG_FORMATS, parse_dbc_args
+from tcu.cli._logdecode import LOG_FORMATS, parse_dbc_args, signal_info
 from tcu.cli.send import bus_arguments
 from tcu.errors import InputError
 
@@ -140,17 +140,6 @@ class Table:
                     row.shown = row.value
                     changed.append((row, row.t_ns, row.value))
         return changed
-
-
-def signal_info(databases: dict[Path, Any]) -> dict[tuple[str, str], tuple[str, dict[int, str]]]:
-    """(message, signal) → (unit, choices) from the cantools databases (the codecs carry no units)."""
-    out: dict[tuple[str, str], tuple[str, dict[int, str]]] = {}
-    for database in databases.values():
-        for message in database.messages:
-            for sig in message.signals:
-                choices = {int(k): str(v) for k, v in (sig.choices or {}).items()}
-                out.setdefault((message.name, sig.name), (sig.unit or "", choices))
-    return out
 
 
 def _log_frames(args: argparse.Namespace) -> Iterator[FrameBatch]:
