@@ -23,8 +23,12 @@ the file. Every unknown key, in every table, is refused with the closest known o
     target = "127.0.0.1:50051"
     insecure = true
 
-    [spool]                       # optional; without it batches wait in memory only
-    directory = "/var/lib/tcu/spool"
+    [state]                       # optional: $STATE_DIRECTORY, else /var/lib/tcu (root)
+    directory = "/var/lib/tcu"    # or ~/.local/state/tcu (see state_directory())
+
+    [spool]                       # optional: without it, <state>/spool with power-loss durability
+    directory = "/var/lib/tcu/spool"   # default <state directory>/spool
+    enabled = true                # false: batches wait in memory only (logged at WARNING)
     durability = "power-loss"     # or "crash"
     max_bytes = 268435456
     max_age_s = 604800
@@ -56,6 +60,7 @@ __all__ = [
     "Durability",
     "OnDamage",
     "SpoolConfig",
+    "SpoolOrigin",
     "SpoolSettings",
     "TlsConfig",
     "UplinkConfig",
@@ -105,8 +110,13 @@ class UplinkConfig:
     tls: TlsConfig | None = None
     connect_timeout_s: float = 10.0
     backoff_initial_s: float = 0.2
-    backoff_max_s: float = 30.0
+    backoff_max_s: float = 5.0
+    """Reconnect waits grow to this (jittered): after a long outage the next attempt is at most
+    this far away (``tools/bench/wakeup.py`` measures the wake-up; 30 s before 2026-12-06)."""
     keepalive_s: float = 45.0
+    ack_timeout_s: float = 30.0
+    """A stream on which batches were sent and nothing came back for this long is given up and
+    reconnected (a silent cellular link); 0: never."""
     max_unacked_batches: int = 10_000
     drain_timeout_s: float = 15.0
 
@@ -121,6 +131,7 @@ FrameOverflow = Literal["drop", "block"]
 Durability = Literal["power-loss", "crash"]
 Compression = Literal["none", "zstd"]
 OnDamage = Literal["refuse", "start-fresh"]
+SpoolOrigin = Literal["configured", "default", "disabled"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +343,13 @@ class AgentConfig:
     v2x: V2xSettings | None = None
     metrics_listen: str | None = None
     """``[metrics] listen``: ``host:port`` of the Prometheus endpoint and ``/healthz`` (off without it)."""
+    state_dir: Path | None = None
+    """The state directory the file resolved to (``[state] directory``, else
+    :func:`state_directory`); ``None`` for a config built in code."""
+    spool_origin: SpoolOrigin = "configured"
+    """Where :attr:`spool` came from: ``"configured"`` (a ``[spool]`` section), ``"default"``
+    (none: ``<state>/spool`` with power-loss durability) or ``"disabled"`` (``[spool] enabled =
+    false``: :attr:`spool` is ``None`` and batches wait in memory)."""
 
 
 CONNECTIVITY_KEYS: Mapping[str, type] = {
@@ -470,13 +488,16 @@ KNOWN_KEYS: Mapping[str, Mapping[str, type]] = {
         "backoff_initial_s": float,
         "backoff_max_s": float,
         "keepalive_s": float,
+        "ack_timeout_s": float,
         "max_unacked_batches": int,
         "drain_timeout_s": float,
     },
     "uplink.tls": {"ca_cert": str, "cert": str, "key": str, "server_name": str},
     "batch": {"max_samples": int, "max_age_ms": int},
     "frames": {"tick_ms": int, "buffer_frames": int, "overflow": str},
+    "state": {"directory": str},
     "spool": {
+        "enabled": bool,
         "directory": str,
         "durability": str,
         "max_bytes": int,
@@ -624,7 +645,7 @@ def _env_value(raw: str, kind: type, name: str) -> Any:
 
 
 def state_directory(env: Mapping[str, str] | None) -> Path:
-    """Where the agent keeps its state when no spool directory is configured.
+    """Where the agent keeps its state (spool, catalogs, nonces) without ``[state] directory``.
 
     ``$STATE_DIRECTORY`` (set by systemd's ``StateDirectory=``; its first entry), else
     ``$XDG_STATE_HOME/tcu``, else ``/var/lib/tcu`` for root and ``~/.local/state/tcu``
@@ -824,8 +845,9 @@ def _build(doc: dict[str, Any], base: Path, source: Path, env: Mapping[str, str]
         tls=tls,
         connect_timeout_s=_get(up, "connect_timeout_s", "uplink.connect_timeout_s", float, 10.0),
         backoff_initial_s=_get(up, "backoff_initial_s", "uplink.backoff_initial_s", float, 0.2),
-        backoff_max_s=_get(up, "backoff_max_s", "uplink.backoff_max_s", float, 30.0),
+        backoff_max_s=_get(up, "backoff_max_s", "uplink.backoff_max_s", float, defaults.backoff_max_s),
         keepalive_s=_get(up, "keepalive_s", "uplink.keepalive_s", float, 45.0),
+        ack_timeout_s=_get(up, "ack_timeout_s", "uplink.ack_timeout_s", float, defaults.ack_timeout_s),
         max_unacked_batches=_get(up, "max_unacked_batches", "uplink.max_unacked_batches", int, 10_000),
         drain_timeout_s=_get(up, "drain_timeout_s", "uplink.drain_timeout_s", float, 15.0),
     )
@@ -834,6 +856,10 @@ def _build(doc: dict[str, Any], base: Path, source: Path, env: Mapping[str, str]
     for key in ("connect_timeout_s", "backoff_initial_s", "backoff_max_s"):
         if not getattr(uplink, key) > 0:
             raise ConfigError(f"must be positive, got {getattr(uplink, key)}", key=f"uplink.{key}")
+    if uplink.ack_timeout_s < 0:
+        raise ConfigError(
+            f"must not be negative (0: off), got {uplink.ack_timeout_s}", key="uplink.ack_timeout_s"
+        )
     if uplink.drain_timeout_s < 0:
         raise ConfigError(f"must not be negative, got {uplink.drain_timeout_s}", key="uplink.drain_timeout_s")
 
@@ -858,13 +884,26 @@ def _build(doc: dict[str, Any], base: Path, source: Path, env: Mapping[str, str]
     overflow = _get(fr, "overflow", "frames.overflow", str, "drop")
     if overflow not in ("drop", "block"):
         raise ConfigError(f"expected 'drop' or 'block', got {overflow!r}", key="frames.overflow")
-    spool = None
+    st = _get(doc, "state", "state", dict, {})
+    check_keys(st, KNOWN_KEYS["state"], "state")
+    state_raw = _get(st, "directory", "state.directory", str, None)
+    state_dir = _path(base, state_raw) if state_raw is not None else state_directory(env)
+    spool: SpoolSettings | None
+    spool_origin: SpoolOrigin
     sp = _get(doc, "spool", "spool", dict, None)
     if sp is not None:
         check_keys(sp, KNOWN_KEYS["spool"], "spool")
+    if sp is None:
+        # No [spool]: durable by default, in the state directory.
+        spool, spool_origin = SpoolSettings(directory=state_dir / "spool"), "default"
+    elif not _get(sp, "enabled", "spool.enabled", bool, True):
+        spool, spool_origin = None, "disabled"
+    else:
         sd = SpoolSettings(directory=Path("."))
+        directory = _get(sp, "directory", "spool.directory", str, None)
+        spool_origin = "configured"
         spool = SpoolSettings(
-            directory=_path(base, _get(sp, "directory", "spool.directory", str)),
+            directory=_path(base, directory) if directory is not None else state_dir / "spool",
             durability=_get(sp, "durability", "spool.durability", str, sd.durability),
             max_bytes=_get(sp, "max_bytes", "spool.max_bytes", int, sd.max_bytes),
             max_age_s=_get(sp, "max_age_s", "spool.max_age_s", float, sd.max_age_s),
@@ -896,7 +935,9 @@ def _build(doc: dict[str, Any], base: Path, source: Path, env: Mapping[str, str]
             raise ConfigError('must be a file path or "memory"', key="commands.nonce_store")
         nonce_store: Path | Literal["memory"]
         if nonce is None:
-            nonce_store = default_nonce_store(spool, env)
+            # Beside a configured spool (as before the default spool), else in the state directory.
+            beside_spool = spool is not None and spool_origin == "configured"
+            nonce_store = (spool.directory if spool is not None and beside_spool else state_dir) / "nonces"
         elif nonce == "memory":
             nonce_store = "memory"
         else:
@@ -933,6 +974,8 @@ def _build(doc: dict[str, Any], base: Path, source: Path, env: Mapping[str, str]
         source=source,
         v2x=_v2x(_get(doc, "v2x", "v2x", dict, None), base, vehicle_id),
         metrics_listen=metrics_listen,
+        state_dir=state_dir,
+        spool_origin=spool_origin,
     )
 
 

@@ -22,10 +22,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from tcu.errors import ConfigError
+from tcu.histogram import Histogram
 
 __all__ = ["Family", "MetricsServer", "parse_listen"]
 
@@ -34,19 +35,31 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Family:
-    """One metric family of a snapshot: ``counter`` (name without ``_total``) or ``gauge``."""
+    """One metric family of a snapshot: ``counter`` (name without ``_total``), ``gauge`` or
+    ``histogram`` (its samples added with :meth:`add_histogram`)."""
 
     name: str
     kind: str
     help: str
     labels: Sequence[str] = ()
     samples: list[tuple[Sequence[str], float]] = field(default_factory=list)
+    histograms: list[tuple[Sequence[str], Histogram]] = field(default_factory=list)
 
     def add(self, value: float, *labels: str) -> Family:
         self.samples.append((labels, float(value)))
         return self
 
+    def add_histogram(self, histogram: Histogram, *labels: str) -> Family:
+        self.histograms.append((labels, histogram))
+        return self
+
     def metric(self) -> Metric:
+        if self.kind == "histogram":
+            hist = HistogramMetricFamily(self.name, self.help, labels=list(self.labels))
+            for labels, h in self.histograms:
+                buckets, total, _count = h.snapshot()
+                hist.add_metric(list(labels), [(le, float(n)) for le, n in buckets], total)
+            return hist
         cls = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
         family = cls(self.name, self.help, labels=list(self.labels))
         for labels, value in self.samples:

@@ -5,7 +5,12 @@ one upstream address (the ingest). :meth:`LinkProxy.cut` closes every proxied
 connection at once (a stream cut-off: both sides see the TCP connection end);
 :meth:`LinkProxy.set_down` closes them too and, while the link is down, closes
 every new connection as soon as it is accepted, before a byte is forwarded (the
-client sees its connection attempt fail). Only loopback addresses are accepted.
+client sees its connection attempt fail). ``set_down(True, blackhole=True)`` is a
+cellular link that goes silent instead: nothing is closed, every byte in either
+direction is dropped, new connections are accepted and get nothing, and the
+connections of that time stay dead after the link is back (a NAT that forgot
+them); only connections made after it came back are forwarded. Only loopback
+addresses are accepted.
 
 :class:`ClockTap` is the same proxy between the simulator and the agent's
 socketcand bus, reading the source time of the newest CAN frame it forwards:
@@ -57,6 +62,8 @@ class LinkProxy:
         self._observe = observe  # sees every chunk forwarded from upstream to the client
         self.port = 0
         self.down = False
+        self.blackhole = False
+        self._dead: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter] | asyncio.StreamWriter] = set()
         self.accepted = 0
         self.refused = 0
         self.cut_connections = 0
@@ -78,6 +85,11 @@ class LinkProxy:
         if self._server is not None:
             self._server.close()
             self._close_all()
+            for dead in list(self._dead):
+                for w in dead if isinstance(dead, tuple) else (dead,):
+                    with contextlib.suppress(OSError, RuntimeError):
+                        w.transport.abort()
+            self._dead.clear()
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -91,12 +103,18 @@ class LinkProxy:
         log.info("proxy: cut %d connections", n)
         return n
 
-    def set_down(self, down: bool) -> None:
-        """Take the link down (close everything, refuse new connections) or bring it back up."""
+    def set_down(self, down: bool, *, blackhole: bool = False) -> None:
+        """Take the link down (close everything, refuse new connections) or bring it back up.
+
+        ``blackhole``: drop every byte instead of closing (see the module docstring).
+        """
         self.down = down
-        if down:
+        self.blackhole = down and blackhole
+        if down and blackhole:
+            self._dead.update(self._pairs)
+        elif down:
             self.cut_connections += self._close_all()
-        log.info("proxy: link %s", "down" if down else "up")
+        log.info("proxy: link %s", ("down (blackhole)" if blackhole else "down") if down else "up")
 
     @property
     def open_connections(self) -> int:
@@ -112,6 +130,16 @@ class LinkProxy:
         return len(pairs)
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.down and self.blackhole:  # accepted, then silence: read and drop, forever
+            self._dead.add(writer)
+            try:
+                while await reader.read(_CHUNK):
+                    pass
+            except (OSError, RuntimeError):
+                pass
+            finally:
+                self._dead.discard(writer)
+            return
         if self.down:
             self.refused += 1
             writer.transport.abort()
@@ -146,6 +174,8 @@ class LinkProxy:
     ) -> None:
         try:
             while data := await src.read(_CHUNK):
+                if self.blackhole or pair in self._dead:
+                    continue  # the link is silent, or this connection died with it
                 dst.write(data)
                 if observe is not None:
                     observe(data)
@@ -154,6 +184,7 @@ class LinkProxy:
             pass
         finally:
             # one side ended: end both, like a TCP connection through a NAT that forgets it
+            self._dead.discard(pair)
             if pair in self._pairs:
                 self._pairs.discard(pair)
                 for w in pair:

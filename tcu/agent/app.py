@@ -130,7 +130,7 @@ def catalog_message(catalog: Catalog) -> telemetry_pb.SignalCatalog:
 
 
 def open_outbox(config: AgentConfig) -> Outbox:
-    """The durable spool when ``[spool]`` is configured, else batches wait in memory.
+    """The durable spool (``[spool]``, or by default ``<state>/spool``), else batches wait in memory.
 
     A configured spool that cannot be opened (directory not writable, locked by another
     agent, state that cannot be rebuilt) raises its :class:`~tcu.errors.SpoolError`, whose
@@ -138,9 +138,12 @@ def open_outbox(config: AgentConfig) -> Outbox:
     memory with a new epoch and strand the spooled batches.
     """
     if config.spool is None:
-        log.warning("no [spool] configured: unacked batches are kept in memory and lost on a crash")
+        why = "[spool] enabled = false" if config.spool_origin == "disabled" else "no spool"
+        log.warning("%s: unacked batches are kept in memory and lost on a crash", why)
         return MemoryOutbox(max_batches=config.uplink.max_unacked_batches)
     s = config.spool
+    if config.spool_origin == "default":
+        log.info("spool: no [spool] section: the default %s (power-loss durability)", s.directory)
     spool = Spool.open(s)  # a SpoolSettings is the SpoolConfig, checked when the file was loaded
     stats = spool.stats()
     log.info(

@@ -150,9 +150,12 @@ def check_agent(
         report.warnings.append("uplink: insecure (no TLS): for a local test only")
     check_target(up.target, "uplink.target", report)
     if config.spool is not None:
-        check_writable_dir(config.spool.directory, "spool.directory", report)
+        key = "spool.directory" if config.spool_origin == "configured" else "spool (default, no [spool])"
+        check_writable_dir(config.spool.directory, key, report)
     else:
-        report.warnings.append("no [spool]: unacked batches are kept in memory and lost on a crash")
+        report.warnings.append(
+            "[spool] enabled = false: unacked batches are kept in memory and lost on a crash"
+        )
     if config.commands is not None:
         from tcu.pki.commands import load_verify_key
 
@@ -169,7 +172,7 @@ def check_agent(
         else:
             check_writable_dir(store.parent, "commands.nonce_store", report)
     else:
-        check_writable_dir(state_directory(env), "state directory", report)
+        check_writable_dir(config.state_dir or state_directory(env), "state directory", report)
     if config.metrics_listen is not None:
         check_listen(config.metrics_listen, report, key="metrics.listen")
     if config.connectivity is not None:

@@ -8,9 +8,9 @@ Metric names (all prefixed ``tcu_agent_``; counters end in ``_total``):
 ``bus_open_failures_total{bus}``           counter  failed attempts to open or reopen the bus
 ``frames_dropped_total{bus,where}``        counter  DataLoss: frames dropped at a full bus buffer
                                                     (``where="buffer"``) or by the kernel (``"kernel"``)
-``frames_decoded_total``                   counter  frames of a mapped message, decoded (all buses)
-``frames_unknown_total``                   counter  frames of an id no DBC defines (all buses)
-``frames_length_mismatch_total``           counter  frames whose length differs from the DBC
+``frames_decoded_total{bus}``              counter  frames of a mapped message, decoded
+``frames_unknown_total{bus}``              counter  frames of an id no DBC of the bus defines
+``frames_length_mismatch_total``           counter  frames shorter than the DBC's (all buses)
 ``signals_decoded_total``                  counter  signal values decoded
 ``samples_collected_total``                counter  samples the periodic campaign kept
 ``batches_built_total``                    counter  batches handed to the outbox (telemetry + events)
@@ -68,9 +68,15 @@ def agent_snapshot(agent: Agent) -> Iterable[Family]:
         dropped.add(r.stats.overflow_frames, r.config.name, "buffer")
         dropped.add(r.stats.kernel_dropped, r.config.name, "kernel")
     yield from (read, up, failures, dropped)
+    decoded = c("frames_decoded", "Frames of a mapped message, decoded", ("bus",))
+    unknown = c("frames_unknown", "Frames of an id no DBC of the bus defines", ("bus",))
+    by_bus = agent.pipeline.stats.by_bus
+    for name in sorted({r.config.name for r in agent.readers} | by_bus.keys()):
+        counts = by_bus.get(name)
+        decoded.add(counts.decoded if counts else 0, name)
+        unknown.add(counts.unknown if counts else 0, name)
+    yield from (decoded, unknown)
     d = agent.decoder.counts
-    yield c("frames_decoded", "Frames of a mapped message, decoded").add(d.decoded)
-    yield c("frames_unknown", "Frames of an id no DBC defines").add(d.unknown)
     yield c("frames_length_mismatch", "Frames shorter than their DBC message (not decoded)").add(d.short)
     yield c("signals_decoded", "Signal values decoded").add(d.signals)
     yield c("samples_collected", "Samples kept by all campaigns (the default periodic one included)").add(

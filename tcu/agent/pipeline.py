@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -46,7 +46,7 @@ from tcu.collect.engine import CampaignEngine, CapturedEvent
 from tcu.frames import FrameBatch
 from tcu.signals.decoder import SignalColumns, SignalDecoder
 
-__all__ = ["OnDecoded", "Pipeline", "PipelineStats", "Sink"]
+__all__ = ["BusCounts", "OnDecoded", "Pipeline", "PipelineStats", "Sink"]
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,23 @@ Sink = Callable[[bytes, int], Awaitable[None]]
 
 
 @dataclass(slots=True)
+class BusCounts:
+    """Per bus: frames fed, decoded (a mapped message) and of an id no DBC of the bus defines."""
+
+    frames: int = 0
+    decoded: int = 0
+    unknown: int = 0
+
+
+@dataclass(slots=True)
 class PipelineStats:
     frames: int = 0
     batches_built: int = 0
     events: int = 0
     hook_errors: int = 0
+    by_bus: dict[str, BusCounts] = field(default_factory=dict)
+    """Keyed by channel (bus) name; a batch of several buses (the agent's tick, a replayed log)
+    is counted under each of its channels."""
 
 
 class Pipeline:
@@ -107,7 +119,23 @@ class Pipeline:
     async def _feed(self, frames: FrameBatch) -> None:
         self.stats.frames += len(frames)
         self.engine.record_frames(frames)
+        counts = self.decoder.counts
+        names = frames.channels or ("",)
+        decoded_by, unknown_by = counts.decoded_by_bus, counts.unknown_by_bus
+        before = [(decoded_by.get(name, 0), unknown_by.get(name, 0)) for name in names]
         columns = self.decoder.decode(frames)
+        # Per bus from the decoder's per-channel totals: a few lookups per batch, nothing per frame.
+        one = len(names) == 1
+        fed = [len(frames)] if one else np.bincount(frames.channel, minlength=len(names)).tolist()
+        for name, n, (decoded, unknown) in zip(names, fed, before, strict=True):
+            if not n:
+                continue
+            bus = self.stats.by_bus.get(name)
+            if bus is None:
+                bus = self.stats.by_bus[name] = BusCounts()
+            bus.frames += n
+            bus.decoded += decoded_by.get(name, 0) - decoded
+            bus.unknown += unknown_by.get(name, 0) - unknown
         for hook in self.on_decoded:
             try:
                 hook(columns)

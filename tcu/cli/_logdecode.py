@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tcu.errors import InputError
 
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from tcu.signals.codec import DatabaseCodec
     from tcu.signals.decoder import DecodeCounts, FrameDecoder, MessageBlock
 
-PROGRESS_EVERY_S = 2.0
 #: The same names as :data:`tcu.can.logs.FORMATS` (kept here to import lazily; a test checks).
 LOG_FORMATS = ("candump", "blf", "asc", "trc", "mf4")
 
@@ -57,8 +56,13 @@ def add_log_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_dbc_args(values: list[str]) -> dict[str | None, DatabaseCodec]:
-    """``FILE`` → default for every channel; ``CHANNEL=FILE`` → that channel."""
+def parse_dbc_args(
+    values: list[str], databases: dict[Path, Any] | None = None
+) -> dict[str | None, DatabaseCodec]:
+    """``FILE`` → default for every channel; ``CHANNEL=FILE`` → that channel.
+
+    ``databases``, when given, receives each file's cantools database (units, choices).
+    """
     from tcu.signals.codec import compile_database
     from tcu.signals.dbc import load_dbc
 
@@ -75,7 +79,10 @@ def parse_dbc_args(values: list[str]) -> dict[str | None, DatabaseCodec]:
         if channel in codecs:
             raise InputError(f"--dbc {value!r}: a DBC for {channel or 'all channels'} was already given")
         if file not in by_file:
-            by_file[file] = compile_database(load_dbc(file))
+            database = load_dbc(file)
+            by_file[file] = compile_database(database)
+            if databases is not None:
+                databases[file] = database
         codecs[channel] = by_file[file]
     return codecs
 
@@ -110,9 +117,13 @@ def channel_hints(codecs: dict[str | None, object], seen: set[str]) -> list[str]
 
 
 def decode_log(
-    args: argparse.Namespace, *, progress: bool = True
+    args: argparse.Namespace, *, progress: bool = True, databases: dict[Path, Any] | None = None
 ) -> tuple[Iterator[list[MessageBlock]], FrameDecoder, ReadStats]:
-    """An iterator of decoded blocks per chunk, the decoder (counts) and the read stats."""
+    """An iterator of decoded blocks per chunk, the decoder (counts) and the read stats.
+
+    ``progress``: a progress line on stderr while it runs, only when stderr is a terminal
+    (:class:`~tcu.cli._progress.Progress`). ``databases`` receives the cantools databases.
+    """
     import dataclasses
 
     import numpy as np
@@ -120,7 +131,7 @@ def decode_log(
     from tcu.can.logs import open_log
     from tcu.signals.decoder import FrameDecoder
 
-    codecs = parse_dbc_args(args.dbc)
+    codecs = parse_dbc_args(args.dbc, databases)
     aliases = parse_channel_aliases(getattr(args, "channel", None) or [])
     if str(args.log) == "-":
         reader = open_log("<stdin>", fmt=args.log_format, stream=sys.stdin.buffer)
@@ -129,25 +140,23 @@ def decode_log(
     decoder = FrameDecoder(codecs, j1939=args.j1939)
 
     def run() -> Iterator[list[MessageBlock]]:
-        started = last = time.monotonic()
+        from tcu.cli._progress import FilePosition, Progress
+
+        source = None if str(args.log) == "-" else FilePosition(Path(args.log))
+        bar = Progress(f"decode {args.log}", file=source, enabled=None if progress else False)
         seen: set[str] = set()
-        for read in reader:
-            chunk = read
-            if aliases:
-                names = tuple(aliases.get(c, c) for c in read.channels)
-                chunk = dataclasses.replace(read, channels=names)
-            if chunk.channels:
-                seen.update(chunk.channels[int(i)] for i in np.unique(chunk.channel))
-            yield decoder.decode(chunk)
-            now = time.monotonic()
-            if progress and now - last >= PROGRESS_EVERY_S:
-                last = now
-                frames = decoder.counts.frames
-                print(
-                    f"decode: {frames} frames ({frames / (now - started):,.0f} frames/s)",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        try:
+            for read in reader:
+                chunk = read
+                if aliases:
+                    names = tuple(aliases.get(c, c) for c in read.channels)
+                    chunk = dataclasses.replace(read, channels=names)
+                if chunk.channels:
+                    seen.update(chunk.channels[int(i)] for i in np.unique(chunk.channel))
+                yield decoder.decode(chunk)
+                bar.update(decoder.counts.frames)
+        finally:
+            bar.done()
         refuse_unreadable(reader.stats, reader.fmt)
         for hint in channel_hints(dict(codecs), seen):
             print(f"tcu: {hint}", file=sys.stderr)
@@ -197,3 +206,14 @@ def implausible_text(stats: ReadStats) -> str:
         f"{stats.implausible_times} frames dated before 2000 or in the future (first: {when}); "
         "the log has no absolute time base?"
     )
+
+
+def signal_info(databases: dict[Path, Any]) -> dict[tuple[str, str], tuple[str, dict[int, str]]]:
+    """(message, signal) → (unit, choices) from cantools databases (the codecs carry no units)."""
+    out: dict[tuple[str, str], tuple[str, dict[int, str]]] = {}
+    for database in databases.values():
+        for message in database.messages:
+            for sig in message.signals:
+                choices = {int(k): str(v) for k, v in (sig.choices or {}).items()}
+                out.setdefault((message.name, sig.name), (sig.unit or "", choices))
+    return out

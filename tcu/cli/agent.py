@@ -31,6 +31,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--target", help="override [uplink] target (host:port)")
     p.add_argument("--stats-file", type=Path, help="write live counters as JSON to this file")
     p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="override [state] directory: the default spool, catalogs and nonces"
+        " (default $STATE_DIRECTORY, else /var/lib/tcu as root, ~/.local/state/tcu otherwise)",
+    )
+    p.add_argument(
         "--metrics-listen",
         metavar="HOST:PORT",
         help="override [metrics] listen: Prometheus /metrics and /healthz (e.g. 127.0.0.1:9108)",
@@ -58,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["uplink.target"] = args.target
     if args.metrics_listen:
         overrides["metrics.listen"] = args.metrics_listen
+    if args.state_dir:
+        overrides["state.directory"] = str(args.state_dir.absolute())
     if args.status:
         return _status(load_agent_config(args.config, env=os.environ, overrides=overrides))
     if args.check:

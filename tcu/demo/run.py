@@ -139,11 +139,20 @@ async def _fetch_stored(security: _Security, target: str, vehicle_id: str) -> tu
 
 
 def _agent_config(
-    ready: dict[str, Any], uplink_target: str, vehicle_id: str, security: _Security, uplink_extra: str = ""
+    ready: dict[str, Any],
+    uplink_target: str,
+    vehicle_id: str,
+    security: _Security,
+    uplink_extra: str = "",
+    *,
+    state_dir: Path,
 ) -> str:
+    """The agent's TOML; ``state_dir`` is its own (spool by default, catalogs, nonces): the demo
+    runs several agents, and none may share another's (or the machine's) state directory."""
     return (
         "# Written by tcu demo: the agent reads the simulator over socketcand and uploads to the ingest.\n"
         f'[vehicle]\nid = "{vehicle_id}"\n\n'
+        f"[state]\ndirectory = {json.dumps(str(state_dir))}\n\n"
         f'[[bus]]\nname = "{ready["channel"]}"\ninterface = "socketcand"\nchannel = "{ready["channel"]}"\n'
         f"dbc = [{json.dumps(ready['dbc'])}]\n"
         f'options = {{ host = "{ready["host"]}", port = {int(ready["port"])} }}\n\n'
@@ -163,6 +172,7 @@ _RUN_FILES = (
     "ground_truth.npz",
     "agent-stats.json",
     "spool",
+    "state",
     "pki",
 )
 """What a run leaves in its work directory that the next run must not find (a stale port file, old
@@ -276,6 +286,7 @@ async def run_demo(options: DemoOptions, progress: Callable[[str], None] | None 
                 options.vehicle_id,
                 security,
                 scenario.uplink_toml(),
+                state_dir=workdir / "state",
             )
             + scenario.agent_toml(workdir, ready),
         )

@@ -285,6 +285,8 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoResult:
     started = time.monotonic()
     workdir = options.workdir or Path(tempfile.mkdtemp(prefix="tcu-demo-v2n-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    for old in workdir.glob("state-*"):  # a reused workdir: no stale spool from the last run
+        shutil.rmtree(old)
     procs: list[Proc] = []
     observer = _Observer()
     observer_task: asyncio.Task[None] | None = None
@@ -373,7 +375,8 @@ async def _run(options: DemoOptions, say: Callable[[str], None]) -> DemoResult:
         for v in vehicles:
             config = workdir / f"agent-{v.name}.toml"
             config.write_text(
-                _agent_config(v.ready, target, v.vin, security) + _v2x_toml(v, broker_port, pki),
+                _agent_config(v.ready, target, v.vin, security, state_dir=workdir / f"state-{v.name}")
+                + _v2x_toml(v, broker_port, pki),
                 encoding="utf-8",
             )
             v.stats_path = workdir / f"agent-{v.name}-stats.json"

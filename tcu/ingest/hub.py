@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
 
 from tcu.api.v1 import fleet_pb2 as fleet_pb
@@ -65,6 +67,8 @@ class Subscription:
         self.queued_bytes = 0
         """Serialised bytes of the updates queued for this subscriber now."""
         self.peak_bytes = 0
+        self._queued_at: deque[float] = deque()
+        """``time.monotonic()`` of each queued update, oldest first (the subscriber's lag)."""
         self.missed = 0
         self._on_overflow = on_overflow
         self._ended = False
@@ -77,6 +81,7 @@ class Subscription:
             self._overflow()
             return
         self._queue.put_nowait((update, size))
+        self._queued_at.append(time.monotonic())
         self.queued_bytes += size
         self.peak_bytes = max(self.peak_bytes, self.queued_bytes)
 
@@ -87,6 +92,7 @@ class Subscription:
             if self._queue.get_nowait() is not None:
                 dropped += 1
         self.queued_bytes = 0
+        self._queued_at.clear()
         self.missed = 1 + dropped
         self._hub.overflows += 1
         if self._ended:
@@ -113,7 +119,20 @@ class Subscription:
             return None
         update, size = item
         self.queued_bytes -= size
+        if self._queued_at:
+            self._queued_at.popleft()
         return update
+
+    @property
+    def queued_updates(self) -> int:
+        """Updates waiting for this subscriber now."""
+        return len(self._queued_at)
+
+    def lag_s(self, now: float | None = None) -> float:
+        """How long the oldest update still queued for this subscriber has waited (0 when none)."""
+        if not self._queued_at:
+            return 0.0
+        return max(0.0, (time.monotonic() if now is None else now) - self._queued_at[0])
 
     def get_nowait_check(self) -> None:
         """Raise :class:`SubscriberOverflow` if the subscriber has missed updates."""

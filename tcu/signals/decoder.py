@@ -102,6 +102,10 @@ class DecodeCounts:
     signals: int = 0
     """Signal values handed out as catalog columns (:class:`SignalDecoder` only)."""
     unknown_ids: set[tuple[str, int]] = field(default_factory=set)
+    decoded_by_bus: dict[str, int] = field(default_factory=dict)
+    """``decoded`` per channel name (added once per message block, not per frame)."""
+    unknown_by_bus: dict[str, int] = field(default_factory=dict)
+    """``unknown`` per channel name."""
 
 
 class _Channel:
@@ -216,6 +220,7 @@ class FrameDecoder:
             if message is None:
                 counts.unknown += stop - start
                 counts.unknown_ids.add((bus, key))
+                counts.unknown_by_bus[bus] = counts.unknown_by_bus.get(bus, 0) + stop - start
                 continue
             if channel.selected is not None and message.name not in channel.selected:
                 counts.unmapped += stop - start
@@ -247,6 +252,7 @@ class FrameDecoder:
                 decoded = message.decode_frames(data[rows])
             good = len(rows) if decoded.complete or decoded.ok.all() else int(decoded.ok.sum())
             counts.decoded += good
+            counts.decoded_by_bus[bus] = counts.decoded_by_bus.get(bus, 0) + good
             if good < len(rows):
                 counts.errors += len(rows) - good
                 self._report_once(

@@ -77,6 +77,8 @@ class UplinkStats:
     """Reports of a batch kept in quarantine at the ingest (malformed content; a resent one again)."""
     last_quarantine: str = ""
     """``<boot_epoch>/<seq>: <reason>`` of the latest one."""
+    silent_streams: int = 0
+    """Streams given up because batches were sent and nothing came back for ``ack_timeout_s``."""
 
 
 def channel_options(config: UplinkConfig) -> list[tuple[str, int | str]]:
@@ -93,6 +95,9 @@ def channel_options(config: UplinkConfig) -> list[tuple[str, int | str]]:
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
+        # Each attempt's channel its own connection: from gRPC's global subchannel pool a new
+        # channel would get the previous one's TCP connection, dead on a silent link.
+        ("grpc.use_local_subchannel_pool", 1),
         ("grpc.max_receive_message_length", 16 * 1024 * 1024),
         ("grpc.max_send_message_length", 16 * 1024 * 1024),
     ]
@@ -161,6 +166,9 @@ class Uplink:
         self._wake = asyncio.Event()
         self._acked = asyncio.Event()
         self._highest_sent = 0
+        self._stream_sent = 0  # highest seq sent on the open stream
+        self._waiting_since: float | None = None
+        """Loop time since which a batch sent on the open stream waits and nothing was received."""
         # A spool reopened after a restart was acked up to some seq by an earlier process: the
         # in-flight window counts from there (from 0 it would wait forever for an ack).
         self.stats.acked_seq = outbox.acked_seq
@@ -324,18 +332,22 @@ class Uplink:
                 self.config.target,
                 self._outbox.unacked(),
             )
+            self._stream_sent, self._waiting_since = 0, None
             reader = asyncio.create_task(self._read_acks(call), name="tcu.uplink.acks")
             writer = asyncio.create_task(self._write_batches(call), name="tcu.uplink.writer")
+            tasks = {reader, writer}
+            if self.config.ack_timeout_s > 0:
+                tasks.add(asyncio.create_task(self._watch_acks(), name="tcu.uplink.ack-watchdog"))
             try:
-                done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 if reader not in done:
                     # A failed write says little; the reader receives the server's status. Wait for it.
                     done2, _ = await asyncio.wait({reader}, timeout=2.0)
                     done = done | done2
             finally:
-                for task in (reader, writer):
+                for task in tasks:
                     task.cancel()
-                await asyncio.gather(reader, writer, return_exceptions=True)
+                await asyncio.gather(*tasks, return_exceptions=True)
                 call.cancel()
             for task in sorted(done, key=lambda t: t is not reader):  # the reader's error first
                 error = None if task.cancelled() else task.exception()
@@ -351,8 +363,31 @@ class Uplink:
         credit = self.stats.credit
         return min(self._window, credit) if credit > 0 else self._window
 
+    async def _watch_acks(self) -> None:
+        """End a stream on which batches were sent and nothing came back for ``ack_timeout_s``.
+
+        A cellular link that goes silent closes nothing: the stream looks open, the writes
+        fill the windows, and gRPC's keepalive ended it only about 104 s after the link went
+        silent (``ping timeout``; measured with ``tools/bench/wakeup.py --mode blackhole``).
+        Without this the agent would wait on a dead stream long after the link is back.
+        """
+        loop = asyncio.get_running_loop()
+        timeout_s = self.config.ack_timeout_s
+        while True:
+            await asyncio.sleep(min(1.0, timeout_s / 4))
+            since = self._waiting_since
+            if since is not None and loop.time() - since > timeout_s:
+                self.stats.silent_streams += 1
+                raise ConnectionError(
+                    f"no answer within {timeout_s:g} s for batches up to seq {self._stream_sent}"
+                    f" (acked {self.stats.acked_seq}): the link is silent"
+                )
+
     async def _read_acks(self, call: grpc.aio.StreamStreamCall) -> None:  # type: ignore[type-arg]
+        loop = asyncio.get_running_loop()
         async for response in call:
+            # Something came back: wait from now for the rest, or not at all when all is acked.
+            self._waiting_since = None
             if response.HasField("ack"):
                 ack = response.ack
                 if ack.duplicate:
@@ -371,6 +406,8 @@ class Uplink:
                 removed = self._outbox.ack(ack.acked_seq)
                 self.stats.batches_acked += removed
                 self.stats.acked_seq = max(self.stats.acked_seq, ack.acked_seq)
+                if self._stream_sent > self.stats.acked_seq:
+                    self._waiting_since = loop.time()
                 self._acked.set()
                 if self._on_ack is not None:
                     self._on_ack()
@@ -400,7 +437,9 @@ class Uplink:
                 while seq - self.stats.acked_seq > self._in_flight_limit():
                     await self.wait_acked()
                 await call.write(wrap_batch(payload, boot_epoch=self._outbox.boot_epoch, seq=seq))
-                sent_this_stream = seq
+                sent_this_stream = self._stream_sent = seq
+                if self._waiting_since is None and seq > self.stats.acked_seq:
+                    self._waiting_since = asyncio.get_running_loop().time()
                 self.stats.batches_sent += 1
                 if seq <= self._highest_sent:
                     self.stats.batches_resent += 1

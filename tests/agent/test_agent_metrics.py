@@ -41,7 +41,11 @@ async def test_scrape_and_health_while_running(
 ) -> None:
     channel = f"metrics-{uuid.uuid4().hex}"
     config = agent_config(channel, ingest.bound_port, small_dbc, small_mapping)
-    config = replace(config, batch=replace(config.batch, max_age_ms=100))
+    # A second bus with a DBC of its own, so that the per-bus counts can differ.
+    other_dbc = small_dbc.with_name("other.dbc")
+    other_dbc.write_text('VERSION ""\n\nNS_ :\n\nBS_:\n\nBU_: ECU\n\nBO_ 768 Other: 8 ECU\n')
+    other = replace(config.buses[0], name="can1", channel=f"{channel}-1", dbc=(other_dbc,))
+    config = replace(config, buses=(*config.buses, other), batch=replace(config.batch, max_age_ms=100))
     agent = Agent(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -63,13 +67,22 @@ async def test_scrape_and_health_while_running(
             sender.send(can.Message(arbitration_id=0x7FF, is_extended_id=False, data=bytes(8)))
         finally:
             sender.shutdown()
-        await wait_until(lambda: agent.stats().frames >= 31 and agent.uplink.stats.batches_acked >= 1)
+        sender = can.Bus(interface="virtual", channel=f"{channel}-1")
+        try:  # on can1 the id 256 is unknown (its DBC has 0x300 only)
+            for _ in range(5):
+                sender.send(can.Message(arbitration_id=256, is_extended_id=False, data=bytes(8)))
+        finally:
+            sender.shutdown()
+        await wait_until(lambda: agent.stats().frames >= 36 and agent.uplink.stats.batches_acked >= 1)
         code, text = await asyncio.to_thread(_get, f"{base}/metrics")
         assert code == 200
         assert _value(text, 'tcu_agent_frames_read_total{bus="can0"}') == 31
         assert _value(text, 'tcu_agent_bus_up{bus="can0"}') == 1
-        assert _value(text, "tcu_agent_frames_unknown_total") == 1
-        assert _value(text, "tcu_agent_frames_decoded_total") == 30
+        assert _value(text, 'tcu_agent_frames_unknown_total{bus="can0"}') == 1
+        assert _value(text, 'tcu_agent_frames_decoded_total{bus="can0"}') == 30
+        assert _value(text, 'tcu_agent_frames_read_total{bus="can1"}') == 5
+        assert _value(text, 'tcu_agent_frames_unknown_total{bus="can1"}') == 5
+        assert _value(text, 'tcu_agent_frames_decoded_total{bus="can1"}') == 0
         assert _value(text, "tcu_agent_uplink_connected") == 1
         assert _value(text, "tcu_agent_uplink_batches_acked_total") >= 1
         assert _value(text, "tcu_agent_uplink_acked_seq") >= 1
@@ -79,7 +92,11 @@ async def test_scrape_and_health_while_running(
         code, body = await asyncio.to_thread(_get, f"{base}/healthz")
         health = json.loads(body)
         assert code == 200 and health["healthy"] is True
-        assert health["buses"]["can0"]["up"] is True and health["uplink"]["connected"] is True
+        assert (
+            health["buses"]["can0"]["up"] is True
+            and health["buses"]["can1"]["up"] is True
+            and health["uplink"]["connected"] is True
+        )
 
         # tcu agent --status asks the same endpoint.
         assert (

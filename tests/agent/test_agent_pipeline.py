@@ -200,3 +200,42 @@ def test_a_large_batch_is_carried_in_parts_so_built_batches_stay_near_max_sample
     assert sum(sizes) == 600 and pipeline.stats.frames == n
     assert max(sizes) <= 50 + 30  # at most one part's samples (1 s: 10 + 20) past the bound
     assert len(sizes) >= 600 // 80
+
+
+def test_per_bus_counts_of_a_batch_of_several_buses(small_dbc: Path, small_mapping: Path) -> None:
+    """The agent's tick hands on all buses in one batch; decoded/unknown stay counted per bus."""
+    import asyncio
+    import dataclasses
+
+    from tcu.agent.pipeline import Pipeline
+
+    db = load_dbc(small_dbc)
+    catalog = build_catalog(load_mapping(small_mapping), {"can0": [db]})  # can1's Dyn: unmapped
+    decoder = SignalDecoder(catalog, compile_codecs({"can0": [db], "can1": [db]}))
+    dyn = db.encode_message("Dyn", {"Speed": 1.0, "Accel": 0.0, "Gear": 1})  # type: ignore[attr-defined]
+    ids = [256, 256, 0x7FF, 256, 0x7FE, 0x7FE, 256]
+    owner = [0, 1, 1, 0, 1, 0, 0]  # can0: 3 decoded + 1 unknown; can1: 1 unmapped + 2 unknown
+    frames = FrameBatch.of_payloads(
+        "can0", np.arange(7, dtype=np.int64) * 1_000_000, np.array(ids, np.uint32), [dyn] * 7
+    )
+    frames = dataclasses.replace(frames, channel=np.array(owner, np.int16), channels=("can0", "can1"))
+
+    async def sink(payload: bytes, priority: int) -> None:
+        pass
+
+    pipeline = Pipeline(
+        decoder,
+        CampaignEngine((), catalog, {}, 0, default_periodic=True),
+        BatchBuilder(vehicle_id="V1", catalog_id=catalog.catalog_id, max_samples=1000, max_age_ms=60_000),
+        sink,
+        event_batch=lambda event: b"",
+    )
+
+    async def run() -> None:
+        await pipeline.feed(frames)
+        await pipeline.feed(frames.select(np.array([0, 3])))  # a later batch of can0 alone
+        await pipeline.close()
+
+    asyncio.run(run())
+    got = {name: (c.frames, c.decoded, c.unknown) for name, c in pipeline.stats.by_bus.items()}
+    assert got == {"can0": (6, 5, 1), "can1": (3, 0, 2)}

@@ -212,7 +212,12 @@ def test_the_demos_generated_agent_config_passes(tmp_path: Path, scenario: str) 
         "modem": "/dev/pts/0",
     }
     text = demo_run._agent_config(
-        ready, "127.0.0.1:50051", options.vehicle_id, security, chosen.uplink_toml()
+        ready,
+        "127.0.0.1:50051",
+        options.vehicle_id,
+        security,
+        chosen.uplink_toml(),
+        state_dir=tmp_path / "state",
     ) + chosen.agent_toml(tmp_path, ready)
     path = tmp_path / "agent.toml"
     path.write_text(text)

@@ -71,6 +71,7 @@ def write_config(tmp_path: Path, port: int) -> Path:
     path = tmp_path / "agent.toml"
     path.write_text(
         f'[vehicle]\nid = "{VEHICLE}"\n\n'
+        f"[state]\ndirectory = {json.dumps(str(tmp_path / 'state'))}\n\n"
         # A live socketcand bus: tcu replay swaps it for the log.
         '[[bus]]\nname = "can0"\ninterface = "socketcand"\nchannel = "can0"\n'
         f"dbc = [{json.dumps(str(sim.DEFAULT_DBC_PATH))}]\n"
@@ -91,10 +92,13 @@ def catalog() -> Catalog:
 
 
 async def stored(port: int) -> dict[str, Series]:
+    """The CAN signals stored (not the ``Vehicle.Tcu.Spool.*`` the agent's default spool adds)."""
     parts: dict[str, tuple[list[int], list[float]]] = {}
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         async for update in fleet_grpc.FleetStub(channel).Query(fleet_pb.QueryRequest(vehicle_id=VEHICLE)):
             for s in update.series:
+                if s.name.startswith("Vehicle.Tcu."):
+                    continue
                 t, v = parts.setdefault(s.name, ([], []))
                 t.extend(s.t_ns)
                 v.extend(s.double_values)

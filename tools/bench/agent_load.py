@@ -331,6 +331,8 @@ def _agent_config(
     )
     path.write_text(
         '[vehicle]\nid = "WTCUBENCH00000001"\n\n'
+        # Its own state directory: without [spool] the agent spools there (power-loss durability).
+        + f"[state]\ndirectory = {json.dumps(str(path.parent / 'state'))}\n\n"
         + buses
         + f"[signals]\nmapping = {json.dumps(str(mapping))}\n\n"
         + f'[uplink]\ntarget = "127.0.0.1:{ingest_port}"\ninsecure = true\n'

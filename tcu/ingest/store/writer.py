@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Final
 
 from tcu.errors import ClosedResourceError, IngestError
+from tcu.histogram import LATENCY_BUCKETS_S, SIZE_BUCKETS, Histogram
 from tcu.ingest._chunks import encode_double_columns, encode_strings, sort_column
 from tcu.ingest._events import capture_pb
 from tcu.ingest._fair import FairQueue
@@ -123,6 +124,10 @@ class WriterStats:
     """The error of the latest failed transaction; cleared by the next commit that works."""
     commit_seconds: float = 0.0
     """Time spent in transactions that committed, all together (with ``groups``: the mean)."""
+    commit_durations: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_S))
+    """Seconds of each committed transaction (``tcu_ingest_commit_duration_seconds``)."""
+    group_sizes: Histogram = field(default_factory=lambda: Histogram(SIZE_BUCKETS))
+    """Jobs (batches and check-ins) of each committed group (``tcu_ingest_commit_group_size_batches``)."""
 
 
 @dataclass(slots=True)
@@ -281,7 +286,10 @@ class SqliteWriter:
         started = time.perf_counter()
         try:
             outcome = self._write_group(conn, [job.batch for job in jobs])
-            self.stats.commit_seconds += time.perf_counter() - started
+            took = time.perf_counter() - started
+            self.stats.commit_seconds += took
+            self.stats.commit_durations.observe(took)
+            self.stats.group_sizes.observe(len(jobs))
             self.stats.last_error = ""
         except sqlite3.Error as exc:
             self._failures.log(
