@@ -176,6 +176,8 @@ def test_a_multi_bus_batch_decodes_like_each_bus_alone_with_its_own_dbc_and_j193
         for field in ("frames", "decoded", "unknown", "unmapped", "errors", "short", "skipped"):
             setattr(total, field, getattr(total, field) + getattr(single.counts, field))
         total.unknown_ids |= single.counts.unknown_ids
+        total.decoded_by_bus.update(single.counts.decoded_by_bus)  # one bus each: a union
+        total.unknown_by_bus.update(single.counts.unknown_by_bus)
     assert got.keys() == want.keys()
     for key, (name, values) in want.items():
         assert got[key][0] == name
