@@ -42,11 +42,11 @@ from tcu.ingest import _jsformat as fmt
 from tcu.ingest.config import IngestConfig
 from tcu.ingest.jetstream import (
     NATS_ERRORS,
+    SETUP_S,
     connect,
-    ensure_stream,
-    open_buckets,
     open_shared_database,
     read_catalog,
+    set_up,
 )
 from tcu.ingest.model import Batch, Catalog, QuarantinedBatch, StoreResult
 from tcu.ingest.store import SqliteSink
@@ -58,8 +58,6 @@ __all__ = ["Archive", "ArchiveStats", "Audit", "audit_archive"]
 log = logging.getLogger(__name__)
 
 DURABLE: Final = "tcu-archive"
-_SETUP_S: Final = 30.0
-"""How long the archive tries to find or create the stream, buckets and consumer at start."""
 
 
 @dataclass(slots=True)
@@ -124,30 +122,28 @@ class Archive:
     ) -> None:
         cfg = self._js_config
         js = client.jetstream(timeout=cfg.publish_timeout_s)
-        deadline = time.monotonic() + _SETUP_S
-        while True:  # a cluster that lost a node may take a few seconds to answer for the stream
+        _, catalogs = await set_up(js, cfg, stop=stop)
+        deadline = time.monotonic() + SETUP_S
+        while True:  # the consumer too: a cluster that lost a node may take seconds to answer
             try:
-                await ensure_stream(js, cfg)
-                _, catalogs = await open_buckets(js, cfg)
-                try:
-                    pull = await js.pull_subscribe(
-                        f"{cfg.subject_prefix}.>",
-                        durable=self._durable,
-                        stream=cfg.stream,
-                        config=ConsumerConfig(
-                            ack_policy=AckPolicy.EXPLICIT,
-                            deliver_policy=DeliverPolicy.ALL,
-                            ack_wait=self._ack_wait_s,
-                            max_ack_pending=self._fetch_batch * 4,
-                        ),
-                    )
-                except NATS_ERRORS as exc:
-                    raise IngestError(f"JetStream consumer {self._durable} on {cfg.stream}: {exc!r}") from exc
+                pull = await js.pull_subscribe(
+                    f"{cfg.subject_prefix}.>",
+                    durable=self._durable,
+                    stream=cfg.stream,
+                    config=ConsumerConfig(
+                        ack_policy=AckPolicy.EXPLICIT,
+                        deliver_policy=DeliverPolicy.ALL,
+                        ack_wait=self._ack_wait_s,
+                        max_ack_pending=self._fetch_batch * 4,
+                    ),
+                )
                 break
-            except IngestError as exc:
+            except NATS_ERRORS as exc:
                 if time.monotonic() >= deadline or stop.is_set():
-                    raise
-                log.warning("archive: %s; trying again", exc)
+                    raise IngestError(f"JetStream consumer {self._durable} on {cfg.stream}: {exc!r}") from exc
+                log.warning(
+                    "archive: JetStream consumer %s on %s: %r; trying again", self._durable, cfg.stream, exc
+                )
                 await asyncio.sleep(0.5)
         log.info("archive: consuming %s as %s into %s", cfg.stream, self._durable, self._config.db_path)
         if on_ready is not None:

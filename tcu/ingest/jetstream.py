@@ -90,6 +90,7 @@ __all__ = [
     "open_buckets",
     "open_shared_database",
     "read_catalog",
+    "set_up",
     "where",
 ]
 
@@ -234,6 +235,27 @@ async def ensure_stream(js: JetStreamContext, config: JetStreamConfig) -> None:
         )
 
 
+SETUP_S: Final = 30.0
+"""How long a replica or the archive tries to find or create the stream and buckets at start."""
+
+
+async def set_up(
+    js: JetStreamContext, config: JetStreamConfig, *, stop: asyncio.Event | None = None
+) -> tuple[KeyValue, KeyValue]:
+    """:func:`ensure_stream` and :func:`open_buckets`, tried again for :data:`SETUP_S` while the
+    cluster does not answer (a node that just died: its streams elect new leaders)."""
+    deadline = time.monotonic() + SETUP_S
+    while True:
+        try:
+            await ensure_stream(js, config)
+            return await open_buckets(js, config)
+        except IngestError as exc:
+            if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
+                raise
+            log.warning("%s; trying again", exc)
+            await asyncio.sleep(0.5)
+
+
 async def open_buckets(js: JetStreamContext, config: JetStreamConfig) -> tuple[KeyValue, KeyValue]:
     """The watermark and catalog buckets (created when missing)."""
     buckets: list[KeyValue] = []
@@ -242,6 +264,14 @@ async def open_buckets(js: JetStreamContext, config: JetStreamConfig) -> tuple[K
         try:
             try:
                 buckets.append(await js.key_value(name))
+                info = await js.stream_info(f"KV_{name}")
+                if info.config.num_replicas != config.replicas:
+                    log.warning(
+                        "JetStream bucket %s has %s replicas, configured %d: using it as it is",
+                        name,
+                        info.config.num_replicas,
+                        config.replicas,
+                    )
             except nats.js.errors.BucketNotFoundError:
                 buckets.append(
                     await js.create_key_value(
@@ -429,8 +459,7 @@ class JetStreamSink:
         client = await connect(js_config, name="tcu-ingest", on_error=on_error)
         try:
             js = client.jetstream(timeout=js_config.publish_timeout_s)
-            await ensure_stream(js, js_config)
-            watermarks, catalogs = await open_buckets(js, js_config)
+            watermarks, catalogs = await set_up(js, js_config)
             archive = await open_shared_database(config) if read_archive else None
         except BaseException:
             with contextlib.suppress(*NATS_ERRORS):
@@ -502,10 +531,16 @@ class JetStreamSink:
             raise ClosedResourceError("the JetStream sink is closed")
         label = f"batch {item.boot_epoch}/{item.seq} of {item.vehicle_id}"
         watermark = self._watermark(item.vehicle_id, item.boot_epoch)
-        try:
-            state = await watermark.load()
-        except NATS_ERRORS as exc:
-            raise self._failed(label, "reading the watermark", exc) from exc
+        deadline = time.monotonic() + self._config.publish_retry_s
+        while True:
+            try:
+                state = await watermark.load()
+                break
+            except NATS_ERRORS as exc:
+                self.stats.publish_errors += 1
+                if time.monotonic() >= deadline:
+                    raise self._failed(label, "reading the watermark", exc) from exc
+                await asyncio.sleep(0.2)
         if state.holds(item.seq):
             self.stats.duplicates += 1
             # As in SQLite: a quarantined key is reported held only to a quarantined resend.
@@ -515,7 +550,10 @@ class JetStreamSink:
                 quarantined=quarantined and item.seq in state.quarantined,
             )
         duplicate = await self._publish(subject, payload, headers, label)
-        acked_seq, held = await watermark.mark(item.seq, quarantined and not duplicate)
+        try:
+            acked_seq, held = await watermark.mark(item.seq, quarantined and not duplicate)
+        except IngestError as exc:  # stored in the stream, not marked: the vehicle resends, a duplicate then
+            raise self._failed(label, "writing the watermark", exc) from exc
         if duplicate:
             self.stats.duplicates += 1
         else:

@@ -192,7 +192,14 @@ class Ledger:
 
 
 async def upload(
-    replicas: list[Any], kit: Any, vehicle: str, count: int, ledger: Ledger, *, epoch: int = 1
+    replicas: list[Any],
+    kit: Any,
+    vehicle: str,
+    count: int,
+    ledger: Ledger,
+    *,
+    epoch: int = 1,
+    pace_s: float = 0.0,
 ) -> int:
     """Send batches 1..count, reconnecting (to the next replica) and resending what is unacked after
     any stream error, as the uplink does; returns how many streams it took."""
@@ -211,6 +218,8 @@ async def upload(
                     )
                     ledger.sent[(vehicle, epoch, seq)] = 2
                     await call.write(request)
+                    if pace_s:
+                        await asyncio.sleep(pace_s)
                 await call.done_writing()
 
             writer = asyncio.create_task(write())
