@@ -70,6 +70,8 @@ class AgentStats:
     frames: int = 0
     signals_decoded: int = 0
     samples_collected: int = 0
+    samples_emitted: int = 0
+    """Samples the agent's own sources (modem, eSIM, spool health) added to batches."""
     batches_built: int = 0
     batches_acked: int = 0
     batches_unacked: int = 0
@@ -396,6 +398,7 @@ class Agent:
             frames=sum(r.stats.frames for r in self.readers),
             signals_decoded=d.signals,
             samples_collected=self.pipeline.engine.stats.samples_out,
+            samples_emitted=self.emitter.emitted,
             batches_built=self._batches_built,
             batches_acked=self.uplink.stats.batches_acked,
             batches_unacked=self.outbox.unacked(),

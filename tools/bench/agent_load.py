@@ -548,7 +548,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "batches_acked": stopped["batches_acked"],
             "batches_unacked": stopped["batches_unacked"],
             "samples_stored": stored,
-            "samples_collected": stopped["samples_collected"],
+            # Kept by the campaigns, plus what the agent's own sources added (the spool's health).
+            "samples_collected": stopped["samples_collected"] + stopped.get("samples_emitted", 0),
+            "samples_from_can": stopped["samples_collected"],
             "since_go_s": round(time.monotonic() - t_go, 1),
             "cpus": os.cpu_count(),
             "loadavg_1min_at_end": round(os.getloadavg()[0], 2),
