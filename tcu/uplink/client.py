@@ -368,8 +368,8 @@ class Uplink:
 
         A cellular link that goes silent closes nothing: the stream looks open, the writes
         fill the windows, and gRPC's keepalive ended it only about 104 s after the link went
-        silent (``ping timeout``; measured with ``tools/bench/wakeup.py --mode blackhole``). Without this the agent
-        would wait on a dead stream long after the link is back.
+        silent (``ping timeout``; measured with ``tools/bench/wakeup.py --mode blackhole``).
+        Without this the agent would wait on a dead stream long after the link is back.
         """
         loop = asyncio.get_running_loop()
         timeout_s = self.config.ack_timeout_s
