@@ -361,6 +361,7 @@ async def test_real_two_channel_log_mapped_onto_two_buses(tmp_path: Path, ingest
         f'[[bus]]\nname = "adas"\ninterface = "socketcan"\ndbc = ["{TOYOTA_ADAS}"]\n'
         f'[signals]\nmapping = "{mapping}"\n'
         f'[uplink]\ntarget = "127.0.0.1:{ingest.bound_port}"\ninsecure = true\n'
+        f"[state]\ndirectory = {json.dumps(str(tmp_path / 'state'))}\n"  # its own default spool
     )
     config = load_agent_config(config_path)
     options = ReplayOptions(RAV4, rate=None, channel_map={"can0": "powertrain", "can1": "adas"})

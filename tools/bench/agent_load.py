@@ -331,8 +331,11 @@ def _agent_config(
     )
     path.write_text(
         '[vehicle]\nid = "WTCUBENCH00000001"\n\n'
-        # Its own state directory: without [spool] the agent spools there (power-loss durability).
+        # Its own state directory; the spool off, as in the figures before the spool became the
+        # default (its cost is tools/bench/spool.py's, and its own Vehicle.Tcu.Spool.* samples
+        # would not be in samples_collected).
         + f"[state]\ndirectory = {json.dumps(str(path.parent / 'state'))}\n\n"
+        + "[spool]\nenabled = false\n\n"
         + buses
         + f"[signals]\nmapping = {json.dumps(str(mapping))}\n\n"
         + f'[uplink]\ntarget = "127.0.0.1:{ingest_port}"\ninsecure = true\n'
