@@ -331,16 +331,13 @@ def _agent_config(
     )
     path.write_text(
         '[vehicle]\nid = "WTCUBENCH00000001"\n\n'
-        # Its own state directory; the spool off, as in the figures before the spool became the
-        # default (its cost is tools/bench/spool.py's, and its own Vehicle.Tcu.Spool.* samples
-        # would not be in samples_collected).
+        # Its own state directory (never the machine's default one).
         + f"[state]\ndirectory = {json.dumps(str(path.parent / 'state'))}\n\n"
-        + "[spool]\nenabled = false\n\n"
         + buses
         + f"[signals]\nmapping = {json.dumps(str(mapping))}\n\n"
         + f'[uplink]\ntarget = "127.0.0.1:{ingest_port}"\ninsecure = true\n'
         + (
-            ""
+            "\n[spool]\nenabled = false\n"  # explicit: without [spool] the agent spools by default
             if spool == "none"
             else f'\n[spool]\ndirectory = {json.dumps(str(path.parent / "spool"))}\ndurability = "{spool}"\n'
         )
