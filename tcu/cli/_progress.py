@@ -63,12 +63,15 @@ class Progress:
         stream: IO[str] | None = None,
         every_s: float = 0.2,
         enabled: bool | None = None,
+        total: int | None = None,
     ) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.label = label
         self.unit = unit
         self.file = file
+        self.total = total
+        """The count that is 100 % (e.g. the frames a replay will send), when the file position cannot say."""
         self.every_s = every_s
         self.started = time.monotonic()
         self._last = float("-inf")  # the first update draws at once, the next ones every every_s
@@ -84,8 +87,12 @@ class Progress:
         rate = count / max(now - self.started, 1e-9)
         text = f"{self.label}: {count:,} {self.unit} ({rate:,.0f}/s)"
         pos = self.file.position() if self.file is not None else None
+        fraction: float | None = None
         if pos is not None and self.file is not None and self.file.size:
             fraction = min(1.0, pos / self.file.size)
+        elif self.total:
+            fraction = min(1.0, count / self.total)
+        if fraction is not None:
             width = 20
             filled = int(fraction * width)
             bar = "#" * filled + "." * (width - filled)

@@ -48,6 +48,7 @@ from tcu.agent import Agent, AgentStats
 from tcu.can.bus import open_bus
 from tcu.can.logs import open_log
 from tcu.can.logs.replay import ReplayBus
+from tcu.cli._progress import Progress
 from tcu.config import AgentConfig, BusConfig, UplinkConfig, load_agent_config
 from tcu.errors import ConfigError, LogFormatError, TcuError
 
@@ -300,8 +301,13 @@ async def replay(
     stop: asyncio.Event | None = None,
     stats_path: Path | None = None,
     survey: LogSurvey | None = None,
+    progress: Progress | None = None,
 ) -> ReplayResult:
-    """Run the agent over the log until it is finished (not looping) or ``stop`` is set."""
+    """Run the agent over the log until it is finished (not looping) or ``stop`` is set.
+
+    ``progress`` (a terminal's progress line) is updated with the frames sent, against the
+    frames the log holds for the assigned channels (a count and a rate only when looping).
+    """
     if survey is None:
         survey = await asyncio.to_thread(
             survey_log, options.log, options.start_s, options.end_s, skip_bad=options.skip_bad
@@ -317,15 +323,22 @@ async def replay(
     stop = stop or asyncio.Event()
     started = time.monotonic()
 
+    if progress is not None and not options.loop:
+        progress.total = expected
+
     async def watch() -> None:
         while not stop.is_set():
-            if _all_read(agent, opened):
+            if progress is not None:
+                progress.update(sum(b.frames_sent for b in opened.buses.values()))
+            if not options.loop and _all_read(agent, opened):
                 log.info("replay: log %s finished; stopping the agent", options.log)
                 stop.set()
                 return
             await asyncio.sleep(0.05)
 
-    watcher = None if options.loop else asyncio.create_task(watch(), name="tcu.replay.watch")
+    watcher = (
+        None if options.loop and progress is None else asyncio.create_task(watch(), name="tcu.replay.watch")
+    )
     try:
         stats = await agent.run(stop)
     except ExceptionGroup as group:
@@ -339,6 +352,8 @@ async def replay(
     finally:
         if watcher is not None:
             watcher.cancel()
+        if progress is not None:
+            progress.done()
     finished = bool(opened.buses) and all(b.finished for b in opened.buses.values())
     return ReplayResult(
         stats=stats,
@@ -498,4 +513,5 @@ async def _main(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    return await replay(config, options, stop=stop, stats_path=stats_path, survey=survey)
+    bar = Progress(f"replay {options.log}")  # drawn only when stderr is a terminal
+    return await replay(config, options, stop=stop, stats_path=stats_path, survey=survey, progress=bar)

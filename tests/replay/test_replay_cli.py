@@ -129,6 +129,29 @@ async def test_replay_at_max_rate_stores_exactly_the_ground_truth(
     assert check.samples_stored == check.samples_expected
 
 
+async def test_replay_draws_a_progress_bar_up_to_every_frame(
+    tmp_path: Path, recording: Recording, ingest: IngestServer
+) -> None:
+    """On a terminal ``tcu replay`` shows frames sent against the frames the log holds."""
+    import io
+    import re
+
+    from tcu.cli._progress import Progress
+
+    config = load_agent_config(write_config(tmp_path, ingest.bound_port))
+    screen = io.StringIO()
+    bar = Progress("replay rec", stream=screen, enabled=True, every_s=0.0)
+    options = ReplayOptions(recording.log, rate=4.0)  # 4 s of log in about 1 s: several redraws
+    result = await asyncio.wait_for(replay(config, options, progress=bar), 60)
+    assert result.log_finished and result.frames_replayed == recording.frames
+    drawn = re.findall(r"\r\[[#.]{20}\] +(\d+)%  ([\d,]+) frames \([\d,]+/s\)  replay rec", screen.getvalue())
+    assert len(drawn) >= 3, screen.getvalue()
+    percents = [int(p) for p, _ in drawn]
+    assert percents == sorted(percents) and percents[0] < 100
+    assert all(int(n.replace(",", "")) <= recording.frames for _, n in drawn)
+    assert screen.getvalue().endswith("\r")  # cleared at the end
+
+
 async def test_rate_paces_the_replay(tmp_path: Path, recording: Recording, ingest: IngestServer) -> None:
     config = load_agent_config(write_config(tmp_path, ingest.bound_port))
     options = ReplayOptions(recording.log, rate=10.0, start_s=1.0, end_s=3.0)
