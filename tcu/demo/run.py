@@ -35,7 +35,7 @@ from tcu.pki import DevPki, channel_credentials
 from tcu.signals.dbc import load_dbc
 from tcu.signals.mapping import build_catalog, load_mapping
 
-__all__ = ["DemoError", "DemoOptions", "DemoResult", "run_demo"]
+__all__ = ["DemoError", "DemoOptions", "DemoResult", "progress_line", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +193,24 @@ def _clear_previous_run(workdir: Path) -> list[str]:
     return removed
 
 
+def progress_line(stats: dict[str, Any]) -> str:
+    """The demo's once-a-second line from the agent's stats file.
+
+    Until the agent has read a frame it says what is going on instead of a row of zeros: the
+    agent process is starting (imports, DBC and mapping, spool) and the simulator's drive waits
+    for its bus client, so no frame is sent before the agent opens the bus.
+    """
+    frames = int(stats.get("frames", 0))
+    if frames == 0:
+        started = "stats file not written yet" if not stats else "bus not read yet"
+        return f"agent starting ({started}); the drive begins when it opens the bus"
+    return (
+        f"frames {frames:>8}  signals {stats.get('signals_decoded', 0):>9}  "
+        f"batches acked {stats.get('batches_acked', 0):>5}  "
+        f"unacked {stats.get('batches_unacked', 0)}"
+    )
+
+
 async def run_demo(options: DemoOptions, progress: Callable[[str], None] | None = None) -> DemoResult:
     say = progress or (lambda _m: None)
     if options.scenario.runs_itself:
@@ -335,11 +353,7 @@ async def run_demo(options: DemoOptions, progress: Callable[[str], None] | None 
                 break
             if now - last_report >= 1.0:
                 last_report = now
-                say(
-                    f"frames {stats.get('frames', 0):>8}  signals {stats.get('signals_decoded', 0):>9}  "
-                    f"batches acked {stats.get('batches_acked', 0):>5}  "
-                    f"unacked {stats.get('batches_unacked', 0)}"
-                )
+                say(progress_line(stats))
             await asyncio.sleep(0.1)
 
         if done is not None and frames_read >= int(done["frames"]):
