@@ -263,8 +263,9 @@ class FleetScenario(BorderScenario):
         }
 
     def ingest_sim_args(self, ingest_target: str) -> list[str]:
-        """The simulated modem's data path leads to the handover (and so to A or B)."""
-        return ["--data-proxy", f"127.0.0.1:{self._handover_port}"]
+        """The border drive's arguments (the card's SM-DP+ credentials too), with the modem's data
+        path leading to the handover (and so to A or B)."""
+        return super().ingest_sim_args(f"127.0.0.1:{self._handover_port}")
 
     def agent_toml(self, workdir: Path, ready: dict[str, Any]) -> str:
         """The border agent, plus ``[commands]`` with the backend's verify key."""
