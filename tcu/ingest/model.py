@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +30,14 @@ __all__ = [
     "VehicleSummary",
 ]
 
+
+
+def _as_list(given: Any) -> list[Any]:
+    """A column's values as a list (arrays kept as given are converted only when a list is asked for)."""
+    if isinstance(given, np.ndarray):
+        out: list[Any] = given.tolist()
+        return out
+    return given if isinstance(given, list) else list(given)
 
 class VehicleNotFound(IngestError):
     """A query names a vehicle the sink has no data for."""
@@ -97,19 +106,11 @@ class Column:
     @property
     def t_ns(self) -> list[int]:
         """UTC epoch nanoseconds (source time)."""
-        given = self._t_ns
-        if isinstance(given, np.ndarray):
-            out: list[int] = given.tolist()
-            return out
-        return given if isinstance(given, list) else list(given)
+        return _as_list(self._t_ns)
 
     @property
     def double_values(self) -> list[float]:
-        given = self._doubles
-        if isinstance(given, np.ndarray):
-            out: list[float] = given.tolist()
-            return out
-        return given if isinstance(given, list) else list(given)
+        return _as_list(self._doubles)
 
     @property
     def times(self) -> npt.NDArray[np.int64]:
@@ -316,19 +317,11 @@ class Series:
     @property
     def t_ns(self) -> list[int]:
         """UTC epoch nanoseconds (source time)."""
-        given = self._t_ns
-        if isinstance(given, np.ndarray):
-            out: list[int] = given.tolist()
-            return out
-        return given if isinstance(given, list) else list(given)
+        return _as_list(self._t_ns)
 
     @property
     def double_values(self) -> list[float]:
-        given = self._doubles
-        if isinstance(given, np.ndarray):
-            out: list[float] = given.tolist()
-            return out
-        return given if isinstance(given, list) else list(given)
+        return _as_list(self._doubles)
 
     @property
     def times(self) -> npt.NDArray[np.int64]:
